@@ -14,37 +14,75 @@ pub struct Patched<'p> {
     tail: &'p [u8],
 }
 
-/// The replacement text: `N`, or `"s":N,` where the payload had no `s`.
+/// The replacement text, `N` or `"s":N,`, kept inline: `buf[start..end]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Middle {
-    buf: [u8; Self::CAPACITY],
-    len: u8,
+    buf: [u8; 25],
+    start: u8,
+    end: u8,
 }
 
 impl Middle {
-    /// `"s":` + 20 digits + `,`.
-    const CAPACITY: usize = 25;
-
-    fn new(prefix: &[u8], seq: u64, suffix: &[u8]) -> Self {
-        let mut digits = itoa::Buffer::new();
-        let mut middle = Self {
-            buf: [0; Self::CAPACITY],
-            len: 0,
-        };
-        for part in [prefix, digits.format(seq).as_bytes(), suffix] {
-            let at = usize::from(middle.len);
-            middle.buf[at..at + part.len()].copy_from_slice(part);
-            // At most 25 bytes in all.
-            #[allow(clippy::cast_possible_truncation)]
-            {
-                middle.len += part.len() as u8;
-            }
+    /// Just the number.
+    fn number(seq: u64) -> Self {
+        let mut buf = [0; 25];
+        let start = write_decimal(seq, &mut buf, 20);
+        Self {
+            buf,
+            start,
+            end: 20,
         }
-        middle
+    }
+
+    /// `"s":N,`, a whole member to insert.
+    fn member(seq: u64) -> Self {
+        let mut buf = [0; 25];
+        let start = write_decimal(seq, &mut buf, 24) - 4;
+        buf[usize::from(start)..usize::from(start) + 4].copy_from_slice(b"\"s\":");
+        buf[24] = b',';
+        Self {
+            buf,
+            start,
+            end: 25,
+        }
     }
 
     fn as_bytes(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
+        &self.buf[usize::from(self.start)..usize::from(self.end)]
+    }
+}
+
+/// Writes `n` in decimal into `buf`, ending just before `end`, and returns
+/// where it starts. `end` must be at least 20 (`u64::MAX` has 20 digits).
+fn write_decimal(mut n: u64, buf: &mut [u8; 25], end: usize) -> u8 {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let mut at = end;
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        // n < 10
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            buf[at] = b'0' + n as u8;
+        }
+    }
+    // at < end <= 25
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        at as u8
     }
 }
 
@@ -58,7 +96,7 @@ impl Patched<'_> {
     /// The length of the patched payload in bytes.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.head.len() + usize::from(self.middle.len) + self.tail.len()
+        self.head.len() + self.middle.as_bytes().len() + self.tail.len()
     }
 
     /// Always `false`: a patched payload holds at least `{`, `s` and `}`.
@@ -70,9 +108,9 @@ impl Patched<'_> {
     /// Appends the patched payload to `out`, reserving once.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         out.reserve(self.len());
-        for part in self.slices() {
-            out.extend_from_slice(part);
-        }
+        out.extend_from_slice(self.head);
+        out.extend_from_slice(self.middle.as_bytes());
+        out.extend_from_slice(self.tail);
     }
 }
 
@@ -87,7 +125,7 @@ impl Scan {
         if let Some(value) = self.seq_range() {
             Patched {
                 head: &payload[..value.start],
-                middle: Middle::new(b"", seq, b""),
+                middle: Middle::number(seq),
                 tail: &payload[value.end..],
             }
         } else {
@@ -95,7 +133,7 @@ impl Scan {
             let open = self.open as usize + 1;
             Patched {
                 head: &payload[..open],
-                middle: Middle::new(b"\"s\":", seq, b","),
+                middle: Middle::member(seq),
                 tail: &payload[open..],
             }
         }
@@ -105,5 +143,21 @@ impl Scan {
     /// [`patch`](Self::patch).
     pub fn rewrite(&self, payload: &[u8], seq: u64, out: &mut Vec<u8>) {
         self.patch(payload, seq).write_to(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn decimal_is_to_string(n in prop_oneof![any::<u64>(), 0u64..1000, Just(u64::MAX)]) {
+            let (number, member) = (Middle::number(n), Middle::member(n));
+            prop_assert_eq!(number.as_bytes(), n.to_string().into_bytes());
+            prop_assert_eq!(member.as_bytes(), format!("\"s\":{n},").into_bytes());
+        }
     }
 }

@@ -334,45 +334,44 @@ impl Found {
 /// general path then reads it; both give the same `Scan` for any payload
 /// this accepts.
 fn discord_order(buf: &[u8]) -> Option<Scan> {
-    let mut p = Parser { buf, pos: 0 };
-    if !p.eat(b"{\"t\":") || u32::try_from(buf.len()).is_err() {
+    if buf.get(..5)? != b"{\"t\":" || u32::try_from(buf.len()).is_err() {
         return None;
     }
-    let t_start = p.pos;
-    if p.eat(b"\"") {
-        // Printable ASCII without escapes; anything else takes the general path.
-        let len = p
-            .rest()
-            .iter()
-            .position(|&b| !matches!(b, b' '..=b'~') || b == b'"' || b == b'\\')?;
-        p.pos += len;
-        if !p.eat(b"\"") {
-            return None;
-        }
-    } else if !p.eat(b"null") {
+    let mut i = 5;
+    let t_start = i;
+    if *buf.get(i)? == b'"' {
+        // The quotes and what is between them.
+        i += plain_string_len(&buf[i + 1..])? + 2;
+    } else {
+        i += literal_null(&buf[i..])?;
+    }
+    let t_value = Span::new(t_start..i);
+    if buf.get(i..i + 5)? != b",\"s\":" {
         return None;
     }
-    let t_value = Span::new(t_start..p.pos);
-    if !p.eat(b",\"s\":") {
-        return None;
-    }
-    let s_start = p.pos;
-    let seq = if p.eat(b"null") {
+    i += 5;
+    let s_start = i;
+    let seq = if let Some(len) = literal_null(&buf[i..]) {
+        i += len;
         None
     } else {
-        Some(p.unsigned()?)
+        let (value, len) = leading_unsigned(&buf[i..])?;
+        i += len;
+        Some(value)
     };
-    let s_value = Span::new(s_start..p.pos);
-    if !p.eat(b",\"op\":") {
+    let s_value = Span::new(s_start..i);
+    if buf.get(i..i + 6)? != b",\"op\":" {
         return None;
     }
-    let op_start = p.pos;
-    let op = p.unsigned()?;
-    let op_value = Span::new(op_start..p.pos);
-    if !p.eat(b",\"d\":") {
+    i += 6;
+    let (op, len) = leading_unsigned(&buf[i..])?;
+    let op_value = Span::new(i..i + len);
+    i += len;
+    if buf.get(i..i + 5)? != b",\"d\":" {
         return None;
     }
-    let end = lazy_value_end(buf, p.pos).ok()?;
+    i += 5;
+    let end = lazy_value_end(buf, i).ok()?;
     Some(Scan {
         op,
         seq,
@@ -380,8 +379,98 @@ fn discord_order(buf: &[u8]) -> Option<Scan> {
         op_value,
         s_value: Some(s_value),
         t_value: Some(t_value),
-        d_value: Some(Span::new(p.pos..end)),
+        d_value: Some(Span::new(i..end)),
     })
+}
+
+/// 4 if `bytes` starts with `null`.
+fn literal_null(bytes: &[u8]) -> Option<usize> {
+    (bytes.get(..4)? == b"null").then_some(4)
+}
+
+/// The unsigned integer at the start of `bytes`, in JSON's form (no sign,
+/// fraction, exponent or leading zero) and within `u64`: its value and
+/// length.
+fn leading_unsigned(bytes: &[u8]) -> Option<(u64, usize)> {
+    let len = leading_digits(bytes);
+    let digits = &bytes[..len];
+    let value = if len < 20 {
+        // At most 19 digits: no overflow possible.
+        digits
+            .iter()
+            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'))
+    } else {
+        digits.iter().try_fold(0u64, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?
+    };
+    let leading_zero = len > 1 && bytes[0] == b'0';
+    let not_integer = matches!(bytes.get(len), Some(b'.' | b'e' | b'E'));
+    if len == 0 || leading_zero || not_integer {
+        return None;
+    }
+    Some((value, len))
+}
+
+/// How many ASCII digits `bytes` starts with.
+fn leading_digits(bytes: &[u8]) -> usize {
+    let mut len = 0;
+    // Eight bytes at a time (SWAR) while there are eight to read.
+    while let Some(word) = bytes[len..].first_chunk::<8>() {
+        let word = u64::from_le_bytes(*word);
+        let not_digit = !bytes_below(word ^ (LO * u64::from(b'0')), 10) & HI;
+        if not_digit != 0 {
+            return len + (not_digit.trailing_zeros() / 8) as usize;
+        }
+        len += 8;
+    }
+    len + bytes[len..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count()
+}
+
+/// The length of a string's contents up to its closing quote, where they
+/// are printable ASCII without escapes; `None` otherwise, or where fewer
+/// than eight bytes follow them.
+fn plain_string_len(bytes: &[u8]) -> Option<usize> {
+    let mut len = 0;
+    loop {
+        let word = u64::from_le_bytes(*bytes.get(len..)?.first_chunk::<8>()?);
+        let quote = bytes_equal(word, b'"');
+        let other = bytes_below(word, 0x20) | bytes_equal(word, b'\\') | bytes_from_del(word);
+        if quote != 0 {
+            // Bits of the bytes before the first quote.
+            let before = quote ^ (quote - 1);
+            return (other & before == 0).then_some(len + (quote.trailing_zeros() / 8) as usize);
+        }
+        if other != 0 {
+            return None;
+        }
+        len += 8;
+    }
+}
+
+/// Byte-wise comparisons on eight bytes at once. Each returns the high bit
+/// of every byte for which the comparison holds, and no other bit.
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Bytes below `n`, for `n <= 0x80`.
+const fn bytes_below(x: u64, n: u8) -> u64 {
+    // (b & 0x7f) + (0x80 - n) reaches 0x80 exactly when b & 0x7f >= n, and
+    // never carries into the next byte.
+    !(((x & !HI) + LO * (0x80 - n as u64)) | x) & HI
+}
+
+/// Bytes equal to `b`.
+const fn bytes_equal(x: u64, b: u8) -> u64 {
+    bytes_below(x ^ (LO * b as u64), 1)
+}
+
+/// Bytes from 0x7f (DEL) up.
+const fn bytes_from_del(x: u64) -> u64 {
+    (((x & !HI) + LO) | x) & HI
 }
 
 /// The end of a value that starts at `start` and is the last member of the
@@ -626,25 +715,11 @@ impl Parser<'_> {
         })
     }
 
-    /// An unsigned integer in JSON's form (no sign, fraction, exponent or
-    /// leading zero) that fits in a `u64`; `None` otherwise.
+    /// An unsigned integer in JSON's form that fits in a `u64`; see
+    /// [`leading_unsigned`].
     fn unsigned(&mut self) -> Option<u64> {
-        let digits = self
-            .rest()
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        let text = &self.rest()[..digits];
-        if digits == 0 || (digits > 1 && text[0] == b'0') {
-            return None;
-        }
-        if matches!(self.rest().get(digits), Some(b'.' | b'e' | b'E')) {
-            return None;
-        }
-        let value = text.iter().try_fold(0u64, |acc, &b| {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        })?;
-        self.pos += digits;
+        let (value, len) = leading_unsigned(self.rest())?;
+        self.pos += len;
         Some(value)
     }
 
@@ -768,4 +843,76 @@ fn unescape(raw: &[u8]) -> impl Iterator<Item = char> + '_ {
         };
         Some(ch.unwrap_or('\u{fffd}'))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The high bits of the bytes of `x` for which `f` holds, byte by byte.
+    fn bytewise(x: u64, f: impl Fn(u8) -> bool) -> u64 {
+        x.to_le_bytes()
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| f(**b))
+            .fold(0, |acc, (i, _)| acc | (0x80 << (8 * i)))
+    }
+
+    fn check_swar(x: u64) {
+        for n in [1, 10, 0x20, 0x7f, 0x80] {
+            assert_eq!(bytes_below(x, n), bytewise(x, |b| b < n), "{x:#x} < {n}");
+        }
+        for b in [b'"', b'\\', 0, 0xff] {
+            assert_eq!(bytes_equal(x, b), bytewise(x, |c| c == b), "{x:#x} == {b}");
+        }
+        assert_eq!(
+            bytes_from_del(x),
+            bytewise(x, |b| b >= 0x7f),
+            "{x:#x} >= 0x7f"
+        );
+    }
+
+    #[test]
+    fn swar_comparisons_every_byte_in_every_lane() {
+        for lane in 0..8 {
+            for byte in 0..=255u64 {
+                for filler in [0u64, 0x41, 0x7f, 0x80, 0xff] {
+                    let x = (LO * filler & !(0xff << (8 * lane))) | (byte << (8 * lane));
+                    check_swar(x);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn swar_comparisons_on_any_word(x in any::<u64>()) {
+            check_swar(x);
+        }
+
+        #[test]
+        fn leading_unsigned_is_str_parse(digits in "[0-9]{1,24}", tail in "[,}.eE x]?") {
+            let text = format!("{digits}{tail}");
+            let want = if (digits.len() > 1 && digits.starts_with('0')) || matches!(tail.as_str(), "." | "e" | "E") {
+                None
+            } else {
+                digits.parse::<u64>().ok().map(|v| (v, digits.len()))
+            };
+            prop_assert_eq!(leading_unsigned(text.as_bytes()), want);
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_path {
+    #[test]
+    fn discord_frames_take_the_fast_path() {
+        for (name, payload) in crate::tests::FRAMES {
+            if payload.starts_with(b"{\"t\":") {
+                assert!(super::discord_order(payload).is_some(), "{name}");
+            }
+        }
+    }
 }

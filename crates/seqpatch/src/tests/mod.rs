@@ -14,7 +14,7 @@ fn scanners() -> Vec<Scanner> {
 
 /// The payloads in `testdata/json`, shared with the benchmarks and the fuzz
 /// corpus.
-const FRAMES: &[(&str, &[u8])] = &[
+pub(crate) const FRAMES: &[(&str, &[u8])] = &[
     (
         "hello",
         include_bytes!("../../../../testdata/json/hello.json"),
