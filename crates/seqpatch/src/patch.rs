@@ -54,6 +54,8 @@ impl Middle {
 
 /// Writes `n` in decimal into `buf`, ending just before `end`, and returns
 /// where it starts. `end` must be at least 20 (`u64::MAX` has 20 digits).
+// Every cast is of a value below 200.
+#[allow(clippy::cast_possible_truncation)]
 fn write_decimal(mut n: u64, buf: &mut [u8; 25], end: usize) -> u8 {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
         2021222324252627282930313233343536373839\
@@ -73,17 +75,9 @@ fn write_decimal(mut n: u64, buf: &mut [u8; 25], end: usize) -> u8 {
         buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     } else {
         at -= 1;
-        // n < 10
-        #[allow(clippy::cast_possible_truncation)]
-        {
-            buf[at] = b'0' + n as u8;
-        }
+        buf[at] = b'0' + n as u8;
     }
-    // at < end <= 25
-    #[allow(clippy::cast_possible_truncation)]
-    {
-        at as u8
-    }
+    at as u8
 }
 
 impl Patched<'_> {

@@ -879,7 +879,7 @@ mod tests {
         for lane in 0..8 {
             for byte in 0..=255u64 {
                 for filler in [0u64, 0x41, 0x7f, 0x80, 0xff] {
-                    let x = (LO * filler & !(0xff << (8 * lane))) | (byte << (8 * lane));
+                    let x = ((LO * filler) & !(0xff << (8 * lane))) | (byte << (8 * lane));
                     check_swar(x);
                 }
             }
