@@ -60,6 +60,8 @@
 // dispatch calls them after detection.
 #[allow(unsafe_code)]
 mod arch;
+// Shared by the vector implementations; built where there is one.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod block;
 #[allow(unsafe_code)]
 mod dispatch;
