@@ -8,6 +8,8 @@
 //! and 700 KB `GUILD_CREATE`), in Discord's key order and with `d` first:
 //! - `memcpy`: copying the payload into a reused buffer, the floor;
 //! - `scan`: `seqpatch::scan`;
+//! - `scan_patch`: `scan` plus the patched payload as three slices, ready
+//!   for a vectored write (no copy);
 //! - `scan_rewrite`: `scan` plus writing the patched payload into a reused
 //!   buffer, which is what the proxy does per client;
 //! - `naive_rewrite`: the rewrite at the first `"s":` in the text;
@@ -28,9 +30,10 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use seqpatch::{Isa, Scanner};
 
 const ORDERS: [&str; 2] = ["discord_order", "d_first"];
-const METHODS: [&str; 6] = [
+const METHODS: [&str; 7] = [
     "memcpy",
     "scan",
+    "scan_patch",
     "scan_rewrite",
     "naive_rewrite",
     "sonic_lookup",
@@ -57,6 +60,15 @@ fn baselines(c: &mut Criterion) {
             });
             group.bench_function(BenchmarkId::new("scan", order), |b| {
                 b.iter(|| seqpatch::scan(black_box(bytes)));
+            });
+            group.bench_function(BenchmarkId::new("scan_patch", order), |b| {
+                b.iter(|| {
+                    seqpatch::scan(black_box(bytes)).map(|scan| {
+                        scan.patch(bytes, black_box(1_000_000))
+                            .slices()
+                            .map(<[u8]>::len)
+                    })
+                });
             });
             group.bench_function(BenchmarkId::new("scan_rewrite", order), |b| {
                 b.iter(|| {

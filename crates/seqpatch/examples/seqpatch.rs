@@ -65,7 +65,11 @@ fn main() -> ExitCode {
         }
     }
     println!("implementation: {:?}", seqpatch::Isa::best());
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn shorten(text: &str) -> String {

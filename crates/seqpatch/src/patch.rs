@@ -15,9 +15,14 @@ pub struct Patched<'p> {
 }
 
 /// The replacement text, `N` or `"s":N,`, kept inline: `buf[start..end]`.
+///
+/// The digits are always written right-aligned in `buf[4..28]` (with leading
+/// zero digits before them) by three eight-byte stores; `"s":` goes just
+/// before the first significant digit and `,` at `buf[28]` when a whole
+/// member is inserted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Middle {
-    buf: [u8; 25],
+    buf: [u8; 29],
     start: u8,
     end: u8,
 }
@@ -25,25 +30,26 @@ struct Middle {
 impl Middle {
     /// Just the number.
     fn number(seq: u64) -> Self {
-        let mut buf = [0; 25];
-        let start = write_decimal(seq, &mut buf, 20);
+        let mut buf = [0; 29];
+        let start = write_decimal(seq, &mut buf);
         Self {
             buf,
             start,
-            end: 20,
+            end: 28,
         }
     }
 
     /// `"s":N,`, a whole member to insert.
     fn member(seq: u64) -> Self {
-        let mut buf = [0; 25];
-        let start = write_decimal(seq, &mut buf, 24) - 4;
-        buf[usize::from(start)..usize::from(start) + 4].copy_from_slice(b"\"s\":");
-        buf[24] = b',';
+        let mut buf = [0; 29];
+        let start = write_decimal(seq, &mut buf) - 4;
+        let at = usize::from(start);
+        buf[at..at + 4].copy_from_slice(b"\"s\":");
+        buf[28] = b',';
         Self {
             buf,
             start,
-            end: 25,
+            end: 29,
         }
     }
 
@@ -52,32 +58,34 @@ impl Middle {
     }
 }
 
-/// Writes `n` in decimal into `buf`, ending just before `end`, and returns
-/// where it starts. `end` must be at least 20 (`u64::MAX` has 20 digits).
-// Every cast is of a value below 200.
-#[allow(clippy::cast_possible_truncation)]
-fn write_decimal(mut n: u64, buf: &mut [u8; 25], end: usize) -> u8 {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut at = end;
-    while n >= 100 {
-        let pair = (n % 100) as usize * 2;
-        n /= 100;
-        at -= 2;
-        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+/// Writes `n` in decimal right-aligned into `buf[4..28]` and returns the
+/// index of its first significant digit.
+fn write_decimal(n: u64, buf: &mut [u8; 29]) -> u8 {
+    const E8: u64 = 100_000_000;
+    // u64::MAX < 10^20, so the first part has at most four digits.
+    for (i, part) in [n / (E8 * E8), n / E8 % E8, n % E8].into_iter().enumerate() {
+        let at = 4 + 8 * i;
+        buf[at..at + 8].copy_from_slice(&eight_digits(part).to_le_bytes());
     }
-    if n >= 10 {
-        let pair = n as usize * 2;
-        at -= 2;
-        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        buf[at] = b'0' + n as u8;
-    }
-    at as u8
+    // At most 20 digits, so the result is at least 8.
+    #[allow(clippy::cast_possible_truncation)]
+    let digits = n.checked_ilog10().map_or(1, |log| log + 1) as u8;
+    28 - digits
+}
+
+/// The eight decimal digits of `n < 10^8`, as ASCII, most significant first
+/// in memory (little-endian), computed in one register.
+fn eight_digits(n: u64) -> u64 {
+    debug_assert!(n < 100_000_000);
+    // Two four-digit halves in 32-bit lanes, the high half in the low lane.
+    let x = (n / 10_000) | ((n % 10_000) << 32);
+    // Every lane is below 10^4, where x / 100 == (x * 10486) >> 20.
+    let hundreds = ((x * 10_486) >> 20) & 0x0000_007f_0000_007f;
+    let y = hundreds | ((x - hundreds * 100) << 16);
+    // Every 16-bit lane is below 100, where y / 10 == (y * 103) >> 10.
+    let tens = ((y * 103) >> 10) & 0x000f_000f_000f_000f;
+    let z = tens | ((y - tens * 10) << 8);
+    z + 0x3030_3030_3030_3030
 }
 
 impl Patched<'_> {
@@ -148,10 +156,17 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decimal_is_to_string(n in prop_oneof![any::<u64>(), 0u64..1000, Just(u64::MAX)]) {
+        fn decimal_is_to_string(n in prop_oneof![
+            any::<u64>(), 0u64..1000, Just(0), Just(u64::MAX), Just(10u64.pow(8)), Just(10u64.pow(16)),
+        ]) {
             let (number, member) = (Middle::number(n), Middle::member(n));
             prop_assert_eq!(number.as_bytes(), n.to_string().into_bytes());
             prop_assert_eq!(member.as_bytes(), format!("\"s\":{n},").into_bytes());
+        }
+
+        #[test]
+        fn eight_digits_is_format(n in 0u64..100_000_000) {
+            prop_assert_eq!(eight_digits(n).to_le_bytes().to_vec(), format!("{n:08}").into_bytes());
         }
     }
 }

@@ -227,3 +227,15 @@ fn errors_say_what_and_where() {
         "\"s\" is neither null nor an unsigned 64-bit integer at byte 13"
     );
 }
+
+#[test]
+fn public_types_cross_tasks() {
+    fn shareable<T: Send + Sync + std::fmt::Debug + 'static>() {}
+    shareable::<crate::Scan>();
+    shareable::<crate::Scanner>();
+    shareable::<crate::Isa>();
+    shareable::<crate::Error>();
+    shareable::<crate::Patched<'static>>();
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    error::<crate::Error>();
+}
