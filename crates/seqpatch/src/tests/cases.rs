@@ -231,11 +231,11 @@ fn errors_say_what_and_where() {
 #[test]
 fn public_types_cross_tasks() {
     fn shareable<T: Send + Sync + std::fmt::Debug + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
     shareable::<crate::Scan>();
     shareable::<crate::Scanner>();
     shareable::<crate::Isa>();
     shareable::<crate::Error>();
     shareable::<crate::Patched<'static>>();
-    fn error<T: std::error::Error + Send + Sync + 'static>() {}
     error::<crate::Error>();
 }
