@@ -1,0 +1,185 @@
+//! zlib: one stream per connection (zlib-stream) or one per message
+//! (payload compression), with flate2.
+
+use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
+
+use crate::Decoded;
+use crate::error::Error;
+
+/// The zlib-stream suffix: every message ends with an empty stored block
+/// from a sync flush.
+pub(crate) const SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Discord's level: its first message starts `78 9c`, zlib's default.
+pub(crate) const DEFAULT_LEVEL: u32 = 6;
+
+/// Compresses messages into one zlib stream, or one stream per message.
+#[derive(Debug)]
+pub(crate) struct Encoder {
+    ctx: Compress,
+    per_message: bool,
+}
+
+impl Encoder {
+    pub(crate) fn new(level: u32, per_message: bool) -> Self {
+        Self {
+            ctx: Compress::new(flate2::Compression::new(level.min(9)), true),
+            per_message,
+        }
+    }
+
+    /// Appends one message holding `parts`, concatenated, to `out`.
+    pub(crate) fn encode(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.per_message {
+            self.ctx.reset();
+        }
+        for &part in parts {
+            let mut input = part;
+            while !input.is_empty() {
+                out.reserve(input.len() / 2 + 64);
+                let before = self.ctx.total_in();
+                self.ctx
+                    .compress_vec(input, out, FlushCompress::None)
+                    .map_err(|e| Error::codec("zlib", e))?;
+                input = &input[consumed(before, self.ctx.total_in())..];
+            }
+        }
+        let flush = if self.per_message {
+            FlushCompress::Finish
+        } else {
+            FlushCompress::Sync
+        };
+        loop {
+            // zlib asks for more than six bytes of room when flushing, or it
+            // may emit repeated flush markers.
+            out.reserve(64);
+            let status = self
+                .ctx
+                .compress_vec(&[], out, flush)
+                .map_err(|e| Error::codec("zlib", e))?;
+            let done = match flush {
+                FlushCompress::Finish => status == Status::StreamEnd,
+                // A sync flush is complete once it leaves output room unused.
+                _ => out.len() < out.capacity(),
+            };
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.ctx.reset();
+    }
+}
+
+/// Decompresses zlib-stream messages, or per-message zlib streams.
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    ctx: Decompress,
+    per_message: bool,
+    /// zlib-stream messages received without the suffix yet.
+    pending: Vec<u8>,
+}
+
+impl Decoder {
+    pub(crate) fn new(per_message: bool) -> Self {
+        Self {
+            ctx: Decompress::new(true),
+            per_message,
+            pending: Vec::new(),
+        }
+    }
+
+    pub(crate) fn decode(
+        &mut self,
+        message: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<Decoded, Error> {
+        if self.per_message {
+            self.ctx.reset(true);
+            let end = inflate(&mut self.ctx, message, out, limit, FlushDecompress::Finish)?;
+            return if end == Status::StreamEnd {
+                Ok(Decoded::Message)
+            } else {
+                Err(Error::Truncated)
+            };
+        }
+        // Compressed bytes never take more room than the decoded message may.
+        if self.pending.len() + message.len() > limit {
+            self.pending = Vec::new();
+            return Err(Error::MessageTooLarge { limit });
+        }
+        let status = if self.pending.is_empty() && message.ends_with(&SUFFIX) {
+            // The usual case: one message, one payload, no copy.
+            inflate(&mut self.ctx, message, out, limit, FlushDecompress::Sync)
+        } else {
+            self.pending.extend_from_slice(message);
+            if !self.pending.ends_with(&SUFFIX) {
+                return Ok(Decoded::Partial);
+            }
+            let status = inflate(
+                &mut self.ctx,
+                &self.pending,
+                out,
+                limit,
+                FlushDecompress::Sync,
+            );
+            self.pending.clear();
+            status
+        };
+        match status? {
+            Status::StreamEnd => Err(Error::corrupt("zlib", "the stream ended mid-connection")),
+            _ => Ok(Decoded::Message),
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.ctx.reset(true);
+        self.pending = Vec::new();
+    }
+}
+
+/// Inflates all of `input` into `out`, at most `limit` bytes of it, and
+/// returns the last status.
+fn inflate(
+    ctx: &mut Decompress,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+    flush: FlushDecompress,
+) -> Result<Status, Error> {
+    let start = out.len();
+    loop {
+        let produced = out.len() - start;
+        // Room for one byte past the limit, so that passing it is seen.
+        out.reserve((limit - produced.min(limit)).min(32 * 1024) + 1);
+        let (before_in, before_out) = (ctx.total_in(), out.len());
+        let status = ctx
+            .decompress_vec(input, out, flush)
+            .map_err(|e| Error::corrupt("zlib", e))?;
+        input = &input[consumed(before_in, ctx.total_in())..];
+        if out.len() - start > limit {
+            return Err(Error::MessageTooLarge { limit });
+        }
+        if status == Status::StreamEnd {
+            return if input.is_empty() {
+                Ok(status)
+            } else {
+                Err(Error::corrupt("zlib", "bytes after the end of the stream"))
+            };
+        }
+        if input.is_empty() && out.len() < out.capacity() {
+            return Ok(status);
+        }
+        if consumed(before_in, ctx.total_in()) == 0 && out.len() == before_out {
+            return Err(Error::corrupt("zlib", "the stream makes no progress"));
+        }
+    }
+}
+
+/// How many bytes a call consumed, from the totals before and after.
+fn consumed(before: u64, after: u64) -> usize {
+    usize::try_from(after - before).unwrap_or(usize::MAX)
+}
