@@ -10,6 +10,11 @@ use crate::error::Error;
 /// from a sync flush.
 pub(crate) const SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
+/// An empty stored block at a byte boundary: what a sync flush writes, for a
+/// message with nothing in it. zlib writes nothing at all for a flush with
+/// no new input, which would be an empty message without the suffix.
+const EMPTY_FLUSH: [u8; 5] = [0x00, 0x00, 0x00, 0xff, 0xff];
+
 /// Discord's level: its first message starts `78 9c`, zlib's default.
 pub(crate) const DEFAULT_LEVEL: u32 = 6;
 
@@ -33,6 +38,7 @@ impl Encoder {
         if self.per_message {
             self.ctx.reset();
         }
+        let start = out.len();
         for &part in parts {
             let mut input = part;
             while !input.is_empty() {
@@ -63,6 +69,10 @@ impl Encoder {
                 _ => out.len() < out.capacity(),
             };
             if done {
+                if out.len() == start {
+                    // Only after a flush, so the stream is at a byte boundary.
+                    out.extend_from_slice(&EMPTY_FLUSH);
+                }
                 return Ok(());
             }
         }

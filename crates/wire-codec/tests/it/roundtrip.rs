@@ -114,6 +114,24 @@ fn streams_start_as_discords_do() {
 }
 
 #[test]
+fn an_empty_payload_is_still_a_whole_message() {
+    let payloads = vec![b"{}".to_vec(), Vec::new(), Vec::new(), b"{}".to_vec()];
+    for compression in COMPRESSED {
+        let messages = encode_all(compression, &payloads);
+        assert_eq!(
+            reference(compression, &messages),
+            payloads,
+            "{compression:?}"
+        );
+        assert_eq!(
+            decode_all(compression, &messages),
+            payloads,
+            "{compression:?}"
+        );
+    }
+}
+
+#[test]
 fn plain_is_the_payload_itself() {
     let payloads = frames();
     assert_eq!(encode_all(Compression::None, &payloads), payloads);
