@@ -22,9 +22,9 @@
 #![allow(missing_docs, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use benches::report::{fmt_ns, median_ns};
 use benches::{NESTED_S, naive_rewrite, payloads, serde_rewrite, sonic_seq};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use seqpatch::{Isa, Scanner};
@@ -154,39 +154,6 @@ fn wrong_answer(c: &mut Criterion) {
     group.finish();
 }
 
-/// Where criterion keeps its estimates (its own rule: `CRITERION_HOME`, else
-/// the cargo target directory).
-fn criterion_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return home.into();
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    target.join("criterion")
-}
-
-/// The median time in nanoseconds of one benchmark, if it ran in this process.
-fn median_ns(
-    group: &str,
-    function: &str,
-    parameter: &str,
-    since: std::time::SystemTime,
-) -> Option<f64> {
-    let path = criterion_home()
-        .join(group)
-        .join(function)
-        .join(parameter)
-        .join("new/estimates.json");
-    let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
-    if modified < since {
-        return None;
-    }
-    let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    estimates["median"]["point_estimate"].as_f64()
-}
-
 fn print_table(since: std::time::SystemTime) {
     println!(
         "\n## seqpatch: median ns per payload (GB/s), and the ratio to memcpy of the same payload\n"
@@ -249,19 +216,8 @@ fn print_table(since: std::time::SystemTime) {
     }
 }
 
-fn fmt_ns(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2} µs", ns / 1e3)
-    } else {
-        format!("{ns:.1} ns")
-    }
-}
-
 fn main() {
-    #[allow(clippy::disallowed_methods)] // only to tell this run's estimates from older ones
-    let since = std::time::SystemTime::now() - Duration::from_secs(1);
+    let since = benches::report::run_started();
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))

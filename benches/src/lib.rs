@@ -8,6 +8,9 @@
 
 use std::fmt::Write as _;
 
+pub mod report;
+pub mod stream;
+
 /// One benchmark payload: a name and its bytes in Discord's key order.
 #[derive(Clone, Debug)]
 pub struct Payload {
