@@ -2,6 +2,7 @@
 //! scalar reference, and everything against a full JSON parser.
 
 mod cases;
+mod members;
 mod oracle;
 mod sweep;
 

@@ -8,9 +8,10 @@
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
 
+use super::members::Members;
 use super::scan_everywhere;
 use crate::{Isa, Scanner};
 
@@ -215,54 +216,7 @@ fn write(members: &[(String, Json)], choices: &[u8]) -> Vec<u8> {
     w.out.into_bytes()
 }
 
-/// A top-level object's members in order, duplicates kept.
-#[derive(Debug, PartialEq)]
-struct Members(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Members {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry::<String, Value>()? {
-                    members.push(member);
-                }
-                Ok(Members(members))
-            }
-        }
-        deserializer.deserialize_map(V)
-    }
-}
-
 impl Members {
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-
-    /// What a scan must find, or `None` where it must fail.
-    fn expected(&self) -> Option<(u64, Option<u64>)> {
-        for key in ["op", "s", "t", "d"] {
-            if self.0.iter().filter(|(k, _)| k == key).count() > 1 {
-                return None;
-            }
-        }
-        let op = self.get("op")?.as_u64()?;
-        let seq = match self.get("s") {
-            None | Some(Value::Null) => None,
-            Some(s) => Some(s.as_u64()?),
-        };
-        match self.get("t") {
-            None | Some(Value::Null | Value::String(_)) => {}
-            Some(_) => return None,
-        }
-        Some((op, seq))
-    }
-
     /// Whether `scan` reads less than `scan_complete`: all four keys
     /// present, `d` the last of them, and some other member after it.
     fn lazy_stops_early(&self) -> bool {
@@ -306,12 +260,7 @@ fn check(payload: &[u8], new_seq: u64) {
 
     let mut out = Vec::new();
     scan.rewrite(payload, new_seq, &mut out);
-    let mut want = oracle.0.clone();
-    match want.iter_mut().find(|(k, _)| k == "s") {
-        Some((_, v)) => *v = Value::from(new_seq),
-        None => want.insert(0, ("s".to_owned(), Value::from(new_seq))),
-    }
-    assert_eq!(parse::<Members>(&out), Members(want));
+    assert_eq!(parse::<Members>(&out), oracle.clone().with_seq(new_seq));
 
     let lazy = lazy.unwrap_or_else(|e| {
         panic!(
