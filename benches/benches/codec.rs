@@ -141,24 +141,64 @@ impl MinizDecoder {
     }
 }
 
-fn encode_stream(case: Case, stream: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    if case.miniz {
-        let mut encoder = MinizEncoder::new(case.level);
-        for event in stream {
-            let mut message = Vec::new();
-            encoder.encode(event, &mut message);
-            out.push(message);
-        }
-    } else {
-        let mut encoder = Encoder::with_level(case.compression, case.level).expect("an encoder");
-        for event in stream {
-            let mut message = Vec::new();
-            encoder.encode(event, &mut message).expect("encoding");
-            out.push(message);
+/// One connection's encoder and decoder for a case, whichever backend.
+// One per benchmark case: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Codec {
+    Miniz(MinizEncoder, MinizDecoder),
+    Wire(Encoder, Decoder),
+}
+
+impl Codec {
+    fn new(case: Case) -> Self {
+        if case.miniz {
+            Self::Miniz(MinizEncoder::new(case.level), MinizDecoder::new())
+        } else {
+            Self::Wire(
+                Encoder::with_level(case.compression, case.level).expect("an encoder"),
+                Decoder::new(case.compression, 1 << 20).expect("a decoder"),
+            )
         }
     }
-    out
+
+    /// A new connection: fresh contexts on both sides.
+    fn reset(&mut self, case: Case) {
+        match self {
+            Self::Miniz(..) => *self = Self::new(case),
+            Self::Wire(encoder, decoder) => {
+                encoder.reset().expect("reset");
+                decoder.reset().expect("reset");
+            }
+        }
+    }
+
+    fn encode(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Self::Miniz(encoder, _) => encoder.encode(payload, out),
+            Self::Wire(encoder, _) => encoder.encode(payload, out).expect("encoding"),
+        }
+    }
+
+    fn decode(&mut self, message: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Self::Miniz(_, decoder) => decoder.decode(message, out),
+            Self::Wire(_, decoder) => {
+                decoder.decode(message, out).expect("decoding");
+            }
+        }
+    }
+}
+
+fn encode_stream(case: Case, stream: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut codec = Codec::new(case);
+    stream
+        .iter()
+        .map(|event| {
+            let mut message = Vec::new();
+            codec.encode(event, &mut message);
+            message
+        })
+        .collect()
 }
 
 fn bench(c: &mut Criterion, stream: &[Vec<u8>]) {
@@ -170,52 +210,25 @@ fn bench(c: &mut Criterion, stream: &[Vec<u8>]) {
     for case in CASES {
         let messages = encode_stream(case, stream);
         let mut out = Vec::with_capacity(64 * 1024);
-        if case.miniz {
-            group.bench_function(BenchmarkId::new("encode", case.id), |b| {
-                b.iter(|| {
-                    let mut encoder = MinizEncoder::new(case.level);
-                    for event in stream {
-                        out.clear();
-                        encoder.encode(black_box(event), &mut out);
-                    }
-                });
+        let mut codec = Codec::new(case);
+        group.bench_function(BenchmarkId::new("encode", case.id), |b| {
+            b.iter(|| {
+                codec.reset(case);
+                for event in stream {
+                    out.clear();
+                    codec.encode(black_box(event), &mut out);
+                }
             });
-            group.bench_function(BenchmarkId::new("decode", case.id), |b| {
-                b.iter(|| {
-                    let mut decoder = MinizDecoder::new();
-                    for message in &messages {
-                        out.clear();
-                        decoder.decode(black_box(message), &mut out);
-                    }
-                });
+        });
+        group.bench_function(BenchmarkId::new("decode", case.id), |b| {
+            b.iter(|| {
+                codec.reset(case);
+                for message in &messages {
+                    out.clear();
+                    codec.decode(black_box(message), &mut out);
+                }
             });
-        } else {
-            let mut encoder =
-                Encoder::with_level(case.compression, case.level).expect("an encoder");
-            let mut decoder = Decoder::new(case.compression, 1 << 20).expect("a decoder");
-            group.bench_function(BenchmarkId::new("encode", case.id), |b| {
-                b.iter(|| {
-                    encoder.reset().expect("reset");
-                    for event in stream {
-                        out.clear();
-                        encoder
-                            .encode(black_box(event), &mut out)
-                            .expect("encoding");
-                    }
-                });
-            });
-            group.bench_function(BenchmarkId::new("decode", case.id), |b| {
-                b.iter(|| {
-                    decoder.reset().expect("reset");
-                    for message in &messages {
-                        out.clear();
-                        decoder
-                            .decode(black_box(message), &mut out)
-                            .expect("decoding");
-                    }
-                });
-            });
-        }
+        });
     }
     group.finish();
 }
