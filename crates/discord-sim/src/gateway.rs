@@ -1,0 +1,601 @@
+//! The gateway: one task per websocket connection, speaking Discord's
+//! protocol against the shared world, sessions and shard streams.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::{Instant, sleep_until};
+use wire_codec::{Compression, Encoder};
+
+use crate::config::{KNOWN_INTENTS, PRIVILEGED_INTENTS};
+use crate::session::{ResumeError, Session};
+use crate::{Control, Shared};
+
+/// Discord's limit on what a client may send in one frame.
+const MAX_CLIENT_FRAME: usize = 4096;
+/// Discord's limit on commands per connection per minute.
+const COMMANDS_PER_MINUTE: usize = 120;
+
+/// What the reader task hands the connection task.
+enum Inbound {
+    Text(Vec<u8>),
+    Ping(Vec<u8>),
+    Close(Option<u16>),
+    /// The socket failed or closed without a close frame.
+    Gone,
+}
+
+/// How a connection ends.
+enum End {
+    /// Send a close frame with this code and reason.
+    Close(u16, &'static str),
+    /// Drop the TCP connection without a close frame.
+    Cut,
+    /// The peer is gone or closed; nothing more to send.
+    Quiet,
+}
+
+/// Serves one upgraded websocket until it closes.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    mut ws: WebSocket<TokioIo<Upgraded>>,
+    compression: Compression,
+) {
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    ws.set_max_message_size(64 * 1024);
+    let (reader, writer) = ws.split(tokio::io::split);
+    let (inbound_tx, inbound) = mpsc::channel(64);
+    let reader = tokio::spawn(read_frames(FragmentCollectorRead::new(reader), inbound_tx));
+    let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let mut conn = Connection {
+        shared,
+        id: connection,
+        writer,
+        encoder: Encoder::new(compression).ok(),
+        compression,
+        out: Vec::new(),
+        session: None,
+        commands: VecDeque::new(),
+    };
+    let end = conn.run(inbound).await;
+    if let Some(session) = &conn.session {
+        session.detach(conn.id);
+    }
+    match end {
+        End::Close(code, reason) => {
+            let _ = conn
+                .writer
+                .write_frame(Frame::close(code, reason.as_bytes()))
+                .await;
+        }
+        End::Cut | End::Quiet => {}
+    }
+    reader.abort();
+}
+
+async fn read_frames(
+    mut reader: FragmentCollectorRead<tokio::io::ReadHalf<TokioIo<Upgraded>>>,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let mut ignore = |_: Frame<'_>| async { Ok::<(), WebSocketError>(()) };
+    loop {
+        let item = match reader.read_frame(&mut ignore).await {
+            Ok(frame) => match frame.opcode {
+                OpCode::Text | OpCode::Binary => Inbound::Text(frame.payload.to_vec()),
+                OpCode::Ping => Inbound::Ping(frame.payload.to_vec()),
+                OpCode::Close => {
+                    let code = frame
+                        .payload
+                        .get(..2)
+                        .map(|b| u16::from_be_bytes([b[0], b[1]]));
+                    let _ = inbound.send(Inbound::Close(code)).await;
+                    return;
+                }
+                _ => continue,
+            },
+            Err(WebSocketError::FrameTooLarge) => Inbound::Text(vec![0; MAX_CLIENT_FRAME + 1]),
+            Err(_) => {
+                let _ = inbound.send(Inbound::Gone).await;
+                return;
+            }
+        };
+        if inbound.send(item).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    id: u64,
+    writer: fastwebsockets::WebSocketWrite<tokio::io::WriteHalf<TokioIo<Upgraded>>>,
+    encoder: Option<Encoder>,
+    compression: Compression,
+    out: Vec<u8>,
+    session: Option<Arc<Session>>,
+    commands: VecDeque<Instant>,
+}
+
+impl Connection {
+    async fn run(&mut self, mut inbound: mpsc::Receiver<Inbound>) -> End {
+        let interval = self.shared.config.heartbeat_interval;
+        let hello = format!(
+            r#"{{"t":null,"s":null,"op":10,"d":{{"heartbeat_interval":{},"_trace":["[\"discord-sim\",{{\"micros\":0.0}}]"]}}}}"#,
+            interval.as_millis()
+        );
+        if self.send(hello.as_bytes()).await.is_err() {
+            return End::Quiet;
+        }
+        let (outbox, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
+        let mut control: Option<broadcast::Receiver<Control>> = None;
+        let mut deadline = Instant::now() + interval.mul_f64(1.5);
+        loop {
+            tokio::select! {
+                item = inbound.recv() => match item {
+                    Some(Inbound::Text(bytes)) => {
+                        match self.handle(&bytes, &outbox, &mut control, &mut deadline).await {
+                            Ok(()) => {}
+                            Err(end) => return end,
+                        }
+                    }
+                    Some(Inbound::Ping(payload)) => {
+                        let _ = self.writer.write_frame(Frame::pong(Payload::Owned(payload))).await;
+                    }
+                    Some(Inbound::Close(code)) => {
+                        // 1000 and 1001 end the session; any other code keeps it resumable.
+                        if let (Some(1000 | 1001), Some(session)) = (code, &self.session) {
+                            session.invalidate();
+                        }
+                        let _ = self.writer.write_frame(Frame::close(code.unwrap_or(1000), b"")).await;
+                        return End::Quiet;
+                    }
+                    Some(Inbound::Gone) | None => return End::Quiet,
+                },
+                Some(payload) = outgoing.recv() => {
+                    if self.send(&payload).await.is_err() {
+                        return End::Quiet;
+                    }
+                }
+                Some(command) = recv_control(&mut control) => {
+                    if let Some(end) = self.apply(command).await {
+                        return end;
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    return End::Close(4009, "heartbeat timed out");
+                }
+            }
+        }
+    }
+
+    /// Encodes and writes one payload.
+    async fn send(&mut self, payload: &[u8]) -> Result<(), WebSocketError> {
+        self.out.clear();
+        let binary = match &mut self.encoder {
+            Some(encoder) if self.compression.is_binary() => {
+                encoder
+                    .encode(payload, &mut self.out)
+                    .map_err(|_| WebSocketError::ConnectionClosed)?;
+                true
+            }
+            _ => {
+                self.out.extend_from_slice(payload);
+                false
+            }
+        };
+        let payload = Payload::Borrowed(&self.out);
+        let frame = if binary {
+            Frame::binary(payload)
+        } else {
+            Frame::text(payload)
+        };
+        self.writer.write_frame(frame).await
+    }
+
+    async fn apply(&mut self, command: Control) -> Option<End> {
+        let payload = match command {
+            Control::Reconnect => r#"{"t":null,"s":null,"op":7,"d":null}"#,
+            Control::InvalidSession(true) => r#"{"t":null,"s":null,"op":9,"d":true}"#,
+            Control::InvalidSession(false) => {
+                if let Some(session) = &self.session {
+                    session.invalidate();
+                }
+                r#"{"t":null,"s":null,"op":9,"d":false}"#
+            }
+            Control::RequestHeartbeat => r#"{"t":null,"s":null,"op":1,"d":null}"#,
+            Control::Close(code) => return Some(End::Close(code, "closed by the sim's control")),
+            Control::Cut => return Some(End::Cut),
+        };
+        self.send(payload.as_bytes())
+            .await
+            .err()
+            .map(|_| End::Quiet)
+    }
+
+    async fn handle(
+        &mut self,
+        bytes: &[u8],
+        outbox: &crate::session::Outbox,
+        control: &mut Option<broadcast::Receiver<Control>>,
+        deadline: &mut Instant,
+    ) -> Result<(), End> {
+        if bytes.len() > MAX_CLIENT_FRAME {
+            return Err(End::Close(4002, "payload over 4096 bytes"));
+        }
+        let now = Instant::now();
+        while self
+            .commands
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_mins(1))
+        {
+            self.commands.pop_front();
+        }
+        self.commands.push_back(now);
+        if self.commands.len() > COMMANDS_PER_MINUTE {
+            return Err(End::Close(4008, "rate limited"));
+        }
+        let Ok(payload) = serde_json::from_slice::<Value>(bytes) else {
+            return Err(End::Close(4002, "error while decoding payload"));
+        };
+        let Some(op) = payload.get("op").and_then(Value::as_u64) else {
+            return Err(End::Close(4002, "payload without an op"));
+        };
+        let d = payload.get("d").unwrap_or(&Value::Null);
+        match op {
+            1 => {
+                *deadline = now + self.shared.config.heartbeat_interval.mul_f64(1.5);
+                self.send(br#"{"t":null,"s":null,"op":11,"d":null}"#)
+                    .await
+                    .map_err(|_| End::Quiet)
+            }
+            2 => self.identify(d, outbox, control).await,
+            6 => self.resume(d, outbox, control).await,
+            3 | 4 | 8 | 31 => {
+                let Some(session) = self.session.clone() else {
+                    return Err(End::Close(4003, "not authenticated"));
+                };
+                match op {
+                    4 => self.voice_state(&session, d),
+                    8 => self.request_members(&session, d),
+                    31 => soundboard(&session, d),
+                    _ => {}
+                }
+                Ok(())
+            }
+            _ => Err(End::Close(4001, "unknown opcode")),
+        }
+    }
+
+    fn token_ok(&self, d: &Value) -> bool {
+        let token = d.get("token").and_then(Value::as_str).unwrap_or("");
+        let token = token.strip_prefix("Bot ").unwrap_or(token);
+        let expected = &self.shared.config.token;
+        token == expected.strip_prefix("Bot ").unwrap_or(expected)
+    }
+
+    async fn identify(
+        &mut self,
+        d: &Value,
+        outbox: &crate::session::Outbox,
+        control: &mut Option<broadcast::Receiver<Control>>,
+    ) -> Result<(), End> {
+        if self.session.is_some() {
+            return Err(End::Close(4005, "already authenticated"));
+        }
+        if !self.token_ok(d) {
+            return Err(End::Close(4004, "authentication failed"));
+        }
+        let shards = self.shared.config.shards;
+        let (shard, count) = match d.get("shard") {
+            None | Some(Value::Null) => (0, 1),
+            Some(value) => {
+                let pair: Option<Vec<u64>> = value
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_u64).collect());
+                match pair.as_deref() {
+                    Some(&[id, count]) => (id, count),
+                    _ => return Err(End::Close(4002, "invalid shard")),
+                }
+            }
+        };
+        if count != u64::from(shards) || shard >= count {
+            return Err(End::Close(4010, "invalid shard"));
+        }
+        let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+        let Some(intents) = d.get("intents").and_then(Value::as_u64) else {
+            return Err(End::Close(4002, "intents are required"));
+        };
+        if intents & !KNOWN_INTENTS != 0 {
+            return Err(End::Close(4013, "invalid intent(s)"));
+        }
+        if intents & PRIVILEGED_INTENTS & !self.shared.config.privileged_intents != 0 {
+            return Err(End::Close(4014, "disallowed intent(s)"));
+        }
+        if !self.shared.take_identify(shard) {
+            return self
+                .send(br#"{"t":null,"s":null,"op":9,"d":false}"#)
+                .await
+                .map_err(|_| End::Quiet);
+        }
+        if d.get("compress").and_then(Value::as_bool) == Some(true)
+            && self.compression == Compression::None
+        {
+            self.compression = Compression::ZlibPayload;
+            self.encoder = Encoder::new(self.compression).ok();
+        }
+
+        let session = self.shared.new_session(shard);
+        let hub = &self.shared.shards[shard as usize];
+        let events = hub.events.subscribe();
+        *control = Some(hub.control.subscribe());
+        session.attach(self.id, outbox.clone());
+        self.session = Some(session.clone());
+
+        let world = &self.shared.world;
+        let mut ready = String::with_capacity(1024);
+        let bot = &world.bot;
+        let _ = write!(
+            ready,
+            r#"{{"v":10,"user_settings":{{}},"user":{{"id":"{}","username":"#,
+            bot.id
+        );
+        crate::world::json_str(&mut ready, &bot.username);
+        let _ = write!(
+            ready,
+            r#","discriminator":"0","global_name":null,"avatar":null,"bot":true,"mfa_enabled":false,"verified":true,"email":null,"flags":0}},"session_type":"normal","session_id":"{}","resume_gateway_url":"{}","relationships":[],"private_channels":[],"presences":[],"guilds":["#,
+            session.id, self.shared.gateway_url
+        );
+        for (i, guild) in world.guilds_of(shard, shards).enumerate() {
+            if i > 0 {
+                ready.push(',');
+            }
+            let _ = write!(ready, r#"{{"id":"{}","unavailable":true}}"#, guild.id);
+        }
+        let _ = write!(
+            ready,
+            r#"],"guild_join_requests":[],"geo_ordered_rtc_regions":["rotterdam","milan"],"shard":[{shard},{shards}],"application":{{"id":"{}","flags":565248}},"_trace":["[\"discord-sim\",{{\"micros\":0}}]"]}}"#,
+            world.application_id
+        );
+        session.emit("READY", &ready);
+        let mut d = String::new();
+        for guild in world.guilds_of(shard, shards) {
+            d.clear();
+            guild.write_create(bot, &mut d);
+            session.emit(
+                if guild.unavailable {
+                    "GUILD_DELETE"
+                } else {
+                    "GUILD_CREATE"
+                },
+                &d,
+            );
+        }
+        tokio::spawn(feed(self.shared.clone(), session, events));
+        Ok(())
+    }
+
+    async fn resume(
+        &mut self,
+        d: &Value,
+        outbox: &crate::session::Outbox,
+        control: &mut Option<broadcast::Receiver<Control>>,
+    ) -> Result<(), End> {
+        if !self.token_ok(d) {
+            return Err(End::Close(4004, "authentication failed"));
+        }
+        let id = d.get("session_id").and_then(Value::as_str).unwrap_or("");
+        let after = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        let session = self.shared.session(id);
+        let resumed = session.as_ref().map_or(Err(ResumeError::Invalid), |s| {
+            s.resume(self.id, outbox.clone(), after)
+        });
+        match (session, resumed) {
+            (Some(session), Ok(_)) => {
+                if let Some(previous) = self.session.replace(session.clone()) {
+                    previous.detach(self.id);
+                }
+                *control = Some(
+                    self.shared.shards[session.shard as usize]
+                        .control
+                        .subscribe(),
+                );
+                Ok(())
+            }
+            _ => self
+                .send(br#"{"t":null,"s":null,"op":9,"d":false}"#)
+                .await
+                .map_err(|_| End::Quiet),
+        }
+    }
+
+    fn voice_state(&self, session: &Session, d: &Value) {
+        let Some(guild) = snowflake(d.get("guild_id")) else {
+            return;
+        };
+        let channel = snowflake(d.get("channel_id"));
+        let bot = self.shared.world.bot.id;
+        let self_mute = d.get("self_mute").and_then(Value::as_bool).unwrap_or(false);
+        let self_deaf = d.get("self_deaf").and_then(Value::as_bool).unwrap_or(false);
+        let channel_json = channel.map_or_else(|| "null".to_owned(), |c| format!("\"{c}\""));
+        session.emit(
+            "VOICE_STATE_UPDATE",
+            &format!(
+                r#"{{"guild_id":"{guild}","channel_id":{channel_json},"user_id":"{bot}","session_id":"{}","deaf":false,"mute":false,"self_deaf":{self_deaf},"self_mute":{self_mute},"self_video":false,"suppress":false,"request_to_speak_timestamp":null}}"#,
+                session.id
+            ),
+        );
+        if channel.is_some() {
+            session.emit(
+                "VOICE_SERVER_UPDATE",
+                &format!(
+                    r#"{{"token":"sim-voice-{:x}","guild_id":"{guild}","endpoint":"voice.sim.invalid:443"}}"#,
+                    session.seq()
+                ),
+            );
+        }
+    }
+
+    fn request_members(&self, session: &Session, d: &Value) {
+        let Some(guild_id) = snowflake(d.get("guild_id")) else {
+            return;
+        };
+        let Some(guild) = self.shared.world.guild(guild_id) else {
+            return;
+        };
+        let nonce = d
+            .get("nonce")
+            .and_then(Value::as_str)
+            .filter(|n| n.len() <= 32)
+            .map(|n| {
+                let mut s = String::from(r#","nonce":"#);
+                crate::world::json_str(&mut s, n);
+                s
+            })
+            .unwrap_or_default();
+        let query = d.get("query").and_then(Value::as_str);
+        let limit = d.get("limit").and_then(Value::as_u64).unwrap_or(0);
+        let user_ids: Option<Vec<u64>> = d.get("user_ids").map(|v| {
+            v.as_array().map_or_else(
+                || snowflake(Some(v)).into_iter().collect(),
+                |a| a.iter().filter_map(|x| snowflake(Some(x))).collect(),
+            )
+        });
+        let everyone = user_ids.is_none() && query == Some("") && limit == 0;
+        if everyone && !self.shared.allow_full_request(guild_id) {
+            let nonce_meta = nonce.trim_start_matches(',');
+            session.emit(
+                "RATE_LIMITED",
+                &format!(
+                    r#"{{"opcode":8,"retry_after":30.0,"meta":{{"guild_id":"{guild_id}"{}}}}}"#,
+                    if nonce_meta.is_empty() {
+                        String::new()
+                    } else {
+                        format!(",{nonce_meta}")
+                    }
+                ),
+            );
+            return;
+        }
+        let bot = crate::world::Member::bot(&self.shared.world.bot);
+        let all = std::iter::once(&bot).chain(&guild.members);
+        let members: Vec<&crate::world::Member> = match (&user_ids, query) {
+            (Some(ids), _) => all.filter(|m| ids.contains(&m.user.id)).take(100).collect(),
+            (None, Some(q)) => {
+                let q = q.to_lowercase();
+                let cap = if q.is_empty() && limit == 0 {
+                    usize::MAX
+                } else {
+                    usize::try_from(limit.clamp(1, 100)).unwrap_or(100)
+                };
+                all.filter(|m| m.user.username.to_lowercase().starts_with(&q))
+                    .take(cap)
+                    .collect()
+            }
+            (None, None) => Vec::new(),
+        };
+        let not_found: Vec<u64> = user_ids
+            .iter()
+            .flatten()
+            .filter(|id| !members.iter().any(|m| m.user.id == **id))
+            .copied()
+            .collect();
+        let chunks: Vec<&[&crate::world::Member]> = if members.is_empty() {
+            vec![&[]]
+        } else {
+            members.chunks(1000).collect()
+        };
+        let count = chunks.len();
+        let presences = d.get("presences").and_then(Value::as_bool) == Some(true);
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            let mut out = String::with_capacity(chunk.len() * 400 + 128);
+            let _ = write!(out, r#"{{"guild_id":"{guild_id}","members":["#);
+            for (i, member) in chunk.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                member.write(&mut out);
+            }
+            let _ = write!(out, r#"],"chunk_index":{index},"chunk_count":{count}"#);
+            if index == 0 && !not_found.is_empty() {
+                let ids: Vec<String> = not_found.iter().map(|id| format!("\"{id}\"")).collect();
+                let _ = write!(out, r#","not_found":[{}]"#, ids.join(","));
+            }
+            if presences {
+                out.push_str(r#","presences":[]"#);
+            }
+            out.push_str(&nonce);
+            out.push('}');
+            session.emit("GUILD_MEMBERS_CHUNK", &out);
+        }
+    }
+}
+
+/// op 31: one `SOUNDBOARD_SOUNDS` per guild asked for (the sim's guilds have none).
+fn soundboard(session: &Session, d: &Value) {
+    let ids = d
+        .get("guild_ids")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for guild in ids.iter().filter_map(|v| snowflake(Some(v))) {
+        session.emit(
+            "SOUNDBOARD_SOUNDS",
+            &format!(r#"{{"guild_id":"{guild}","soundboard_sounds":[]}}"#),
+        );
+    }
+}
+
+/// A snowflake given as a string or a number (discord.py sends numbers).
+fn snowflake(value: Option<&Value>) -> Option<u64> {
+    match value? {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+async fn recv_control(control: &mut Option<broadcast::Receiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => loop {
+            match rx.recv().await {
+                Ok(command) => return Some(command),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Feeds a session its shard's live dispatches until it is invalidated.
+async fn feed(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    mut events: broadcast::Receiver<Arc<crate::Dispatch>>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(dispatch) => {
+                if session.is_invalid() {
+                    return;
+                }
+                session.emit(&dispatch.t, &dispatch.d);
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                shared.lagged.fetch_add(missed, Ordering::Relaxed);
+                tracing::error!(session = %session.id, missed, "session fell behind its shard's stream; events lost");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

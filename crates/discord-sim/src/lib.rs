@@ -1,0 +1,462 @@
+//! A faithful fake Discord on loopback, for tests, benchmarks and demos.
+//!
+//! `discord-sim` plays Discord's gateway and the REST routes a bot calls at
+//! start-up, against a world of guilds generated from a seed, and streams
+//! realistic dispatches at a chosen rate. It is strict where Discord is
+//! strict (tokens, shards, intents, identify concurrency, payload size,
+//! command rate) and lets a test break things on demand (RECONNECT,
+//! `INVALID_SESSION`, any close code, a cut TCP connection).
+//!
+//! It depends on no crate of the proxy, so that it stays an independent
+//! witness of the protocol.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use discord_sim::{Control, Sim, SimConfig};
+//!
+//! let mut config = SimConfig::default();
+//! config.shards = 2;
+//! config.events_per_sec = 100;
+//! let sim = Sim::start(config).await?;
+//! println!("gateway {} rest {} token {}", sim.gateway_url(), sim.api_base(), sim.token());
+//!
+//! // Ground truth to compare a client's view against.
+//! let guilds_on_shard_0 = sim.world().guilds_of(0, 2).count();
+//! # let _ = guilds_on_shard_0;
+//! // Make every connection of shard 1 reconnect and resume.
+//! sim.control(1, Control::Reconnect);
+//! # Ok(()) }
+//! ```
+//!
+//! # What it serves
+//!
+//! - REST under `/api/v10` (and `/api`): `GET /gateway`, `/gateway/bot`
+//!   (`session_start_limit.remaining` counts identifies), `/users/@me`,
+//!   `/oauth2/applications/@me`, `/applications/@me`; 401 without the
+//!   token, always `Content-Type: application/json`.
+//! - The gateway on any path of the same port, `?v=10&encoding=json` with
+//!   optional `compress=zlib-stream|zstd-stream`; `"compress": true` in
+//!   IDENTIFY without transport compression turns on payload compression.
+//!
+//! # Markers
+//!
+//! Every generated dispatch ends its `d` with
+//! `"_sim":{"shard":S,"n":N,"sent_at_us":T}`: `N` counts the shard's
+//! dispatches from 1 without gaps, `T` is the Unix time in microseconds when
+//! the sim made it. A consumer can find lost, repeated or reordered events
+//! and measure latency from them.
+
+mod config;
+mod events;
+mod gateway;
+mod rest;
+mod session;
+mod world;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use crate::config::{KNOWN_INTENTS, PRIVILEGED_INTENTS, SimConfig};
+pub use crate::events::Dispatch;
+pub use crate::world::{Channel, Emoji, Guild, Member, Role, User, World};
+
+use crate::events::EventGen;
+use crate::session::Session;
+
+/// Something to do to every identified connection of a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Control {
+    /// Send RECONNECT (op 7); the client should resume.
+    Reconnect,
+    /// Send `INVALID_SESSION` (op 9); `false` also ends the session.
+    InvalidSession(bool),
+    /// Ask for a heartbeat now (op 1 from the server).
+    RequestHeartbeat,
+    /// Close with this code (4000–4014 are Discord's).
+    Close(u16),
+    /// Drop the TCP connection without a close frame.
+    Cut,
+}
+
+/// A running sim. Dropping it stops it.
+#[derive(Debug)]
+pub struct Sim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Sim {
+    /// Generates the world and starts serving on `config.bind`.
+    ///
+    /// # Errors
+    ///
+    /// If the address cannot be bound.
+    pub async fn start(config: SimConfig) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.bind).await?;
+        let addr = listener.local_addr()?;
+        let world = World::generate(&config);
+        let shards = (0..config.shards.max(1))
+            .map(|shard| ShardHub {
+                events: broadcast::channel(1 << 16).0,
+                control: broadcast::channel(64).0,
+                generator: Mutex::new(EventGen::new(
+                    &world,
+                    config.seed,
+                    shard,
+                    config.shards.max(1),
+                )),
+                sent: AtomicU64::new(0),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            gateway_url: format!("ws://{addr}"),
+            identify: Mutex::new(IdentifyState {
+                last: HashMap::new(),
+                remaining: config.session_start_total,
+            }),
+            world,
+            shards,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            full_requests: Mutex::new(HashMap::new()),
+            paused: AtomicBool::new(false),
+            next_connection: AtomicU64::new(1),
+            next_session: AtomicU64::new(1),
+            lagged: AtomicU64::new(0),
+            not_found: AtomicU64::new(0),
+        });
+        let mut tasks = vec![tokio::spawn(accept(listener, shared.clone()))];
+        if shared.config.events_per_sec > 0 {
+            for shard in 0..shared.config.shards.max(1) {
+                tasks.push(tokio::spawn(generate(shared.clone(), shard)));
+            }
+        }
+        Ok(Self {
+            shared,
+            addr,
+            tasks,
+        })
+    }
+
+    /// The address it listens on.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The gateway URL, `ws://127.0.0.1:PORT` (no trailing slash).
+    #[must_use]
+    pub fn gateway_url(&self) -> &str {
+        &self.shared.gateway_url
+    }
+
+    /// The REST base, `http://127.0.0.1:PORT/api` (clients add `/v10/…`).
+    #[must_use]
+    pub fn api_base(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    /// The token it accepts.
+    #[must_use]
+    pub fn token(&self) -> &str {
+        &self.shared.config.token
+    }
+
+    /// The configuration it runs with.
+    #[must_use]
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
+    /// The ground truth: every guild as the sim knows it.
+    #[must_use]
+    pub fn world(&self) -> &World {
+        &self.shared.world
+    }
+
+    /// Applies `command` to every identified connection of `shard` and
+    /// returns how many there were.
+    #[must_use = "zero means no connection of the shard was identified"]
+    pub fn control(&self, shard: u32, command: Control) -> usize {
+        self.shared
+            .shards
+            .get(shard as usize)
+            .map_or(0, |hub| hub.control.send(command).unwrap_or(0))
+    }
+
+    /// Stops generating dispatches until [`resume_stream`](Self::resume_stream).
+    pub fn pause_stream(&self) {
+        self.shared.paused.store(true, Ordering::Relaxed);
+    }
+
+    /// Generates dispatches again.
+    pub fn resume_stream(&self) {
+        self.shared.paused.store(false, Ordering::Relaxed);
+    }
+
+    /// Sends a dispatch to every session of `shard`; `d` must be a JSON
+    /// object, and gets the marker added. Returns its marker number.
+    ///
+    /// # Panics
+    ///
+    /// If `d` does not end with `}`.
+    #[must_use = "None means there is no such shard"]
+    pub fn emit(&self, shard: u32, t: &str, d: &str) -> Option<u64> {
+        let hub = self.shared.shards.get(shard as usize)?;
+        let mut d = d.trim_end().to_owned();
+        assert_eq!(d.pop(), Some('}'), "d must be a JSON object");
+        if !d.trim_end().ends_with('{') {
+            d.push(',');
+        }
+        let marker = hub.generator().marker(unix_micros());
+        d.push_str(&marker);
+        d.push('}');
+        let n = hub.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = hub.events.send(Arc::new(Dispatch { t: t.to_owned(), d }));
+        Some(n)
+    }
+
+    /// Dispatches generated or emitted for `shard` so far.
+    #[must_use]
+    pub fn events_sent(&self, shard: u32) -> u64 {
+        self.shared
+            .shards
+            .get(shard as usize)
+            .map_or(0, |hub| hub.sent.load(Ordering::Relaxed))
+    }
+
+    /// Dispatches that sessions missed because they fell behind the stream;
+    /// a test that checks for loss should assert this is zero.
+    #[must_use]
+    pub fn lagged(&self) -> u64 {
+        self.shared.lagged.load(Ordering::Relaxed)
+    }
+
+    /// `session_start_limit.remaining`.
+    #[must_use]
+    pub fn identifies_remaining(&self) -> u32 {
+        self.shared.identify_state()
+    }
+}
+
+pub(crate) struct Shared {
+    config: SimConfig,
+    world: World,
+    gateway_url: String,
+    shards: Vec<ShardHub>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    identify: Mutex<IdentifyState>,
+    /// When each guild was last asked for all its members (op 8).
+    full_requests: Mutex<HashMap<u64, Instant>>,
+    paused: AtomicBool,
+    next_connection: AtomicU64,
+    next_session: AtomicU64,
+    lagged: AtomicU64,
+    not_found: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("gateway_url", &self.gateway_url)
+            .finish_non_exhaustive()
+    }
+}
+
+struct IdentifyState {
+    last: HashMap<u32, Instant>,
+    remaining: u32,
+}
+
+pub(crate) struct ShardHub {
+    events: broadcast::Sender<Arc<Dispatch>>,
+    control: broadcast::Sender<Control>,
+    generator: Mutex<EventGen>,
+    sent: AtomicU64,
+}
+
+impl ShardHub {
+    fn generator(&self) -> std::sync::MutexGuard<'_, EventGen> {
+        self.generator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Takes an identify for `shard` if its bucket and the daily limit allow.
+    fn take_identify(&self, shard: u32) -> bool {
+        let bucket = shard % self.config.max_concurrency.max(1);
+        let now = Instant::now();
+        let mut state = lock(&self.identify);
+        if state.remaining == 0 {
+            return false;
+        }
+        if state
+            .last
+            .get(&bucket)
+            .is_some_and(|last| now.duration_since(*last) < self.config.identify_interval)
+        {
+            return false;
+        }
+        state.last.insert(bucket, now);
+        state.remaining -= 1;
+        true
+    }
+
+    fn identify_state(&self) -> u32 {
+        lock(&self.identify).remaining
+    }
+
+    fn new_session(&self, shard: u32) -> Arc<Session> {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let id = format!(
+            "{:016x}{:016x}",
+            self.config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            n
+        );
+        let session = Session::new(id.clone(), shard, self.config.replay_capacity);
+        lock(&self.sessions).insert(id, session.clone());
+        session
+    }
+
+    fn session(&self, id: &str) -> Option<Arc<Session>> {
+        lock(&self.sessions).get(id).cloned()
+    }
+
+    /// Whether a request for all of a guild's members is allowed now (one
+    /// per guild per 30 s).
+    fn allow_full_request(&self, guild: u64) -> bool {
+        let now = Instant::now();
+        let mut last = lock(&self.full_requests);
+        if last
+            .get(&guild)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(30))
+        {
+            return false;
+        }
+        last.insert(guild, now);
+        true
+    }
+}
+
+/// The wall clock in Unix microseconds, for the markers that consumers in
+/// other processes compare with their own clock.
+fn unix_micros() -> u64 {
+    #[allow(clippy::disallowed_methods)] // a timestamp for other processes, not a timer
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, request)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn handle(
+    shared: Arc<Shared>,
+    mut request: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        return rest::route(&shared, &request);
+    }
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut request) else {
+        let mut bad = Response::new(Full::new(Bytes::from_static(b"bad websocket upgrade")));
+        *bad.status_mut() = hyper::StatusCode::BAD_REQUEST;
+        return bad;
+    };
+    tokio::spawn(async move {
+        let Ok(mut ws) = upgrade.await else { return };
+        let etf = query.split('&').any(|p| p == "encoding=etf");
+        match wire_codec::Compression::from_query(&query) {
+            Ok(compression) if !etf => gateway::serve(shared, ws, compression).await,
+            _ => {
+                let reason: &[u8] = if etf {
+                    b"ETF is not supported"
+                } else {
+                    b"unknown compression"
+                };
+                let _ = ws
+                    .write_frame(fastwebsockets::Frame::close(4002, reason))
+                    .await;
+            }
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+/// Generates a shard's stream at `events_per_sec`.
+async fn generate(shared: Arc<Shared>, index: u32) {
+    let hub = &shared.shards[index as usize];
+    let rate = f64::from(shared.config.events_per_sec);
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    let mut owed = 0.0;
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        owed += rate * now.duration_since(last).as_secs_f64();
+        last = now;
+        if shared.paused.load(Ordering::Relaxed) {
+            owed = 0.0;
+            continue;
+        }
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let Some(dispatch) = hub.generator().next(&shared.world, unix_micros()) else {
+                owed = 0.0;
+                break;
+            };
+            hub.sent.fetch_add(1, Ordering::Relaxed);
+            let _ = hub.events.send(Arc::new(dispatch));
+        }
+    }
+}

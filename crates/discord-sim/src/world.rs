@@ -1,0 +1,550 @@
+//! The sim's ground truth: the bot, its application and every guild, made
+//! from a seed, and written out in Discord's JSON shape.
+
+use std::fmt::Write as _;
+
+use crate::config::SimConfig;
+
+/// Discord's epoch (2015-01-01) in Unix milliseconds.
+const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+
+/// A small seeded generator (xorshift64*): reproducible worlds and streams.
+#[derive(Clone, Debug)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (`n` > 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// An index into a non-empty slice of length `len`.
+    pub(crate) fn index(&mut self, len: usize) -> usize {
+        usize::try_from(self.below(len as u64)).unwrap_or(0)
+    }
+
+    /// A snowflake made between 2016 and 2025.
+    pub(crate) fn snowflake(&mut self) -> u64 {
+        let since_epoch = 31_536_000_000 + self.below(9 * 31_536_000_000);
+        (since_epoch << 22) | self.below(1 << 22)
+    }
+}
+
+/// A Discord user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct User {
+    /// Snowflake.
+    pub id: u64,
+    /// `username`.
+    pub username: String,
+    /// `global_name`.
+    pub global_name: Option<String>,
+    /// `bot`.
+    pub bot: bool,
+}
+
+/// A role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Role {
+    /// Snowflake; `@everyone`'s is the guild's.
+    pub id: u64,
+    /// `name`.
+    pub name: String,
+    /// `position`.
+    pub position: u32,
+    /// `color`.
+    pub color: u32,
+    /// `permissions`, sent as a string.
+    pub permissions: u64,
+}
+
+/// A guild channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Channel {
+    /// Snowflake.
+    pub id: u64,
+    /// `name`.
+    pub name: String,
+    /// `type`: 0 text, 2 voice, 4 category.
+    pub kind: u8,
+    /// `position`.
+    pub position: u32,
+    /// `parent_id`: the category.
+    pub parent_id: Option<u64>,
+    /// `topic` (text channels).
+    pub topic: Option<String>,
+}
+
+/// A guild member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Member {
+    /// `user`.
+    pub user: User,
+    /// `nick`.
+    pub nick: Option<String>,
+    /// `roles`, without `@everyone`.
+    pub roles: Vec<u64>,
+}
+
+/// A custom emoji.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Emoji {
+    /// Snowflake.
+    pub id: u64,
+    /// `name`.
+    pub name: String,
+    /// `animated`.
+    pub animated: bool,
+}
+
+/// A guild, as the sim knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Guild {
+    /// Snowflake; its shard is `(id >> 22) % shards`.
+    pub id: u64,
+    /// `name`.
+    pub name: String,
+    /// `owner_id`.
+    pub owner_id: u64,
+    /// Unavailable guilds arrive as `GUILD_DELETE` with `unavailable: true`.
+    pub unavailable: bool,
+    /// `@everyone` first, then the others.
+    pub roles: Vec<Role>,
+    /// Categories, text and voice channels.
+    pub channels: Vec<Channel>,
+    /// Every member but the bot, which is a member of every guild too.
+    pub members: Vec<Member>,
+    /// Custom emojis.
+    pub emojis: Vec<Emoji>,
+}
+
+/// Everything the sim serves, generated from [`SimConfig::seed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct World {
+    /// The bot user (`/users/@me`, READY's `user`).
+    pub bot: User,
+    /// The application id (equal to the bot's id, as on Discord).
+    pub application_id: u64,
+    /// The owner of the application.
+    pub owner: User,
+    /// Every guild, in id order.
+    pub guilds: Vec<Guild>,
+}
+
+const WORDS: &[&str] = &[
+    "rust", "gateway", "proxy", "shard", "crab", "night", "owl", "garden", "pixel", "orbit",
+    "maple", "river", "quartz", "echo", "nova", "ember", "delta", "lumen", "cobalt", "fjord",
+];
+
+fn name(rng: &mut Rng, words: usize) -> String {
+    let mut s = String::new();
+    for i in 0..words {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(WORDS[rng.index(WORDS.len())]);
+    }
+    s
+}
+
+fn user(rng: &mut Rng, bot: bool) -> User {
+    let username = format!("{}{}", WORDS[rng.index(WORDS.len())], rng.below(10_000));
+    let global_name = (rng.below(3) > 0).then(|| name(rng, 2));
+    User {
+        id: rng.snowflake(),
+        username,
+        global_name,
+        bot,
+    }
+}
+
+impl World {
+    /// The world of a configuration: the same seed gives the same world.
+    #[must_use]
+    pub fn generate(config: &SimConfig) -> Self {
+        let mut rng = Rng::new(config.seed);
+        let mut bot = user(&mut rng, true);
+        "sim-bot".clone_into(&mut bot.username);
+        let owner = user(&mut rng, false);
+        let mut guilds: Vec<Guild> = (0..config.guilds)
+            .map(|_| generate_guild(&mut rng, config, owner.id))
+            .collect();
+        guilds.sort_by_key(|g| g.id);
+        // Every k-th guild is unavailable, spread through the list.
+        let unavailable = usize::try_from(config.unavailable_guilds).unwrap_or(usize::MAX);
+        if let Some(step) = guilds.len().checked_div(unavailable) {
+            for guild in guilds.iter_mut().step_by(step.max(1)).take(unavailable) {
+                guild.unavailable = true;
+            }
+        }
+        Self {
+            application_id: bot.id,
+            bot,
+            owner,
+            guilds,
+        }
+    }
+
+    /// The shard a guild belongs to.
+    #[must_use]
+    pub fn shard_of(guild_id: u64, shards: u32) -> u32 {
+        u32::try_from((guild_id >> 22) % u64::from(shards.max(1))).unwrap_or(0)
+    }
+
+    /// The guilds of one shard, in id order.
+    pub fn guilds_of(&self, shard: u32, shards: u32) -> impl Iterator<Item = &Guild> {
+        self.guilds
+            .iter()
+            .filter(move |g| Self::shard_of(g.id, shards) == shard)
+    }
+
+    /// A guild by id.
+    #[must_use]
+    pub fn guild(&self, id: u64) -> Option<&Guild> {
+        self.guilds.iter().find(|g| g.id == id)
+    }
+}
+
+fn generate_guild(rng: &mut Rng, config: &SimConfig, owner_id: u64) -> Guild {
+    let id = rng.snowflake();
+    let mut roles = vec![Role {
+        id,
+        name: "@everyone".to_owned(),
+        position: 0,
+        color: 0,
+        permissions: 1_071_698_660_929,
+    }];
+    for position in 1..=config.roles_per_guild {
+        roles.push(Role {
+            id: rng.snowflake(),
+            name: name(rng, 1),
+            position,
+            color: u32::try_from(rng.below(0x0100_0000)).unwrap_or(0),
+            permissions: rng.below(1 << 40),
+        });
+    }
+    let mut channels = Vec::new();
+    let mut category = None;
+    for position in 0..config.channels_per_guild {
+        let kind = match position % 5 {
+            0 => 4,
+            4 => 2,
+            _ => 0,
+        };
+        let channel_id = rng.snowflake();
+        channels.push(Channel {
+            id: channel_id,
+            name: name(rng, 1).replace(' ', "-"),
+            kind,
+            position,
+            parent_id: if kind == 4 { None } else { category },
+            topic: (kind == 0)
+                .then(|| format!("talk about {{\"s\":{position}}} and {}", name(rng, 3))),
+        });
+        if kind == 4 {
+            category = Some(channel_id);
+        }
+    }
+    let members = (0..config.members_per_guild)
+        .map(|_| {
+            let user = user(rng, false);
+            let roles = roles[1..]
+                .iter()
+                .filter(|_| rng.below(3) == 0)
+                .map(|r| r.id)
+                .collect();
+            Member {
+                nick: (rng.below(4) == 0).then(|| name(rng, 1)),
+                user,
+                roles,
+            }
+        })
+        .collect();
+    let emojis = (0..config.emojis_per_guild)
+        .map(|_| Emoji {
+            id: rng.snowflake(),
+            name: name(rng, 1),
+            animated: rng.below(5) == 0,
+        })
+        .collect();
+    Guild {
+        id,
+        name: format!("{} \"guild\" ✓", name(rng, 2)),
+        owner_id,
+        unavailable: false,
+        roles,
+        channels,
+        members,
+        emojis,
+    }
+}
+
+/// Appends `s` as a JSON string.
+pub(crate) fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends `Some(s)` as a JSON string and `None` as `null`.
+fn json_opt(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// A snowflake's creation time as Discord's ISO 8601 timestamp.
+pub(crate) fn timestamp_of(id: u64) -> String {
+    let ms = (id >> 22) + DISCORD_EPOCH_MS;
+    iso8601(ms)
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`.
+pub(crate) fn iso8601(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}000+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+impl User {
+    /// Appends the user object.
+    pub(crate) fn write(&self, out: &mut String) {
+        let _ = write!(out, r#"{{"id":"{}","username":"#, self.id);
+        json_str(out, &self.username);
+        out.push_str(r#","discriminator":"0","global_name":"#);
+        json_opt(out, self.global_name.as_deref());
+        let _ = write!(
+            out,
+            r#","avatar":null,"bot":{},"public_flags":0,"avatar_decoration_data":null,"clan":null,"primary_guild":null}}"#,
+            self.bot
+        );
+    }
+}
+
+impl Member {
+    /// Appends the member object (with `user`).
+    pub(crate) fn write(&self, out: &mut String) {
+        out.push_str(r#"{"user":"#);
+        self.user.write(out);
+        out.push_str(r#","roles":["#);
+        for (i, role) in self.roles.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, r#""{role}""#);
+        }
+        out.push_str(r#"],"nick":"#);
+        json_opt(out, self.nick.as_deref());
+        let _ = write!(
+            out,
+            r#","avatar":null,"banner":null,"joined_at":"{}","premium_since":null,"deaf":false,"mute":false,"flags":0,"pending":false,"communication_disabled_until":null}}"#,
+            timestamp_of(self.user.id)
+        );
+    }
+}
+
+impl Member {
+    /// The bot as a member of a guild.
+    pub(crate) fn bot(bot: &User) -> Self {
+        Self {
+            user: bot.clone(),
+            nick: None,
+            roles: Vec::new(),
+        }
+    }
+}
+
+impl Guild {
+    /// Members with the bot.
+    #[must_use]
+    pub fn member_count(&self) -> usize {
+        self.members.len() + 1
+    }
+
+    /// Appends the `d` of this guild's `GUILD_CREATE` (or of its
+    /// `GUILD_DELETE` when it is unavailable).
+    pub(crate) fn write_create(&self, bot: &User, out: &mut String) {
+        if self.unavailable {
+            let _ = write!(out, r#"{{"id":"{}","unavailable":true}}"#, self.id);
+            return;
+        }
+        let _ = write!(out, r#"{{"id":"{}","name":"#, self.id);
+        json_str(out, &self.name);
+        let system_channel = self.channels.iter().find(|c| c.kind == 0).map(|c| c.id);
+        let _ = write!(
+            out,
+            r#","icon":null,"splash":null,"discovery_splash":null,"banner":null,"owner_id":"{}","afk_channel_id":null,"afk_timeout":300,"verification_level":1,"default_message_notifications":1,"explicit_content_filter":2,"features":["COMMUNITY","NEWS"],"mfa_level":0,"application_id":null,"system_channel_id":{},"system_channel_flags":0,"rules_channel_id":null,"vanity_url_code":null,"description":null,"premium_tier":0,"premium_subscription_count":0,"preferred_locale":"en-US","public_updates_channel_id":null,"safety_alerts_channel_id":null,"nsfw_level":0,"nsfw":false,"premium_progress_bar_enabled":false,"max_members":500000,"max_video_channel_users":25,"max_stage_video_channel_users":50,"joined_at":"{}","large":{},"unavailable":false,"member_count":{},"lazy":true,"version":1732780800000,"roles":["#,
+            self.owner_id,
+            system_channel.map_or_else(|| "null".to_owned(), |id| format!("\"{id}\"")),
+            timestamp_of(self.id),
+            self.member_count() > 250,
+            self.member_count(),
+        );
+        for (i, role) in self.roles.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, r#"{{"id":"{}","name":"#, role.id);
+            json_str(out, &role.name);
+            let _ = write!(
+                out,
+                r#","color":{c},"colors":{{"primary_color":{c},"secondary_color":null,"tertiary_color":null}},"hoist":false,"icon":null,"unicode_emoji":null,"position":{},"permissions":"{}","managed":false,"mentionable":false,"flags":0,"tags":{{}},"version":1732780800000}}"#,
+                role.position,
+                role.permissions,
+                c = role.color,
+            );
+        }
+        out.push_str(r#"],"emojis":["#);
+        for (i, emoji) in self.emojis.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, r#"{{"id":"{}","name":"#, emoji.id);
+            json_str(out, &emoji.name);
+            let _ = write!(
+                out,
+                r#","roles":[],"require_colons":true,"managed":false,"animated":{},"available":true,"version":1732780800000}}"#,
+                emoji.animated
+            );
+        }
+        out.push_str(r#"],"stickers":[],"channels":["#);
+        for (i, channel) in self.channels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                r#"{{"id":"{}","type":{},"name":"#,
+                channel.id, channel.kind
+            );
+            json_str(out, &channel.name);
+            let _ = write!(
+                out,
+                r#","position":{},"permission_overwrites":[],"parent_id":"#,
+                channel.position
+            );
+            json_opt(out, channel.parent_id.map(|id| id.to_string()).as_deref());
+            out.push_str(r#","topic":"#);
+            json_opt(out, channel.topic.as_deref());
+            let extra = if channel.kind == 2 {
+                r#","bitrate":64000,"user_limit":0,"rtc_region":null"#
+            } else {
+                r#","last_message_id":null,"rate_limit_per_user":0"#
+            };
+            let _ = write!(
+                out,
+                r#","nsfw":false{extra},"flags":0,"version":1732780800000}}"#
+            );
+        }
+        out.push_str(r#"],"threads":[],"members":["#);
+        Member::bot(bot).write(out);
+        for member in &self.members {
+            out.push(',');
+            member.write(out);
+        }
+        out.push_str(
+            r#"],"presences":[],"voice_states":[],"stage_instances":[],"guild_scheduled_events":[],"soundboard_sounds":[],"embedded_activities":[],"application_command_counts":{}}"#,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_makes_the_same_world() {
+        let config = SimConfig::default();
+        assert_eq!(World::generate(&config), World::generate(&config));
+        let other = SimConfig {
+            seed: 2,
+            ..SimConfig::default()
+        };
+        assert_ne!(World::generate(&config), World::generate(&other));
+    }
+
+    #[test]
+    fn guild_create_is_json_with_what_clients_read() {
+        let config = SimConfig {
+            unavailable_guilds: 1,
+            ..SimConfig::default()
+        };
+        let world = World::generate(&config);
+        for guild in &world.guilds {
+            let mut d = String::new();
+            guild.write_create(&world.bot, &mut d);
+            let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+            assert_eq!(v["id"], guild.id.to_string());
+            if guild.unavailable {
+                assert_eq!(v["unavailable"], true);
+                continue;
+            }
+            assert_eq!(v["unavailable"], false);
+            assert_eq!(v["roles"][0]["name"], "@everyone");
+            assert_eq!(v["roles"].as_array().unwrap().len(), guild.roles.len());
+            assert_eq!(
+                v["channels"].as_array().unwrap().len(),
+                guild.channels.len()
+            );
+            assert_eq!(v["members"].as_array().unwrap().len(), guild.member_count());
+            assert_eq!(v["member_count"], guild.member_count());
+            assert_eq!(v["members"][0]["user"]["id"], world.bot.id.to_string());
+        }
+        assert_eq!(world.guilds.iter().filter(|g| g.unavailable).count(), 1);
+    }
+
+    #[test]
+    fn timestamps_are_iso8601() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000000+00:00");
+        assert_eq!(
+            iso8601(1_732_766_519_123),
+            "2024-11-28T04:01:59.123000+00:00"
+        );
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000000+00:00");
+    }
+}

@@ -1,0 +1,24 @@
+//! The integration tests of `discord-sim`: real clients on loopback.
+//!
+//! twilight-gateway 0.18 is the real client (zstd-stream, as it ships);
+//! a small raw client (`client.rs`) covers what twilight never sends:
+//! zlib-stream, payload compression, bad frames and every close code.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
+mod client;
+mod protocol;
+mod rest;
+mod twilight;
+
+use discord_sim::{Sim, SimConfig};
+
+/// A sim for tests: quick identifies, a few guilds on each shard.
+async fn sim(configure: impl FnOnce(&mut SimConfig)) -> Sim {
+    let mut config = SimConfig::default();
+    config.identify_interval = std::time::Duration::ZERO;
+    config.guilds = 6;
+    configure(&mut config);
+    Sim::start(config).await.unwrap()
+}

@@ -1,0 +1,428 @@
+//! The gateway protocol, through the raw client.
+
+use discord_sim::{Control, PRIVILEGED_INTENTS, World};
+use serde_json::Value;
+
+use super::client::{Client, Received};
+use super::sim;
+
+const QUERIES: [&str; 3] = [
+    "v=10&encoding=json",
+    "v=10&encoding=json&compress=zlib-stream",
+    "v=10&encoding=json&compress=zstd-stream",
+];
+
+/// READY, then a `GUILD_CREATE` or `GUILD_DELETE` for every guild of the shard,
+/// in every compression.
+#[tokio::test]
+async fn ready_and_every_guild_in_every_compression() {
+    let sim = sim(|c| {
+        c.shards = 2;
+        c.guilds = 10;
+        c.unavailable_guilds = 2;
+    })
+    .await;
+    for query in QUERIES {
+        for shard in 0..2 {
+            let (mut client, hello) = Client::connect(sim.addr(), query).await;
+            assert_eq!(hello["d"]["heartbeat_interval"], 41_250);
+            client.identify(sim.token(), [shard, 2], 513).await;
+            let ready = client.dispatch("READY").await;
+            assert_eq!(ready["s"], 1);
+            let d = &ready["d"];
+            assert_eq!(d["shard"], serde_json::json!([shard, 2]));
+            assert_eq!(d["resume_gateway_url"], sim.gateway_url());
+            assert_eq!(d["session_id"].as_str().unwrap().len(), 32);
+            assert_eq!(d["user"]["id"], sim.world().bot.id.to_string());
+            assert!(d["application"]["id"].is_string());
+            let expected: Vec<_> = sim.world().guilds_of(shard, 2).collect();
+            assert_eq!(d["guilds"].as_array().unwrap().len(), expected.len());
+            for (i, guild) in expected.iter().enumerate() {
+                let payload = client.payload().await;
+                assert_eq!(payload["s"], i + 2, "{query}");
+                assert_eq!(payload["d"]["id"], guild.id.to_string());
+                if guild.unavailable {
+                    assert_eq!(payload["t"], "GUILD_DELETE");
+                    assert_eq!(payload["d"]["unavailable"], true);
+                } else {
+                    assert_eq!(payload["t"], "GUILD_CREATE");
+                    assert_eq!(
+                        payload["d"]["channels"].as_array().unwrap().len(),
+                        guild.channels.len()
+                    );
+                    assert_eq!(payload["d"]["member_count"], guild.member_count());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn payload_compression_after_identify() {
+    let sim = sim(|_| {}).await;
+    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json").await;
+    client
+        .send(&format!(
+            r#"{{"op":2,"d":{{"token":"{}","intents":1,"compress":true,"properties":{{}}}}}}"#,
+            sim.token()
+        ))
+        .await;
+    // The client decodes binary frames as per-payload zlib when it has no
+    // transport compression: READY arriving at all shows it.
+    assert_eq!(
+        client.dispatch("READY").await["d"]["shard"],
+        serde_json::json!([0, 1])
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_are_acked_before_and_after_identify() {
+    let sim = sim(|_| {}).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    client.send(r#"{"op":1,"d":null}"#).await;
+    assert_eq!(client.payload().await["op"], 11);
+    client.identify(sim.token(), [0, 1], 1).await;
+    client.dispatch("READY").await;
+    client.send(r#"{"op":1,"d":3}"#).await;
+    loop {
+        if client.payload().await["op"] == 11 {
+            break;
+        }
+    }
+}
+
+/// Bad input gets Discord's close code.
+#[tokio::test]
+async fn close_codes_for_bad_input() {
+    let sim = sim(|c| c.privileged_intents = 0).await;
+    let token = sim.token().to_owned();
+    let big = format!(r#"{{"op":1,"d":"{}"}}"#, "x".repeat(5000));
+    let cases: Vec<(String, Vec<String>, u16)> = vec![
+        ("bad json".into(), vec!["{nope".into()], 4002),
+        ("over 4096 bytes".into(), vec![big], 4002),
+        ("no op".into(), vec![r#"{"d":1}"#.into()], 4002),
+        (
+            "unknown op".into(),
+            vec![r#"{"op":99,"d":null}"#.into()],
+            4001,
+        ),
+        (
+            "command before identify".into(),
+            vec![r#"{"op":8,"d":{}}"#.into()],
+            4003,
+        ),
+        (
+            "wrong token".into(),
+            vec![identify("nope", "[0,1]", 1)],
+            4004,
+        ),
+        (
+            "identify twice".into(),
+            vec![identify(&token, "[0,1]", 1), identify(&token, "[0,1]", 1)],
+            4005,
+        ),
+        (
+            "shard out of range".into(),
+            vec![identify(&token, "[1,1]", 1)],
+            4010,
+        ),
+        (
+            "wrong shard count".into(),
+            vec![identify(&token, "[0,2]", 1)],
+            4010,
+        ),
+        (
+            "unknown intent".into(),
+            vec![identify(&token, "[0,1]", 1 << 40)],
+            4013,
+        ),
+        (
+            "privileged intent".into(),
+            vec![identify(&token, "[0,1]", PRIVILEGED_INTENTS)],
+            4014,
+        ),
+    ];
+    for (what, sends, code) in cases {
+        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+        for payload in &sends {
+            client.send(payload).await;
+        }
+        assert_eq!(client.close_code().await, Some(code), "{what}");
+    }
+}
+
+fn identify(token: &str, shard: &str, intents: u64) -> String {
+    format!(
+        r#"{{"op":2,"d":{{"token":"Bot {token}","intents":{intents},"shard":{shard},"properties":{{}}}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn more_than_120_commands_a_minute_is_4008() {
+    let sim = sim(|_| {}).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    for _ in 0..121 {
+        client.send(r#"{"op":1,"d":null}"#).await;
+    }
+    assert_eq!(client.close_code().await, Some(4008));
+}
+
+#[tokio::test]
+async fn etf_and_unknown_compression_are_refused_with_4002() {
+    let sim = sim(|_| {}).await;
+    for query in ["v=10&encoding=etf", "v=10&encoding=json&compress=brotli"] {
+        let mut client = Client::connect_raw(sim.addr(), query).await;
+        assert_eq!(client.close_code().await, Some(4002), "{query}");
+    }
+}
+
+#[tokio::test]
+async fn identify_concurrency_answers_a_second_identify_in_the_window_with_op_9() {
+    let sim = sim(|c| {
+        c.identify_interval = std::time::Duration::from_mins(1);
+        c.shards = 2;
+        c.max_concurrency = 1;
+    })
+    .await;
+    let (mut first, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    first.identify(sim.token(), [0, 2], 1).await;
+    first.dispatch("READY").await;
+    let (mut second, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    second.identify(sim.token(), [1, 2], 1).await;
+    let answer = second.payload().await;
+    assert_eq!(
+        (answer["op"].clone(), answer["d"].clone()),
+        (Value::from(9), Value::from(false))
+    );
+    assert_eq!(sim.identifies_remaining(), 999);
+}
+
+/// RECONNECT, then RESUME on a new connection replays what was missed, in
+/// order, then RESUMED with a real `s`.
+#[tokio::test]
+async fn resume_replays_missed_events_then_resumed() {
+    let sim = sim(|_| {}).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
+    client.identify(sim.token(), [0, 1], 1).await;
+    let ready = client.dispatch("READY").await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let guilds = sim.world().guilds_of(0, 1).count();
+    let first = sim.emit(0, "TYPING_START", r#"{"n":"first"}"#).unwrap();
+    let seen = client.dispatch("TYPING_START").await;
+    let seq = seen["s"].as_u64().unwrap();
+    assert_eq!(seq, 2 + guilds as u64);
+    assert_eq!(seen["d"]["_sim"]["n"], first);
+
+    assert_eq!(sim.control(0, Control::Reconnect), 1);
+    assert_eq!(client.payload().await["op"], 7);
+    drop(client);
+    // Missed while away:
+    for _ in 0..3 {
+        let _ = sim.emit(0, "TYPING_START", "{}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[1]).await;
+    client
+        .send(&format!(
+            r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":{seq}}}}}"#,
+            sim.token()
+        ))
+        .await;
+    for i in 1..=3 {
+        let replayed = client.payload().await;
+        assert_eq!(replayed["s"], seq + i);
+        assert_eq!(replayed["d"]["_sim"]["n"], first + i);
+    }
+    let resumed = client.payload().await;
+    assert_eq!(resumed["t"], "RESUMED");
+    assert_eq!(resumed["s"], seq + 4);
+}
+
+#[tokio::test]
+async fn resume_of_an_unknown_or_invalidated_session_is_op_9_false() {
+    let sim = sim(|_| {}).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    client
+        .send(&format!(
+            r#"{{"op":6,"d":{{"token":"{}","session_id":"nope","seq":1}}}}"#,
+            sim.token()
+        ))
+        .await;
+    assert_eq!(client.payload().await["d"], false);
+
+    client.identify(sim.token(), [0, 1], 1).await;
+    let session = client.dispatch("READY").await["d"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sim.control(0, Control::InvalidSession(false)), 1);
+    let nine = client.op(9).await;
+    assert_eq!(nine["d"], false);
+    let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    again
+        .send(&format!(
+            r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":1}}}}"#,
+            sim.token()
+        ))
+        .await;
+    assert_eq!(again.payload().await["d"], false);
+}
+
+#[tokio::test]
+async fn a_client_close_with_1000_ends_the_session() {
+    let sim = sim(|_| {}).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    client.identify(sim.token(), [0, 1], 1).await;
+    let session = client.dispatch("READY").await["d"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.close(1000).await;
+    let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    again
+        .send(&format!(
+            r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":1}}}}"#,
+            sim.token()
+        ))
+        .await;
+    assert_eq!(again.payload().await["d"], false);
+}
+
+#[tokio::test]
+async fn any_close_code_on_demand() {
+    let sim = sim(|_| {}).await;
+    for code in 4000..=4014 {
+        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+        client.identify(sim.token(), [0, 1], 1).await;
+        client.dispatch("READY").await;
+        assert!(sim.control(0, Control::Close(code)) >= 1);
+        assert_eq!(client.close_code().await, Some(code));
+    }
+}
+
+#[tokio::test]
+async fn member_chunks_carry_the_nonce_and_repeat_full_requests_are_rate_limited() {
+    let sim = sim(|c| c.members_per_guild = 2500).await;
+    let guild = sim
+        .world()
+        .guilds_of(0, 1)
+        .find(|g| !g.unavailable)
+        .unwrap()
+        .clone();
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
+    client.identify(sim.token(), [0, 1], 3).await;
+    client.dispatch("READY").await;
+    // A number, as discord.py sends it.
+    let request = format!(
+        r#"{{"op":8,"d":{{"guild_id":{},"query":"","limit":0,"presences":true,"nonce":"abc"}}}}"#,
+        guild.id
+    );
+    client.send(&request).await;
+    let mut members = 0;
+    for index in 0..3 {
+        let chunk = client.dispatch("GUILD_MEMBERS_CHUNK").await;
+        let d = &chunk["d"];
+        assert_eq!(
+            (d["chunk_index"].clone(), d["chunk_count"].clone()),
+            (Value::from(index), Value::from(3))
+        );
+        assert_eq!(d["nonce"], "abc");
+        assert!(d["presences"].is_array());
+        members += d["members"].as_array().unwrap().len();
+    }
+    assert_eq!(members, guild.member_count());
+    client.send(&request).await;
+    let limited = client.dispatch("RATE_LIMITED").await;
+    assert_eq!(limited["d"]["opcode"], 8);
+    assert_eq!(limited["d"]["meta"]["nonce"], "abc");
+
+    let wanted = &guild.members[7].user;
+    client
+        .send(&format!(
+            r#"{{"op":8,"d":{{"guild_id":"{}","user_ids":["{}","1"],"limit":0}}}}"#,
+            guild.id, wanted.id
+        ))
+        .await;
+    let chunk = client.dispatch("GUILD_MEMBERS_CHUNK").await;
+    assert_eq!(
+        chunk["d"]["members"][0]["user"]["id"],
+        wanted.id.to_string()
+    );
+    assert_eq!(chunk["d"]["not_found"], serde_json::json!(["1"]));
+}
+
+#[tokio::test]
+async fn voice_and_soundboard_requests_are_answered() {
+    let sim = sim(|_| {}).await;
+    let guild = sim.world().guilds_of(0, 1).next().unwrap().id;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    client.identify(sim.token(), [0, 1], 1).await;
+    let session = client.dispatch("READY").await["d"]["session_id"].clone();
+    client
+        .send(&format!(r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":"42","self_mute":false,"self_deaf":true}}}}"#))
+        .await;
+    let state = client.dispatch("VOICE_STATE_UPDATE").await;
+    assert_eq!(state["d"]["session_id"], session);
+    assert_eq!(state["d"]["user_id"], sim.world().bot.id.to_string());
+    assert_eq!(state["d"]["self_deaf"], true);
+    let server = client.dispatch("VOICE_SERVER_UPDATE").await;
+    assert_eq!(server["d"]["guild_id"], guild.to_string());
+    client
+        .send(&format!(r#"{{"op":31,"d":{{"guild_ids":["{guild}"]}}}}"#))
+        .await;
+    let sounds = client.dispatch("SOUNDBOARD_SOUNDS").await;
+    assert_eq!(sounds["d"]["guild_id"], guild.to_string());
+    // op 3 is accepted without an answer; a heartbeat after it still is.
+    client
+        .send(r#"{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#)
+        .await;
+    client.send(r#"{"op":1,"d":null}"#).await;
+    loop {
+        if client.payload().await["op"] == 11 {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missed_heartbeat_closes_with_4009() {
+    let sim = sim(|c| c.heartbeat_interval = std::time::Duration::from_millis(100)).await;
+    let (mut client, hello) = Client::connect(sim.addr(), QUERIES[0]).await;
+    assert_eq!(hello["d"]["heartbeat_interval"], 100);
+    assert_eq!(client.close_code().await, Some(4009));
+}
+
+#[tokio::test]
+async fn the_stream_is_numbered_without_gaps_and_names_real_guilds() {
+    let sim = sim(|c| c.events_per_sec = 500).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
+    client.identify(sim.token(), [0, 1], 1).await;
+    client.dispatch("READY").await;
+    let mut last_n = None;
+    let mut last_s = 1;
+    let mut live = 0;
+    while live < 200 {
+        let Received::Payload(p) = client.recv().await else {
+            panic!("closed")
+        };
+        if p["op"] != 0 {
+            continue;
+        }
+        let s = p["s"].as_u64().unwrap();
+        assert_eq!(s, last_s + 1, "contiguous s");
+        last_s = s;
+        let Some(n) = p["d"]["_sim"]["n"].as_u64() else {
+            continue;
+        };
+        if let Some(last) = last_n {
+            assert_eq!(n, last + 1, "contiguous markers");
+        }
+        last_n = Some(n);
+        let guild: u64 = p["d"]["guild_id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(World::shard_of(guild, 1), 0);
+        assert!(sim.world().guild(guild).is_some());
+        live += 1;
+    }
+    assert_eq!(sim.lagged(), 0);
+}
