@@ -123,7 +123,7 @@ impl Sim {
         let world = World::generate(&config);
         let shards = (0..config.shards.max(1))
             .map(|shard| ShardHub {
-                events: broadcast::channel(1 << 16).0,
+                events: broadcast::channel(BROADCAST_CAPACITY).0,
                 control: broadcast::channel(64).0,
                 generator: Mutex::new(EventGen::new(
                     &world,
@@ -432,6 +432,13 @@ fn handle(
     response.map(|_| Full::new(Bytes::new()))
 }
 
+/// Dispatches a shard's broadcast holds for its slowest session.
+const BROADCAST_CAPACITY: usize = 1 << 16;
+
+/// The most dispatches a generator makes in one tick (5 ms): a ceiling of
+/// about 800,000 per second per shard, and far below the broadcast buffer.
+const MAX_BATCH: f64 = 4096.0;
+
 /// Generates a shard's stream at `events_per_sec`.
 async fn generate(shared: Arc<Shared>, index: u32) {
     let hub = &shared.shards[index as usize];
@@ -443,9 +450,20 @@ async fn generate(shared: Arc<Shared>, index: u32) {
     loop {
         ticker.tick().await;
         let now = Instant::now();
-        owed += rate * now.duration_since(last).as_secs_f64();
+        // Never more than a bounded batch per tick: a sim that fell behind
+        // (a busy runtime) produces less than asked, rather than a burst
+        // that its sessions' broadcast buffer could not hold.
+        owed = (owed + rate * now.duration_since(last).as_secs_f64()).min(MAX_BATCH);
         last = now;
         if shared.paused.load(Ordering::Relaxed) {
+            owed = 0.0;
+            continue;
+        }
+        // Flow control: never run ahead of the slowest session by more than
+        // a quarter of the broadcast buffer, so that no session loses a
+        // dispatch. A sim asked for more than its sessions can take sends
+        // less than asked; `Sim::events_sent` tells how much.
+        if hub.events.len() > BROADCAST_CAPACITY / 4 {
             owed = 0.0;
             continue;
         }

@@ -1,0 +1,135 @@
+//! How fast `discord-sim` generates and sends dispatches, from one core.
+//!
+//! ```text
+//! cargo bench -p benches --bench sim
+//! ```
+//!
+//! The sim runs alone on a single-threaded runtime (one core); a client on
+//! another thread reads one shard's uncompressed stream and checks that the
+//! `_sim` markers have no gap. The sim is asked for far more than it can do,
+//! so the delivered rate is its ceiling. Each run lasts three seconds after
+//! READY; the median of five runs is printed.
+#![allow(
+    missing_docs,
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::cast_precision_loss
+)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use discord_sim::{Sim, SimConfig};
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
+use http_body_util::Empty;
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+
+struct SpawnExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpawnExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(future);
+    }
+}
+
+/// Reads one shard's stream for `seconds` after READY; returns dispatches
+/// per second.
+async fn consume(addr: std::net::SocketAddr, token: String, seconds: f64) -> f64 {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let request = hyper::Request::get(format!("http://{addr}/?v=10&encoding=json"))
+        .header(HOST, addr.to_string())
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, request, stream)
+        .await
+        .unwrap();
+    let mut ws = FragmentCollector::new(ws);
+    let identify = format!(r#"{{"op":2,"d":{{"token":"{token}","intents":1,"properties":{{}}}}}}"#);
+    ws.write_frame(Frame::text(Payload::Borrowed(identify.as_bytes())))
+        .await
+        .unwrap();
+    let finder = memchr::memmem::Finder::new(b"\"_sim\":{\"shard\":0,\"n\":");
+    let mut last_n = 0u64;
+    let mut count = 0u64;
+    let mut start = None;
+    loop {
+        let frame = ws.read_frame().await.unwrap();
+        if frame.opcode != OpCode::Text {
+            continue;
+        }
+        let Some(at) = finder.find(&frame.payload) else {
+            if start.is_none() && frame.payload.windows(7).any(|w| w == b"\"READY\"") {
+                start = Some(tokio::time::Instant::now());
+            }
+            continue;
+        };
+        let digits = &frame.payload[at + finder.needle().len()..];
+        let n: u64 = std::str::from_utf8(
+            &digits[..digits.iter().position(|b| !b.is_ascii_digit()).unwrap()],
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+        assert!(last_n == 0 || n == last_n + 1, "gap: {last_n} then {n}");
+        last_n = n;
+        count += 1;
+        let elapsed = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        if elapsed >= seconds {
+            return count as f64 / elapsed;
+        }
+    }
+}
+
+fn main() {
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sim_thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut config = SimConfig::default();
+                config.guilds = 20;
+                config.events_per_sec = 2_000_000;
+                config.replay_capacity = 1024;
+                let sim = Sim::start(config).await.unwrap();
+                tx.send((sim.addr(), sim.token().to_owned())).unwrap();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                assert_eq!(sim.lagged(), 0, "the session kept up with its shard");
+            });
+        });
+        let (addr, token) = rx.recv().unwrap();
+        let client = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rates.push(client.block_on(consume(addr, token, 3.0)));
+        sim_thread.join().unwrap();
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("\n## discord-sim: dispatches generated and delivered per second, one core\n");
+    println!("| runs | min | median | max |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {} | {:.0} | {:.0} | {:.0} |",
+        rates.len(),
+        rates[0],
+        rates[rates.len() / 2],
+        rates[rates.len() - 1]
+    );
+}
