@@ -30,6 +30,8 @@ enum Inbound {
     Text(Vec<u8>),
     Ping(Vec<u8>),
     Close(Option<u16>),
+    /// A frame over the reader's hard limit.
+    TooLarge,
     /// The socket failed or closed without a close frame.
     Gone,
 }
@@ -103,7 +105,7 @@ async fn read_frames(
                 }
                 _ => continue,
             },
-            Err(WebSocketError::FrameTooLarge) => Inbound::Text(vec![0; MAX_CLIENT_FRAME + 1]),
+            Err(WebSocketError::FrameTooLarge) => Inbound::TooLarge,
             Err(_) => {
                 let _ = inbound.send(Inbound::Gone).await;
                 return;
@@ -148,13 +150,14 @@ impl Connection {
                             Err(end) => return end,
                         }
                     }
+                    Some(Inbound::TooLarge) => return End::Close(4002, "payload over 4096 bytes"),
                     Some(Inbound::Ping(payload)) => {
                         let _ = self.writer.write_frame(Frame::pong(Payload::Owned(payload))).await;
                     }
                     Some(Inbound::Close(code)) => {
                         // 1000 and 1001 end the session; any other code keeps it resumable.
                         if let (Some(1000 | 1001), Some(session)) = (code, &self.session) {
-                            session.invalidate();
+                            self.shared.end_session(session);
                         }
                         let _ = self.writer.write_frame(Frame::close(code.unwrap_or(1000), b"")).await;
                         return End::Quiet;
@@ -208,7 +211,7 @@ impl Connection {
             Control::InvalidSession(true) => r#"{"t":null,"s":null,"op":9,"d":true}"#,
             Control::InvalidSession(false) => {
                 if let Some(session) = &self.session {
-                    session.invalidate();
+                    self.shared.end_session(session);
                 }
                 r#"{"t":null,"s":null,"op":9,"d":false}"#
             }

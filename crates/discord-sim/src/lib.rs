@@ -350,6 +350,12 @@ impl Shared {
         session
     }
 
+    /// Invalidates a session and forgets it.
+    fn end_session(&self, session: &Session) {
+        session.invalidate();
+        lock(&self.sessions).remove(&session.id);
+    }
+
     fn session(&self, id: &str) -> Option<Arc<Session>> {
         lock(&self.sessions).get(id).cloned()
     }

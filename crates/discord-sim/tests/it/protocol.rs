@@ -97,9 +97,11 @@ async fn close_codes_for_bad_input() {
     let sim = sim(|c| c.privileged_intents = 0).await;
     let token = sim.token().to_owned();
     let big = format!(r#"{{"op":1,"d":"{}"}}"#, "x".repeat(5000));
+    let huge = format!(r#"{{"op":1,"d":"{}"}}"#, "x".repeat(100_000));
     let cases: Vec<(String, Vec<String>, u16)> = vec![
         ("bad json".into(), vec!["{nope".into()], 4002),
         ("over 4096 bytes".into(), vec![big], 4002),
+        ("over the reader's frame limit".into(), vec![huge], 4002),
         ("no op".into(), vec![r#"{"d":1}"#.into()], 4002),
         (
             "unknown op".into(),
