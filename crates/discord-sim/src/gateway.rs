@@ -30,7 +30,7 @@ enum Inbound {
     Text(Vec<u8>),
     Ping(Vec<u8>),
     Close(Option<u16>),
-    /// A frame over the reader's hard limit.
+    /// A frame over the reader's hard limit (1 MiB): it is not read.
     TooLarge,
     /// The socket failed or closed without a close frame.
     Gone,
@@ -54,7 +54,10 @@ pub(crate) async fn serve(
 ) {
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
-    ws.set_max_message_size(64 * 1024);
+    // Frames up to 1 MiB are read and refused with 4002; larger ones are not
+    // read at all (the connection is dropped), so a peer cannot make the sim
+    // buffer more than that.
+    ws.set_max_message_size(1 << 20);
     let (reader, writer) = ws.split(tokio::io::split);
     let (inbound_tx, inbound) = mpsc::channel(64);
     let reader = tokio::spawn(read_frames(FragmentCollectorRead::new(reader), inbound_tx));
@@ -150,7 +153,7 @@ impl Connection {
                             Err(end) => return end,
                         }
                     }
-                    Some(Inbound::TooLarge) => return End::Close(4002, "payload over 4096 bytes"),
+                    Some(Inbound::TooLarge) => return End::Cut,
                     Some(Inbound::Ping(payload)) => {
                         let _ = self.writer.write_frame(Frame::pong(Payload::Owned(payload))).await;
                     }

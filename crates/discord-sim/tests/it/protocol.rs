@@ -101,7 +101,7 @@ async fn close_codes_for_bad_input() {
     let cases: Vec<(String, Vec<String>, u16)> = vec![
         ("bad json".into(), vec!["{nope".into()], 4002),
         ("over 4096 bytes".into(), vec![big], 4002),
-        ("over the reader's frame limit".into(), vec![huge], 4002),
+        ("far over 4096 bytes".into(), vec![huge], 4002),
         ("no op".into(), vec![r#"{"d":1}"#.into()], 4002),
         (
             "unknown op".into(),
