@@ -12,6 +12,7 @@ use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, W
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::BufWriter;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, sleep_until};
 use wire_codec::{Compression, Encoder};
@@ -22,6 +23,11 @@ use crate::{Control, Shared};
 
 /// Discord's limit on what a client may send in one frame.
 const MAX_CLIENT_FRAME: usize = 4096;
+/// The write buffer of a connection.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// The most queued payloads written before a flush.
+const WRITE_BATCH: usize = 256;
+
 /// Discord's limit on commands per connection per minute.
 const COMMANDS_PER_MINUTE: usize = 120;
 
@@ -58,7 +64,12 @@ pub(crate) async fn serve(
     // read at all (the connection is dropped), so a peer cannot make the sim
     // buffer more than that.
     ws.set_max_message_size(1 << 20);
-    let (reader, writer) = ws.split(tokio::io::split);
+    // Writes are buffered and flushed once per batch of queued payloads, so
+    // that a busy stream costs one syscall per batch, not per dispatch.
+    let (reader, writer) = ws.split(|stream| {
+        let (read, write) = tokio::io::split(stream);
+        (read, BufWriter::with_capacity(WRITE_BUFFER, write))
+    });
     let (inbound_tx, inbound) = mpsc::channel(64);
     let reader = tokio::spawn(read_frames(FragmentCollectorRead::new(reader), inbound_tx));
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -82,6 +93,7 @@ pub(crate) async fn serve(
                 .writer
                 .write_frame(Frame::close(code, reason.as_bytes()))
                 .await;
+            let _ = conn.writer.flush().await;
         }
         End::Cut | End::Quiet => {}
     }
@@ -123,7 +135,7 @@ async fn read_frames(
 struct Connection {
     shared: Arc<Shared>,
     id: u64,
-    writer: fastwebsockets::WebSocketWrite<tokio::io::WriteHalf<TokioIo<Upgraded>>>,
+    writer: fastwebsockets::WebSocketWrite<BufWriter<tokio::io::WriteHalf<TokioIo<Upgraded>>>>,
     encoder: Option<Encoder>,
     compression: Compression,
     out: Vec<u8>,
@@ -156,6 +168,7 @@ impl Connection {
                     Some(Inbound::TooLarge) => return End::Cut,
                     Some(Inbound::Ping(payload)) => {
                         let _ = self.writer.write_frame(Frame::pong(Payload::Owned(payload))).await;
+                        let _ = self.writer.flush().await;
                     }
                     Some(Inbound::Close(code)) => {
                         // 1000 and 1001 end the session; any other code keeps it resumable.
@@ -163,12 +176,25 @@ impl Connection {
                             self.shared.end_session(session);
                         }
                         let _ = self.writer.write_frame(Frame::close(code.unwrap_or(1000), b"")).await;
+                        let _ = self.writer.flush().await;
                         return End::Quiet;
                     }
                     Some(Inbound::Gone) | None => return End::Quiet,
                 },
                 Some(payload) = outgoing.recv() => {
-                    if self.send(&payload).await.is_err() {
+                    // Everything queued, up to a batch, then one flush.
+                    let mut next = Some(payload);
+                    let mut written = 0;
+                    while let Some(payload) = next.take() {
+                        if self.write(&payload).await.is_err() {
+                            return End::Quiet;
+                        }
+                        written += 1;
+                        if written < WRITE_BATCH {
+                            next = outgoing.try_recv().ok();
+                        }
+                    }
+                    if self.writer.flush().await.is_err() {
                         return End::Quiet;
                     }
                 }
@@ -184,8 +210,14 @@ impl Connection {
         }
     }
 
-    /// Encodes and writes one payload.
+    /// Encodes, writes and flushes one payload.
     async fn send(&mut self, payload: &[u8]) -> Result<(), WebSocketError> {
+        self.write(payload).await?;
+        self.writer.flush().await
+    }
+
+    /// Encodes and writes one payload into the write buffer.
+    async fn write(&mut self, payload: &[u8]) -> Result<(), WebSocketError> {
         self.out.clear();
         let binary = match &mut self.encoder {
             Some(encoder) if self.compression.is_binary() => {
