@@ -41,9 +41,25 @@ pub struct SimConfig {
     pub events_per_sec: u32,
     /// Dispatches each session keeps for RESUME.
     pub replay_capacity: usize,
+    /// How dispatch envelopes are written.
+    pub key_order: KeyOrder,
     /// Privileged intents the application may use (`GUILD_MEMBERS`,
     /// `GUILD_PRESENCES`, `MESSAGE_CONTENT` bits); others give 4014.
     pub privileged_intents: u64,
+}
+
+/// How the sim writes the envelope of a dispatch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyOrder {
+    /// Discord's own: `{"t":…,"s":…,"op":0,"d":…}`, compact.
+    #[default]
+    Discord,
+    /// Discord's order for one dispatch in four; the others put `d` first,
+    /// add whitespace, or move `s` to the front, and every `d` that is an
+    /// object starts with a nested `"s":{"s":…}` member. For showing that a
+    /// consumer finds the top-level keys by structure, not by position.
+    Mixed,
 }
 
 /// The privileged intents: `GUILD_MEMBERS`, `GUILD_PRESENCES`,
@@ -73,6 +89,7 @@ impl Default for SimConfig {
             events_per_sec: 0,
             replay_capacity: 4096,
             privileged_intents: PRIVILEGED_INTENTS,
+            key_order: KeyOrder::Discord,
         }
     }
 }

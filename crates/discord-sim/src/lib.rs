@@ -72,7 +72,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use crate::config::{KNOWN_INTENTS, PRIVILEGED_INTENTS, SimConfig};
+pub use crate::config::{KNOWN_INTENTS, KeyOrder, PRIVILEGED_INTENTS, SimConfig};
 pub use crate::events::Dispatch;
 pub use crate::world::{Channel, Emoji, Guild, Member, Role, User, World};
 
@@ -345,7 +345,12 @@ impl Shared {
             self.config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             n
         );
-        let session = Session::new(id.clone(), shard, self.config.replay_capacity);
+        let session = Session::new(
+            id.clone(),
+            shard,
+            self.config.replay_capacity,
+            self.config.key_order,
+        );
         lock(&self.sessions).insert(id, session.clone());
         session
     }

@@ -9,10 +9,11 @@
 
 use std::process::ExitCode;
 
-use discord_sim::{Sim, SimConfig};
+use discord_sim::{KeyOrder, Sim, SimConfig};
 
 const USAGE: &str = "usage: discord-sim [--port N] [--shards N] [--guilds N] [--members N] \
-[--events-per-sec N] [--seed N] [--token T] [--max-concurrency N] [--unavailable N]";
+[--events-per-sec N] [--seed N] [--token T] [--max-concurrency N] [--unavailable N] \
+[--key-order discord|mixed]";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<SimConfig, String> {
     let mut config = SimConfig::default();
@@ -42,6 +43,17 @@ fn parse(args: impl Iterator<Item = String>) -> Result<SimConfig, String> {
             "--max-concurrency" => config.max_concurrency = number()?.max(1),
             "--unavailable" => config.unavailable_guilds = number()?,
             "--token" => config.token.clone_from(&value),
+            "--key-order" => {
+                config.key_order = match value.as_str() {
+                    "discord" => KeyOrder::Discord,
+                    "mixed" => KeyOrder::Mixed,
+                    _ => {
+                        return Err(format!(
+                            "--key-order: expected discord or mixed, got {value:?}"
+                        ));
+                    }
+                };
+            }
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }

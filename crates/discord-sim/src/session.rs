@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::config::KeyOrder;
+
 /// Where a session's payloads go: the attached connection.
 pub(crate) type Outbox = mpsc::UnboundedSender<Bytes>;
 
@@ -16,6 +18,7 @@ pub(crate) struct Session {
     pub(crate) id: String,
     pub(crate) shard: u32,
     capacity: usize,
+    key_order: KeyOrder,
     state: Mutex<State>,
 }
 
@@ -38,11 +41,12 @@ pub(crate) enum ResumeError {
 }
 
 impl Session {
-    pub(crate) fn new(id: String, shard: u32, capacity: usize) -> Arc<Self> {
+    pub(crate) fn new(id: String, shard: u32, capacity: usize, key_order: KeyOrder) -> Arc<Self> {
         Arc::new(Self {
             id,
             shard,
             capacity,
+            key_order,
             state: Mutex::new(State::default()),
         })
     }
@@ -55,14 +59,14 @@ impl Session {
     /// it to the attached connection. Returns its sequence number.
     pub(crate) fn emit(&self, t: &str, d: &str) -> u64 {
         let mut state = self.state();
-        Self::emit_locked(&mut state, self.capacity, t, d)
+        self.emit_locked(&mut state, t, d)
     }
 
-    fn emit_locked(state: &mut State, capacity: usize, t: &str, d: &str) -> u64 {
+    fn emit_locked(&self, state: &mut State, t: &str, d: &str) -> u64 {
         state.seq += 1;
         let seq = state.seq;
-        let payload = Bytes::from(format!(r#"{{"t":"{t}","s":{seq},"op":0,"d":{d}}}"#));
-        if state.replay.len() == capacity {
+        let payload = Bytes::from(envelope(self.key_order, t, seq, d));
+        if state.replay.len() == self.capacity {
             state.replay.pop_front();
         }
         state.replay.push_back((seq, payload.clone()));
@@ -100,9 +104,8 @@ impl Session {
             let _ = outbox.send(payload.clone());
         }
         state.attached = Some((connection, outbox));
-        Ok(Self::emit_locked(
+        Ok(self.emit_locked(
             &mut state,
-            self.capacity,
             "RESUMED",
             r#"{"_trace":["[\"discord-sim\",{\"micros\":0}]"]}"#,
         ))
@@ -138,6 +141,33 @@ impl Session {
     }
 }
 
+/// The dispatch payload `t`/`seq`/`d` in the configured key order.
+fn envelope(order: KeyOrder, t: &str, seq: u64, d: &str) -> String {
+    if order == KeyOrder::Discord {
+        return format!(r#"{{"t":"{t}","s":{seq},"op":0,"d":{d}}}"#);
+    }
+    // A nested `"s"` first in every object `d`.
+    let nested;
+    let d = match d.strip_prefix('{') {
+        Some(rest) => {
+            let sep = if rest.trim_start().starts_with('}') {
+                ""
+            } else {
+                ","
+            };
+            nested = format!(r#"{{"s":{{"s":{}}}{sep}{rest}"#, seq.wrapping_mul(7));
+            nested.as_str()
+        }
+        None => d,
+    };
+    match seq % 4 {
+        0 => format!(r#"{{"t":"{t}","s":{seq},"op":0,"d":{d}}}"#),
+        1 => format!(r#"{{"d":{d},"op":0,"s":{seq},"t":"{t}"}}"#),
+        2 => format!("{{ \"op\" : 0 ,\n  \"d\" : {d} ,\t\"t\" : \"{t}\" , \"s\" :{seq} }}\n"),
+        _ => format!(r#"{{"s":{seq},"d":{d},"t":"{t}","op":0}}"#),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,7 +180,7 @@ mod tests {
 
     #[test]
     fn resume_replays_what_was_missed_then_resumed() {
-        let session = Session::new("s".into(), 0, 3);
+        let session = Session::new("s".into(), 0, 3, KeyOrder::Discord);
         let (tx, mut rx) = mpsc::unbounded_channel();
         session.attach(1, tx);
         session.emit("A", "{}");
@@ -172,8 +202,28 @@ mod tests {
     }
 
     #[test]
+    fn mixed_envelopes_are_json_with_the_same_top_level() {
+        for seq in 1..=8 {
+            for d in ["{}", r#"{"a":[1,{"s":2}]}"#, "null", "12"] {
+                let text = envelope(KeyOrder::Mixed, "X", seq, d);
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(
+                    (v["t"].as_str(), v["s"].as_u64(), v["op"].as_u64()),
+                    (Some("X"), Some(seq), Some(0))
+                );
+                if d.starts_with('{') {
+                    assert_eq!(v["d"]["s"]["s"], seq * 7, "{text}");
+                } else {
+                    assert_eq!(v["d"].to_string(), d);
+                }
+            }
+        }
+        assert!(envelope(KeyOrder::Mixed, "X", 1, "{}").starts_with(r#"{"d":"#));
+    }
+
+    #[test]
     fn resume_past_the_buffer_or_of_an_invalid_session_fails() {
-        let session = Session::new("s".into(), 0, 2);
+        let session = Session::new("s".into(), 0, 2, KeyOrder::Discord);
         for _ in 0..5 {
             session.emit("A", "{}");
         }

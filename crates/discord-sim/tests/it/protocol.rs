@@ -428,3 +428,24 @@ async fn the_stream_is_numbered_without_gaps_and_names_real_guilds() {
     }
     assert_eq!(sim.lagged(), 0);
 }
+
+/// With mixed key order, every payload is still a dispatch with the right
+/// `t`, `s` and `op`, but not all of them in Discord's order.
+#[tokio::test]
+async fn mixed_key_order_keeps_the_protocol() {
+    let sim = sim(|c| {
+        c.key_order = discord_sim::KeyOrder::Mixed;
+        c.events_per_sec = 500;
+    })
+    .await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[1]).await;
+    client.identify(sim.token(), [0, 1], 1).await;
+    let ready = client.dispatch("READY").await;
+    assert_eq!(ready["d"]["s"]["s"], 7, "a nested s in d");
+    let first = ready["s"].as_u64().unwrap();
+    for expected in first + 1..=first + 40 {
+        let payload = client.payload().await;
+        assert_eq!(payload["op"], 0);
+        assert_eq!(payload["s"], expected);
+    }
+}
