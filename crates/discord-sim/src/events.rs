@@ -59,13 +59,14 @@ impl EventGen {
     }
 
     /// The marker of the next dispatch, and its number.
-    pub(crate) fn marker(&mut self, sent_at_us: u64) -> String {
+    pub(crate) fn marker(&mut self, sent_at_us: u64) -> (String, u64) {
         let n = self.next_n;
         self.next_n += 1;
-        format!(
+        let marker = format!(
             r#""_sim":{{"shard":{},"n":{n},"sent_at_us":{sent_at_us}}}"#,
             self.shard
-        )
+        );
+        (marker, n)
     }
 
     /// The next dispatch of the stream, or `None` if the shard has no
@@ -84,7 +85,7 @@ impl EventGen {
         // Replace the closing brace with the marker.
         d.pop();
         d.push(',');
-        d.push_str(&self.marker(sent_at_us));
+        d.push_str(&self.marker(sent_at_us).0);
         d.push('}');
         Some(Dispatch { t: t.to_owned(), d })
     }

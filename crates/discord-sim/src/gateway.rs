@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +18,9 @@ use tokio::time::{Instant, sleep_until};
 use wire_codec::{Compression, Encoder};
 
 use crate::config::{KNOWN_INTENTS, PRIVILEGED_INTENTS};
+use crate::log::ConnectionLog;
 use crate::session::{ResumeError, Session};
-use crate::{Control, Shared};
+use crate::{Control, Shared, lock};
 
 /// Discord's limit on what a client may send in one frame.
 const MAX_CLIENT_FRAME: usize = 4096;
@@ -57,6 +58,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut ws: WebSocket<TokioIo<Upgraded>>,
     compression: Compression,
+    query: &str,
 ) {
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
@@ -73,7 +75,9 @@ pub(crate) async fn serve(
     let (inbound_tx, inbound) = mpsc::channel(64);
     let reader = tokio::spawn(read_frames(FragmentCollectorRead::new(reader), inbound_tx));
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let log = shared.log_connection(ConnectionLog::new(connection, query));
     let mut conn = Connection {
+        log: log.clone(),
         shared,
         id: connection,
         writer,
@@ -86,6 +90,13 @@ pub(crate) async fn serve(
     let end = conn.run(inbound).await;
     if let Some(session) = &conn.session {
         session.detach(conn.id);
+    }
+    {
+        let mut log = lock(&log);
+        log.open = false;
+        if let End::Close(code, _) = end {
+            log.close_code = Some(code);
+        }
     }
     match end {
         End::Close(code, reason) => {
@@ -134,6 +145,7 @@ async fn read_frames(
 
 struct Connection {
     shared: Arc<Shared>,
+    log: Arc<Mutex<ConnectionLog>>,
     id: u64,
     writer: fastwebsockets::WebSocketWrite<BufWriter<tokio::io::WriteHalf<TokioIo<Upgraded>>>>,
     encoder: Option<Encoder>,
@@ -171,6 +183,7 @@ impl Connection {
                         let _ = self.writer.flush().await;
                     }
                     Some(Inbound::Close(code)) => {
+                        lock(&self.log).close_code = code;
                         // 1000 and 1001 end the session; any other code keeps it resumable.
                         if let (Some(1000 | 1001), Some(session)) = (code, &self.session) {
                             self.shared.end_session(session);
@@ -218,6 +231,7 @@ impl Connection {
 
     /// Encodes and writes one payload into the write buffer.
     async fn write(&mut self, payload: &[u8]) -> Result<(), WebSocketError> {
+        lock(&self.log).sent(payload);
         self.out.clear();
         let binary = match &mut self.encoder {
             Some(encoder) if self.compression.is_binary() => {
@@ -267,6 +281,7 @@ impl Connection {
         control: &mut Option<broadcast::Receiver<Control>>,
         deadline: &mut Instant,
     ) -> Result<(), End> {
+        lock(&self.log).received(bytes);
         if bytes.len() > MAX_CLIENT_FRAME {
             return Err(End::Close(4002, "payload over 4096 bytes"));
         }
@@ -312,6 +327,12 @@ impl Connection {
             }
             _ => Err(End::Close(4001, "unknown opcode")),
         }
+    }
+
+    fn record_session(&self, session: &Session) {
+        let mut log = lock(&self.log);
+        log.shard = Some(session.shard);
+        log.session_id = Some(session.id.clone());
     }
 
     fn token_ok(&self, d: &Value) -> bool {
@@ -378,6 +399,7 @@ impl Connection {
         *control = Some(hub.control.subscribe());
         session.attach(self.id, outbox.clone());
         self.session = Some(session.clone());
+        self.record_session(&session);
 
         let world = &self.shared.world;
         let mut ready = String::with_capacity(1024);
@@ -442,6 +464,7 @@ impl Connection {
                 if let Some(previous) = self.session.replace(session.clone()) {
                     previous.detach(self.id);
                 }
+                self.record_session(&session);
                 *control = Some(
                     self.shared.shards[session.shard as usize]
                         .control

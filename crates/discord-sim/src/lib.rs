@@ -46,14 +46,16 @@
 //! the sim made it. A consumer can find lost, repeated or reordered events
 //! and measure latency from them.
 
+mod admin;
 mod config;
 mod events;
 mod gateway;
+mod log;
 mod rest;
 mod session;
 mod world;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -74,6 +76,7 @@ use tokio::time::Instant;
 
 pub use crate::config::{KNOWN_INTENTS, KeyOrder, PRIVILEGED_INTENTS, SimConfig};
 pub use crate::events::Dispatch;
+pub use crate::log::{ConnectionLog, Sent};
 pub use crate::world::{Channel, Emoji, Guild, Member, Role, User, World};
 
 use crate::events::EventGen;
@@ -144,6 +147,7 @@ impl Sim {
             shards,
             config,
             sessions: Mutex::new(HashMap::new()),
+            connections: Mutex::new(VecDeque::new()),
             full_requests: Mutex::new(HashMap::new()),
             paused: AtomicBool::new(false),
             next_connection: AtomicU64::new(1),
@@ -204,10 +208,7 @@ impl Sim {
     /// returns how many there were.
     #[must_use = "zero means no connection of the shard was identified"]
     pub fn control(&self, shard: u32, command: Control) -> usize {
-        self.shared
-            .shards
-            .get(shard as usize)
-            .map_or(0, |hub| hub.control.send(command).unwrap_or(0))
+        self.shared.control(shard, command)
     }
 
     /// Stops generating dispatches until [`resume_stream`](Self::resume_stream).
@@ -220,26 +221,19 @@ impl Sim {
         self.shared.paused.store(false, Ordering::Relaxed);
     }
 
-    /// Sends a dispatch to every session of `shard`; `d` must be a JSON
-    /// object, and gets the marker added. Returns its marker number.
-    ///
-    /// # Panics
-    ///
-    /// If `d` does not end with `}`.
-    #[must_use = "None means there is no such shard"]
+    /// Sends a dispatch to every session of `shard`, `d` with the marker
+    /// added. Returns its marker number, or `None` if there is no such shard
+    /// or `d` is not a JSON object.
+    #[must_use = "None means the dispatch was not sent"]
     pub fn emit(&self, shard: u32, t: &str, d: &str) -> Option<u64> {
-        let hub = self.shared.shards.get(shard as usize)?;
-        let mut d = d.trim_end().to_owned();
-        assert_eq!(d.pop(), Some('}'), "d must be a JSON object");
-        if !d.trim_end().ends_with('{') {
-            d.push(',');
-        }
-        let marker = hub.generator().marker(unix_micros());
-        d.push_str(&marker);
-        d.push('}');
-        let n = hub.sent.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = hub.events.send(Arc::new(Dispatch { t: t.to_owned(), d }));
-        Some(n)
+        self.shared.emit(shard, t, d)
+    }
+
+    /// Every recent gateway connection (the latest 256): what it sent and
+    /// what it was sent.
+    #[must_use]
+    pub fn connections(&self) -> Vec<ConnectionLog> {
+        self.shared.connection_logs()
     }
 
     /// Dispatches generated or emitted for `shard` so far.
@@ -271,6 +265,8 @@ pub(crate) struct Shared {
     gateway_url: String,
     shards: Vec<ShardHub>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// The latest connections, oldest first.
+    connections: Mutex<VecDeque<Arc<Mutex<ConnectionLog>>>>,
     identify: Mutex<IdentifyState>,
     /// When each guild was last asked for all its members (op 8).
     full_requests: Mutex<HashMap<u64, Instant>>,
@@ -309,7 +305,7 @@ impl ShardHub {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -353,6 +349,47 @@ impl Shared {
         );
         lock(&self.sessions).insert(id, session.clone());
         session
+    }
+
+    fn control(&self, shard: u32, command: Control) -> usize {
+        self.shards
+            .get(shard as usize)
+            .map_or(0, |hub| hub.control.send(command).unwrap_or(0))
+    }
+
+    fn emit(&self, shard: u32, t: &str, d: &str) -> Option<u64> {
+        let hub = self.shards.get(shard as usize)?;
+        let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(d).ok()?;
+        let mut d = d.trim_end().to_owned();
+        d.pop();
+        if !object.is_empty() {
+            d.push(',');
+        }
+        let marker = hub.generator().marker(unix_micros());
+        let n = marker.1;
+        d.push_str(&marker.0);
+        d.push('}');
+        hub.sent.fetch_add(1, Ordering::Relaxed);
+        let _ = hub.events.send(Arc::new(Dispatch { t: t.to_owned(), d }));
+        Some(n)
+    }
+
+    /// Keeps the log of a new connection (and forgets the oldest past 256).
+    fn log_connection(&self, log: ConnectionLog) -> Arc<Mutex<ConnectionLog>> {
+        let log = Arc::new(Mutex::new(log));
+        let mut all = lock(&self.connections);
+        if all.len() == 256 {
+            all.pop_front();
+        }
+        all.push_back(log.clone());
+        log
+    }
+
+    fn connection_logs(&self) -> Vec<ConnectionLog> {
+        lock(&self.connections)
+            .iter()
+            .map(|log| lock(log).clone())
+            .collect()
     }
 
     /// Invalidates a session and forgets it.
@@ -400,7 +437,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, request)) }
+                async move { Ok::<_, Infallible>(handle(shared, request).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -410,11 +447,14 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn handle(
+async fn handle(
     shared: Arc<Shared>,
     mut request: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        if request.uri().path().starts_with("/_sim/") {
+            return admin::route(&shared, request).await;
+        }
         return rest::route(&shared, &request);
     }
     let query = request.uri().query().unwrap_or("").to_owned();
@@ -427,7 +467,7 @@ fn handle(
         let Ok(mut ws) = upgrade.await else { return };
         let etf = query.split('&').any(|p| p == "encoding=etf");
         match wire_codec::Compression::from_query(&query) {
-            Ok(compression) if !etf => gateway::serve(shared, ws, compression).await,
+            Ok(compression) if !etf => gateway::serve(shared, ws, compression, &query).await,
             _ => {
                 let reason: &[u8] = if etf {
                     b"ETF is not supported"

@@ -7,6 +7,7 @@
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod client;
 mod protocol;
 mod rest;

@@ -1,7 +1,7 @@
 //! The REST routes.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
@@ -10,17 +10,35 @@ use super::sim;
 
 /// `GET path` with an optional token: status, content type and body.
 async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String, Value) {
+    request(addr, "GET", path, token, "").await
+}
+
+/// One HTTP request: status, content type and JSON body.
+pub(crate) async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String, Value) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(connection);
-    let mut request = hyper::Request::get(path).header("host", addr.to_string());
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     if let Some(token) = token {
         request = request.header("authorization", format!("Bot {token}"));
     }
     let response = sender
-        .send_request(request.body(Empty::<Bytes>::new()).unwrap())
+        .send_request(
+            request
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = response.status().as_u16();
