@@ -97,8 +97,7 @@ pub(crate) async fn route(
 fn guilds(shared: &Shared) -> Value {
     let shards = shared.config.shards.max(1);
     Value::Array(
-        shared
-            .world
+        crate::lock(&shared.world)
             .guilds
             .iter()
             .map(|g| {
@@ -111,6 +110,9 @@ fn guilds(shared: &Shared) -> Value {
                     "channels": g.channels.len(),
                     "roles": g.roles.len(),
                     "emojis": g.emojis.len(),
+                    "threads": g.threads.len(),
+                    "voice_states": g.voice_states.len(),
+                    "presences": g.presences.len(),
                 })
             })
             .collect(),

@@ -26,6 +26,12 @@ pub struct SimConfig {
     pub roles_per_guild: u32,
     /// Custom emojis of each guild.
     pub emojis_per_guild: u32,
+    /// Active threads of each guild.
+    pub threads_per_guild: u32,
+    /// Stickers, scheduled events and soundboard sounds of each guild (as
+    /// many of each); every guild with a stage channel also has a stage
+    /// instance.
+    pub extras_per_guild: u32,
     /// The seed of every generated guild and event.
     pub seed: u64,
     /// `session_start_limit.max_concurrency`: identify buckets.
@@ -81,6 +87,8 @@ impl Default for SimConfig {
             channels_per_guild: 8,
             roles_per_guild: 4,
             emojis_per_guild: 2,
+            threads_per_guild: 2,
+            extras_per_guild: 1,
             seed: 1,
             max_concurrency: 1,
             identify_interval: Duration::from_secs(5),

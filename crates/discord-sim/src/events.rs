@@ -9,7 +9,8 @@
 
 use std::fmt::Write as _;
 
-use crate::world::{Guild, Rng, World, iso8601, json_str};
+use crate::guild::{Guild, Presence, VoiceState};
+use crate::world::{Member, Rng, User, World, iso8601, json_str, name};
 
 /// One dispatch, before a session gives it a sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +42,52 @@ const LINES: &[&str] = &[
     "a\\b\\c backslashes",
 ];
 
+/// The dispatch mix, in parts per thousand: mostly messages, presences and
+/// typing, as on a busy gateway, with every kind of state change now and
+/// then.
+const MIX: &[(u16, Kind)] = &[
+    (380, Kind::MessageCreate),
+    (250, Kind::PresenceUpdate),
+    (150, Kind::TypingStart),
+    (40, Kind::MemberUpdate),
+    (25, Kind::MemberAdd),
+    (20, Kind::MemberRemove),
+    (35, Kind::VoiceStateUpdate),
+    (30, Kind::InteractionCreate),
+    (15, Kind::ChannelUpdate),
+    (8, Kind::ChannelCreate),
+    (5, Kind::ChannelDelete),
+    (10, Kind::RoleUpdate),
+    (4, Kind::RoleCreate),
+    (3, Kind::RoleDelete),
+    (5, Kind::GuildUpdate),
+    (10, Kind::ThreadCreate),
+    (6, Kind::ThreadUpdate),
+    (4, Kind::ThreadDelete),
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    MessageCreate,
+    PresenceUpdate,
+    TypingStart,
+    MemberUpdate,
+    MemberAdd,
+    MemberRemove,
+    VoiceStateUpdate,
+    InteractionCreate,
+    ChannelUpdate,
+    ChannelCreate,
+    ChannelDelete,
+    RoleUpdate,
+    RoleCreate,
+    RoleDelete,
+    GuildUpdate,
+    ThreadCreate,
+    ThreadUpdate,
+    ThreadDelete,
+}
+
 impl EventGen {
     pub(crate) fn new(world: &World, seed: u64, shard: u32, shards: u32) -> Self {
         let guilds = world
@@ -69,19 +116,26 @@ impl EventGen {
         (marker, n)
     }
 
-    /// The next dispatch of the stream, or `None` if the shard has no
-    /// available guild to talk about.
-    pub(crate) fn next(&mut self, world: &World, sent_at_us: u64) -> Option<Dispatch> {
+    /// The next dispatch of the stream, with the world changed as it says;
+    /// `None` if the shard has no available guild to talk about.
+    pub(crate) fn next(&mut self, world: &mut World, sent_at_us: u64) -> Option<Dispatch> {
         if self.guilds.is_empty() {
             return None;
         }
-        let guild = &world.guilds[self.guilds[self.rng.index(self.guilds.len())]];
+        let index = self.guilds[self.rng.index(self.guilds.len())];
+        let bot = world.bot.clone();
+        let guild = &mut world.guilds[index];
+        let mut roll = u16::try_from(self.rng.below(1000)).unwrap_or(0);
+        let kind = MIX
+            .iter()
+            .find(|(weight, _)| {
+                let hit = roll < *weight;
+                roll = roll.saturating_sub(*weight);
+                hit
+            })
+            .map_or(Kind::MessageCreate, |(_, kind)| *kind);
         let mut d = String::with_capacity(1024);
-        let t = match self.rng.below(100) {
-            0..45 => self.message_create(guild, sent_at_us, &mut d),
-            45..80 => self.presence_update(guild, &mut d),
-            _ => self.typing_start(guild, sent_at_us, &mut d),
-        };
+        let t = self.write(kind, guild, &bot, sent_at_us, &mut d);
         // Replace the closing brace with the marker.
         d.pop();
         d.push(',');
@@ -90,72 +144,285 @@ impl EventGen {
         Some(Dispatch { t: t.to_owned(), d })
     }
 
-    fn message_create(&mut self, guild: &Guild, sent_at_us: u64, d: &mut String) -> &'static str {
-        let channel = text_channel(guild, &mut self.rng);
-        let id = self.rng.snowflake();
-        let _ = write!(
-            d,
-            r#"{{"type":0,"tts":false,"timestamp":"{}","pinned":false,"nonce":"{}","mentions":[],"mention_roles":[],"mention_everyone":false,"id":"{id}","flags":0,"embeds":[],"edited_timestamp":null,"content":"#,
-            iso8601(sent_at_us / 1000),
-            self.rng.snowflake(),
-        );
-        json_str(d, LINES[self.rng.index(LINES.len())]);
-        let _ = write!(
-            d,
-            r#","components":[],"channel_type":0,"channel_id":"{channel}","#
-        );
-        if let Some(member) = guild
-            .members
-            .get(self.rng.index(guild.members.len().max(1)))
-        {
-            d.push_str(r#""author":"#);
-            member.user.write(d);
-            d.push_str(r#","member":"#);
-            member.write(d);
-            d.push(',');
-        }
-        let _ = write!(d, r#""attachments":[],"guild_id":"{}"}}"#, guild.id);
-        "MESSAGE_CREATE"
-    }
-
-    fn presence_update(&mut self, guild: &Guild, d: &mut String) -> &'static str {
-        let status = ["online", "idle", "dnd", "offline"][self.rng.index(4)];
-        let user = guild
-            .members
-            .get(self.rng.index(guild.members.len().max(1)))
-            .map_or(0, |m| m.user.id);
-        let _ = write!(
-            d,
-            r#"{{"user":{{"id":"{user}"}},"status":"{status}","guild_id":"{}","client_status":{{"desktop":"{status}"}},"activities":[{{"type":0,"name":"Rocket League","id":"{:016x}","created_at":1732781512345,"state":"In a match"}}]}}"#,
-            guild.id,
-            self.rng.next_u64(),
-        );
-        "PRESENCE_UPDATE"
-    }
-
-    fn typing_start(&mut self, guild: &Guild, sent_at_us: u64, d: &mut String) -> &'static str {
-        let channel = text_channel(guild, &mut self.rng);
-        let _ = write!(
-            d,
-            r#"{{"channel_id":"{channel}","guild_id":"{}","timestamp":{},"#,
-            guild.id,
-            sent_at_us / 1_000_000
-        );
-        if let Some(member) = guild
-            .members
-            .get(self.rng.index(guild.members.len().max(1)))
-        {
-            let _ = write!(d, r#""user_id":"{}","member":"#, member.user.id);
-            member.write(d);
-        } else {
-            d.push_str(r#""user_id":"0""#);
-        }
-        d.push('}');
-        "TYPING_START"
+    /// Writes one event of `kind` (or a message, where the guild has
+    /// nothing to change) and applies it to `guild`.
+    fn write(
+        &mut self,
+        kind: Kind,
+        guild: &mut Guild,
+        bot: &User,
+        sent_at_us: u64,
+        d: &mut String,
+    ) -> &'static str {
+        let rng = &mut self.rng;
+        let written = match kind {
+            Kind::TypingStart => Some(typing_start(rng, guild, sent_at_us, d)),
+            Kind::MessageCreate => None,
+            Kind::ChannelCreate
+            | Kind::ChannelUpdate
+            | Kind::ChannelDelete
+            | Kind::ThreadCreate
+            | Kind::ThreadUpdate
+            | Kind::ThreadDelete => channel_event(rng, kind, guild, d),
+            Kind::RoleCreate | Kind::RoleUpdate | Kind::RoleDelete | Kind::GuildUpdate => {
+                guild_event(rng, kind, guild, d)
+            }
+            _ => member_event(rng, kind, guild, bot, d),
+        };
+        written.unwrap_or_else(|| message_create(rng, guild, sent_at_us, d))
     }
 }
 
-/// A text channel of the guild (its id as a string), or the guild id.
+/// Member, presence, voice and interaction events.
+fn member_event(
+    rng: &mut Rng,
+    kind: Kind,
+    guild: &mut Guild,
+    bot: &User,
+    d: &mut String,
+) -> Option<&'static str> {
+    let id = guild.id;
+    match kind {
+        Kind::MemberAdd => {
+            let member = guild.add_member(rng);
+            write_member_with_guild(d, member, id);
+            return Some("GUILD_MEMBER_ADD");
+        }
+        Kind::MemberUpdate if !guild.members.is_empty() => {
+            let i = rng.index(guild.members.len());
+            let nick = (rng.below(2) == 0).then(|| name(rng, 1));
+            guild.members[i].nick = nick;
+            write_member_with_guild(d, &guild.members[i], id);
+            return Some("GUILD_MEMBER_UPDATE");
+        }
+        Kind::MemberRemove if guild.members.len() > 1 => {
+            let member = guild.members.swap_remove(rng.index(guild.members.len()));
+            guild.presences.retain(|p| p.user_id != member.user.id);
+            guild.voice_states.retain(|v| v.user_id != member.user.id);
+            let _ = write!(d, r#"{{"guild_id":"{id}","user":"#);
+            member.user.write(d);
+            d.push('}');
+            return Some("GUILD_MEMBER_REMOVE");
+        }
+        Kind::PresenceUpdate if !guild.members.is_empty() => {
+            let user_id = guild.members[rng.index(guild.members.len())].user.id;
+            let status = ["online", "idle", "dnd", "offline"][rng.index(4)];
+            guild.presences.retain(|p| p.user_id != user_id);
+            let presence = Presence {
+                user_id,
+                status: status.to_owned(),
+            };
+            presence.write(d, Some(id));
+            if status != "offline" {
+                guild.presences.push(presence);
+            }
+            return Some("PRESENCE_UPDATE");
+        }
+        Kind::VoiceStateUpdate if !guild.members.is_empty() => {
+            let voices: Vec<u64> = guild.channels_of(2).collect();
+            let member = guild.members[rng.index(guild.members.len())].clone();
+            if let Some(at) = guild
+                .voice_states
+                .iter()
+                .position(|v| v.user_id == member.user.id)
+            {
+                let state = guild.voice_states.swap_remove(at);
+                state.write_in(d, Some(id), Some(&member), None);
+                return Some("VOICE_STATE_UPDATE");
+            }
+            if let Some(&channel_id) = voices.get(rng.index(voices.len().max(1))) {
+                let state = VoiceState {
+                    user_id: member.user.id,
+                    channel_id,
+                    session_id: format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64()),
+                };
+                state.write(d, Some(id), Some(&member));
+                guild.voice_states.push(state);
+                return Some("VOICE_STATE_UPDATE");
+            }
+        }
+        Kind::InteractionCreate if !guild.members.is_empty() => {
+            let channel = text_channel(guild, rng);
+            let member = &guild.members[rng.index(guild.members.len())];
+            let _ = write!(
+                d,
+                r#"{{"id":"{}","application_id":"{}","type":2,"data":{{"id":"{}","name":"ping","type":1}},"guild_id":"{id}","channel_id":"{channel}","member":"#,
+                rng.snowflake(),
+                bot.id,
+                rng.snowflake(),
+            );
+            member.write(d);
+            let _ = write!(
+                d,
+                r#","token":"sim-interaction-{:016x}","version":1,"app_permissions":"2248473465835073","locale":"en-US","guild_locale":"en-US","entitlements":[],"authorizing_integration_owners":{{"0":"{id}"}},"context":0}}"#,
+                rng.next_u64()
+            );
+            return Some("INTERACTION_CREATE");
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Channel and thread events.
+fn channel_event(
+    rng: &mut Rng,
+    kind: Kind,
+    guild: &mut Guild,
+    d: &mut String,
+) -> Option<&'static str> {
+    let id = guild.id;
+    match kind {
+        Kind::ChannelCreate => {
+            let parent = guild.channels_of(4).next();
+            let channel = guild.add_channel(rng, 0, parent);
+            if let Some(channel) = guild.channels.iter().find(|c| c.id == channel) {
+                channel.write(d, Some(id));
+            }
+            return Some("CHANNEL_CREATE");
+        }
+        Kind::ChannelUpdate => {
+            let texts: Vec<u64> = guild.channels_of(0).collect();
+            if let Some(&channel) = texts.get(rng.index(texts.len().max(1))) {
+                let topic = format!("now about {}", name(rng, 2));
+                if let Some(c) = guild.channels.iter_mut().find(|c| c.id == channel) {
+                    c.topic = Some(topic);
+                    c.write(d, Some(id));
+                    return Some("CHANNEL_UPDATE");
+                }
+            }
+        }
+        Kind::ChannelDelete if guild.channels_of(0).count() > 1 => {
+            let texts: Vec<u64> = guild.channels_of(0).collect();
+            let channel = texts[rng.index(texts.len())];
+            if let Some(at) = guild.channels.iter().position(|c| c.id == channel) {
+                let removed = guild.channels.remove(at);
+                guild.threads.retain(|t| t.parent_id != channel);
+                removed.write(d, Some(id));
+                return Some("CHANNEL_DELETE");
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Role and guild events.
+fn guild_event(
+    rng: &mut Rng,
+    kind: Kind,
+    guild: &mut Guild,
+    d: &mut String,
+) -> Option<&'static str> {
+    let id = guild.id;
+    match kind {
+        Kind::RoleCreate => {
+            let role = guild.add_role(rng);
+            let _ = write!(d, r#"{{"guild_id":"{id}","role":"#);
+            role.write(d);
+            d.push('}');
+            return Some("GUILD_ROLE_CREATE");
+        }
+        Kind::RoleUpdate if guild.roles.len() > 1 => {
+            let i = 1 + rng.index(guild.roles.len() - 1);
+            guild.roles[i].color = u32::try_from(rng.below(0x0100_0000)).unwrap_or(0);
+            let _ = write!(d, r#"{{"guild_id":"{id}","role":"#);
+            guild.roles[i].write(d);
+            d.push('}');
+            return Some("GUILD_ROLE_UPDATE");
+        }
+        Kind::RoleDelete if guild.roles.len() > 1 => {
+            let role = guild.roles.remove(1 + rng.index(guild.roles.len() - 1));
+            for member in &mut guild.members {
+                member.roles.retain(|r| *r != role.id);
+            }
+            let _ = write!(d, r#"{{"guild_id":"{id}","role_id":"{}"}}"#, role.id);
+            return Some("GUILD_ROLE_DELETE");
+        }
+        Kind::GuildUpdate => {
+            guild.name = format!("{} \"guild\" ✓", name(rng, 2));
+            guild.write_update(d);
+            return Some("GUILD_UPDATE");
+        }
+        Kind::ThreadCreate => {
+            if let Some(thread) = guild.add_thread(rng) {
+                let thread = thread.clone();
+                thread.write(d, id);
+                d.pop();
+                d.push_str(r#","newly_created":true}"#);
+                return Some("THREAD_CREATE");
+            }
+        }
+        Kind::ThreadUpdate if !guild.threads.is_empty() => {
+            let i = rng.index(guild.threads.len());
+            guild.threads[i].name = name(rng, 3);
+            guild.threads[i].write(d, id);
+            return Some("THREAD_UPDATE");
+        }
+        Kind::ThreadDelete if !guild.threads.is_empty() => {
+            let thread = guild.threads.swap_remove(rng.index(guild.threads.len()));
+            let _ = write!(
+                d,
+                r#"{{"id":"{}","guild_id":"{id}","parent_id":"{}","type":11}}"#,
+                thread.id, thread.parent_id
+            );
+            return Some("THREAD_DELETE");
+        }
+        _ => {}
+    }
+    None
+}
+
+fn write_member_with_guild(d: &mut String, member: &Member, guild_id: u64) {
+    member.write(d);
+    d.pop();
+    let _ = write!(d, r#","guild_id":"{guild_id}"}}"#);
+}
+
+fn message_create(rng: &mut Rng, guild: &Guild, sent_at_us: u64, d: &mut String) -> &'static str {
+    let channel = text_channel(guild, rng);
+    let id = rng.snowflake();
+    let _ = write!(
+        d,
+        r#"{{"type":0,"tts":false,"timestamp":"{}","pinned":false,"nonce":"{}","mentions":[],"mention_roles":[],"mention_everyone":false,"id":"{id}","flags":0,"embeds":[],"edited_timestamp":null,"content":"#,
+        iso8601(sent_at_us / 1000),
+        rng.snowflake(),
+    );
+    json_str(d, LINES[rng.index(LINES.len())]);
+    let _ = write!(
+        d,
+        r#","components":[],"channel_type":0,"channel_id":"{channel}","#
+    );
+    if let Some(member) = guild.members.get(rng.index(guild.members.len().max(1))) {
+        d.push_str(r#""author":"#);
+        member.user.write(d);
+        d.push_str(r#","member":"#);
+        member.write(d);
+        d.push(',');
+    }
+    let _ = write!(d, r#""attachments":[],"guild_id":"{}"}}"#, guild.id);
+    "MESSAGE_CREATE"
+}
+
+fn typing_start(rng: &mut Rng, guild: &Guild, sent_at_us: u64, d: &mut String) -> &'static str {
+    let channel = text_channel(guild, rng);
+    let _ = write!(
+        d,
+        r#"{{"channel_id":"{channel}","guild_id":"{}","timestamp":{},"#,
+        guild.id,
+        sent_at_us / 1_000_000
+    );
+    if let Some(member) = guild.members.get(rng.index(guild.members.len().max(1))) {
+        let _ = write!(d, r#""user_id":"{}","member":"#, member.user.id);
+        member.write(d);
+    } else {
+        d.push_str(r#""user_id":"0""#);
+    }
+    d.push('}');
+    "TYPING_START"
+}
+
+/// A text channel of the guild, or the guild's id where it has none.
 fn text_channel(guild: &Guild, rng: &mut Rng) -> u64 {
     let texts: Vec<u64> = guild
         .channels
@@ -178,15 +445,21 @@ mod tests {
     #[test]
     fn events_are_json_marked_and_numbered() {
         let config = SimConfig::default();
-        let world = World::generate(&config);
+        let mut world = World::generate(&config);
         let mut events = EventGen::new(&world, 9, 0, 1);
         for n in 1..=500u64 {
-            let dispatch = events.next(&world, 1_732_766_519_123_456).unwrap();
+            let dispatch = events.next(&mut world, 1_732_766_519_123_456).unwrap();
             let d: serde_json::Value =
                 serde_json::from_str(&dispatch.d).unwrap_or_else(|e| panic!("{e}: {}", dispatch.d));
             assert_eq!(d["_sim"]["n"], n);
             assert_eq!(d["_sim"]["shard"], 0);
-            let guild = d["guild_id"].as_str().unwrap().parse::<u64>().unwrap();
+            // GUILD_UPDATE names its guild as `id`; every other event as `guild_id`.
+            let guild = d["guild_id"]
+                .as_str()
+                .or(d["id"].as_str())
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
             assert!(
                 world.guild(guild).is_some(),
                 "an event names a guild that exists"

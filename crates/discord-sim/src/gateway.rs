@@ -395,13 +395,16 @@ impl Connection {
 
         let session = self.shared.new_session(shard);
         let hub = &self.shared.shards[shard as usize];
+        // Hold the world while subscribing and writing the snapshot: the
+        // stream's changes are made under the same lock, so this session
+        // sees exactly those after its snapshot.
+        let world = crate::lock(&self.shared.world);
         let events = hub.events.subscribe();
         *control = Some(hub.control.subscribe());
         session.attach(self.id, outbox.clone());
         self.session = Some(session.clone());
         self.record_session(&session);
 
-        let world = &self.shared.world;
         let mut ready = String::with_capacity(1024);
         let bot = &world.bot;
         let _ = write!(
@@ -484,7 +487,7 @@ impl Connection {
             return;
         };
         let channel = snowflake(d.get("channel_id"));
-        let bot = self.shared.world.bot.id;
+        let bot = crate::lock(&self.shared.world).bot.id;
         let self_mute = d.get("self_mute").and_then(Value::as_bool).unwrap_or(false);
         let self_deaf = d.get("self_deaf").and_then(Value::as_bool).unwrap_or(false);
         let channel_json = channel.map_or_else(|| "null".to_owned(), |c| format!("\"{c}\""));
@@ -510,7 +513,8 @@ impl Connection {
         let Some(guild_id) = snowflake(d.get("guild_id")) else {
             return;
         };
-        let Some(guild) = self.shared.world.guild(guild_id) else {
+        let world = crate::lock(&self.shared.world);
+        let Some(guild) = world.guild(guild_id) else {
             return;
         };
         let nonce = d
@@ -547,7 +551,7 @@ impl Connection {
             );
             return;
         }
-        let bot = crate::world::Member::bot(&self.shared.world.bot);
+        let bot = crate::world::Member::bot(&world.bot);
         let all = std::iter::once(&bot).chain(&guild.members);
         let members: Vec<&crate::world::Member> = match (&user_ids, query) {
             (Some(ids), _) => all.filter(|m| ids.contains(&m.user.id)).take(100).collect(),

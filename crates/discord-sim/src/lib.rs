@@ -50,6 +50,7 @@ mod admin;
 mod config;
 mod events;
 mod gateway;
+mod guild;
 mod log;
 mod rest;
 mod session;
@@ -76,8 +77,9 @@ use tokio::time::Instant;
 
 pub use crate::config::{KNOWN_INTENTS, KeyOrder, PRIVILEGED_INTENTS, SimConfig};
 pub use crate::events::Dispatch;
+pub use crate::guild::{Channel, Emoji, Guild, Item, Presence, Role, Thread, VoiceState};
 pub use crate::log::{ConnectionLog, Sent};
-pub use crate::world::{Channel, Emoji, Guild, Member, Role, User, World};
+pub use crate::world::{Member, User, World};
 
 use crate::events::EventGen;
 use crate::session::Session;
@@ -143,7 +145,7 @@ impl Sim {
                 last: HashMap::new(),
                 remaining: config.session_start_total,
             }),
-            world,
+            world: Mutex::new(world),
             shards,
             config,
             sessions: Mutex::new(HashMap::new()),
@@ -198,10 +200,11 @@ impl Sim {
         &self.shared.config
     }
 
-    /// The ground truth: every guild as the sim knows it.
+    /// The ground truth now: every guild as the sim knows it, with every
+    /// change its stream has made so far (a copy).
     #[must_use]
-    pub fn world(&self) -> &World {
-        &self.shared.world
+    pub fn world(&self) -> World {
+        lock(&self.shared.world).clone()
     }
 
     /// Applies `command` to every identified connection of `shard` and
@@ -261,7 +264,11 @@ impl Sim {
 
 pub(crate) struct Shared {
     config: SimConfig,
-    world: World,
+    /// The ground truth. The generators change it and broadcast the change
+    /// while holding the lock, and IDENTIFY writes READY and the guilds
+    /// while holding it, so every session starts from a snapshot and then
+    /// sees exactly the changes made after it.
+    world: Mutex<World>,
     gateway_url: String,
     shards: Vec<ShardHub>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -518,9 +525,11 @@ async fn generate(shared: Arc<Shared>, index: u32) {
             owed = 0.0;
             continue;
         }
+        let mut world = lock(&shared.world);
+        let mut generator = hub.generator();
         while owed >= 1.0 {
             owed -= 1.0;
-            let Some(dispatch) = hub.generator().next(&shared.world, unix_micros()) else {
+            let Some(dispatch) = generator.next(&mut world, unix_micros()) else {
                 owed = 0.0;
                 break;
             };

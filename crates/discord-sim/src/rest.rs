@@ -41,7 +41,7 @@ pub(crate) fn route<B>(shared: &Arc<Shared>, request: &Request<B>) -> Response<F
             r#"{"message":"401: Unauthorized","code":0}"#.to_owned(),
         );
     }
-    let world = &shared.world;
+    let world = crate::lock(&shared.world);
     match route {
         "/gateway/bot" => {
             let limits = shared.identify_state();

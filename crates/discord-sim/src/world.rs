@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::config::SimConfig;
+use crate::guild::Guild;
 
 /// Discord's epoch (2015-01-01) in Unix milliseconds.
 const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
@@ -55,40 +56,6 @@ pub struct User {
     pub bot: bool,
 }
 
-/// A role.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Role {
-    /// Snowflake; `@everyone`'s is the guild's.
-    pub id: u64,
-    /// `name`.
-    pub name: String,
-    /// `position`.
-    pub position: u32,
-    /// `color`.
-    pub color: u32,
-    /// `permissions`, sent as a string.
-    pub permissions: u64,
-}
-
-/// A guild channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Channel {
-    /// Snowflake.
-    pub id: u64,
-    /// `name`.
-    pub name: String,
-    /// `type`: 0 text, 2 voice, 4 category.
-    pub kind: u8,
-    /// `position`.
-    pub position: u32,
-    /// `parent_id`: the category.
-    pub parent_id: Option<u64>,
-    /// `topic` (text channels).
-    pub topic: Option<String>,
-}
-
 /// A guild member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -99,40 +66,6 @@ pub struct Member {
     pub nick: Option<String>,
     /// `roles`, without `@everyone`.
     pub roles: Vec<u64>,
-}
-
-/// A custom emoji.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Emoji {
-    /// Snowflake.
-    pub id: u64,
-    /// `name`.
-    pub name: String,
-    /// `animated`.
-    pub animated: bool,
-}
-
-/// A guild, as the sim knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Guild {
-    /// Snowflake; its shard is `(id >> 22) % shards`.
-    pub id: u64,
-    /// `name`.
-    pub name: String,
-    /// `owner_id`.
-    pub owner_id: u64,
-    /// Unavailable guilds arrive as `GUILD_DELETE` with `unavailable: true`.
-    pub unavailable: bool,
-    /// `@everyone` first, then the others.
-    pub roles: Vec<Role>,
-    /// Categories, text and voice channels.
-    pub channels: Vec<Channel>,
-    /// Every member but the bot, which is a member of every guild too.
-    pub members: Vec<Member>,
-    /// Custom emojis.
-    pub emojis: Vec<Emoji>,
 }
 
 /// Everything the sim serves, generated from [`SimConfig::seed`].
@@ -154,7 +87,7 @@ const WORDS: &[&str] = &[
     "maple", "river", "quartz", "echo", "nova", "ember", "delta", "lumen", "cobalt", "fjord",
 ];
 
-fn name(rng: &mut Rng, words: usize) -> String {
+pub(crate) fn name(rng: &mut Rng, words: usize) -> String {
     let mut s = String::new();
     for i in 0..words {
         if i > 0 {
@@ -165,7 +98,7 @@ fn name(rng: &mut Rng, words: usize) -> String {
     s
 }
 
-fn user(rng: &mut Rng, bot: bool) -> User {
+pub(crate) fn user(rng: &mut Rng, bot: bool) -> User {
     let username = format!("{}{}", WORDS[rng.index(WORDS.len())], rng.below(10_000));
     let global_name = (rng.below(3) > 0).then(|| name(rng, 2));
     User {
@@ -185,7 +118,7 @@ impl World {
         "sim-bot".clone_into(&mut bot.username);
         let owner = user(&mut rng, false);
         let mut guilds: Vec<Guild> = (0..config.guilds)
-            .map(|_| generate_guild(&mut rng, config, owner.id))
+            .map(|_| Guild::generate(&mut rng, config, owner.id))
             .collect();
         guilds.sort_by_key(|g| g.id);
         // Every k-th guild is unavailable, spread through the list.
@@ -223,80 +156,6 @@ impl World {
     }
 }
 
-fn generate_guild(rng: &mut Rng, config: &SimConfig, owner_id: u64) -> Guild {
-    let id = rng.snowflake();
-    let mut roles = vec![Role {
-        id,
-        name: "@everyone".to_owned(),
-        position: 0,
-        color: 0,
-        permissions: 1_071_698_660_929,
-    }];
-    for position in 1..=config.roles_per_guild {
-        roles.push(Role {
-            id: rng.snowflake(),
-            name: name(rng, 1),
-            position,
-            color: u32::try_from(rng.below(0x0100_0000)).unwrap_or(0),
-            permissions: rng.below(1 << 40),
-        });
-    }
-    let mut channels = Vec::new();
-    let mut category = None;
-    for position in 0..config.channels_per_guild {
-        let kind = match position % 5 {
-            0 => 4,
-            4 => 2,
-            _ => 0,
-        };
-        let channel_id = rng.snowflake();
-        channels.push(Channel {
-            id: channel_id,
-            name: name(rng, 1).replace(' ', "-"),
-            kind,
-            position,
-            parent_id: if kind == 4 { None } else { category },
-            topic: (kind == 0)
-                .then(|| format!("talk about {{\"s\":{position}}} and {}", name(rng, 3))),
-        });
-        if kind == 4 {
-            category = Some(channel_id);
-        }
-    }
-    let members = (0..config.members_per_guild)
-        .map(|_| {
-            let user = user(rng, false);
-            let roles = roles[1..]
-                .iter()
-                .filter(|_| rng.below(3) == 0)
-                .map(|r| r.id)
-                .collect();
-            Member {
-                nick: (rng.below(4) == 0).then(|| name(rng, 1)),
-                user,
-                roles,
-            }
-        })
-        .collect();
-    let emojis = (0..config.emojis_per_guild)
-        .map(|_| Emoji {
-            id: rng.snowflake(),
-            name: name(rng, 1),
-            animated: rng.below(5) == 0,
-        })
-        .collect();
-    Guild {
-        id,
-        name: format!("{} \"guild\" ✓", name(rng, 2)),
-        owner_id,
-        unavailable: false,
-        roles,
-        channels,
-        members,
-        emojis,
-    }
-}
-
 /// Appends `s` as a JSON string.
 pub(crate) fn json_str(out: &mut String, s: &str) {
     out.push('"');
@@ -315,7 +174,7 @@ pub(crate) fn json_str(out: &mut String, s: &str) {
 }
 
 /// Appends `Some(s)` as a JSON string and `None` as `null`.
-fn json_opt(out: &mut String, s: Option<&str>) {
+pub(crate) fn json_opt(out: &mut String, s: Option<&str>) {
     match s {
         Some(s) => json_str(out, s),
         None => out.push_str("null"),
@@ -396,100 +255,6 @@ impl Member {
             nick: None,
             roles: Vec::new(),
         }
-    }
-}
-
-impl Guild {
-    /// Members with the bot.
-    #[must_use]
-    pub fn member_count(&self) -> usize {
-        self.members.len() + 1
-    }
-
-    /// Appends the `d` of this guild's `GUILD_CREATE` (or of its
-    /// `GUILD_DELETE` when it is unavailable).
-    pub(crate) fn write_create(&self, bot: &User, out: &mut String) {
-        if self.unavailable {
-            let _ = write!(out, r#"{{"id":"{}","unavailable":true}}"#, self.id);
-            return;
-        }
-        let _ = write!(out, r#"{{"id":"{}","name":"#, self.id);
-        json_str(out, &self.name);
-        let system_channel = self.channels.iter().find(|c| c.kind == 0).map(|c| c.id);
-        let _ = write!(
-            out,
-            r#","icon":null,"splash":null,"discovery_splash":null,"banner":null,"owner_id":"{}","afk_channel_id":null,"afk_timeout":300,"verification_level":1,"default_message_notifications":1,"explicit_content_filter":2,"features":["COMMUNITY","NEWS"],"mfa_level":0,"application_id":null,"system_channel_id":{},"system_channel_flags":0,"rules_channel_id":null,"vanity_url_code":null,"description":null,"premium_tier":0,"premium_subscription_count":0,"preferred_locale":"en-US","public_updates_channel_id":null,"safety_alerts_channel_id":null,"nsfw_level":0,"nsfw":false,"premium_progress_bar_enabled":false,"max_members":500000,"max_video_channel_users":25,"max_stage_video_channel_users":50,"joined_at":"{}","large":{},"unavailable":false,"member_count":{},"lazy":true,"version":1732780800000,"roles":["#,
-            self.owner_id,
-            system_channel.map_or_else(|| "null".to_owned(), |id| format!("\"{id}\"")),
-            timestamp_of(self.id),
-            self.member_count() > 250,
-            self.member_count(),
-        );
-        for (i, role) in self.roles.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, r#"{{"id":"{}","name":"#, role.id);
-            json_str(out, &role.name);
-            let _ = write!(
-                out,
-                r#","color":{c},"colors":{{"primary_color":{c},"secondary_color":null,"tertiary_color":null}},"hoist":false,"icon":null,"unicode_emoji":null,"position":{},"permissions":"{}","managed":false,"mentionable":false,"flags":0,"tags":{{}},"version":1732780800000}}"#,
-                role.position,
-                role.permissions,
-                c = role.color,
-            );
-        }
-        out.push_str(r#"],"emojis":["#);
-        for (i, emoji) in self.emojis.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, r#"{{"id":"{}","name":"#, emoji.id);
-            json_str(out, &emoji.name);
-            let _ = write!(
-                out,
-                r#","roles":[],"require_colons":true,"managed":false,"animated":{},"available":true,"version":1732780800000}}"#,
-                emoji.animated
-            );
-        }
-        out.push_str(r#"],"stickers":[],"channels":["#);
-        for (i, channel) in self.channels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                r#"{{"id":"{}","type":{},"name":"#,
-                channel.id, channel.kind
-            );
-            json_str(out, &channel.name);
-            let _ = write!(
-                out,
-                r#","position":{},"permission_overwrites":[],"parent_id":"#,
-                channel.position
-            );
-            json_opt(out, channel.parent_id.map(|id| id.to_string()).as_deref());
-            out.push_str(r#","topic":"#);
-            json_opt(out, channel.topic.as_deref());
-            let extra = if channel.kind == 2 {
-                r#","bitrate":64000,"user_limit":0,"rtc_region":null"#
-            } else {
-                r#","last_message_id":null,"rate_limit_per_user":0"#
-            };
-            let _ = write!(
-                out,
-                r#","nsfw":false{extra},"flags":0,"version":1732780800000}}"#
-            );
-        }
-        out.push_str(r#"],"threads":[],"members":["#);
-        Member::bot(bot).write(out);
-        for member in &self.members {
-            out.push(',');
-            member.write(out);
-        }
-        out.push_str(
-            r#"],"presences":[],"voice_states":[],"stage_instances":[],"guild_scheduled_events":[],"soundboard_sounds":[],"embedded_activities":[],"application_command_counts":{}}"#,
-        );
     }
 }
 

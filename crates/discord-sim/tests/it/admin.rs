@@ -14,8 +14,9 @@ async fn guilds_route_is_the_ground_truth() {
     let (status, content_type, guilds) = request(sim.addr(), "GET", "/_sim/guilds", None, "").await;
     assert_eq!((status, content_type.as_str()), (200, "application/json"));
     let guilds = guilds.as_array().unwrap();
-    assert_eq!(guilds.len(), sim.world().guilds.len());
-    for (json, guild) in guilds.iter().zip(&sim.world().guilds) {
+    let world = sim.world();
+    assert_eq!(guilds.len(), world.guilds.len());
+    for (json, guild) in guilds.iter().zip(&world.guilds) {
         assert_eq!(json["id"], guild.id.to_string());
         assert_eq!(json["shard"], discord_sim::World::shard_of(guild.id, 2));
         assert_eq!(json["channels"], guild.channels.len());

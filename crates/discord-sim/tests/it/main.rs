@@ -11,6 +11,7 @@ mod admin;
 mod client;
 mod protocol;
 mod rest;
+mod truth;
 mod twilight;
 
 use discord_sim::{Sim, SimConfig};

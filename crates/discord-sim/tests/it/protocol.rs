@@ -35,7 +35,8 @@ async fn ready_and_every_guild_in_every_compression() {
             assert_eq!(d["session_id"].as_str().unwrap().len(), 32);
             assert_eq!(d["user"]["id"], sim.world().bot.id.to_string());
             assert!(d["application"]["id"].is_string());
-            let expected: Vec<_> = sim.world().guilds_of(shard, 2).collect();
+            let world = sim.world();
+            let expected: Vec<_> = world.guilds_of(shard, 2).collect();
             assert_eq!(d["guilds"].as_array().unwrap().len(), expected.len());
             for (i, guild) in expected.iter().enumerate() {
                 let payload = client.payload().await;

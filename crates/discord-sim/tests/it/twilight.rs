@@ -53,7 +53,8 @@ async fn twilight_identifies_gets_every_guild_then_events() {
     for id in 0..2 {
         let mut shard = shard(sim.gateway_url(), sim.token(), id, 2);
         let ready = next_dispatch(&mut shard, "READY").await;
-        let expected: Vec<_> = sim.world().guilds_of(id, 2).collect();
+        let world = sim.world();
+        let expected: Vec<_> = world.guilds_of(id, 2).collect();
         assert_eq!(
             ready["d"]["guilds"].as_array().unwrap().len(),
             expected.len()
