@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use crate::guild::{Guild, Presence, VoiceState};
-use crate::world::{Member, Rng, User, World, iso8601, json_str, name};
+use crate::world::{Member, Rng, World, iso8601, json_str, name};
 
 /// One dispatch, before a session gives it a sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +123,7 @@ impl EventGen {
             return None;
         }
         let index = self.guilds[self.rng.index(self.guilds.len())];
-        let bot = world.bot.clone();
+        let bot = world.bot.id;
         let guild = &mut world.guilds[index];
         let mut roll = u16::try_from(self.rng.below(1000)).unwrap_or(0);
         let kind = MIX
@@ -135,7 +135,7 @@ impl EventGen {
             })
             .map_or(Kind::MessageCreate, |(_, kind)| *kind);
         let mut d = String::with_capacity(1024);
-        let t = self.write(kind, guild, &bot, sent_at_us, &mut d);
+        let t = self.write(kind, guild, bot, sent_at_us, &mut d);
         // Replace the closing brace with the marker.
         d.pop();
         d.push(',');
@@ -150,7 +150,7 @@ impl EventGen {
         &mut self,
         kind: Kind,
         guild: &mut Guild,
-        bot: &User,
+        bot: u64,
         sent_at_us: u64,
         d: &mut String,
     ) -> &'static str {
@@ -178,7 +178,7 @@ fn member_event(
     rng: &mut Rng,
     kind: Kind,
     guild: &mut Guild,
-    bot: &User,
+    bot: u64,
     d: &mut String,
 ) -> Option<&'static str> {
     let id = guild.id;
@@ -248,7 +248,7 @@ fn member_event(
                 d,
                 r#"{{"id":"{}","application_id":"{}","type":2,"data":{{"id":"{}","name":"ping","type":1}},"guild_id":"{id}","channel_id":"{channel}","member":"#,
                 rng.snowflake(),
-                bot.id,
+                bot,
                 rng.snowflake(),
             );
             member.write(d);
