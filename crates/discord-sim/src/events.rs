@@ -12,6 +12,52 @@ use std::fmt::Write as _;
 use crate::guild::{Guild, Presence, VoiceState};
 use crate::world::{Member, Rng, World, iso8601, json_str, name};
 
+/// The gateway intent a session needs to receive a dispatch named `t`, or
+/// `None` for dispatches every session receives.
+#[must_use]
+pub fn intent_of(t: &str) -> Option<u64> {
+    let bit = match t {
+        "GUILD_CREATE"
+        | "GUILD_UPDATE"
+        | "GUILD_DELETE"
+        | "GUILD_ROLE_CREATE"
+        | "GUILD_ROLE_UPDATE"
+        | "GUILD_ROLE_DELETE"
+        | "CHANNEL_CREATE"
+        | "CHANNEL_UPDATE"
+        | "CHANNEL_DELETE"
+        | "CHANNEL_PINS_UPDATE"
+        | "THREAD_CREATE"
+        | "THREAD_UPDATE"
+        | "THREAD_DELETE"
+        | "THREAD_LIST_SYNC"
+        | "THREAD_MEMBER_UPDATE"
+        | "STAGE_INSTANCE_CREATE"
+        | "STAGE_INSTANCE_UPDATE"
+        | "STAGE_INSTANCE_DELETE" => 0,
+        "GUILD_MEMBER_ADD"
+        | "GUILD_MEMBER_UPDATE"
+        | "GUILD_MEMBER_REMOVE"
+        | "THREAD_MEMBERS_UPDATE" => 1,
+        "GUILD_EMOJIS_UPDATE"
+        | "GUILD_STICKERS_UPDATE"
+        | "GUILD_SOUNDBOARD_SOUND_CREATE"
+        | "GUILD_SOUNDBOARD_SOUND_UPDATE"
+        | "GUILD_SOUNDBOARD_SOUND_DELETE"
+        | "GUILD_SOUNDBOARD_SOUNDS_UPDATE" => 3,
+        "GUILD_SCHEDULED_EVENT_CREATE"
+        | "GUILD_SCHEDULED_EVENT_UPDATE"
+        | "GUILD_SCHEDULED_EVENT_DELETE" => 16,
+        "VOICE_STATE_UPDATE" => 7,
+        "PRESENCE_UPDATE" => 8,
+        "MESSAGE_CREATE" | "MESSAGE_UPDATE" | "MESSAGE_DELETE" | "MESSAGE_DELETE_BULK" => 9,
+        "MESSAGE_REACTION_ADD" | "MESSAGE_REACTION_REMOVE" => 10,
+        "TYPING_START" => 11,
+        _ => return None,
+    };
+    Some(1 << bit)
+}
+
 /// One dispatch, before a session gives it a sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dispatch {

@@ -443,7 +443,7 @@ impl Connection {
                 &d,
             );
         }
-        tokio::spawn(feed(self.shared.clone(), session, events));
+        tokio::spawn(feed(self.shared.clone(), session, intents, events));
         Ok(())
     }
 
@@ -646,6 +646,7 @@ async fn recv_control(control: &mut Option<broadcast::Receiver<Control>>) -> Opt
 async fn feed(
     shared: Arc<Shared>,
     session: Arc<Session>,
+    intents: u64,
     mut events: broadcast::Receiver<Arc<crate::Dispatch>>,
 ) {
     loop {
@@ -654,7 +655,10 @@ async fn feed(
                 if session.is_invalid() {
                     return;
                 }
-                session.emit(&dispatch.t, &dispatch.d);
+                // Only what the session's intents ask for, as Discord.
+                if crate::events::intent_of(&dispatch.t).is_none_or(|bit| intents & bit != 0) {
+                    session.emit(&dispatch.t, &dispatch.d);
+                }
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 shared.lagged.fetch_add(missed, Ordering::Relaxed);

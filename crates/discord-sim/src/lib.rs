@@ -76,7 +76,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use crate::config::{KNOWN_INTENTS, KeyOrder, PRIVILEGED_INTENTS, SimConfig};
-pub use crate::events::Dispatch;
+pub use crate::events::{Dispatch, intent_of};
 pub use crate::guild::{Channel, Emoji, Guild, Item, Presence, Role, Thread, VoiceState};
 pub use crate::log::{ConnectionLog, Sent};
 pub use crate::world::{Member, User, World};

@@ -210,8 +210,8 @@ async fn resume_replays_missed_events_then_resumed() {
     let ready = client.dispatch("READY").await;
     let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
     let guilds = sim.world().guilds_of(0, 1).count();
-    let first = sim.emit(0, "TYPING_START", r#"{"n":"first"}"#).unwrap();
-    let seen = client.dispatch("TYPING_START").await;
+    let first = sim.emit(0, "SIM_TEST_EVENT", r#"{"n":"first"}"#).unwrap();
+    let seen = client.dispatch("SIM_TEST_EVENT").await;
     let seq = seen["s"].as_u64().unwrap();
     assert_eq!(seq, 2 + guilds as u64);
     assert_eq!(seen["d"]["_sim"]["n"], first);
@@ -221,7 +221,7 @@ async fn resume_replays_missed_events_then_resumed() {
     drop(client);
     // Missed while away:
     for _ in 0..3 {
-        let _ = sim.emit(0, "TYPING_START", "{}");
+        let _ = sim.emit(0, "SIM_TEST_EVENT", "{}");
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
@@ -400,7 +400,9 @@ async fn a_missed_heartbeat_closes_with_4009() {
 async fn the_stream_is_numbered_without_gaps_and_names_real_guilds() {
     let sim = sim(|c| c.events_per_sec = 500).await;
     let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
-    client.identify(sim.token(), [0, 1], 1).await;
+    client
+        .identify(sim.token(), [0, 1], discord_sim::KNOWN_INTENTS)
+        .await;
     client.dispatch("READY").await;
     let mut last_n = None;
     let mut last_s = 1;
@@ -448,5 +450,27 @@ async fn mixed_key_order_keeps_the_protocol() {
         let payload = client.payload().await;
         assert_eq!(payload["op"], 0);
         assert_eq!(payload["s"], expected);
+    }
+}
+
+/// A session gets only the dispatches its intents ask for.
+#[tokio::test]
+async fn intents_filter_the_stream() {
+    let sim = sim(|c| c.events_per_sec = 5000).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
+    // GUILDS only: no messages, presences, typing, members or voice.
+    client.identify(sim.token(), [0, 1], 1).await;
+    client.dispatch("READY").await;
+    let mut guild_events = 0;
+    while guild_events < 30 {
+        let payload = client.payload().await;
+        let t = payload["t"].as_str().unwrap_or("");
+        assert!(
+            discord_sim::intent_of(t).is_none_or(|bit| bit == 1),
+            "{t} needs an intent this session did not ask for"
+        );
+        if t.starts_with("CHANNEL_") || t.starts_with("GUILD_ROLE_") || t.starts_with("THREAD_") {
+            guild_events += 1;
+        }
     }
 }

@@ -149,7 +149,9 @@ async fn applying_the_stream_to_the_guilds_gives_the_ground_truth() {
     .await;
     let (mut client, _) =
         Client::connect(sim.addr(), "v=10&encoding=json&compress=zstd-stream").await;
-    client.identify(sim.token(), [0, 1], 1).await;
+    client
+        .identify(sim.token(), [0, 1], discord_sim::KNOWN_INTENTS)
+        .await;
     client.dispatch("READY").await;
     let mut guilds: BTreeMap<String, View> = BTreeMap::new();
     let mut kinds = BTreeSet::new();

@@ -12,7 +12,7 @@ use super::sim;
 fn shard(url: &str, token: &str, id: u32, total: u32) -> Shard {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let queue = twilight_gateway::queue::InMemoryQueue::new(0, 0, Duration::ZERO, 0);
-    let config = ConfigBuilder::new(token.to_owned(), Intents::GUILDS | Intents::GUILD_MESSAGES)
+    let config = ConfigBuilder::new(token.to_owned(), Intents::all())
         .proxy_url(url.to_owned())
         .queue(queue)
         .build();
