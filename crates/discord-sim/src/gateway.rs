@@ -596,7 +596,21 @@ impl Connection {
                 let _ = write!(out, r#","not_found":[{}]"#, ids.join(","));
             }
             if presences {
-                out.push_str(r#","presences":[]"#);
+                // The presences of this chunk's members who are not offline.
+                out.push_str(r#","presences":["#);
+                let mut first = true;
+                for presence in guild
+                    .presences
+                    .iter()
+                    .filter(|p| chunk.iter().any(|m| m.user.id == p.user_id))
+                {
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    presence.write(&mut out, None);
+                }
+                out.push(']');
             }
             out.push_str(&nonce);
             out.push('}');

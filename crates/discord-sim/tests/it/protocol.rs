@@ -323,6 +323,7 @@ async fn member_chunks_carry_the_nonce_and_repeat_full_requests_are_rate_limited
     );
     client.send(&request).await;
     let mut members = 0;
+    let mut presences = 0;
     for index in 0..3 {
         let chunk = client.dispatch("GUILD_MEMBERS_CHUNK").await;
         let d = &chunk["d"];
@@ -331,10 +332,22 @@ async fn member_chunks_carry_the_nonce_and_repeat_full_requests_are_rate_limited
             (Value::from(index), Value::from(3))
         );
         assert_eq!(d["nonce"], "abc");
-        assert!(d["presences"].is_array());
+        for presence in d["presences"].as_array().unwrap() {
+            let user = presence["user"]["id"].as_str().unwrap();
+            assert!(
+                d["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["user"]["id"] == user),
+                "a presence of a member of this chunk"
+            );
+            presences += 1;
+        }
         members += d["members"].as_array().unwrap().len();
     }
     assert_eq!(members, guild.member_count());
+    assert_eq!(presences, guild.presences.len());
     client.send(&request).await;
     let limited = client.dispatch("RATE_LIMITED").await;
     assert_eq!(limited["d"]["opcode"], 8);
