@@ -582,40 +582,75 @@ impl Connection {
         let count = chunks.len();
         let presences = d.get("presences").and_then(Value::as_bool) == Some(true);
         for (index, chunk) in chunks.into_iter().enumerate() {
-            let mut out = String::with_capacity(chunk.len() * 400 + 128);
-            let _ = write!(out, r#"{{"guild_id":"{guild_id}","members":["#);
-            for (i, member) in chunk.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                member.write(&mut out);
-            }
-            let _ = write!(out, r#"],"chunk_index":{index},"chunk_count":{count}"#);
-            if index == 0 && !not_found.is_empty() {
-                let ids: Vec<String> = not_found.iter().map(|id| format!("\"{id}\"")).collect();
-                let _ = write!(out, r#","not_found":[{}]"#, ids.join(","));
-            }
-            if presences {
-                // The presences of this chunk's members who are not offline.
-                out.push_str(r#","presences":["#);
-                let mut first = true;
-                for presence in guild
-                    .presences
-                    .iter()
-                    .filter(|p| chunk.iter().any(|m| m.user.id == p.user_id))
-                {
-                    if !first {
-                        out.push(',');
-                    }
-                    first = false;
-                    presence.write(&mut out, None);
-                }
-                out.push(']');
-            }
+            let chunk = Chunk {
+                guild,
+                members: chunk,
+                index,
+                count,
+                not_found: if index == 0 { &not_found } else { &[] },
+                presences,
+            };
+            let mut out = String::with_capacity(chunk.members.len() * 400 + 128);
+            chunk.write(&mut out);
+            out.pop();
             out.push_str(&nonce);
             out.push('}');
             session.emit("GUILD_MEMBERS_CHUNK", &out);
         }
+    }
+}
+
+/// One `GUILD_MEMBERS_CHUNK` of an op 8 answer.
+struct Chunk<'a> {
+    guild: &'a crate::Guild,
+    members: &'a [&'a crate::world::Member],
+    index: usize,
+    count: usize,
+    not_found: &'a [u64],
+    presences: bool,
+}
+
+impl Chunk<'_> {
+    fn write(&self, out: &mut String) {
+        let _ = write!(out, r#"{{"guild_id":"{}","members":["#, self.guild.id);
+        for (i, member) in self.members.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            member.write(out);
+        }
+        let _ = write!(
+            out,
+            r#"],"chunk_index":{},"chunk_count":{}"#,
+            self.index, self.count
+        );
+        if !self.not_found.is_empty() {
+            let ids: Vec<String> = self
+                .not_found
+                .iter()
+                .map(|id| format!("\"{id}\""))
+                .collect();
+            let _ = write!(out, r#","not_found":[{}]"#, ids.join(","));
+        }
+        if self.presences {
+            // The presences of this chunk's members who are not offline.
+            out.push_str(r#","presences":["#);
+            let mut first = true;
+            for presence in self
+                .guild
+                .presences
+                .iter()
+                .filter(|p| self.members.iter().any(|m| m.user.id == p.user_id))
+            {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                presence.write(out, None);
+            }
+            out.push(']');
+        }
+        out.push('}');
     }
 }
 
