@@ -313,7 +313,7 @@ impl Connection {
             }
             2 => self.identify(d, outbox, control).await,
             6 => self.resume(d, outbox, control).await,
-            3 | 4 | 8 | 31 => {
+            3 | 4 | 8 | 31 | 43 => {
                 let Some(session) = self.session.clone() else {
                     return Err(End::Close(4003, "not authenticated"));
                 };
@@ -321,6 +321,7 @@ impl Connection {
                     4 => self.voice_state(&session, d),
                     8 => self.request_members(&session, d),
                     31 => soundboard(&session, d),
+                    43 => self.channel_info(&session, d),
                     _ => {}
                 }
                 Ok(())
@@ -507,6 +508,29 @@ impl Connection {
                 ),
             );
         }
+    }
+
+    /// op 43: the status and start time of the guild's voice channels
+    /// (the sim's have neither set).
+    fn channel_info(&self, session: &Session, d: &Value) {
+        let Some(guild_id) = snowflake(d.get("guild_id")) else {
+            return;
+        };
+        let world = crate::lock(&self.shared.world);
+        let Some(guild) = world.guild(guild_id) else {
+            return;
+        };
+        let channels: Vec<String> = guild
+            .channels_of(2)
+            .map(|id| format!(r#"{{"id":"{id}","status":null,"voice_start_time":null}}"#))
+            .collect();
+        session.emit(
+            "CHANNEL_INFO",
+            &format!(
+                r#"{{"guild_id":"{guild_id}","channels":[{}]}}"#,
+                channels.join(",")
+            ),
+        );
     }
 
     fn request_members(&self, session: &Session, d: &Value) {

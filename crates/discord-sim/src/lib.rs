@@ -472,17 +472,28 @@ async fn handle(
     };
     tokio::spawn(async move {
         let Ok(mut ws) = upgrade.await else { return };
-        let etf = query.split('&').any(|p| p == "encoding=etf");
-        match wire_codec::Compression::from_query(&query) {
-            Ok(compression) if !etf => gateway::serve(shared, ws, compression, &query).await,
-            _ => {
-                let reason: &[u8] = if etf {
-                    b"ETF is not supported"
-                } else {
-                    b"unknown compression"
-                };
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+        };
+        let refusal: Option<(u16, &[u8])> = if !matches!(param("v"), None | Some("9" | "10")) {
+            Some((4012, b"invalid API version"))
+        } else if param("encoding") == Some("etf") {
+            Some((4002, b"ETF is not supported"))
+        } else if wire_codec::Compression::from_query(&query).is_err() {
+            Some((4002, b"unknown compression"))
+        } else {
+            None
+        };
+        match refusal {
+            None => {
+                let compression = wire_codec::Compression::from_query(&query).unwrap_or_default();
+                gateway::serve(shared, ws, compression, &query).await;
+            }
+            Some((code, reason)) => {
                 let _ = ws
-                    .write_frame(fastwebsockets::Frame::close(4002, reason))
+                    .write_frame(fastwebsockets::Frame::close(code, reason))
                     .await;
             }
         }

@@ -171,11 +171,15 @@ async fn more_than_120_commands_a_minute_is_4008() {
 }
 
 #[tokio::test]
-async fn etf_and_unknown_compression_are_refused_with_4002() {
+async fn etf_unknown_compression_and_old_versions_are_refused() {
     let sim = sim(|_| {}).await;
-    for query in ["v=10&encoding=etf", "v=10&encoding=json&compress=brotli"] {
+    for (query, code) in [
+        ("v=10&encoding=etf", 4002),
+        ("v=10&encoding=json&compress=brotli", 4002),
+        ("v=6&encoding=json", 4012),
+    ] {
         let mut client = Client::connect_raw(sim.addr(), query).await;
-        assert_eq!(client.close_code().await, Some(4002), "{query}");
+        assert_eq!(client.close_code().await, Some(code), "{query}");
     }
 }
 
@@ -389,6 +393,14 @@ async fn voice_and_soundboard_requests_are_answered() {
         .await;
     let sounds = client.dispatch("SOUNDBOARD_SOUNDS").await;
     assert_eq!(sounds["d"]["guild_id"], guild.to_string());
+    client
+        .send(&format!(
+            r#"{{"op":43,"d":{{"guild_id":"{guild}","fields":["status","voice_start_time"]}}}}"#
+        ))
+        .await;
+    let info = client.dispatch("CHANNEL_INFO").await;
+    let voice = sim.world().guild(guild).unwrap().channels_of(2).count();
+    assert_eq!(info["d"]["channels"].as_array().unwrap().len(), voice);
     // op 3 is accepted without an answer; a heartbeat after it still is.
     client
         .send(r#"{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#)
