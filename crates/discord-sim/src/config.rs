@@ -47,6 +47,11 @@ pub struct SimConfig {
     pub events_per_sec: u32,
     /// Dispatches each session keeps for RESUME.
     pub replay_capacity: usize,
+    /// How long a session with no connection can still be resumed.
+    pub session_ttl: Duration,
+    /// When `session_start_limit.remaining` goes back to `total`
+    /// (Discord: a day after the first identify).
+    pub session_start_reset: Duration,
     /// How dispatch envelopes are written.
     pub key_order: KeyOrder,
     /// Privileged intents the application may use (`GUILD_MEMBERS`,
@@ -96,6 +101,8 @@ impl Default for SimConfig {
             heartbeat_interval: Duration::from_millis(41_250),
             events_per_sec: 0,
             replay_capacity: 4096,
+            session_ttl: Duration::from_mins(3),
+            session_start_reset: Duration::from_hours(24),
             privileged_intents: PRIVILEGED_INTENTS,
             key_order: KeyOrder::Discord,
         }

@@ -381,6 +381,11 @@ impl Connection {
         if intents & PRIVILEGED_INTENTS & !self.shared.config.privileged_intents != 0 {
             return Err(End::Close(4014, "disallowed intent(s)"));
         }
+        let large_threshold = d
+            .get("large_threshold")
+            .and_then(Value::as_u64)
+            .unwrap_or(50)
+            .clamp(50, 250);
         if !self.shared.take_identify(shard) {
             return self
                 .send(br#"{"t":null,"s":null,"op":9,"d":false}"#)
@@ -434,7 +439,7 @@ impl Connection {
         let mut d = String::new();
         for guild in world.guilds_of(shard, shards) {
             d.clear();
-            guild.write_create(bot, &mut d);
+            guild.write_create(bot, intents, large_threshold, &mut d);
             session.emit(
                 if guild.unavailable {
                     "GUILD_DELETE"

@@ -139,6 +139,9 @@ pub struct Guild {
 
 const STATUSES: [&str; 3] = ["online", "idle", "dnd"];
 
+/// The `GUILD_PRESENCES` intent.
+const GUILD_PRESENCES: u64 = 1 << 8;
+
 impl Guild {
     pub(crate) fn generate(rng: &mut Rng, config: &SimConfig, owner_id: u64) -> Self {
         let id = rng.snowflake();
@@ -327,18 +330,32 @@ impl Guild {
     }
 
     /// Appends the `d` of this guild's `GUILD_CREATE` (or of its
-    /// `GUILD_DELETE` when it is unavailable).
-    pub(crate) fn write_create(&self, bot: &User, out: &mut String) {
+    /// `GUILD_DELETE` when it is unavailable), for a session with these
+    /// `intents` and `large_threshold`.
+    ///
+    /// Which members come with it follows Discord: without
+    /// `GUILD_PRESENCES`, only the bot and the members in voice channels; in
+    /// a guild larger than `large_threshold`, the bot, members who are not
+    /// offline and members with a role, a nickname or a voice state; else
+    /// every member. Presences come only with `GUILD_PRESENCES`.
+    pub(crate) fn write_create(
+        &self,
+        bot: &User,
+        intents: u64,
+        large_threshold: u64,
+        out: &mut String,
+    ) {
         if self.unavailable {
             let _ = write!(out, r#"{{"id":"{}","unavailable":true}}"#, self.id);
             return;
         }
         self.write_head(out);
+        let large = self.member_count() as u64 > large_threshold;
+        let presences = intents & GUILD_PRESENCES != 0;
         let _ = write!(
             out,
-            r#","joined_at":"{}","large":{},"unavailable":false,"member_count":{},"lazy":true,"channels":["#,
+            r#","joined_at":"{}","large":{large},"unavailable":false,"member_count":{},"lazy":true,"channels":["#,
             timestamp_of(self.id),
-            self.member_count() > 250,
             self.member_count(),
         );
         write_list(out, &self.channels, |out, channel| channel.write(out, None));
@@ -346,14 +363,26 @@ impl Guild {
         write_list(out, &self.threads, |out, thread| thread.write(out, self.id));
         out.push_str(r#"],"members":["#);
         Member::bot(bot).write(out);
-        for member in &self.members {
+        let in_voice = |m: &Member| self.voice_states.iter().any(|v| v.user_id == m.user.id);
+        let online = |m: &Member| self.presences.iter().any(|p| p.user_id == m.user.id);
+        for member in self.members.iter().filter(|m| {
+            if !presences {
+                in_voice(m)
+            } else if large {
+                online(m) || !m.roles.is_empty() || m.nick.is_some() || in_voice(m)
+            } else {
+                true
+            }
+        }) {
             out.push(',');
             member.write(out);
         }
         out.push_str(r#"],"presences":["#);
-        write_list(out, &self.presences, |out, presence| {
-            presence.write(out, None);
-        });
+        if presences {
+            write_list(out, &self.presences, |out, presence| {
+                presence.write(out, None);
+            });
+        }
         out.push_str(r#"],"voice_states":["#);
         write_list(out, &self.voice_states, |out, state| {
             state.write(out, None, None);

@@ -144,6 +144,7 @@ impl Sim {
             identify: Mutex::new(IdentifyState {
                 last: HashMap::new(),
                 remaining: config.session_start_total,
+                window_start: Instant::now(),
             }),
             world: Mutex::new(world),
             shards,
@@ -157,7 +158,10 @@ impl Sim {
             lagged: AtomicU64::new(0),
             not_found: AtomicU64::new(0),
         });
-        let mut tasks = vec![tokio::spawn(accept(listener, shared.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(accept(listener, shared.clone())),
+            tokio::spawn(sweep(shared.clone())),
+        ];
         if shared.config.events_per_sec > 0 {
             for shard in 0..shared.config.shards.max(1) {
                 tasks.push(tokio::spawn(generate(shared.clone(), shard)));
@@ -258,7 +262,7 @@ impl Sim {
     /// `session_start_limit.remaining`.
     #[must_use]
     pub fn identifies_remaining(&self) -> u32 {
-        self.shared.identify_state()
+        self.shared.identify_state().0
     }
 }
 
@@ -295,6 +299,18 @@ impl std::fmt::Debug for Shared {
 struct IdentifyState {
     last: HashMap<u32, Instant>,
     remaining: u32,
+    /// When the current `session_start_limit` window began.
+    window_start: Instant,
+}
+
+impl IdentifyState {
+    /// Starts a new window once the last one is over.
+    fn refresh(&mut self, config: &SimConfig, now: Instant) {
+        if now.duration_since(self.window_start) >= config.session_start_reset {
+            self.window_start = now;
+            self.remaining = config.session_start_total;
+        }
+    }
 }
 
 pub(crate) struct ShardHub {
@@ -322,6 +338,7 @@ impl Shared {
         let bucket = shard % self.config.max_concurrency.max(1);
         let now = Instant::now();
         let mut state = lock(&self.identify);
+        state.refresh(&self.config, now);
         if state.remaining == 0 {
             return false;
         }
@@ -337,8 +354,16 @@ impl Shared {
         true
     }
 
-    fn identify_state(&self) -> u32 {
-        lock(&self.identify).remaining
+    /// `session_start_limit`: what remains, and the time until it resets.
+    fn identify_state(&self) -> (u32, Duration) {
+        let now = Instant::now();
+        let mut state = lock(&self.identify);
+        state.refresh(&self.config, now);
+        let reset_after = self
+            .config
+            .session_start_reset
+            .saturating_sub(now.duration_since(state.window_start));
+        (state.remaining, reset_after)
     }
 
     fn new_session(&self, shard: u32) -> Arc<Session> {
@@ -405,8 +430,28 @@ impl Shared {
         lock(&self.sessions).remove(&session.id);
     }
 
+    /// A session that can still be resumed.
     fn session(&self, id: &str) -> Option<Arc<Session>> {
-        lock(&self.sessions).get(id).cloned()
+        let session = lock(&self.sessions).get(id).cloned()?;
+        if session.expired(Instant::now(), self.config.session_ttl) {
+            self.end_session(&session);
+            return None;
+        }
+        Some(session)
+    }
+
+    /// Ends every session that has been without a connection for longer
+    /// than the TTL.
+    fn sweep_sessions(&self) {
+        let now = Instant::now();
+        let expired: Vec<Arc<Session>> = lock(&self.sessions)
+            .values()
+            .filter(|s| s.expired(now, self.config.session_ttl))
+            .cloned()
+            .collect();
+        for session in expired {
+            self.end_session(&session);
+        }
     }
 
     /// Whether a request for all of a guild's members is allowed now (one
@@ -499,6 +544,16 @@ async fn handle(
         }
     });
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// Ends expired sessions, a few times per TTL.
+async fn sweep(shared: Arc<Shared>) {
+    let period =
+        (shared.config.session_ttl / 4).clamp(Duration::from_millis(10), Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(period).await;
+        shared.sweep_sessions();
+    }
 }
 
 /// Dispatches a shard's broadcast holds for its slowest session.

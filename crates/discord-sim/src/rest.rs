@@ -44,15 +44,16 @@ pub(crate) fn route<B>(shared: &Arc<Shared>, request: &Request<B>) -> Response<F
     let world = crate::lock(&shared.world);
     match route {
         "/gateway/bot" => {
-            let limits = shared.identify_state();
+            let (remaining, reset_after) = shared.identify_state();
             json(
                 StatusCode::OK,
                 format!(
-                    r#"{{"url":"{}","shards":{},"session_start_limit":{{"total":{},"remaining":{},"reset_after":86400000,"max_concurrency":{}}}}}"#,
+                    r#"{{"url":"{}","shards":{},"session_start_limit":{{"total":{},"remaining":{},"reset_after":{},"max_concurrency":{}}}}}"#,
                     shared.gateway_url,
                     shared.config.shards,
                     shared.config.session_start_total,
-                    limits,
+                    remaining,
+                    reset_after.as_millis(),
                     shared.config.max_concurrency,
                 ),
             )

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::KeyOrder;
 
@@ -28,6 +29,8 @@ struct State {
     /// The last dispatches, oldest first, with their sequence numbers.
     replay: VecDeque<(u64, Bytes)>,
     attached: Option<(u64, Outbox)>,
+    /// Since when no connection is attached.
+    detached_at: Option<Instant>,
     invalid: bool,
 }
 
@@ -74,13 +77,16 @@ impl Session {
             && outbox.send(payload).is_err()
         {
             state.attached = None;
+            state.detached_at = Some(Instant::now());
         }
         seq
     }
 
     /// Attaches a new connection for an IDENTIFY.
     pub(crate) fn attach(&self, connection: u64, outbox: Outbox) {
-        self.state().attached = Some((connection, outbox));
+        let mut state = self.state();
+        state.attached = Some((connection, outbox));
+        state.detached_at = None;
     }
 
     /// Attaches a connection for a RESUME from `after`: sends every dispatch
@@ -104,6 +110,7 @@ impl Session {
             let _ = outbox.send(payload.clone());
         }
         state.attached = Some((connection, outbox));
+        state.detached_at = None;
         Ok(self.emit_locked(
             &mut state,
             "RESUMED",
@@ -120,7 +127,15 @@ impl Session {
             .is_some_and(|(id, _)| *id == connection)
         {
             state.attached = None;
+            state.detached_at = Some(Instant::now());
         }
+    }
+
+    /// Whether the session has had no connection for longer than `ttl`.
+    pub(crate) fn expired(&self, now: Instant, ttl: std::time::Duration) -> bool {
+        self.state()
+            .detached_at
+            .is_some_and(|since| now.duration_since(since) > ttl)
     }
 
     /// Ends the session: no RESUME can continue it.

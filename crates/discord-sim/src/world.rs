@@ -282,7 +282,7 @@ mod tests {
         let world = World::generate(&config);
         for guild in &world.guilds {
             let mut d = String::new();
-            guild.write_create(&world.bot, &mut d);
+            guild.write_create(&world.bot, crate::config::KNOWN_INTENTS, 250, &mut d);
             let v: serde_json::Value = serde_json::from_str(&d).unwrap();
             assert_eq!(v["id"], guild.id.to_string());
             if guild.unavailable {

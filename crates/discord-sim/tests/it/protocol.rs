@@ -499,3 +499,116 @@ async fn intents_filter_the_stream() {
         }
     }
 }
+
+/// Which members come with `GUILD_CREATE` follows the intents and
+/// `large_threshold`, as Discord.
+#[tokio::test]
+async fn guild_create_members_follow_intents_and_large_threshold() {
+    let sim = sim(|c| c.members_per_guild = 100).await;
+    let world = sim.world();
+    let guild = world.guilds_of(0, 1).find(|g| !g.unavailable).unwrap();
+    let in_voice = guild.voice_states.len();
+    let guild_id = guild.id.to_string();
+    let members_of = |intents: u64, threshold: u64| {
+        let (sim, guild_id) = (&sim, &guild_id);
+        async move {
+            let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+            client
+                .send(&format!(
+                    r#"{{"op":2,"d":{{"token":"{}","intents":{intents},"large_threshold":{threshold},"properties":{{}}}}}}"#,
+                    sim.token()
+                ))
+                .await;
+            loop {
+                let p = client.dispatch("GUILD_CREATE").await;
+                if p["d"]["id"] == guild_id.as_str() {
+                    let d = &p["d"];
+                    return (
+                        d["members"].as_array().unwrap().len(),
+                        d["presences"].as_array().unwrap().len(),
+                        d["large"].as_bool().unwrap(),
+                    );
+                }
+            }
+        }
+    };
+    let presences = 1 << 8;
+    // Without GUILD_PRESENCES: the bot and the members in voice.
+    assert_eq!(members_of(1, 250).await, (1 + in_voice, 0, false));
+    // A small guild (101 members, threshold 250): everyone.
+    assert_eq!(
+        members_of(1 | presences, 250).await,
+        (101, guild.presences.len(), false)
+    );
+    // A large one (threshold 50): the bot, online members and members with
+    // a role, a nickname or a voice state.
+    let expected = 1 + guild
+        .members
+        .iter()
+        .filter(|m| {
+            guild.presences.iter().any(|p| p.user_id == m.user.id)
+                || !m.roles.is_empty()
+                || m.nick.is_some()
+                || guild.voice_states.iter().any(|v| v.user_id == m.user.id)
+        })
+        .count();
+    assert!(expected < 101);
+    assert_eq!(
+        members_of(1 | presences, 50).await,
+        (expected, guild.presences.len(), true)
+    );
+}
+
+#[tokio::test]
+async fn a_session_without_a_connection_expires_after_its_ttl() {
+    let sim = sim(|c| c.session_ttl = std::time::Duration::from_millis(200)).await;
+    let resume = |session: String| {
+        let sim = &sim;
+        async move {
+            let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+            client
+                .send(&format!(
+                    r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":1}}}}"#,
+                    sim.token()
+                ))
+                .await;
+            client.payload().await
+        }
+    };
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    client.identify(sim.token(), [0, 1], 1).await;
+    let session = client.dispatch("READY").await["d"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.close(4000).await;
+    drop(client);
+    // Within the TTL it resumes (the first payload replays GUILD_CREATE)...
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(resume(session.clone()).await["op"], 0);
+    // ...and after it, it does not.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(resume(session).await["d"], false);
+}
+
+#[tokio::test]
+async fn session_start_limit_runs_out_then_resets() {
+    let sim = sim(|c| {
+        c.session_start_total = 2;
+        c.session_start_reset = std::time::Duration::from_millis(300);
+    })
+    .await;
+    for _ in 0..2 {
+        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+        client.identify(sim.token(), [0, 1], 1).await;
+        client.dispatch("READY").await;
+    }
+    assert_eq!(sim.identifies_remaining(), 0);
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    client.identify(sim.token(), [0, 1], 1).await;
+    assert_eq!(client.op(9).await["d"], false);
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    assert_eq!(sim.identifies_remaining(), 2);
+    client.identify(sim.token(), [0, 1], 1).await;
+    client.dispatch("READY").await;
+}
