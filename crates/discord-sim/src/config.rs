@@ -28,6 +28,11 @@ pub struct SimConfig {
     pub emojis_per_guild: u32,
     /// Active threads of each guild.
     pub threads_per_guild: u32,
+    /// Members of each guild in a voice channel (at most all of them).
+    pub voice_states_per_guild: u32,
+    /// Members of each guild who are not offline, with a presence (at most
+    /// all of them).
+    pub presences_per_guild: u32,
     /// Stickers, scheduled events and soundboard sounds of each guild (as
     /// many of each); every guild with a stage channel also has a stage
     /// instance.
@@ -93,6 +98,8 @@ impl Default for SimConfig {
             roles_per_guild: 4,
             emojis_per_guild: 2,
             threads_per_guild: 2,
+            voice_states_per_guild: 2,
+            presences_per_guild: 7,
             extras_per_guild: 1,
             seed: 1,
             max_concurrency: 1,

@@ -209,23 +209,31 @@ impl Guild {
         if let Some(&stage) = stages.first() {
             guild.stage_instances.push(item(rng, Some(stage)));
         }
-        for member in guild.members.clone() {
-            if !voices.is_empty() && rng.below(10) == 0 {
+        // The first members are in voice, and the last ones online: both
+        // counts are exact, and overlap only when they add up to more than
+        // the members there are.
+        let users: Vec<u64> = guild.members.iter().map(|m| m.user.id).collect();
+        if !voices.is_empty() {
+            for &user_id in users
+                .iter()
+                .take(usize::try_from(config.voice_states_per_guild).unwrap_or(usize::MAX))
+            {
                 guild.voice_states.push(VoiceState {
-                    user_id: member.user.id,
+                    user_id,
                     channel_id: voices[rng.index(voices.len())],
-                    session_id: format!(
-                        "{:032x}",
-                        u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())
-                    ),
+                    session_id: format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64()),
                 });
             }
-            if rng.below(3) == 0 {
-                guild.presences.push(Presence {
-                    user_id: member.user.id,
-                    status: STATUSES[rng.index(STATUSES.len())].to_owned(),
-                });
-            }
+        }
+        for &user_id in users
+            .iter()
+            .rev()
+            .take(usize::try_from(config.presences_per_guild).unwrap_or(usize::MAX))
+        {
+            guild.presences.push(Presence {
+                user_id,
+                status: STATUSES[rng.index(STATUSES.len())].to_owned(),
+            });
         }
         guild
     }

@@ -304,6 +304,38 @@ mod tests {
     }
 
     #[test]
+    fn guild_content_has_the_configured_counts() {
+        let config = SimConfig {
+            members_per_guild: 40,
+            channels_per_guild: 12,
+            roles_per_guild: 5,
+            emojis_per_guild: 3,
+            threads_per_guild: 4,
+            voice_states_per_guild: 6,
+            presences_per_guild: 9,
+            extras_per_guild: 2,
+            ..SimConfig::default()
+        };
+        for guild in World::generate(&config).guilds {
+            assert_eq!(guild.members.len(), 40);
+            assert_eq!(guild.channels.len(), 12);
+            assert_eq!(guild.roles.len(), 6, "with @everyone");
+            assert_eq!(guild.emojis.len(), 3);
+            assert_eq!(guild.threads.len(), 4);
+            assert_eq!(guild.voice_states.len(), 6);
+            assert_eq!(guild.presences.len(), 9);
+            assert_eq!(guild.stickers.len(), 2);
+            assert_eq!(guild.scheduled_events.len(), 2);
+            assert_eq!(guild.soundboard_sounds.len(), 2);
+            assert_eq!(
+                guild.stage_instances.len(),
+                1,
+                "one stage channel, one stage instance"
+            );
+        }
+    }
+
+    #[test]
     fn timestamps_are_iso8601() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000000+00:00");
         assert_eq!(

@@ -414,6 +414,16 @@ async fn voice_and_soundboard_requests_are_answered() {
 }
 
 #[tokio::test]
+async fn the_server_can_ask_for_a_heartbeat() {
+    let sim = sim(|_| {}).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    client.identify(sim.token(), [0, 1], 1).await;
+    client.dispatch("READY").await;
+    assert_eq!(sim.control(0, Control::RequestHeartbeat), 1);
+    assert_eq!(client.op(1).await["d"], Value::Null);
+}
+
+#[tokio::test]
 async fn a_missed_heartbeat_closes_with_4009() {
     let sim = sim(|c| c.heartbeat_interval = std::time::Duration::from_millis(100)).await;
     let (mut client, hello) = Client::connect(sim.addr(), QUERIES[0]).await;
