@@ -57,7 +57,11 @@ async fn consume(addr: std::net::SocketAddr, token: String, seconds: f64) -> f64
         .await
         .unwrap();
     let mut ws = FragmentCollector::new(ws);
-    let identify = format!(r#"{{"op":2,"d":{{"token":"{token}","intents":1,"properties":{{}}}}}}"#);
+    // Every intent, so that the session gets every dispatch of the shard.
+    let identify = format!(
+        r#"{{"op":2,"d":{{"token":"{token}","intents":{},"properties":{{}}}}}}"#,
+        discord_sim::KNOWN_INTENTS
+    );
     ws.write_frame(Frame::text(Payload::Borrowed(identify.as_bytes())))
         .await
         .unwrap();
