@@ -348,6 +348,30 @@ fn channel_event(
                 return Some("CHANNEL_DELETE");
             }
         }
+        Kind::ThreadCreate => {
+            if let Some(thread) = guild.add_thread(rng) {
+                let thread = thread.clone();
+                thread.write(d, id);
+                d.pop();
+                d.push_str(r#","newly_created":true}"#);
+                return Some("THREAD_CREATE");
+            }
+        }
+        Kind::ThreadUpdate if !guild.threads.is_empty() => {
+            let i = rng.index(guild.threads.len());
+            guild.threads[i].name = name(rng, 3);
+            guild.threads[i].write(d, id);
+            return Some("THREAD_UPDATE");
+        }
+        Kind::ThreadDelete if !guild.threads.is_empty() => {
+            let thread = guild.threads.swap_remove(rng.index(guild.threads.len()));
+            let _ = write!(
+                d,
+                r#"{{"id":"{}","guild_id":"{id}","parent_id":"{}","type":11}}"#,
+                thread.id, thread.parent_id
+            );
+            return Some("THREAD_DELETE");
+        }
         _ => {}
     }
     None
@@ -389,30 +413,6 @@ fn guild_event(
             guild.name = format!("{} \"guild\" ✓", name(rng, 2));
             guild.write_update(d);
             return Some("GUILD_UPDATE");
-        }
-        Kind::ThreadCreate => {
-            if let Some(thread) = guild.add_thread(rng) {
-                let thread = thread.clone();
-                thread.write(d, id);
-                d.pop();
-                d.push_str(r#","newly_created":true}"#);
-                return Some("THREAD_CREATE");
-            }
-        }
-        Kind::ThreadUpdate if !guild.threads.is_empty() => {
-            let i = rng.index(guild.threads.len());
-            guild.threads[i].name = name(rng, 3);
-            guild.threads[i].write(d, id);
-            return Some("THREAD_UPDATE");
-        }
-        Kind::ThreadDelete if !guild.threads.is_empty() => {
-            let thread = guild.threads.swap_remove(rng.index(guild.threads.len()));
-            let _ = write!(
-                d,
-                r#"{{"id":"{}","guild_id":"{id}","parent_id":"{}","type":11}}"#,
-                thread.id, thread.parent_id
-            );
-            return Some("THREAD_DELETE");
         }
         _ => {}
     }
@@ -487,6 +487,38 @@ fn text_channel(guild: &Guild, rng: &mut Rng) -> u64 {
 mod tests {
     use super::*;
     use crate::config::SimConfig;
+
+    #[test]
+    fn every_kind_of_the_mix_is_generated() {
+        let config = SimConfig::default();
+        let mut world = World::generate(&config);
+        let mut events = EventGen::new(&world, 3, 0, 1);
+        let seen: std::collections::BTreeSet<String> = (0..20_000)
+            .map(|_| events.next(&mut world, 0).unwrap().t)
+            .collect();
+        let expected = [
+            "CHANNEL_CREATE",
+            "CHANNEL_DELETE",
+            "CHANNEL_UPDATE",
+            "GUILD_MEMBER_ADD",
+            "GUILD_MEMBER_REMOVE",
+            "GUILD_MEMBER_UPDATE",
+            "GUILD_ROLE_CREATE",
+            "GUILD_ROLE_DELETE",
+            "GUILD_ROLE_UPDATE",
+            "GUILD_UPDATE",
+            "INTERACTION_CREATE",
+            "MESSAGE_CREATE",
+            "PRESENCE_UPDATE",
+            "THREAD_CREATE",
+            "THREAD_DELETE",
+            "THREAD_UPDATE",
+            "TYPING_START",
+            "VOICE_STATE_UPDATE",
+        ];
+        assert_eq!(seen, expected.iter().map(|t| (*t).to_owned()).collect());
+        assert_eq!(expected.len(), MIX.len());
+    }
 
     #[test]
     fn events_are_json_marked_and_numbered() {

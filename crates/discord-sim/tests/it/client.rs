@@ -156,6 +156,13 @@ impl Client {
         }
     }
 
+    pub(crate) async fn resume(&mut self, token: &str, session: &str, seq: u64) {
+        self.send(&format!(
+            r#"{{"op":6,"d":{{"token":"{token}","session_id":"{session}","seq":{seq}}}}}"#
+        ))
+        .await;
+    }
+
     pub(crate) async fn identify(&mut self, token: &str, shard: [u32; 2], intents: u64) {
         self.send(&format!(
             r#"{{"op":2,"d":{{"token":"{token}","intents":{intents},"shard":[{},{}],"properties":{{"os":"linux","browser":"test","device":"test"}}}}}}"#,

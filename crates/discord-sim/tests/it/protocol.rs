@@ -230,12 +230,7 @@ async fn resume_replays_missed_events_then_resumed() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
     let (mut client, _) = Client::connect(sim.addr(), QUERIES[1]).await;
-    client
-        .send(&format!(
-            r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":{seq}}}}}"#,
-            sim.token()
-        ))
-        .await;
+    client.resume(sim.token(), &session, seq).await;
     for i in 1..=3 {
         let replayed = client.payload().await;
         assert_eq!(replayed["s"], seq + i);
@@ -250,12 +245,7 @@ async fn resume_replays_missed_events_then_resumed() {
 async fn resume_of_an_unknown_or_invalidated_session_is_op_9_false() {
     let sim = sim(|_| {}).await;
     let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    client
-        .send(&format!(
-            r#"{{"op":6,"d":{{"token":"{}","session_id":"nope","seq":1}}}}"#,
-            sim.token()
-        ))
-        .await;
+    client.resume(sim.token(), "nope", 1).await;
     assert_eq!(client.payload().await["d"], false);
 
     client.identify(sim.token(), [0, 1], 1).await;
@@ -267,12 +257,7 @@ async fn resume_of_an_unknown_or_invalidated_session_is_op_9_false() {
     let nine = client.op(9).await;
     assert_eq!(nine["d"], false);
     let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    again
-        .send(&format!(
-            r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":1}}}}"#,
-            sim.token()
-        ))
-        .await;
+    again.resume(sim.token(), &session, 1).await;
     assert_eq!(again.payload().await["d"], false);
 }
 
@@ -287,12 +272,7 @@ async fn a_client_close_with_1000_ends_the_session() {
         .to_owned();
     client.close(1000).await;
     let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    again
-        .send(&format!(
-            r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":1}}}}"#,
-            sim.token()
-        ))
-        .await;
+    again.resume(sim.token(), &session, 1).await;
     assert_eq!(again.payload().await["d"], false);
 }
 
@@ -576,12 +556,7 @@ async fn a_session_without_a_connection_expires_after_its_ttl() {
         let sim = &sim;
         async move {
             let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-            client
-                .send(&format!(
-                    r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":1}}}}"#,
-                    sim.token()
-                ))
-                .await;
+            client.resume(sim.token(), &session, 1).await;
             client.payload().await
         }
     };
