@@ -60,6 +60,12 @@ pub(crate) async fn serve(
     compression: Compression,
     query: &str,
 ) {
+    let Ok(encoder) = Encoder::new(compression) else {
+        let _ = ws
+            .write_frame(Frame::close(4000, b"compression unavailable"))
+            .await;
+        return;
+    };
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
     // Frames up to 1 MiB are read and refused with 4002; larger ones are not
@@ -81,7 +87,7 @@ pub(crate) async fn serve(
         shared,
         id: connection,
         writer,
-        encoder: Encoder::new(compression).ok(),
+        encoder,
         compression,
         out: Vec::new(),
         session: None,
@@ -148,7 +154,7 @@ struct Connection {
     log: Arc<Mutex<ConnectionLog>>,
     id: u64,
     writer: fastwebsockets::WebSocketWrite<BufWriter<tokio::io::WriteHalf<TokioIo<Upgraded>>>>,
-    encoder: Option<Encoder>,
+    encoder: Encoder,
     compression: Compression,
     out: Vec<u8>,
     session: Option<Arc<Session>>,
@@ -233,20 +239,11 @@ impl Connection {
     async fn write(&mut self, payload: &[u8]) -> Result<(), WebSocketError> {
         lock(&self.log).sent(payload);
         self.out.clear();
-        let binary = match &mut self.encoder {
-            Some(encoder) if self.compression.is_binary() => {
-                encoder
-                    .encode(payload, &mut self.out)
-                    .map_err(|_| WebSocketError::ConnectionClosed)?;
-                true
-            }
-            _ => {
-                self.out.extend_from_slice(payload);
-                false
-            }
-        };
+        self.encoder
+            .encode(payload, &mut self.out)
+            .map_err(|_| WebSocketError::ConnectionClosed)?;
         let payload = Payload::Borrowed(&self.out);
-        let frame = if binary {
+        let frame = if self.compression.is_binary() {
             Frame::binary(payload)
         } else {
             Frame::text(payload)
@@ -396,7 +393,8 @@ impl Connection {
             && self.compression == Compression::None
         {
             self.compression = Compression::ZlibPayload;
-            self.encoder = Encoder::new(self.compression).ok();
+            self.encoder = Encoder::new(self.compression)
+                .map_err(|_| End::Close(4000, "compression unavailable"))?;
         }
 
         let session = self.shared.new_session(shard);
