@@ -5,7 +5,7 @@
 //! panic. Where `serde_json` parses the input as an object, the scan must
 //! agree with it on `op`, `s`, `t` and `d`, fail exactly where the top level
 //! is not a gateway payload, and the rewrite must change `s` and nothing
-//! else.
+//! else; the canonical envelope has the four keys in Discord's order.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -51,5 +51,16 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     scan.rewrite(data, 424_242, &mut out);
     let rewritten: Members = serde_json::from_slice(&out).expect("the rewrite parses");
-    assert_eq!(rewritten, oracle.with_seq(424_242));
+    assert_eq!(rewritten, oracle.clone().with_seq(424_242));
+
+    // The canonical envelope: t, s, op, d in that order, the payload's own
+    // t and d.
+    out.clear();
+    scan.envelope(data, 424_242).write_to(&mut out);
+    let envelope: Members = serde_json::from_slice(&out).expect("the envelope parses");
+    let keys: Vec<&str> = envelope.0.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["t", "s", "op", "d"]);
+    for key in ["t", "d"] {
+        assert_eq!(envelope.get(key), Some(oracle.get(key).unwrap_or(&Value::Null)));
+    }
 });

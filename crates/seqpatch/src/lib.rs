@@ -23,7 +23,9 @@
 //! scan.rewrite(payload, 1_000, &mut out);
 //! assert_eq!(out, br#"{"t":"MESSAGE_CREATE","s":1000,"op":0,"d":{"content":"\"s\":7"}}"#);
 //!
-//! // ...or as three slices for a vectored write, without copying the payload.
+//! // ...or as three slices for a vectored write, without copying the payload...
+//! // (and `scan.envelope(payload, 1_000)` writes any key order as Discord's
+//! // own `{"t":…,"s":…,"op":…,"d":…}`, compact).
 //! let patched = scan.patch(payload, 1_000);
 //! let [head, number, tail] = patched.slices();
 //! assert_eq!((head, number), (&br#"{"t":"MESSAGE_CREATE","s":"#[..], &b"1000"[..]));
@@ -75,7 +77,7 @@ mod tests;
 
 pub use crate::dispatch::Isa;
 pub use crate::error::{Error, ErrorKind};
-pub use crate::patch::Patched;
+pub use crate::patch::{Envelope, Patched};
 pub use crate::scan::{Scan, Scanner};
 
 /// Scans a gateway payload with the fastest implementation available,

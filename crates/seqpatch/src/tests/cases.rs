@@ -62,6 +62,32 @@ fn null_and_missing_s_are_rewritten() {
 }
 
 #[test]
+fn envelopes_are_canonical() {
+    let payload =
+        b" {\n \"d\" : {\"s\":1} , \"op\":0, \"x\":[], \"t\" : \"MESSAGE_CREATE\", \"s\":9}";
+    let mut out = Vec::new();
+    scan(payload)
+        .unwrap()
+        .envelope(payload, 10)
+        .write_to(&mut out);
+    assert_eq!(out, br#"{"t":"MESSAGE_CREATE","s":10,"op":0,"d":{"s":1}}"#);
+    // In Discord's order, compact, it is the rewrite itself.
+    let discord = br#"{"t":"READY","s":1,"op":0,"d":{"v":10}}"#;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let scan = scan(discord).unwrap();
+    scan.envelope(discord, 77).write_to(&mut a);
+    scan.rewrite(discord, 77, &mut b);
+    assert_eq!(a, b);
+    // Missing `t` and `d` are null.
+    out.clear();
+    super::super::scan(br#"{"op":11}"#)
+        .unwrap()
+        .envelope(br#"{"op":11}"#, 3)
+        .write_to(&mut out);
+    assert_eq!(out, br#"{"t":null,"s":3,"op":11,"d":null}"#);
+}
+
+#[test]
 fn client_payloads_in_any_shape() {
     for (payload, op, d) in [
         (r#"{"op":1,"d":null}"#, 1, Some("null")),
@@ -237,5 +263,6 @@ fn public_types_cross_tasks() {
     shareable::<crate::Isa>();
     shareable::<crate::Error>();
     shareable::<crate::Patched<'static>>();
+    shareable::<crate::Envelope<'static>>();
     error::<crate::Error>();
 }

@@ -262,6 +262,36 @@ fn check(payload: &[u8], new_seq: u64) {
     scan.rewrite(payload, new_seq, &mut out);
     assert_eq!(parse::<Members>(&out), oracle.clone().with_seq(new_seq));
 
+    // The canonical envelope: the four keys in Discord's order, compact,
+    // with the payload's own `t` and `d`.
+    out.clear();
+    scan.envelope(payload, new_seq).write_to(&mut out);
+    let envelope = parse::<Members>(&out);
+    let keys: Vec<&str> = envelope.0.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["t", "s", "op", "d"]);
+    assert_eq!(envelope.get("s"), Some(&Value::from(new_seq)));
+    assert_eq!(envelope.get("op"), oracle.get("op"));
+    for key in ["t", "d"] {
+        assert_eq!(
+            envelope.get(key),
+            Some(oracle.get(key).unwrap_or(&Value::Null)),
+            "{key}"
+        );
+    }
+    let raw = |range: Option<std::ops::Range<usize>>| {
+        range.map_or("null".to_owned(), |r| {
+            String::from_utf8_lossy(&payload[r]).into_owned()
+        })
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!(
+            r#"{{"t":{},"s":{new_seq},"op":{op},"d":{}}}"#,
+            raw(scan.event_type_range()),
+            raw(scan.d_range())
+        )
+    );
+
     let lazy = lazy.unwrap_or_else(|e| {
         panic!(
             "scan: {e} where scan_complete succeeds: {}",
