@@ -85,11 +85,7 @@ async fn heartbeats_are_acked_before_and_after_identify() {
     client.identify(sim.token(), [0, 1], 1).await;
     client.dispatch("READY").await;
     client.send(r#"{"op":1,"d":3}"#).await;
-    loop {
-        if client.payload().await["op"] == 11 {
-            break;
-        }
-    }
+    client.op(11).await;
 }
 
 /// Bad input gets Discord's close code.
@@ -386,11 +382,7 @@ async fn voice_and_soundboard_requests_are_answered() {
         .send(r#"{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#)
         .await;
     client.send(r#"{"op":1,"d":null}"#).await;
-    loop {
-        if client.payload().await["op"] == 11 {
-            break;
-        }
-    }
+    client.op(11).await;
 }
 
 #[tokio::test]
