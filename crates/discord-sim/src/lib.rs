@@ -47,6 +47,7 @@
 //! and measure latency from them.
 
 mod admin;
+mod client;
 mod config;
 mod events;
 mod gateway;
@@ -75,6 +76,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use crate::client::{ClientError, GatewayClient, Received};
 pub use crate::config::{KNOWN_INTENTS, KeyOrder, PRIVILEGED_INTENTS, SimConfig};
 pub use crate::events::{Dispatch, intent_of};
 pub use crate::guild::{Channel, Emoji, Guild, Item, Presence, Role, Thread, VoiceState};

@@ -1,8 +1,8 @@
 //! The admin routes and the connection logs.
 
-use super::client::Client;
 use super::rest::request;
 use super::sim;
+use discord_sim::GatewayClient as Client;
 
 #[tokio::test]
 async fn guilds_route_is_the_ground_truth() {
@@ -28,9 +28,11 @@ async fn guilds_route_is_the_ground_truth() {
 #[tokio::test]
 async fn controls_over_http_reach_the_shard() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json").await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    client.dispatch("READY").await;
+    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json")
+        .await
+        .unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    client.dispatch("READY").await.unwrap();
 
     let (status, _, body) = request(
         sim.addr(),
@@ -41,13 +43,13 @@ async fn controls_over_http_reach_the_shard() {
     )
     .await;
     assert_eq!(status, 200);
-    let custom = client.dispatch("CUSTOM_EVENT").await;
+    let custom = client.dispatch("CUSTOM_EVENT").await.unwrap();
     assert_eq!(custom["d"]["x"], 1);
     assert_eq!(custom["d"]["_sim"]["n"], body["n"]);
 
     let (_, _, body) = request(sim.addr(), "POST", "/_sim/shards/0/reconnect", None, "").await;
     assert_eq!(body["connections"], 1);
-    assert_eq!(client.op(7).await["op"], 7);
+    assert_eq!(client.op(7).await.unwrap()["op"], 7);
 
     let (_, _, _) = request(
         sim.addr(),
@@ -57,7 +59,7 @@ async fn controls_over_http_reach_the_shard() {
         "",
     )
     .await;
-    assert_eq!(client.close_code().await, Some(4009));
+    assert_eq!(client.close_code().await.unwrap(), Some(4009));
 }
 
 #[tokio::test]
@@ -114,14 +116,15 @@ async fn bad_admin_requests_say_what_is_wrong() {
 #[tokio::test]
 async fn connection_logs_show_both_directions() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) =
-        Client::connect(sim.addr(), "v=10&encoding=json&compress=zstd-stream").await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    let ready = client.dispatch("READY").await;
-    client.close(4000).await;
+    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json&compress=zstd-stream")
+        .await
+        .unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    let ready = client.dispatch("READY").await.unwrap();
+    client.close(4000).await.unwrap();
     // The sim answers the close; this client then fails to echo it, so the
     // code it reports is not the point here: the sim's log is.
-    let _ = client.close_code().await;
+    let _ = client.close_code().await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
     let logs = sim.connections();

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
-mod client;
 mod protocol;
 mod rest;
 mod truth;

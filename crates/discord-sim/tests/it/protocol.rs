@@ -3,8 +3,8 @@
 use discord_sim::{Control, PRIVILEGED_INTENTS, World};
 use serde_json::Value;
 
-use super::client::{Client, Received};
 use super::sim;
+use discord_sim::{GatewayClient as Client, Received};
 
 const QUERIES: [&str; 3] = [
     "v=10&encoding=json",
@@ -24,10 +24,10 @@ async fn ready_and_every_guild_in_every_compression() {
     .await;
     for query in QUERIES {
         for shard in 0..2 {
-            let (mut client, hello) = Client::connect(sim.addr(), query).await;
+            let (mut client, hello) = Client::connect(sim.addr(), query).await.unwrap();
             assert_eq!(hello["d"]["heartbeat_interval"], 41_250);
-            client.identify(sim.token(), [shard, 2], 513).await;
-            let ready = client.dispatch("READY").await;
+            client.identify(sim.token(), [shard, 2], 513).await.unwrap();
+            let ready = client.dispatch("READY").await.unwrap();
             assert_eq!(ready["s"], 1);
             let d = &ready["d"];
             assert_eq!(d["shard"], serde_json::json!([shard, 2]));
@@ -39,7 +39,7 @@ async fn ready_and_every_guild_in_every_compression() {
             let expected: Vec<_> = world.guilds_of(shard, 2).collect();
             assert_eq!(d["guilds"].as_array().unwrap().len(), expected.len());
             for (i, guild) in expected.iter().enumerate() {
-                let payload = client.payload().await;
+                let payload = client.payload().await.unwrap();
                 assert_eq!(payload["s"], i + 2, "{query}");
                 assert_eq!(payload["d"]["id"], guild.id.to_string());
                 if guild.unavailable {
@@ -61,17 +61,20 @@ async fn ready_and_every_guild_in_every_compression() {
 #[tokio::test]
 async fn payload_compression_after_identify() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json").await;
+    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json")
+        .await
+        .unwrap();
     client
         .send(&format!(
             r#"{{"op":2,"d":{{"token":"{}","intents":1,"compress":true,"properties":{{}}}}}}"#,
             sim.token()
         ))
-        .await;
+        .await
+        .unwrap();
     // The client decodes binary frames as per-payload zlib when it has no
     // transport compression: READY arriving at all shows it.
     assert_eq!(
-        client.dispatch("READY").await["d"]["shard"],
+        client.dispatch("READY").await.unwrap()["d"]["shard"],
         serde_json::json!([0, 1])
     );
 }
@@ -79,13 +82,13 @@ async fn payload_compression_after_identify() {
 #[tokio::test]
 async fn heartbeats_are_acked_before_and_after_identify() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    client.send(r#"{"op":1,"d":null}"#).await;
-    assert_eq!(client.payload().await["op"], 11);
-    client.identify(sim.token(), [0, 1], 1).await;
-    client.dispatch("READY").await;
-    client.send(r#"{"op":1,"d":3}"#).await;
-    client.op(11).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    client.send(r#"{"op":1,"d":null}"#).await.unwrap();
+    assert_eq!(client.payload().await.unwrap()["op"], 11);
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    client.dispatch("READY").await.unwrap();
+    client.send(r#"{"op":1,"d":3}"#).await.unwrap();
+    client.op(11).await.unwrap();
 }
 
 /// Bad input gets Discord's close code.
@@ -142,11 +145,11 @@ async fn close_codes_for_bad_input() {
         ),
     ];
     for (what, sends, code) in cases {
-        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
         for payload in &sends {
-            client.send(payload).await;
+            client.send(payload).await.unwrap();
         }
-        assert_eq!(client.close_code().await, Some(code), "{what}");
+        assert_eq!(client.close_code().await.unwrap(), Some(code), "{what}");
     }
 }
 
@@ -159,11 +162,11 @@ fn identify(token: &str, shard: &str, intents: u64) -> String {
 #[tokio::test]
 async fn more_than_120_commands_a_minute_is_4008() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
     for _ in 0..121 {
-        client.send(r#"{"op":1,"d":null}"#).await;
+        client.send(r#"{"op":1,"d":null}"#).await.unwrap();
     }
-    assert_eq!(client.close_code().await, Some(4008));
+    assert_eq!(client.close_code().await.unwrap(), Some(4008));
 }
 
 #[tokio::test]
@@ -174,8 +177,8 @@ async fn etf_unknown_compression_and_old_versions_are_refused() {
         ("v=10&encoding=json&compress=brotli", 4002),
         ("v=6&encoding=json", 4012),
     ] {
-        let mut client = Client::connect_raw(sim.addr(), query).await;
-        assert_eq!(client.close_code().await, Some(code), "{query}");
+        let mut client = Client::connect_raw(sim.addr(), query).await.unwrap();
+        assert_eq!(client.close_code().await.unwrap(), Some(code), "{query}");
     }
 }
 
@@ -187,12 +190,12 @@ async fn identify_concurrency_answers_a_second_identify_in_the_window_with_op_9(
         c.max_concurrency = 1;
     })
     .await;
-    let (mut first, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    first.identify(sim.token(), [0, 2], 1).await;
-    first.dispatch("READY").await;
-    let (mut second, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    second.identify(sim.token(), [1, 2], 1).await;
-    let answer = second.payload().await;
+    let (mut first, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    first.identify(sim.token(), [0, 2], 1).await.unwrap();
+    first.dispatch("READY").await.unwrap();
+    let (mut second, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    second.identify(sim.token(), [1, 2], 1).await.unwrap();
+    let answer = second.payload().await.unwrap();
     assert_eq!(
         (answer["op"].clone(), answer["d"].clone()),
         (Value::from(9), Value::from(false))
@@ -205,19 +208,19 @@ async fn identify_concurrency_answers_a_second_identify_in_the_window_with_op_9(
 #[tokio::test]
 async fn resume_replays_missed_events_then_resumed() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    let ready = client.dispatch("READY").await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await.unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    let ready = client.dispatch("READY").await.unwrap();
     let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
     let guilds = sim.world().guilds_of(0, 1).count();
     let first = sim.emit(0, "SIM_TEST_EVENT", r#"{"n":"first"}"#).unwrap();
-    let seen = client.dispatch("SIM_TEST_EVENT").await;
+    let seen = client.dispatch("SIM_TEST_EVENT").await.unwrap();
     let seq = seen["s"].as_u64().unwrap();
     assert_eq!(seq, 2 + guilds as u64);
     assert_eq!(seen["d"]["_sim"]["n"], first);
 
     assert_eq!(sim.control(0, Control::Reconnect), 1);
-    assert_eq!(client.payload().await["op"], 7);
+    assert_eq!(client.payload().await.unwrap()["op"], 7);
     drop(client);
     // Missed while away:
     for _ in 0..3 {
@@ -225,14 +228,14 @@ async fn resume_replays_missed_events_then_resumed() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[1]).await;
-    client.resume(sim.token(), &session, seq).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[1]).await.unwrap();
+    client.resume(sim.token(), &session, seq).await.unwrap();
     for i in 1..=3 {
-        let replayed = client.payload().await;
+        let replayed = client.payload().await.unwrap();
         assert_eq!(replayed["s"], seq + i);
         assert_eq!(replayed["d"]["_sim"]["n"], first + i);
     }
-    let resumed = client.payload().await;
+    let resumed = client.payload().await.unwrap();
     assert_eq!(resumed["t"], "RESUMED");
     assert_eq!(resumed["s"], seq + 4);
 }
@@ -240,47 +243,47 @@ async fn resume_replays_missed_events_then_resumed() {
 #[tokio::test]
 async fn resume_of_an_unknown_or_invalidated_session_is_op_9_false() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    client.resume(sim.token(), "nope", 1).await;
-    assert_eq!(client.payload().await["d"], false);
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    client.resume(sim.token(), "nope", 1).await.unwrap();
+    assert_eq!(client.payload().await.unwrap()["d"], false);
 
-    client.identify(sim.token(), [0, 1], 1).await;
-    let session = client.dispatch("READY").await["d"]["session_id"]
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    let session = client.dispatch("READY").await.unwrap()["d"]["session_id"]
         .as_str()
         .unwrap()
         .to_owned();
     assert_eq!(sim.control(0, Control::InvalidSession(false)), 1);
-    let nine = client.op(9).await;
+    let nine = client.op(9).await.unwrap();
     assert_eq!(nine["d"], false);
-    let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    again.resume(sim.token(), &session, 1).await;
-    assert_eq!(again.payload().await["d"], false);
+    let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    again.resume(sim.token(), &session, 1).await.unwrap();
+    assert_eq!(again.payload().await.unwrap()["d"], false);
 }
 
 #[tokio::test]
 async fn a_client_close_with_1000_ends_the_session() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    let session = client.dispatch("READY").await["d"]["session_id"]
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    let session = client.dispatch("READY").await.unwrap()["d"]["session_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    client.close(1000).await;
-    let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    again.resume(sim.token(), &session, 1).await;
-    assert_eq!(again.payload().await["d"], false);
+    client.close(1000).await.unwrap();
+    let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    again.resume(sim.token(), &session, 1).await.unwrap();
+    assert_eq!(again.payload().await.unwrap()["d"], false);
 }
 
 #[tokio::test]
 async fn any_close_code_on_demand() {
     let sim = sim(|_| {}).await;
     for code in 4000..=4014 {
-        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-        client.identify(sim.token(), [0, 1], 1).await;
-        client.dispatch("READY").await;
+        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+        client.identify(sim.token(), [0, 1], 1).await.unwrap();
+        client.dispatch("READY").await.unwrap();
         assert!(sim.control(0, Control::Close(code)) >= 1);
-        assert_eq!(client.close_code().await, Some(code));
+        assert_eq!(client.close_code().await.unwrap(), Some(code));
     }
 }
 
@@ -293,19 +296,19 @@ async fn member_chunks_carry_the_nonce_and_repeat_full_requests_are_rate_limited
         .find(|g| !g.unavailable)
         .unwrap()
         .clone();
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
-    client.identify(sim.token(), [0, 1], 3).await;
-    client.dispatch("READY").await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await.unwrap();
+    client.identify(sim.token(), [0, 1], 3).await.unwrap();
+    client.dispatch("READY").await.unwrap();
     // A number, as discord.py sends it.
     let request = format!(
         r#"{{"op":8,"d":{{"guild_id":{},"query":"","limit":0,"presences":true,"nonce":"abc"}}}}"#,
         guild.id
     );
-    client.send(&request).await;
+    client.send(&request).await.unwrap();
     let mut members = 0;
     let mut presences = 0;
     for index in 0..3 {
-        let chunk = client.dispatch("GUILD_MEMBERS_CHUNK").await;
+        let chunk = client.dispatch("GUILD_MEMBERS_CHUNK").await.unwrap();
         let d = &chunk["d"];
         assert_eq!(
             (d["chunk_index"].clone(), d["chunk_count"].clone()),
@@ -328,8 +331,8 @@ async fn member_chunks_carry_the_nonce_and_repeat_full_requests_are_rate_limited
     }
     assert_eq!(members, guild.member_count());
     assert_eq!(presences, guild.presences.len());
-    client.send(&request).await;
-    let limited = client.dispatch("RATE_LIMITED").await;
+    client.send(&request).await.unwrap();
+    let limited = client.dispatch("RATE_LIMITED").await.unwrap();
     assert_eq!(limited["d"]["opcode"], 8);
     assert_eq!(limited["d"]["meta"]["nonce"], "abc");
 
@@ -339,8 +342,9 @@ async fn member_chunks_carry_the_nonce_and_repeat_full_requests_are_rate_limited
             r#"{{"op":8,"d":{{"guild_id":"{}","user_ids":["{}","1"],"limit":0}}}}"#,
             guild.id, wanted.id
         ))
-        .await;
-    let chunk = client.dispatch("GUILD_MEMBERS_CHUNK").await;
+        .await
+        .unwrap();
+    let chunk = client.dispatch("GUILD_MEMBERS_CHUNK").await.unwrap();
     assert_eq!(
         chunk["d"]["members"][0]["user"]["id"],
         wanted.id.to_string()
@@ -352,70 +356,74 @@ async fn member_chunks_carry_the_nonce_and_repeat_full_requests_are_rate_limited
 async fn voice_and_soundboard_requests_are_answered() {
     let sim = sim(|_| {}).await;
     let guild = sim.world().guilds_of(0, 1).next().unwrap().id;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    let session = client.dispatch("READY").await["d"]["session_id"].clone();
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    let session = client.dispatch("READY").await.unwrap()["d"]["session_id"].clone();
     client
         .send(&format!(r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":"42","self_mute":false,"self_deaf":true}}}}"#))
-        .await;
-    let state = client.dispatch("VOICE_STATE_UPDATE").await;
+        .await.unwrap();
+    let state = client.dispatch("VOICE_STATE_UPDATE").await.unwrap();
     assert_eq!(state["d"]["session_id"], session);
     assert_eq!(state["d"]["user_id"], sim.world().bot.id.to_string());
     assert_eq!(state["d"]["self_deaf"], true);
-    let server = client.dispatch("VOICE_SERVER_UPDATE").await;
+    let server = client.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
     assert_eq!(server["d"]["guild_id"], guild.to_string());
     client
         .send(&format!(r#"{{"op":31,"d":{{"guild_ids":["{guild}"]}}}}"#))
-        .await;
-    let sounds = client.dispatch("SOUNDBOARD_SOUNDS").await;
+        .await
+        .unwrap();
+    let sounds = client.dispatch("SOUNDBOARD_SOUNDS").await.unwrap();
     assert_eq!(sounds["d"]["guild_id"], guild.to_string());
     client
         .send(&format!(
             r#"{{"op":43,"d":{{"guild_id":"{guild}","fields":["status","voice_start_time"]}}}}"#
         ))
-        .await;
-    let info = client.dispatch("CHANNEL_INFO").await;
+        .await
+        .unwrap();
+    let info = client.dispatch("CHANNEL_INFO").await.unwrap();
     let voice = sim.world().guild(guild).unwrap().channels_of(2).count();
     assert_eq!(info["d"]["channels"].as_array().unwrap().len(), voice);
     // op 3 is accepted without an answer; a heartbeat after it still is.
     client
         .send(r#"{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#)
-        .await;
-    client.send(r#"{"op":1,"d":null}"#).await;
-    client.op(11).await;
+        .await
+        .unwrap();
+    client.send(r#"{"op":1,"d":null}"#).await.unwrap();
+    client.op(11).await.unwrap();
 }
 
 #[tokio::test]
 async fn the_server_can_ask_for_a_heartbeat() {
     let sim = sim(|_| {}).await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    client.dispatch("READY").await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    client.dispatch("READY").await.unwrap();
     assert_eq!(sim.control(0, Control::RequestHeartbeat), 1);
-    assert_eq!(client.op(1).await["d"], Value::Null);
+    assert_eq!(client.op(1).await.unwrap()["d"], Value::Null);
 }
 
 #[tokio::test]
 async fn a_missed_heartbeat_closes_with_4009() {
     let sim = sim(|c| c.heartbeat_interval = std::time::Duration::from_millis(100)).await;
-    let (mut client, hello) = Client::connect(sim.addr(), QUERIES[0]).await;
+    let (mut client, hello) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
     assert_eq!(hello["d"]["heartbeat_interval"], 100);
-    assert_eq!(client.close_code().await, Some(4009));
+    assert_eq!(client.close_code().await.unwrap(), Some(4009));
 }
 
 #[tokio::test]
 async fn the_stream_is_numbered_without_gaps_and_names_real_guilds() {
     let sim = sim(|c| c.events_per_sec = 500).await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await.unwrap();
     client
         .identify(sim.token(), [0, 1], discord_sim::KNOWN_INTENTS)
-        .await;
-    client.dispatch("READY").await;
+        .await
+        .unwrap();
+    client.dispatch("READY").await.unwrap();
     let mut last_n = None;
     let mut last_s = 1;
     let mut live = 0;
     while live < 200 {
-        let Received::Payload(p) = client.recv().await else {
+        let Received::Payload(p) = client.recv().await.unwrap() else {
             panic!("closed")
         };
         if p["op"] != 0 {
@@ -448,13 +456,13 @@ async fn mixed_key_order_keeps_the_protocol() {
         c.events_per_sec = 500;
     })
     .await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[1]).await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    let ready = client.dispatch("READY").await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[1]).await.unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    let ready = client.dispatch("READY").await.unwrap();
     assert_eq!(ready["d"]["s"]["s"], 7, "a nested s in d");
     let first = ready["s"].as_u64().unwrap();
     for expected in first + 1..=first + 40 {
-        let payload = client.payload().await;
+        let payload = client.payload().await.unwrap();
         assert_eq!(payload["op"], 0);
         assert_eq!(payload["s"], expected);
     }
@@ -464,13 +472,13 @@ async fn mixed_key_order_keeps_the_protocol() {
 #[tokio::test]
 async fn intents_filter_the_stream() {
     let sim = sim(|c| c.events_per_sec = 5000).await;
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await;
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await.unwrap();
     // GUILDS only: no messages, presences, typing, members or voice.
-    client.identify(sim.token(), [0, 1], 1).await;
-    client.dispatch("READY").await;
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    client.dispatch("READY").await.unwrap();
     let mut guild_events = 0;
     while guild_events < 30 {
-        let payload = client.payload().await;
+        let payload = client.payload().await.unwrap();
         let t = payload["t"].as_str().unwrap_or("");
         assert!(
             discord_sim::intent_of(t).is_none_or(|bit| bit == 1),
@@ -494,15 +502,15 @@ async fn guild_create_members_follow_intents_and_large_threshold() {
     let members_of = |intents: u64, threshold: u64| {
         let (sim, guild_id) = (&sim, &guild_id);
         async move {
-            let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
+            let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
             client
                 .send(&format!(
                     r#"{{"op":2,"d":{{"token":"{}","intents":{intents},"large_threshold":{threshold},"properties":{{}}}}}}"#,
                     sim.token()
                 ))
-                .await;
+                .await.unwrap();
             loop {
-                let p = client.dispatch("GUILD_CREATE").await;
+                let p = client.dispatch("GUILD_CREATE").await.unwrap();
                 if p["d"]["id"] == guild_id.as_str() {
                     let d = &p["d"];
                     return (
@@ -547,18 +555,18 @@ async fn a_session_without_a_connection_expires_after_its_ttl() {
     let resume = |session: String| {
         let sim = &sim;
         async move {
-            let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-            client.resume(sim.token(), &session, 1).await;
-            client.payload().await
+            let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+            client.resume(sim.token(), &session, 1).await.unwrap();
+            client.payload().await.unwrap()
         }
     };
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    let session = client.dispatch("READY").await["d"]["session_id"]
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    let session = client.dispatch("READY").await.unwrap()["d"]["session_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    client.close(4000).await;
+    client.close(4000).await.unwrap();
     drop(client);
     // Within the TTL it resumes (the first payload replays GUILD_CREATE)...
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -576,16 +584,16 @@ async fn session_start_limit_runs_out_then_resets() {
     })
     .await;
     for _ in 0..2 {
-        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-        client.identify(sim.token(), [0, 1], 1).await;
-        client.dispatch("READY").await;
+        let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+        client.identify(sim.token(), [0, 1], 1).await.unwrap();
+        client.dispatch("READY").await.unwrap();
     }
     assert_eq!(sim.identifies_remaining(), 0);
-    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await;
-    client.identify(sim.token(), [0, 1], 1).await;
-    assert_eq!(client.op(9).await["d"], false);
+    let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    assert_eq!(client.op(9).await.unwrap()["d"], false);
     tokio::time::sleep(std::time::Duration::from_millis(350)).await;
     assert_eq!(sim.identifies_remaining(), 2);
-    client.identify(sim.token(), [0, 1], 1).await;
-    client.dispatch("READY").await;
+    client.identify(sim.token(), [0, 1], 1).await.unwrap();
+    client.dispatch("READY").await.unwrap();
 }

@@ -5,8 +5,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use super::client::Client;
 use super::sim;
+use discord_sim::GatewayClient as Client;
 
 /// `GET path` with an optional token: status, content type and body.
 async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String, Value) {
@@ -70,9 +70,11 @@ async fn gateway_bot_counts_identifies_down() {
     assert_eq!(limit["max_concurrency"], 2);
     assert!(limit["reset_after"].is_u64());
 
-    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json").await;
-    client.identify(sim.token(), [0, 3], 1).await;
-    client.dispatch("READY").await;
+    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json")
+        .await
+        .unwrap();
+    client.identify(sim.token(), [0, 3], 1).await.unwrap();
+    client.dispatch("READY").await.unwrap();
     let (_, _, body) = get(sim.addr(), "/api/v10/gateway/bot", Some(sim.token())).await;
     assert_eq!(body["session_start_limit"]["remaining"], 999);
 }

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use discord_sim::Guild;
 use serde_json::Value;
 
-use super::client::Client;
 use super::sim;
+use discord_sim::GatewayClient as Client;
 
 /// One guild as a client sees it.
 #[derive(Debug, Default, PartialEq)]
@@ -147,17 +147,19 @@ async fn applying_the_stream_to_the_guilds_gives_the_ground_truth() {
         c.members_per_guild = 30;
     })
     .await;
-    let (mut client, _) =
-        Client::connect(sim.addr(), "v=10&encoding=json&compress=zstd-stream").await;
+    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json&compress=zstd-stream")
+        .await
+        .unwrap();
     client
         .identify(sim.token(), [0, 1], discord_sim::KNOWN_INTENTS)
-        .await;
-    client.dispatch("READY").await;
+        .await
+        .unwrap();
+    client.dispatch("READY").await.unwrap();
     let mut guilds: BTreeMap<String, View> = BTreeMap::new();
     let mut kinds = BTreeSet::new();
     let mut last = None;
     loop {
-        let payload = client.payload().await;
+        let payload = client.payload().await.unwrap();
         let (t, d) = (payload["t"].as_str().unwrap_or(""), &payload["d"]);
         if t == "GUILD_CREATE" {
             guilds.insert(text(&d["id"]), View::from_guild_create(d));
