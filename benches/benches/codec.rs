@@ -98,7 +98,8 @@ impl MinizEncoder {
     fn encode(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         loop {
             let at = out.len();
-            out.resize(at + input.len() / 2 + 64, 0);
+            let room = input.len() / 2 + 64;
+            out.resize(at + room, 0);
             let r = miniz_oxide::deflate::stream::deflate(
                 &mut self.0,
                 input,
@@ -107,7 +108,8 @@ impl MinizEncoder {
             );
             out.truncate(at + r.bytes_written);
             input = &input[r.bytes_consumed..];
-            if input.is_empty() && r.bytes_written < input.len() / 2 + 64 {
+            // The flush is complete once it leaves room unused.
+            if input.is_empty() && r.bytes_written < room {
                 return;
             }
         }
