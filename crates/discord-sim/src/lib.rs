@@ -158,7 +158,6 @@ impl Sim {
             next_connection: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
             lagged: AtomicU64::new(0),
-            not_found: AtomicU64::new(0),
         });
         let mut tasks = vec![
             tokio::spawn(accept(listener, shared.clone())),
@@ -287,7 +286,6 @@ pub(crate) struct Shared {
     next_connection: AtomicU64,
     next_session: AtomicU64,
     lagged: AtomicU64,
-    not_found: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {

@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -77,13 +76,10 @@ pub(crate) fn route<B>(shared: &Arc<Shared>, request: &Request<B>) -> Response<F
             body.push_str(r#","discriminator":"0","avatar":null},"team":null}"#);
             json(StatusCode::OK, body)
         }
-        _ => {
-            shared.not_found.fetch_add(1, Ordering::Relaxed);
-            json(
-                StatusCode::NOT_FOUND,
-                r#"{"message":"404: Not Found","code":0}"#.to_owned(),
-            )
-        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"message":"404: Not Found","code":0}"#.to_owned(),
+        ),
     }
 }
 
