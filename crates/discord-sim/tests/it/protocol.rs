@@ -3,7 +3,7 @@
 use discord_sim::{Control, PRIVILEGED_INTENTS, World};
 use serde_json::Value;
 
-use super::sim;
+use super::{session_id, sim};
 use discord_sim::{GatewayClient as Client, Received};
 
 const QUERIES: [&str; 3] = [
@@ -211,7 +211,7 @@ async fn resume_replays_missed_events_then_resumed() {
     let (mut client, _) = Client::connect(sim.addr(), QUERIES[2]).await.unwrap();
     client.identify(sim.token(), [0, 1], 1).await.unwrap();
     let ready = client.dispatch("READY").await.unwrap();
-    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let session = session_id(&ready);
     let guilds = sim.world().guilds_of(0, 1).count();
     let first = sim.emit(0, "SIM_TEST_EVENT", r#"{"n":"first"}"#).unwrap();
     let seen = client.dispatch("SIM_TEST_EVENT").await.unwrap();
@@ -248,10 +248,7 @@ async fn resume_of_an_unknown_or_invalidated_session_is_op_9_false() {
     assert_eq!(client.payload().await.unwrap()["d"], false);
 
     client.identify(sim.token(), [0, 1], 1).await.unwrap();
-    let session = client.dispatch("READY").await.unwrap()["d"]["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = session_id(&client.dispatch("READY").await.unwrap());
     assert_eq!(sim.control(0, Control::InvalidSession(false)), 1);
     let nine = client.op(9).await.unwrap();
     assert_eq!(nine["d"], false);
@@ -265,10 +262,7 @@ async fn a_client_close_with_1000_ends_the_session() {
     let sim = sim(|_| {}).await;
     let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
     client.identify(sim.token(), [0, 1], 1).await.unwrap();
-    let session = client.dispatch("READY").await.unwrap()["d"]["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = session_id(&client.dispatch("READY").await.unwrap());
     client.close(1000).await.unwrap();
     let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
     again.resume(sim.token(), &session, 1).await.unwrap();
@@ -562,10 +556,7 @@ async fn a_session_without_a_connection_expires_after_its_ttl() {
     };
     let (mut client, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
     client.identify(sim.token(), [0, 1], 1).await.unwrap();
-    let session = client.dispatch("READY").await.unwrap()["d"]["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = session_id(&client.dispatch("READY").await.unwrap());
     client.close(4000).await.unwrap();
     drop(client);
     // Within the TTL it resumes (the first payload replays GUILD_CREATE)...
