@@ -188,11 +188,7 @@ impl Guild {
             guild.add_member(rng);
         }
         for _ in 0..config.emojis_per_guild {
-            guild.emojis.push(Emoji {
-                id: rng.snowflake(),
-                name: name(rng, 1),
-                animated: rng.below(5) == 0,
-            });
+            guild.add_emoji(rng);
         }
         for _ in 0..config.threads_per_guild {
             guild.add_thread(rng);
@@ -291,6 +287,15 @@ impl Guild {
         &self.members[self.members.len() - 1]
     }
 
+    pub(crate) fn add_emoji(&mut self, rng: &mut Rng) -> &Emoji {
+        self.emojis.push(Emoji {
+            id: rng.snowflake(),
+            name: name(rng, 1),
+            animated: rng.below(5) == 0,
+        });
+        &self.emojis[self.emojis.len() - 1]
+    }
+
     /// Starts a thread in a text channel; `None` if there is none.
     pub(crate) fn add_thread(&mut self, rng: &mut Rng) -> Option<&Thread> {
         let texts: Vec<u64> = self.channels_of(0).collect();
@@ -337,15 +342,25 @@ impl Guild {
         out.push('}');
     }
 
-    /// Appends the `d` of this guild's `GUILD_CREATE` (or of its
-    /// `GUILD_DELETE` when it is unavailable), for a session with these
-    /// `intents` and `large_threshold`.
+    /// The `d` of this guild's `GUILD_CREATE` (or of its `GUILD_DELETE`
+    /// when it is unavailable), exactly as the gateway sends it to a
+    /// session that identified with these `intents` and `large_threshold`
+    /// (`GUILD_CREATE` carries no `_sim` marker).
     ///
     /// Which members come with it follows Discord: without
     /// `GUILD_PRESENCES`, only the bot and the members in voice channels; in
     /// a guild larger than `large_threshold`, the bot, members who are not
     /// offline and members with a role, a nickname or a voice state; else
     /// every member. Presences come only with `GUILD_PRESENCES`.
+    #[must_use]
+    pub fn guild_create(&self, bot: &User, intents: u64, large_threshold: u64) -> String {
+        let mut d = String::with_capacity(4096);
+        self.write_create(bot, intents, large_threshold, &mut d);
+        d
+    }
+
+    /// Appends the `d` of this guild's `GUILD_CREATE`: see
+    /// [`guild_create`](Self::guild_create).
     pub(crate) fn write_create(
         &self,
         bot: &User,
@@ -397,50 +412,69 @@ impl Guild {
         });
         out.push_str(r#"],"stage_instances":["#);
         write_list(out, &self.stage_instances, |out, stage| {
-            let _ = write!(
-                out,
-                r#"{{"id":"{}","guild_id":"{}","channel_id":"{}","topic":"#,
-                stage.id,
-                self.id,
-                stage.channel_id.unwrap_or(0)
-            );
-            json_str(out, &stage.name);
-            out.push_str(r#","privacy_level":2,"discoverable_disabled":false,"guild_scheduled_event_id":null}"#);
+            write_stage_instance(out, stage, self.id);
         });
         out.push_str(r#"],"guild_scheduled_events":["#);
         write_list(out, &self.scheduled_events, |out, event| {
-            let _ = write!(
-                out,
-                r#"{{"id":"{}","guild_id":"{}","channel_id":{},"creator_id":"{}","name":"#,
-                event.id,
-                self.id,
-                event
-                    .channel_id
-                    .map_or_else(|| "null".to_owned(), |c| format!("\"{c}\"")),
-                self.owner_id
-            );
-            json_str(out, &event.name);
-            let _ = write!(
-                out,
-                r#","description":null,"scheduled_start_time":"{}","scheduled_end_time":null,"privacy_level":2,"status":1,"entity_type":2,"entity_id":null,"entity_metadata":null,"user_count":0,"image":null,"recurrence_rule":null}}"#,
-                timestamp_of(event.id)
-            );
+            self.write_scheduled_event(out, event);
         });
         out.push_str(r#"],"soundboard_sounds":["#);
         write_list(out, &self.soundboard_sounds, |out, sound| {
-            let _ = write!(out, r#"{{"sound_id":"{}","name":"#, sound.id);
-            json_str(out, &sound.name);
-            let _ = write!(
-                out,
-                r#","volume":1.0,"emoji_id":null,"emoji_name":"🔔","guild_id":"{}","available":true}}"#,
-                self.id
-            );
+            write_sound(out, sound, self.id);
         });
         out.push_str(r#"],"embedded_activities":[],"application_command_counts":{}}"#);
     }
+
+    /// Appends one of this guild's scheduled events, as `GUILD_CREATE`
+    /// and the `GUILD_SCHEDULED_EVENT_*` dispatches write it.
+    pub(crate) fn write_scheduled_event(&self, out: &mut String, event: &Item) {
+        let _ = write!(
+            out,
+            r#"{{"id":"{}","guild_id":"{}","channel_id":{},"creator_id":"{}","name":"#,
+            event.id,
+            self.id,
+            event
+                .channel_id
+                .map_or_else(|| "null".to_owned(), |c| format!("\"{c}\"")),
+            self.owner_id
+        );
+        json_str(out, &event.name);
+        let _ = write!(
+            out,
+            r#","description":null,"scheduled_start_time":"{}","scheduled_end_time":null,"privacy_level":2,"status":1,"entity_type":2,"entity_id":null,"entity_metadata":null,"user_count":0,"image":null,"recurrence_rule":null}}"#,
+            timestamp_of(event.id)
+        );
+    }
 }
 
-fn item(rng: &mut Rng, channel_id: Option<u64>) -> Item {
+/// Appends a stage instance (its `name` is the topic), as `GUILD_CREATE`
+/// and the `STAGE_INSTANCE_*` dispatches write it.
+pub(crate) fn write_stage_instance(out: &mut String, stage: &Item, guild_id: u64) {
+    let _ = write!(
+        out,
+        r#"{{"id":"{}","guild_id":"{guild_id}","channel_id":"{}","topic":"#,
+        stage.id,
+        stage.channel_id.unwrap_or(0)
+    );
+    json_str(out, &stage.name);
+    out.push_str(
+        r#","privacy_level":2,"discoverable_disabled":false,"guild_scheduled_event_id":null}"#,
+    );
+}
+
+/// Appends a soundboard sound, as `GUILD_CREATE` and the
+/// `GUILD_SOUNDBOARD_SOUND_CREATE`/`_UPDATE` dispatches write it.
+pub(crate) fn write_sound(out: &mut String, sound: &Item, guild_id: u64) {
+    let _ = write!(out, r#"{{"sound_id":"{}","name":"#, sound.id);
+    json_str(out, &sound.name);
+    let _ = write!(
+        out,
+        r#","volume":1.0,"emoji_id":null,"emoji_name":"🔔","guild_id":"{guild_id}","available":true}}"#
+    );
+}
+
+/// A new sticker, scheduled event, stage instance or sound.
+pub(crate) fn item(rng: &mut Rng, channel_id: Option<u64>) -> Item {
     Item {
         id: rng.snowflake(),
         name: name(rng, 2),
@@ -449,7 +483,7 @@ fn item(rng: &mut Rng, channel_id: Option<u64>) -> Item {
 }
 
 /// Appends the items separated by commas.
-fn write_list<T>(out: &mut String, items: &[T], mut write: impl FnMut(&mut String, &T)) {
+pub(crate) fn write_list<T>(out: &mut String, items: &[T], mut write: impl FnMut(&mut String, &T)) {
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -458,7 +492,9 @@ fn write_list<T>(out: &mut String, items: &[T], mut write: impl FnMut(&mut Strin
     }
 }
 
-fn write_sticker(out: &mut String, sticker: &Item, guild_id: u64) {
+/// Appends a sticker, as `GUILD_CREATE`, `GUILD_UPDATE` and
+/// `GUILD_STICKERS_UPDATE` write it.
+pub(crate) fn write_sticker(out: &mut String, sticker: &Item, guild_id: u64) {
     let _ = write!(out, r#"{{"id":"{}","name":"#, sticker.id);
     json_str(out, &sticker.name);
     let _ = write!(

@@ -38,13 +38,43 @@
 //!   optional `compress=zlib-stream|zstd-stream`; `"compress": true` in
 //!   IDENTIFY without transport compression turns on payload compression.
 //!
+//! # Without a network
+//!
+//! [`EventStream`] is a shard's stream with no gateway: each
+//! [`next`](EventStream::next) changes a [`World`] and returns the dispatch
+//! that says so, and [`Guild::guild_create`] writes a guild's
+//! `GUILD_CREATE` as a session gets it. A consumer fed the first
+//! `GUILD_CREATE`s and then the stream should end up with the
+//! `GUILD_CREATE`s of the changed world.
+//!
+//! ```
+//! use discord_sim::{EventStream, KNOWN_INTENTS, SimConfig, World};
+//!
+//! let mut world = World::generate(&SimConfig::default());
+//! let bot = world.bot.clone();
+//! let first: Vec<String> = world
+//!     .guilds
+//!     .iter()
+//!     .map(|g| g.guild_create(&bot, KNOWN_INTENTS, 250))
+//!     .collect();
+//! let mut stream = EventStream::new(&world, 7, 0, 1);
+//! for _ in 0..1000 {
+//!     let dispatch = stream.next(&mut world).expect("the shard has guilds");
+//!     // Feed `dispatch.t` and `dispatch.d` to the consumer under test.
+//!     # let _ = dispatch;
+//! }
+//! // Now compare the consumer with `world.guilds[i].guild_create(…)`.
+//! # let _ = first;
+//! ```
+//!
 //! # Markers
 //!
-//! Every generated dispatch ends its `d` with
+//! Every dispatch the gateway streams ends its `d` with
 //! `"_sim":{"shard":S,"n":N,"sent_at_us":T}`: `N` counts the shard's
 //! dispatches from 1 without gaps, `T` is the Unix time in microseconds when
 //! the sim made it. A consumer can find lost, repeated or reordered events
-//! and measure latency from them.
+//! and measure latency from them. [`Sim::emit`] adds one too;
+//! `GUILD_CREATE` and [`EventStream`]'s dispatches have none.
 
 mod admin;
 mod client;
@@ -78,7 +108,7 @@ use tokio::time::Instant;
 
 pub use crate::client::{ClientError, GatewayClient, Received};
 pub use crate::config::{KNOWN_INTENTS, KeyOrder, PRIVILEGED_INTENTS, SimConfig};
-pub use crate::events::{Dispatch, intent_of};
+pub use crate::events::{Dispatch, EventStream, intent_of};
 pub use crate::guild::{Channel, Emoji, Guild, Item, Presence, Role, Thread, VoiceState};
 pub use crate::log::{ConnectionLog, Sent};
 pub use crate::world::{Member, User, World};

@@ -120,6 +120,22 @@ impl View {
             }
             "THREAD_UPDATE" => assert!(self.threads.contains_key(&id())),
             "THREAD_DELETE" => assert!(self.threads.remove(&id()).is_some()),
+            "THREAD_LIST_SYNC" => {
+                // A full sync (no `channel_ids`): the list is every active thread.
+                assert!(d.get("channel_ids").is_none());
+                self.threads = d["threads"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| (text(&t["id"]), text(&t["parent_id"])))
+                    .collect();
+                for parent in self.threads.values() {
+                    assert!(
+                        self.channels.contains(parent),
+                        "a thread in a channel that is not there"
+                    );
+                }
+            }
             "GUILD_UPDATE" => self.name = text(&d["name"]),
             "VOICE_STATE_UPDATE" => {
                 let user = text(&d["user_id"]);
