@@ -1,0 +1,781 @@
+//! The cache of one shard: dispatches in, READY and `GUILD_CREATE` out.
+
+use std::collections::BTreeMap;
+
+use crate::error::Error;
+use crate::flags::{Event, Flags};
+use crate::guild::{Guild, ListKind};
+use crate::packed::{self, Keys, PACKED_NULL, key};
+
+/// Above this, the buffer a big dispatch was packed into is given back
+/// rather than kept for the next one.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// The guild state of one shard, kept from its dispatches.
+///
+/// Feed it every dispatch [`Flags::wants`] (others are ignored anyway),
+/// in order, with [`apply`](Self::apply); ask it for a client's READY with
+/// [`write_ready`](Self::write_ready) and for each guild's `GUILD_CREATE`
+/// or `GUILD_DELETE` with [`write_guild`](Self::write_guild).
+#[derive(Debug)]
+pub struct Cache {
+    flags: Flags,
+    keys: Keys,
+    /// READY's `d`, packed, without `guilds`.
+    ready: Option<Box<[u8]>>,
+    /// The bot's user id, from READY.
+    bot_id: Option<u64>,
+    /// Every guild of the shard by id; `None` while it is unavailable.
+    guilds: BTreeMap<u64, Option<Box<Guild>>>,
+    /// The dispatch being applied, packed.
+    scratch: Vec<u8>,
+}
+
+/// The session a READY is written for: what the proxy gives each client.
+#[derive(Clone, Copy, Debug)]
+pub struct Session<'a> {
+    /// READY's `session_id`.
+    pub session_id: &'a str,
+    /// READY's `resume_gateway_url`.
+    pub resume_gateway_url: &'a str,
+}
+
+/// How much a cache holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Guilds, available or not.
+    pub guilds: usize,
+    /// Guilds that are unavailable.
+    pub unavailable_guilds: usize,
+    /// Cached members.
+    pub members: usize,
+    /// Cached presences.
+    pub presences: usize,
+    /// Cached channels (threads not included).
+    pub channels: usize,
+    /// Cached threads.
+    pub threads: usize,
+    /// Cached roles.
+    pub roles: usize,
+    /// Cached emojis.
+    pub emojis: usize,
+    /// Cached stickers.
+    pub stickers: usize,
+    /// Cached voice states.
+    pub voice_states: usize,
+    /// Cached stage instances.
+    pub stage_instances: usize,
+    /// Cached scheduled events.
+    pub scheduled_events: usize,
+    /// Cached soundboard sounds.
+    pub soundboard_sounds: usize,
+    /// Heap bytes held, counted from the cache's own parts (an estimate
+    /// that leaves out the allocator's overhead).
+    pub bytes: usize,
+}
+
+impl Cache {
+    /// An empty cache that keeps what `flags` says.
+    #[must_use]
+    pub fn new(flags: Flags) -> Self {
+        Self {
+            flags,
+            keys: Keys::default(),
+            ready: None,
+            bot_id: None,
+            guilds: BTreeMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// What this cache keeps.
+    #[must_use]
+    pub fn flags(&self) -> Flags {
+        self.flags
+    }
+
+    /// Whether the cache needs the dispatch named `t`; see [`Flags::wants`].
+    #[must_use]
+    pub fn wants(&self, t: &str) -> bool {
+        self.flags.wants(t)
+    }
+
+    /// Applies the dispatch named `t` whose `d` is the JSON text `d`.
+    ///
+    /// Dispatches the flags do not need, and dispatches about guilds the
+    /// cache does not hold, change nothing. A READY starts over: it is a
+    /// new upstream session, and its guilds come again.
+    ///
+    /// # Errors
+    ///
+    /// When `d` is not JSON, or not the shape Discord sends for `t` (say,
+    /// without a `guild_id`); the cache is then as it was.
+    pub fn apply(&mut self, t: &str, d: &[u8]) -> Result<(), Error> {
+        let Some(event) = Event::from_name(t) else {
+            return Ok(());
+        };
+        if !self.flags.wants_event(event) {
+            return Ok(());
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let result = match packed::pack(d, &mut self.keys, &mut scratch) {
+            Ok(()) if packed::is_object(&scratch) => self.apply_packed(event, &scratch),
+            Ok(()) => Err(Error::shape(event.name(), "`d` to be an object")),
+            Err(e) => Err(Error::json(event.name(), e.0)),
+        };
+        if scratch.capacity() <= SCRATCH_KEEP {
+            self.scratch = scratch;
+        }
+        result
+    }
+
+    fn apply_packed(&mut self, event: Event, d: &[u8]) -> Result<(), Error> {
+        use Event as E;
+        let name = event.name();
+        match event {
+            E::Ready => return self.ready(d),
+            E::UserUpdate => {
+                self.user_update(d);
+                return Ok(());
+            }
+            E::GuildCreate => return self.guild_create(d),
+            E::GuildDelete => {
+                let id = id_of(d, key::ID, name)?;
+                if packed::get(d, key::UNAVAILABLE).and_then(packed::as_bool) == Some(true) {
+                    self.guilds.insert(id, None);
+                } else {
+                    self.guilds.remove(&id);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let guild_key = if event == E::GuildUpdate {
+            key::ID
+        } else {
+            key::GUILD_ID
+        };
+        let guild_id = id_of(d, guild_key, name)?;
+        let (flags, bot_id) = (self.flags, self.bot_id);
+        let Some(Some(guild)) = self.guilds.get_mut(&guild_id) else {
+            return Ok(());
+        };
+        Edit {
+            guild,
+            flags,
+            bot_id,
+            guild_id,
+            name,
+        }
+        .apply(event, d)
+    }
+
+    /// A new upstream session: its READY replaces everything.
+    fn ready(&mut self, d: &[u8]) -> Result<(), Error> {
+        let user = packed::get(d, key::USER).ok_or_else(|| Error::shape("READY", "`user`"))?;
+        let bot_id = id_of(user, key::ID, "READY")?;
+        let mut guilds = BTreeMap::new();
+        for guild in list_in(d, key::GUILDS) {
+            guilds.insert(id_of(guild, key::ID, "READY")?, None);
+        }
+        let mut ready = Vec::new();
+        packed::copy_without(d, &[key::GUILDS], &mut ready);
+        self.ready = Some(ready.into_boxed_slice());
+        self.bot_id = Some(bot_id);
+        self.guilds = guilds;
+        Ok(())
+    }
+
+    fn user_update(&mut self, user: &[u8]) {
+        let Some(ready) = &self.ready else { return };
+        let mut merged = Vec::new();
+        packed::merge(user, packed::get(ready, key::USER), &[], &mut merged);
+        let mut updated = Vec::new();
+        packed::with_field(ready, key::USER, &merged, &mut updated);
+        self.ready = Some(updated.into_boxed_slice());
+    }
+
+    fn guild_create(&mut self, d: &[u8]) -> Result<(), Error> {
+        let id = id_of(d, key::ID, "GUILD_CREATE")?;
+        if packed::get(d, key::UNAVAILABLE).and_then(packed::as_bool) == Some(true) {
+            self.guilds.insert(id, None);
+            return Ok(());
+        }
+        let mut guild = Box::new(Guild::default());
+        let mut head = Vec::with_capacity(1024);
+        packed::begin_object(&mut head);
+        let mut edit = Edit {
+            guild: &mut guild,
+            flags: self.flags,
+            bot_id: self.bot_id,
+            guild_id: id,
+            name: "GUILD_CREATE",
+        };
+        for (k, v) in packed::fields(d) {
+            if let Some(kind) = ListKind::of_key(k) {
+                edit.replace(kind, Some(v));
+            } else if k.is(key::MEMBERS) {
+                for member in packed::items(v) {
+                    if let Ok(user_id) = member_id(member, "GUILD_CREATE")
+                        && edit.keeps_member(user_id)
+                    {
+                        edit.put_member(user_id, member, false);
+                    }
+                }
+            } else if k.is(key::PRESENCES) {
+                if edit.flags.presences {
+                    for presence in packed::items(v) {
+                        edit.put_presence(presence);
+                    }
+                }
+            } else if k.is(key::MEMBER_COUNT) {
+                edit.guild.member_count = packed::as_u64(v);
+            } else if !k.is(key::UNAVAILABLE) {
+                packed::put_field(&mut head, k, v);
+            }
+        }
+        packed::end_object(&mut head);
+        guild.head = head.into_boxed_slice();
+        self.guilds.insert(id, Some(guild));
+        Ok(())
+    }
+
+    /// Appends the READY payload for a client: the upstream READY with
+    /// this session's `session_id` and `resume_gateway_url`, and `guilds`
+    /// set to every guild of the shard as an unavailable stub, as Discord
+    /// sends it. Keys in the order `t, s, op, d`, compact.
+    ///
+    /// # Errors
+    ///
+    /// When no READY has been applied yet.
+    pub fn write_ready(
+        &self,
+        seq: u64,
+        session: Session<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let ready = self.ready.as_deref().ok_or_else(Error::no_ready)?;
+        write_envelope_head(b"READY", seq, out);
+        out.push(b'{');
+        for (k, v) in packed::fields(ready) {
+            if k.is(key::SESSION_ID) || k.is(key::RESUME_GATEWAY_URL) {
+                continue;
+            }
+            packed::write_key(k, &self.keys, out);
+            packed::write_json(v, &self.keys, out);
+            out.push(b',');
+        }
+        packed::write_fixed_key(key::SESSION_ID, &self.keys, out);
+        packed::write_str(session.session_id, out);
+        out.push(b',');
+        packed::write_fixed_key(key::RESUME_GATEWAY_URL, &self.keys, out);
+        packed::write_str(session.resume_gateway_url, out);
+        out.push(b',');
+        packed::write_fixed_key(key::GUILDS, &self.keys, out);
+        out.push(b'[');
+        for (i, id) in self.guilds.keys().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_unavailable(*id, out);
+        }
+        out.extend_from_slice(b"]}}");
+        Ok(())
+    }
+
+    /// The ids of the shard's guilds, available or not, in id order.
+    #[must_use = "an iterator does nothing unless consumed"]
+    pub fn guild_ids(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.guilds.keys().copied()
+    }
+
+    /// Appends the payload that tells a client about guild `id`:
+    /// `GUILD_CREATE` with everything the flags keep and
+    /// `"unavailable":false`, or `GUILD_DELETE` with `"unavailable":true`
+    /// while it is unavailable. Keys in the order `t, s, op, d`, compact.
+    /// Returns `false`, appending nothing, for a guild the cache does not
+    /// hold.
+    pub fn write_guild(&self, id: u64, seq: u64, out: &mut Vec<u8>) -> bool {
+        match self.guilds.get(&id) {
+            None => false,
+            Some(None) => {
+                write_envelope_head(b"GUILD_DELETE", seq, out);
+                write_unavailable(id, out);
+                out.push(b'}');
+                true
+            }
+            Some(Some(guild)) => {
+                write_envelope_head(b"GUILD_CREATE", seq, out);
+                guild.write_create(&self.keys, out);
+                out.push(b'}');
+                true
+            }
+        }
+    }
+
+    /// How much the cache holds.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            guilds: self.guilds.len(),
+            bytes: self.keys.heap_bytes()
+                + self.ready.as_ref().map_or(0, |r| r.len())
+                + self.guilds.len() * (size_of::<(u64, Option<Box<Guild>>)>() + 16),
+            ..Stats::default()
+        };
+        for guild in self.guilds.values() {
+            let Some(guild) = guild else {
+                stats.unavailable_guilds += 1;
+                continue;
+            };
+            stats.members += guild.members.len();
+            stats.presences += guild.presences.len();
+            stats.channels += guild.list(ListKind::Channels).len();
+            stats.threads += guild.list(ListKind::Threads).len();
+            stats.roles += guild.list(ListKind::Roles).len();
+            stats.emojis += guild.list(ListKind::Emojis).len();
+            stats.stickers += guild.list(ListKind::Stickers).len();
+            stats.voice_states += guild.list(ListKind::VoiceStates).len();
+            stats.stage_instances += guild.list(ListKind::StageInstances).len();
+            stats.scheduled_events += guild.list(ListKind::ScheduledEvents).len();
+            stats.soundboard_sounds += guild.list(ListKind::SoundboardSounds).len();
+            stats.bytes += size_of::<Guild>() + guild.heap_bytes();
+        }
+        stats
+    }
+}
+
+/// Changes to one guild.
+struct Edit<'a> {
+    guild: &'a mut Guild,
+    flags: Flags,
+    bot_id: Option<u64>,
+    guild_id: u64,
+    name: &'static str,
+}
+
+impl Edit<'_> {
+    fn apply(&mut self, event: Event, d: &[u8]) -> Result<(), Error> {
+        use Event as E;
+        match event {
+            E::Ready | E::UserUpdate | E::GuildCreate | E::GuildDelete => Ok(()),
+            E::GuildUpdate => {
+                self.guild_update(d);
+                Ok(())
+            }
+            E::MemberAdd
+            | E::MemberUpdate
+            | E::MemberRemove
+            | E::MembersChunk
+            | E::PresenceUpdate
+            | E::VoiceStateUpdate => self.member_event(event, d),
+            E::RoleCreate | E::RoleUpdate | E::RoleDelete => self.role_event(event, d),
+            E::ChannelCreate
+            | E::ChannelUpdate
+            | E::ChannelDelete
+            | E::ChannelPinsUpdate
+            | E::ThreadCreate
+            | E::ThreadUpdate
+            | E::ThreadDelete
+            | E::ThreadListSync
+            | E::ThreadMemberUpdate
+            | E::ThreadMembersUpdate => self.channel_event(event, d),
+            E::EmojisUpdate
+            | E::StickersUpdate
+            | E::SoundCreate
+            | E::SoundUpdate
+            | E::SoundDelete
+            | E::SoundsUpdate
+            | E::Sounds
+            | E::StageCreate
+            | E::StageUpdate
+            | E::StageDelete
+            | E::ScheduledEventCreate
+            | E::ScheduledEventUpdate
+            | E::ScheduledEventDelete => self.item_event(event, d),
+        }
+    }
+
+    /// Whether the flags keep the member `user_id`.
+    fn keeps_member(&self, user_id: u64) -> bool {
+        self.flags.members || (self.flags.current_member && Some(user_id) == self.bot_id)
+    }
+
+    fn member_event(&mut self, event: Event, d: &[u8]) -> Result<(), Error> {
+        use Event as E;
+        let name = self.name;
+        match event {
+            E::MemberAdd | E::MemberUpdate => {
+                let user_id = member_id(d, name)?;
+                if event == E::MemberAdd {
+                    self.guild.member_count = self.guild.member_count.map(|n| n + 1);
+                }
+                if self.keeps_member(user_id) {
+                    self.put_member(user_id, d, event == E::MemberUpdate);
+                }
+            }
+            E::MemberRemove => {
+                let user = packed::get(d, key::USER).ok_or_else(|| Error::shape(name, "`user`"))?;
+                let user_id = id_of(user, key::ID, name)?;
+                let guild = &mut *self.guild;
+                guild.member_count = guild.member_count.map(|n| n.saturating_sub(1));
+                guild.members.remove(&user_id);
+                guild.presences.remove(&user_id);
+                guild.list_mut(ListKind::VoiceStates).remove(user_id);
+            }
+            E::MembersChunk => {
+                for member in list_in(d, key::MEMBERS) {
+                    if let Ok(user_id) = member_id(member, name)
+                        && self.keeps_member(user_id)
+                    {
+                        self.put_member(user_id, member, false);
+                    }
+                }
+                if self.flags.presences {
+                    for presence in list_in(d, key::PRESENCES) {
+                        self.put_presence(presence);
+                    }
+                }
+            }
+            E::PresenceUpdate => self.presence_update(d),
+            _ => self.voice_state_update(d)?,
+        }
+        Ok(())
+    }
+
+    fn role_event(&mut self, event: Event, d: &[u8]) -> Result<(), Error> {
+        let name = self.name;
+        if event == Event::RoleDelete {
+            self.role_delete(id_of(d, key::ROLE_ID, name)?);
+            return Ok(());
+        }
+        let role = packed::get(d, key::ROLE).ok_or_else(|| Error::shape(name, "`role`"))?;
+        let id = id_of(role, key::ID, name)?;
+        // With roles off, @everyone (the role with the guild's id) stays.
+        if self.flags.roles || id == self.guild_id {
+            self.upsert(ListKind::Roles, id, role, &[]);
+        }
+        Ok(())
+    }
+
+    fn channel_event(&mut self, event: Event, d: &[u8]) -> Result<(), Error> {
+        use Event as E;
+        if event == E::ThreadListSync {
+            self.thread_list_sync(d);
+            return Ok(());
+        }
+        let name = self.name;
+        let id_key = if event == E::ChannelPinsUpdate {
+            key::CHANNEL_ID
+        } else {
+            key::ID
+        };
+        let id = id_of(d, id_key, name)?;
+        match event {
+            E::ChannelCreate | E::ChannelUpdate => {
+                if self.flags.channels {
+                    self.upsert(ListKind::Channels, id, d, &[key::GUILD_ID]);
+                }
+            }
+            E::ChannelDelete => {
+                self.guild.list_mut(ListKind::Channels).remove(id);
+                self.guild.list_mut(ListKind::Threads).retain(|thread| {
+                    packed::get(thread, key::PARENT_ID).and_then(packed::as_id) != Some(id)
+                });
+            }
+            E::ChannelPinsUpdate => {
+                let value = packed::get(d, key::LAST_PIN_TIMESTAMP).unwrap_or(PACKED_NULL);
+                for kind in [ListKind::Channels, ListKind::Threads] {
+                    self.set_field(kind, id, key::LAST_PIN_TIMESTAMP, value);
+                }
+            }
+            E::ThreadCreate | E::ThreadUpdate => {
+                self.upsert(ListKind::Threads, id, d, &[key::NEWLY_CREATED]);
+            }
+            E::ThreadDelete => self.guild.list_mut(ListKind::Threads).remove(id),
+            E::ThreadMemberUpdate => {
+                let mut member = Vec::new();
+                packed::copy_without(d, &[key::GUILD_ID], &mut member);
+                self.set_field(ListKind::Threads, id, key::MEMBER, &member);
+            }
+            _ => {
+                if let Some(count) = packed::get(d, key::MEMBER_COUNT) {
+                    self.set_field(ListKind::Threads, id, key::MEMBER_COUNT, count);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Emojis, stickers, sounds, stage instances and scheduled events.
+    fn item_event(&mut self, event: Event, d: &[u8]) -> Result<(), Error> {
+        use Event as E;
+        let (kind, array_key) = match event {
+            E::EmojisUpdate => (ListKind::Emojis, Some(key::EMOJIS)),
+            E::StickersUpdate => (ListKind::Stickers, Some(key::STICKERS)),
+            E::SoundsUpdate | E::Sounds => {
+                (ListKind::SoundboardSounds, Some(key::SOUNDBOARD_SOUNDS))
+            }
+            E::SoundCreate | E::SoundUpdate | E::SoundDelete => (ListKind::SoundboardSounds, None),
+            E::StageCreate | E::StageUpdate | E::StageDelete => (ListKind::StageInstances, None),
+            _ => (ListKind::ScheduledEvents, None),
+        };
+        if let Some(array_key) = array_key {
+            self.replace(kind, packed::get(d, array_key));
+            return Ok(());
+        }
+        let id = id_of(d, kind.id_key(), self.name)?;
+        if matches!(
+            event,
+            E::SoundDelete | E::StageDelete | E::ScheduledEventDelete
+        ) {
+            self.guild.list_mut(kind).remove(id);
+        } else {
+            self.upsert(kind, id, d, &[]);
+        }
+        Ok(())
+    }
+
+    /// Puts `item` (without the `skip` keys) under `id` in a list, over
+    /// the fields of the one there.
+    fn upsert(&mut self, kind: ListKind, id: u64, item: &[u8], skip: &[key::Key]) {
+        let list = self.guild.list_mut(kind);
+        let mut value = Vec::with_capacity(item.len());
+        packed::merge(item, list.get(id), skip, &mut value);
+        list.put(id, value.into_boxed_slice());
+    }
+
+    /// Sets one field of the item `id` of a list, if it is there.
+    fn set_field(&mut self, kind: ListKind, id: u64, k: key::Key, value: &[u8]) {
+        let list = self.guild.list_mut(kind);
+        if let Some(item) = list.get(id) {
+            let mut updated = Vec::with_capacity(item.len() + value.len());
+            packed::with_field(item, k, value, &mut updated);
+            list.put(id, updated.into_boxed_slice());
+        }
+    }
+
+    /// Replaces a whole list with the items of `array`, as the flags allow.
+    fn replace(&mut self, kind: ListKind, array: Option<&[u8]>) {
+        let (kept, guild_id) = (kind.kept(self.flags), self.guild_id);
+        self.guild.list_mut(kind).clear();
+        for item in array.map(packed::items).into_iter().flatten() {
+            let Some(id) = packed::get(item, kind.id_key()).and_then(packed::as_id) else {
+                continue;
+            };
+            // With roles off, @everyone (the role with the guild's id) stays.
+            if kept || (kind == ListKind::Roles && id == guild_id) {
+                let skip: &[key::Key] = match kind {
+                    ListKind::VoiceStates => &[key::GUILD_ID, key::MEMBER],
+                    _ => &[],
+                };
+                self.upsert(kind, id, item, skip);
+            }
+        }
+    }
+
+    /// Puts a member (a member object, perhaps with `guild_id`), over the
+    /// fields of the one there when `merge`.
+    fn put_member(&mut self, user_id: u64, member: &[u8], merge: bool) {
+        let old = if merge {
+            self.guild.members.get(&user_id).map(|m| &**m)
+        } else {
+            None
+        };
+        let mut value = Vec::with_capacity(member.len());
+        if let Some(old) = old {
+            packed::merge(member, Some(old), &[key::GUILD_ID], &mut value);
+        } else {
+            // Libraries need `deaf` and `mute`, which an update may lack.
+            {
+                let mut defaults = Vec::new();
+                packed::begin_object(&mut defaults);
+                for k in [key::DEAF, key::MUTE] {
+                    packed::put_field(
+                        &mut defaults,
+                        packed::FieldKey::Numbered(k.0),
+                        packed::PACKED_FALSE,
+                    );
+                }
+                packed::end_object(&mut defaults);
+                packed::merge(member, Some(&defaults), &[key::GUILD_ID], &mut value);
+            }
+        }
+        self.guild.members.insert(user_id, value.into_boxed_slice());
+    }
+
+    /// Puts a presence as `GUILD_CREATE` carries it: no `guild_id`, and
+    /// `user` reduced to its id. An offline presence is removed.
+    fn put_presence(&mut self, presence: &[u8]) {
+        let Some(user) = packed::get(presence, key::USER) else {
+            return;
+        };
+        let Some(user_id) = packed::get(user, key::ID).and_then(packed::as_id) else {
+            return;
+        };
+        let offline =
+            packed::get(presence, key::STATUS).and_then(packed::as_text) == Some(b"offline");
+        if offline {
+            self.guild.presences.remove(&user_id);
+            return;
+        }
+        let mut user_ref = Vec::new();
+        packed::id_only(user, &mut user_ref);
+        let mut without = Vec::with_capacity(presence.len());
+        packed::copy_without(presence, &[key::GUILD_ID], &mut without);
+        let mut value = Vec::with_capacity(without.len());
+        packed::with_field(&without, key::USER, &user_ref, &mut value);
+        self.guild
+            .presences
+            .insert(user_id, value.into_boxed_slice());
+    }
+
+    fn presence_update(&mut self, d: &[u8]) {
+        let Some(user) = packed::get(d, key::USER) else {
+            return;
+        };
+        let Some(user_id) = packed::get(user, key::ID).and_then(packed::as_id) else {
+            return;
+        };
+        if self.flags.users
+            && self.keeps_member(user_id)
+            && packed::fields(user).count() > 1
+            && let Some(member) = self.guild.members.get(&user_id)
+        {
+            let mut merged_user = Vec::new();
+            packed::merge(user, packed::get(member, key::USER), &[], &mut merged_user);
+            let mut value = Vec::with_capacity(member.len() + merged_user.len());
+            packed::with_field(member, key::USER, &merged_user, &mut value);
+            self.guild.members.insert(user_id, value.into_boxed_slice());
+        }
+        if self.flags.presences {
+            self.put_presence(d);
+        }
+    }
+
+    fn voice_state_update(&mut self, d: &[u8]) -> Result<(), Error> {
+        let user_id = id_of(d, key::USER_ID, self.name)?;
+        if let Some(member) = packed::get(d, key::MEMBER)
+            && self.keeps_member(user_id)
+        {
+            self.put_member(user_id, member, true);
+        }
+        if self.flags.voice_states {
+            let in_channel = packed::get(d, key::CHANNEL_ID)
+                .and_then(packed::as_id)
+                .is_some();
+            if in_channel {
+                self.upsert(
+                    ListKind::VoiceStates,
+                    user_id,
+                    d,
+                    &[key::GUILD_ID, key::MEMBER],
+                );
+            } else {
+                self.guild.list_mut(ListKind::VoiceStates).remove(user_id);
+            }
+        }
+        Ok(())
+    }
+
+    fn guild_update(&mut self, d: &[u8]) {
+        let mut head = Vec::with_capacity(self.guild.head.len());
+        packed::begin_object(&mut head);
+        for (k, v) in packed::fields(d) {
+            match ListKind::of_key(k) {
+                Some(kind @ (ListKind::Roles | ListKind::Emojis | ListKind::Stickers)) => {
+                    self.replace(kind, Some(v));
+                }
+                Some(_) => {}
+                None if k.is(key::MEMBERS) || k.is(key::PRESENCES) || k.is(key::UNAVAILABLE) => {}
+                None if k.is(key::MEMBER_COUNT) => self.guild.member_count = packed::as_u64(v),
+                None => packed::put_field(&mut head, k, v),
+            }
+        }
+        for (k, v) in packed::fields(&self.guild.head) {
+            if !packed::fields(d).any(|(n, _)| n == k) {
+                packed::put_field(&mut head, k, v);
+            }
+        }
+        packed::end_object(&mut head);
+        self.guild.head = head.into_boxed_slice();
+    }
+
+    fn role_delete(&mut self, role_id: u64) {
+        self.guild.list_mut(ListKind::Roles).remove(role_id);
+        let mut changed = Vec::new();
+        for (user_id, member) in &self.guild.members {
+            let mut value = Vec::new();
+            if packed::without_id_in(member, key::ROLES, role_id, &mut value) {
+                changed.push((*user_id, value.into_boxed_slice()));
+            }
+        }
+        self.guild.members.extend(changed);
+    }
+
+    fn thread_list_sync(&mut self, d: &[u8]) {
+        let channels: Option<Vec<u64>> = packed::get(d, key::CHANNEL_IDS)
+            .map(|ids| packed::items(ids).filter_map(packed::as_id).collect());
+        self.guild.list_mut(ListKind::Threads).retain(|thread| {
+            let parent = packed::get(thread, key::PARENT_ID).and_then(packed::as_id);
+            channels
+                .as_ref()
+                .is_some_and(|ids| parent.is_none_or(|p| !ids.contains(&p)))
+        });
+        for thread in list_in(d, key::THREADS) {
+            if let Some(id) = packed::get(thread, key::ID).and_then(packed::as_id) {
+                self.upsert(ListKind::Threads, id, thread, &[]);
+            }
+        }
+        for member in list_in(d, key::MEMBERS) {
+            if let Some(id) = packed::get(member, key::ID).and_then(packed::as_id) {
+                self.set_field(ListKind::Threads, id, key::MEMBER, member);
+            }
+        }
+    }
+}
+
+/// The snowflake under `k` in `obj`, or a shape error.
+fn id_of(obj: &[u8], k: key::Key, event: &'static str) -> Result<u64, Error> {
+    packed::get(obj, k)
+        .and_then(packed::as_id)
+        .ok_or_else(|| Error::shape(event, expected_id(k)))
+}
+
+fn expected_id(k: key::Key) -> &'static str {
+    match k {
+        key::GUILD_ID => "`guild_id` as a snowflake",
+        key::USER_ID => "`user_id` as a snowflake",
+        key::ROLE_ID => "`role_id` as a snowflake",
+        key::SOUND_ID => "`sound_id` as a snowflake",
+        key::CHANNEL_ID => "`channel_id` as a snowflake",
+        _ => "`id` as a snowflake",
+    }
+}
+
+/// A member object's user id.
+fn member_id(member: &[u8], event: &'static str) -> Result<u64, Error> {
+    let user = packed::get(member, key::USER).ok_or_else(|| Error::shape(event, "`user`"))?;
+    id_of(user, key::ID, event)
+}
+
+/// The items of the array under `k`, none if there is none.
+fn list_in(obj: &[u8], k: key::Key) -> packed::Items<'_> {
+    packed::items(packed::get(obj, k).unwrap_or(&[]))
+}
+
+fn write_envelope_head(t: &[u8], seq: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"t\":\"");
+    out.extend_from_slice(t);
+    out.extend_from_slice(b"\",\"s\":");
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(b",\"op\":0,\"d\":");
+}
+
+fn write_unavailable(id: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.extend_from_slice(b"\",\"unavailable\":true}");
+}
