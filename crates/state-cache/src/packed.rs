@@ -1014,6 +1014,8 @@ mod timestamp {
 mod tests {
     use std::fmt::Write as _;
 
+    use proptest::prelude::*;
+
     use super::*;
 
     fn roundtrip(json: &str) -> (String, usize) {
@@ -1057,6 +1059,72 @@ mod tests {
             r#"{"\u0000 key \"q\"":"tab\there \u001f ✓ \ud83e\udd80","nested":{"deep":[[{"x":null}]]}}"#,
         ] {
             same_value(json);
+        }
+    }
+
+    fn string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[0-9]{1,21}",
+            "(a_)?[0-9a-fA-F]{31,33}",
+            "[\"\\\\/\u{0}-\u{1f}a-z✓🦀]{0,12}",
+            (
+                1960i32..2200,
+                0u8..14,
+                0u8..33,
+                0u8..25,
+                0u8..61,
+                0u8..61,
+                0u32..1_000_000,
+                any::<bool>()
+            )
+                .prop_map(|(y, mo, d, h, mi, s, f, frac)| if frac {
+                    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{f:06}+00:00")
+                } else {
+                    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}+00:00")
+                }),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            string().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::vec((string(), inner), 0..8)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any JSON value packs and comes back as the same value.
+        #[test]
+        fn any_json_comes_back_the_same(value in json()) {
+            let text = serde_json::to_string(&value).unwrap();
+            let mut keys = Keys::default();
+            let mut packed = Vec::new();
+            pack(text.as_bytes(), &mut keys, &mut packed).unwrap();
+            prop_assert_eq!(value_len(&packed), packed.len());
+            let mut out = Vec::new();
+            write_json(&packed, &keys, &mut out);
+            // Both sides through serde_json's parser, which rounds some
+            // long floats its own way (no `float_roundtrip`).
+            let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let sent: serde_json::Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(back, sent);
         }
     }
 
