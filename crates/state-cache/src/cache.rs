@@ -157,6 +157,10 @@ impl Cache {
         } else {
             key::GUILD_ID
         };
+        // A DM's pins: about no guild.
+        if event == E::ChannelPinsUpdate && packed::get(d, guild_key).is_none() {
+            return Ok(());
+        }
         let guild_id = id_of(d, guild_key, name)?;
         let (flags, bot_id) = (self.flags, self.bot_id);
         let Some(Some(guild)) = self.guilds.get_mut(&guild_id) else {
@@ -492,7 +496,15 @@ impl Edit<'_> {
                 }
             }
             E::ThreadCreate | E::ThreadUpdate => {
-                self.upsert(ListKind::Threads, id, d, &[key::NEWLY_CREATED]);
+                // `threads` lists active threads only.
+                let archived = packed::get(d, key::THREAD_METADATA)
+                    .and_then(|m| packed::get(m, key::ARCHIVED))
+                    .and_then(packed::as_bool);
+                if archived == Some(true) {
+                    self.guild.list_mut(ListKind::Threads).remove(id);
+                } else {
+                    self.upsert(ListKind::Threads, id, d, &[key::NEWLY_CREATED]);
+                }
             }
             E::ThreadDelete => self.guild.list_mut(ListKind::Threads).remove(id),
             E::ThreadMemberUpdate => {
@@ -667,12 +679,13 @@ impl Edit<'_> {
                 .and_then(packed::as_id)
                 .is_some();
             if in_channel {
-                self.upsert(
-                    ListKind::VoiceStates,
-                    user_id,
-                    d,
-                    &[key::GUILD_ID, key::MEMBER],
-                );
+                // The whole voice state, not merged: `self_stream` is left
+                // out when it is false.
+                let mut value = Vec::with_capacity(d.len());
+                packed::copy_without(d, &[key::GUILD_ID, key::MEMBER], &mut value);
+                self.guild
+                    .list_mut(ListKind::VoiceStates)
+                    .put(user_id, value.into_boxed_slice());
             } else {
                 self.guild.list_mut(ListKind::VoiceStates).remove(user_id);
             }
