@@ -1,6 +1,6 @@
 //! The cache of one shard: dispatches in, READY and `GUILD_CREATE` out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::Error;
 use crate::flags::{Event, Flags};
@@ -27,6 +27,9 @@ pub struct Cache {
     bot_id: Option<u64>,
     /// Every guild of the shard by id; `None` while it is unavailable.
     guilds: BTreeMap<u64, Option<Box<Guild>>>,
+    /// Guilds READY named that have had neither `GUILD_CREATE` nor
+    /// `GUILD_DELETE` since.
+    pending: BTreeSet<u64>,
     /// The dispatch being applied, packed.
     scratch: Vec<u8>,
 }
@@ -85,6 +88,7 @@ impl Cache {
             ready: None,
             bot_id: None,
             guilds: BTreeMap::new(),
+            pending: BTreeSet::new(),
             scratch: Vec::new(),
         }
     }
@@ -143,6 +147,7 @@ impl Cache {
             E::GuildCreate => return self.guild_create(d),
             E::GuildDelete => {
                 let id = id_of(d, key::ID, name)?;
+                self.pending.remove(&id);
                 if packed::get(d, key::UNAVAILABLE).and_then(packed::as_bool) == Some(true) {
                     self.guilds.insert(id, None);
                 } else {
@@ -188,6 +193,7 @@ impl Cache {
         packed::copy_without(d, &[key::GUILDS], &mut ready);
         self.ready = Some(ready.into_boxed_slice());
         self.bot_id = Some(bot_id);
+        self.pending = guilds.keys().copied().collect();
         self.guilds = guilds;
         Ok(())
     }
@@ -203,6 +209,7 @@ impl Cache {
 
     fn guild_create(&mut self, d: &[u8]) -> Result<(), Error> {
         let id = id_of(d, key::ID, "GUILD_CREATE")?;
+        self.pending.remove(&id);
         if packed::get(d, key::UNAVAILABLE).and_then(packed::as_bool) == Some(true) {
             self.guilds.insert(id, None);
             return Ok(());
@@ -287,6 +294,15 @@ impl Cache {
         }
         out.extend_from_slice(b"]}}");
         Ok(())
+    }
+
+    /// How many guilds the last READY named that have had neither
+    /// `GUILD_CREATE` nor `GUILD_DELETE` since: while it is above zero, the
+    /// shard is still loading, and a client served now would be told those
+    /// guilds are unavailable.
+    #[must_use]
+    pub fn pending_guilds(&self) -> usize {
+        self.pending.len()
     }
 
     /// The ids of the shard's guilds, available or not, in id order.

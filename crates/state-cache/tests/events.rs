@@ -1178,3 +1178,21 @@ fn payloads_are_compact_with_the_envelope_in_order_and_stats_count_what_is_held(
     );
     assert_eq!(Cache::new(Flags::default()).stats().guilds, 0);
 }
+
+#[test]
+fn guilds_are_pending_from_ready_until_created_or_deleted() {
+    let mut cache = Cache::new(Flags::default());
+    assert_eq!(cache.pending_guilds(), 0);
+    apply(&mut cache, "READY", READY);
+    assert_eq!(cache.pending_guilds(), 2, "READY names two guilds");
+    apply(&mut cache, "GUILD_CREATE", GUILD_CREATE);
+    assert_eq!(cache.pending_guilds(), 1);
+    apply(
+        &mut cache,
+        "GUILD_DELETE",
+        r#"{"id":"1100000000000000200","unavailable":true}"#,
+    );
+    assert_eq!(cache.pending_guilds(), 0, "an outage counts as heard of");
+    apply(&mut cache, "READY", READY);
+    assert_eq!(cache.pending_guilds(), 2, "a new READY loads again");
+}
