@@ -176,6 +176,7 @@ impl Sim {
             identify: Mutex::new(IdentifyState {
                 last: HashMap::new(),
                 remaining: config.session_start_total,
+                refused: 0,
                 window_start: Instant::now(),
             }),
             world: Mutex::new(world),
@@ -295,6 +296,15 @@ impl Sim {
     pub fn identifies_remaining(&self) -> u32 {
         self.shared.identify_state().0
     }
+
+    /// Identifies refused with `INVALID_SESSION`: sent within
+    /// `identify_interval` of another in the same bucket
+    /// (`shard % max_concurrency`), or with none left today. A client that
+    /// paces its identifies as Discord asks never gets one.
+    #[must_use]
+    pub fn identifies_refused(&self) -> u64 {
+        crate::lock(&self.shared.identify).refused
+    }
 }
 
 pub(crate) struct Shared {
@@ -329,6 +339,8 @@ impl std::fmt::Debug for Shared {
 struct IdentifyState {
     last: HashMap<u32, Instant>,
     remaining: u32,
+    /// Identifies refused: too early for their bucket, or none left.
+    refused: u64,
     /// When the current `session_start_limit` window began.
     window_start: Instant,
 }
@@ -369,14 +381,12 @@ impl Shared {
         let now = Instant::now();
         let mut state = lock(&self.identify);
         state.refresh(&self.config, now);
-        if state.remaining == 0 {
-            return false;
-        }
-        if state
+        let too_early = state
             .last
             .get(&bucket)
-            .is_some_and(|last| now.duration_since(*last) < self.config.identify_interval)
-        {
+            .is_some_and(|last| now.duration_since(*last) < self.config.identify_interval);
+        if state.remaining == 0 || too_early {
+            state.refused += 1;
             return false;
         }
         state.last.insert(bucket, now);

@@ -193,6 +193,7 @@ async fn identify_concurrency_answers_a_second_identify_in_the_window_with_op_9(
     let (mut first, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
     first.identify(sim.token(), [0, 2], 1).await.unwrap();
     first.dispatch("READY").await.unwrap();
+    assert_eq!(sim.identifies_refused(), 0);
     let (mut second, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
     second.identify(sim.token(), [1, 2], 1).await.unwrap();
     let answer = second.payload().await.unwrap();
@@ -201,6 +202,7 @@ async fn identify_concurrency_answers_a_second_identify_in_the_window_with_op_9(
         (Value::from(9), Value::from(false))
     );
     assert_eq!(sim.identifies_remaining(), 999);
+    assert_eq!(sim.identifies_refused(), 1);
 }
 
 /// RECONNECT, then RESUME on a new connection replays what was missed, in

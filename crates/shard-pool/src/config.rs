@@ -1,0 +1,144 @@
+//! What a pool connects to, as whom, and what it keeps.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use state_cache::Flags;
+use twilight_gateway::queue::Queue;
+
+/// Discord's gateway, where `gateway_url` and `/gateway/bot` say nothing else.
+pub const DISCORD_GATEWAY: &str = "wss://gateway.discord.gg";
+
+/// How a pool is started. Start from [`PoolConfig::new`] and change what
+/// you need; the fields keep the original gateway-proxy's names.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// The bot token, with or without `Bot `.
+    pub token: String,
+    /// The gateway intents every shard identifies with.
+    pub intents: u64,
+    /// The total shard count; `None` asks `GET /gateway/bot`.
+    pub shards: Option<u32>,
+    /// The first shard this pool runs (inclusive).
+    pub shard_start: u32,
+    /// The shard after the last one this pool runs (exclusive); `None` for
+    /// the total.
+    pub shard_end: Option<u32>,
+    /// The upstream gateway, e.g. `ws://127.0.0.1:9000`; `None` takes the
+    /// `url` of `GET /gateway/bot` (Discord's own).
+    pub gateway_url: Option<String>,
+    /// The REST base, e.g. `http://127.0.0.1:9001/api`; wins over
+    /// `twilight_http_proxy`. `None` is Discord's.
+    pub api_base: Option<String>,
+    /// The original's form of a REST proxy: `ip:port`, spoken to over HTTP.
+    pub twilight_http_proxy: Option<String>,
+    /// The presence every shard identifies with.
+    pub presence: Presence,
+    /// IDENTIFY's `large_threshold` (Discord allows 50 to 250).
+    pub large_threshold: u64,
+    /// What each shard's state cache keeps.
+    pub cache: Flags,
+    /// The time one identify bucket waits between identifies (Discord: 5 s).
+    pub identify_window: Duration,
+    /// How long a shard waits, after READY, for the `GUILD_CREATE` of every
+    /// guild READY named before it counts as ready anyway (discord.js waits
+    /// 15 s as well).
+    pub guild_load_timeout: Duration,
+    /// Dispatches a subscriber may fall behind before it misses some.
+    pub event_capacity: usize,
+    /// Identify pacing shared with other processes; `None` paces within
+    /// this pool by `max_concurrency` and `identify_window`.
+    pub queue: Option<Arc<dyn Queue + Send + Sync>>,
+}
+
+impl fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("token", &"…")
+            .field("intents", &self.intents)
+            .field("shards", &self.shards)
+            .field("shard_start", &self.shard_start)
+            .field("shard_end", &self.shard_end)
+            .field("gateway_url", &self.gateway_url)
+            .field("api_base", &self.api_base)
+            .field("twilight_http_proxy", &self.twilight_http_proxy)
+            .field("presence", &self.presence)
+            .field("large_threshold", &self.large_threshold)
+            .field("cache", &self.cache)
+            .field("identify_window", &self.identify_window)
+            .field("guild_load_timeout", &self.guild_load_timeout)
+            .field("event_capacity", &self.event_capacity)
+            .field("queue", &self.queue.as_ref().map(|_| "shared"))
+            .finish()
+    }
+}
+
+impl PoolConfig {
+    /// A pool of every shard of the bot, Discord's defaults otherwise.
+    #[must_use]
+    pub fn new(token: impl Into<String>, intents: u64) -> Self {
+        Self {
+            token: token.into(),
+            intents,
+            shards: None,
+            shard_start: 0,
+            shard_end: None,
+            gateway_url: None,
+            api_base: None,
+            twilight_http_proxy: None,
+            presence: Presence::default(),
+            large_threshold: 250,
+            cache: Flags::default(),
+            identify_window: Duration::from_secs(5),
+            guild_load_timeout: Duration::from_secs(15),
+            event_capacity: 16_384,
+            queue: None,
+        }
+    }
+}
+
+/// The presence shards identify with: the config's `status` and `activity`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Presence {
+    /// `online`, `idle`, `dnd`, `invisible` or `offline`.
+    pub status: String,
+    /// One activity, or none.
+    pub activity: Option<Activity>,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self {
+            status: "online".to_owned(),
+            activity: None,
+        }
+    }
+}
+
+/// An activity a bot may set: Discord allows only these fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Activity {
+    /// `type`: 0 playing, 1 streaming, 2 listening, 3 watching, 4 custom,
+    /// 5 competing.
+    pub kind: u8,
+    /// `name`; `{{shard}}` is replaced by each shard's id.
+    pub name: String,
+    /// `url` (streaming only).
+    pub url: Option<String>,
+}
+
+impl Activity {
+    /// An activity of `kind` named `name`.
+    #[must_use]
+    pub fn new(kind: u8, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            url: None,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Every upstream Discord shard of a range, connected up front: identifies
+//! paced, guild state kept, dispatches handed on in order, exactly once.
+//!
+//! A [`Pool`] asks `GET /gateway/bot` (through twilight-http) for the shard
+//! count and the identify limits, refuses to start when the day's
+//! identifies would not cover its shards, and runs one twilight-gateway
+//! shard per id in `shard_start..shard_end`, each in its own task. Each
+//! upstream payload goes through one pipeline:
+//!
+//! 1. `seqpatch::scan` finds `op`, `t`, `s` and `d` without parsing; only
+//!    dispatches go on.
+//! 2. The shard's `state_cache::Cache` applies it, if its flags need that
+//!    dispatch (most are never parsed).
+//! 3. It gets the shard's next event index and goes to every subscriber as
+//!    [`ShardEvent::Dispatch`]: the payload as `Bytes`, byte for byte, and
+//!    its scan.
+//!
+//! A dispatch that a resume replays a second time is dropped, so
+//! subscribers see each once, in order, across upstream reconnects. A new
+//! READY (the upstream session was replaced) is handed on as
+//! [`ShardEvent::Reset`]: what happened in between is lost upstream, so the
+//! proxy ends its clients' sessions and they identify again.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), shard_pool::Error> {
+//! use shard_pool::{Pool, PoolConfig, ShardEvent};
+//!
+//! let mut config = PoolConfig::new("my-token", 1 | 1 << 9);
+//! config.api_base = Some("http://127.0.0.1:9001/api".to_owned());
+//! let pool = Pool::start(config).await?;
+//! let shard = &pool.shards()[0];
+//! shard.ready().await;
+//!
+//! // A client's READY, and every event after it.
+//! let mut snapshot = shard.snapshot(|cache| cache.guild_ids().count());
+//! println!("{} guilds, state at event {}", snapshot.value, snapshot.index);
+//! while let Ok(event) = snapshot.events.recv().await {
+//!     if let ShardEvent::Dispatch(dispatch) = event {
+//!         println!("{} {:?}", dispatch.index, dispatch.event_type());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Pacing
+//!
+//! Identifies wait for their turn in a [`Queue`]: by default a
+//! [`PacedQueue`] (bucket `shard_id % max_concurrency`, one identify per
+//! bucket per window, the daily limit); a deployment across machines plugs
+//! in a shared one.
+//!
+//! # Compression
+//!
+//! Upstream uses zstd-stream by default; build with
+//! `--no-default-features --features zlib` for zlib-stream (twilight
+//! chooses at compile time, and zstd wins when both are on).
+
+mod config;
+mod error;
+mod pipeline;
+mod pool;
+mod queue;
+mod rest;
+mod shard;
+
+pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
+pub use crate::error::{Error, ErrorKind};
+pub use crate::pipeline::{Dispatch, ShardEvent};
+pub use crate::pool::Pool;
+pub use crate::queue::{PacedQueue, Queue};
+pub use crate::rest::GatewayInfo;
+pub use crate::shard::{ShardHandle, ShardState, ShardStatus, Snapshot};
+pub use state_cache::{Cache, Flags, Session};

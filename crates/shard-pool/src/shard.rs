@@ -1,0 +1,325 @@
+//! One shard: its task, which polls twilight's shard and runs each payload
+//! through the pipeline, and the handle the rest of the proxy uses.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use state_cache::{Cache, Stats};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use twilight_gateway::{Message, MessageSender, Shard};
+
+use crate::error::{Error, ErrorKind};
+use crate::pipeline::{Core, ShardEvent};
+use crate::queue::SharedQueue;
+
+/// Where a shard's upstream connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShardState {
+    /// Not connected yet.
+    Connecting,
+    /// Connected, waiting for its identify turn or for READY.
+    Identifying,
+    /// Reconnected, waiting for RESUMED.
+    Resuming,
+    /// Identified and receiving events.
+    Active,
+    /// Lost its connection; reconnecting.
+    Disconnected {
+        /// Attempts so far.
+        reconnect_attempts: u8,
+    },
+    /// Closed by Discord with a code that forbids reconnecting (4004,
+    /// 4010–4014); the shard has stopped.
+    FatallyClosed,
+}
+
+impl ShardState {
+    /// The state's name, in lower case, for metrics and `/ready`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Identifying => "identifying",
+            Self::Resuming => "resuming",
+            Self::Active => "active",
+            Self::Disconnected { .. } => "disconnected",
+            Self::FatallyClosed => "fatally_closed",
+        }
+    }
+}
+
+impl From<twilight_gateway::ShardState> for ShardState {
+    fn from(state: twilight_gateway::ShardState) -> Self {
+        use twilight_gateway::ShardState as S;
+        match state {
+            S::Active => Self::Active,
+            S::Disconnected { reconnect_attempts } => Self::Disconnected { reconnect_attempts },
+            S::FatallyClosed => Self::FatallyClosed,
+            S::Identifying => Self::Identifying,
+            S::Resuming => Self::Resuming,
+        }
+    }
+}
+
+/// A shard's status, for metrics and `/ready`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ShardStatus {
+    /// The shard id.
+    pub id: u32,
+    /// Its connection.
+    pub state: ShardState,
+    /// Whether clients can be served: active, and every guild READY named
+    /// has arrived (or the load timeout passed).
+    pub ready: bool,
+    /// The latest heartbeat round trip.
+    pub latency: Option<Duration>,
+    /// The close code of the last upstream close, if any.
+    pub close_code: Option<u16>,
+    /// The index of the last event handed on.
+    pub index: u64,
+    /// Dispatches received, by name.
+    pub events: BTreeMap<Box<str>, u64>,
+    /// Dispatches repeated by a resume, dropped.
+    pub duplicates: u64,
+    /// Payloads that were not gateway payloads, dropped.
+    pub malformed: u64,
+    /// Dispatches the state cache could not apply.
+    pub cache_errors: u64,
+    /// What the state cache holds.
+    pub cache: Stats,
+    /// Guilds READY named that have not arrived yet.
+    pub pending_guilds: usize,
+}
+
+/// What the shard task last saw of twilight's shard.
+#[derive(Debug)]
+struct Sampled {
+    state: ShardState,
+    latency: Option<Duration>,
+    close_code: Option<u16>,
+    /// When the current session's READY came.
+    ready_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    id: u32,
+    core: Mutex<Core>,
+    events: broadcast::Sender<ShardEvent>,
+    sampled: Mutex<Sampled>,
+    ready: watch::Sender<bool>,
+    sender: MessageSender,
+    load_timeout: Duration,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A state snapshot and the events after it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Snapshot<T> {
+    /// What the snapshot function made of the state.
+    pub value: T,
+    /// The index of the last event the state includes.
+    pub index: u64,
+    /// Every event after `index`.
+    pub events: broadcast::Receiver<ShardEvent>,
+}
+
+/// A shard of the pool: its events, its state, its status, its commands.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShardHandle {
+    shared: Arc<Shared>,
+}
+
+impl ShardHandle {
+    pub(crate) fn new(
+        id: u32,
+        core: Core,
+        sender: MessageSender,
+        capacity: usize,
+        load_timeout: Duration,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                id,
+                core: Mutex::new(core),
+                events: broadcast::Sender::new(capacity.max(1)),
+                sampled: Mutex::new(Sampled {
+                    state: ShardState::Connecting,
+                    latency: None,
+                    close_code: None,
+                    ready_at: None,
+                }),
+                ready: watch::Sender::new(false),
+                sender,
+                load_timeout,
+            }),
+        }
+    }
+
+    /// The shard id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.shared.id
+    }
+
+    /// Runs `f` on the shard's state and subscribes to the events after it,
+    /// atomically: events are applied and handed on under the same lock, so
+    /// the receiver starts exactly after the state `f` saw.
+    pub fn snapshot<T>(&self, f: impl FnOnce(&Cache) -> T) -> Snapshot<T> {
+        let core = lock(&self.shared.core);
+        let value = f(&core.cache);
+        Snapshot {
+            value,
+            index: core.index,
+            events: self.shared.events.subscribe(),
+        }
+    }
+
+    /// Subscribes to the events after the current one; returns the index
+    /// of the current one.
+    #[must_use]
+    pub fn subscribe(&self) -> (u64, broadcast::Receiver<ShardEvent>) {
+        let core = lock(&self.shared.core);
+        (core.index, self.shared.events.subscribe())
+    }
+
+    /// Whether clients can be served now; see [`ShardStatus::ready`].
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        *self.shared.ready.borrow()
+    }
+
+    /// Waits until clients can be served; see [`ShardStatus::ready`].
+    pub async fn ready(&self) {
+        let mut ready = self.shared.ready.subscribe();
+        // The sender lives as long as `self`, so this ends only when ready.
+        let _ = ready.wait_for(|ready| *ready).await;
+    }
+
+    /// Sends a command (raw JSON) upstream, byte for byte, within the
+    /// shard's 120-per-60-s limit: commands over it wait, none is dropped.
+    ///
+    /// # Errors
+    ///
+    /// If the shard's task has stopped.
+    pub fn send(&self, json: String) -> Result<(), Error> {
+        self.shared
+            .sender
+            .send(json)
+            .map_err(|_| Error::new(ErrorKind::Closed(self.shared.id)))
+    }
+
+    /// The shard's status now.
+    #[must_use]
+    pub fn status(&self) -> ShardStatus {
+        let (state, latency, close_code) = {
+            let sampled = lock(&self.shared.sampled);
+            (sampled.state, sampled.latency, sampled.close_code)
+        };
+        let core = lock(&self.shared.core);
+        ShardStatus {
+            id: self.shared.id,
+            state,
+            ready: self.is_ready(),
+            latency,
+            close_code,
+            index: core.index,
+            events: core.events.clone(),
+            duplicates: core.duplicates,
+            malformed: core.malformed,
+            cache_errors: core.cache_errors,
+            cache: core.cache.stats(),
+            pending_guilds: core.cache.pending_guilds(),
+        }
+    }
+
+    /// Takes one upstream payload through the pipeline and hands on what
+    /// comes out, under the lock snapshots take.
+    fn handle(&self, payload: Bytes) {
+        let mut core = lock(&self.shared.core);
+        if let Some(event) = core.handle(payload) {
+            if matches!(event, ShardEvent::Reset { .. }) {
+                lock(&self.shared.sampled).ready_at = Some(Instant::now());
+            }
+            // No subscriber is fine: nobody is listening yet.
+            let _ = self.shared.events.send(event);
+        }
+    }
+
+    /// Records what twilight's shard says now, and whether that makes the
+    /// shard ready.
+    fn sample(&self, shard: &Shard<SharedQueue>) {
+        let state = ShardState::from(shard.state());
+        let pending = lock(&self.shared.core).cache.pending_guilds();
+        let mut sampled = lock(&self.shared.sampled);
+        sampled.state = state;
+        if let Some(latency) = shard.latency().recent().first() {
+            sampled.latency = Some(*latency);
+        }
+        let loaded = pending == 0
+            || sampled
+                .ready_at
+                .is_some_and(|at| at.elapsed() >= self.shared.load_timeout);
+        let ready = state == ShardState::Active && sampled.ready_at.is_some() && loaded;
+        self.shared.ready.send_if_modified(|was| {
+            let changed = *was != ready;
+            *was = ready;
+            changed
+        });
+    }
+
+    /// When the shard counts as loaded even if guilds are still missing.
+    fn load_deadline(&self) -> Option<Instant> {
+        let sampled = lock(&self.shared.sampled);
+        if *self.shared.ready.borrow() {
+            return None;
+        }
+        sampled.ready_at.map(|at| at + self.shared.load_timeout)
+    }
+
+    /// Runs the shard until it is fatally closed.
+    pub(crate) async fn run(self, mut shard: Shard<SharedQueue>) {
+        let id = self.id();
+        loop {
+            let next = poll_fn(|cx| Pin::new(&mut shard).poll_next(cx));
+            let message = match self.load_deadline() {
+                Some(deadline) => tokio::select! {
+                    message = next => message,
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.sample(&shard);
+                        continue;
+                    }
+                },
+                None => next.await,
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => self.handle(Bytes::from(text)),
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| f.code);
+                    tracing::info!(shard = id, ?code, "upstream closed");
+                    lock(&self.shared.sampled).close_code = code;
+                }
+                Some(Err(error)) => tracing::warn!(shard = id, %error, "upstream receive error"),
+                None => {
+                    self.sample(&shard);
+                    tracing::error!(shard = id, "shard fatally closed; it will not reconnect");
+                    return;
+                }
+            }
+            self.sample(&shard);
+        }
+    }
+}
