@@ -21,7 +21,11 @@ pub use twilight_gateway::queue::Queue;
 /// and when the day's identifies are used up, the next waits for the reset.
 ///
 /// Turns are given in the order shards ask, so a bucket's shards identify
-/// in that order, one window apart.
+/// in that order, one window apart, plus a twentieth of the window
+/// (`MARGIN`): a turn is the time an IDENTIFY may leave, and the gateway
+/// measures the time it arrives, so two identifies exactly a window apart
+/// could arrive a little less than a window apart and the second be
+/// refused.
 #[derive(Clone, Debug)]
 pub struct PacedQueue {
     state: Arc<Mutex<Pacing>>,
@@ -41,6 +45,10 @@ struct Pacing {
     day_start: Instant,
     reset_at: Instant,
 }
+
+/// The part of a window added between two turns of a bucket, against
+/// network and scheduling jitter: a twentieth.
+pub(crate) const MARGIN: u32 = 20;
 
 /// The length of Discord's identify day.
 const DAY: Duration = Duration::from_hours(24);
@@ -90,8 +98,8 @@ impl PacedQueue {
         if let Some(&free) = pacing.next.get(&bucket) {
             at = at.max(free);
         }
-        let window = pacing.window;
-        pacing.next.insert(bucket, at + window);
+        let spacing = pacing.window + pacing.window / MARGIN;
+        pacing.next.insert(bucket, at + spacing);
         at
     }
 }
@@ -131,7 +139,8 @@ mod tests {
             .into_iter()
             .map(|id| (id, queue.turn(id) - start))
             .collect();
-        let secs = |s| Duration::from_secs(s);
+        // A window and its margin: 5.25 s.
+        let secs = |s: u64| Duration::from_millis(s * 5250 / 5);
         assert_eq!(
             turns,
             [
@@ -164,6 +173,6 @@ mod tests {
         let start = Instant::now();
         queue.enqueue(0).await.unwrap();
         queue.enqueue(1).await.unwrap();
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(start.elapsed(), Duration::from_millis(5250));
     }
 }

@@ -1,0 +1,173 @@
+//! Start-up: the range, the state, pacing, commands, and refusals.
+
+use std::time::Duration;
+
+use discord_sim::World;
+use serde_json::Value;
+use shard_pool::{ErrorKind, Pool, ShardEvent, ShardState};
+
+use super::{assert_contiguous, config, marked, ready, sim};
+
+#[tokio::test]
+async fn every_shard_becomes_ready_with_its_guilds_and_hands_on_events_in_order() {
+    let sim = sim(|c| {
+        c.shards = 2;
+        c.guilds = 6;
+        c.unavailable_guilds = 1;
+    })
+    .await;
+    let pool = Pool::start(config(&sim)).await.unwrap();
+    assert_eq!((pool.total(), pool.range()), (2, 0..2));
+    ready(&pool, 10).await;
+    let world = sim.world();
+    for shard in pool.shards() {
+        let status = shard.status();
+        assert_eq!(status.state, ShardState::Active);
+        assert_eq!(status.pending_guilds, 0);
+        let mut snapshot = shard.snapshot(|cache| cache.guild_ids().collect::<Vec<_>>());
+        let truth: Vec<u64> = world.guilds_of(shard.id(), 2).map(|g| g.id).collect();
+        assert_eq!(snapshot.value, truth, "shard {}", shard.id());
+        let markers = marked(&mut snapshot.events, 20).await;
+        assert!(markers.iter().all(|(s, _)| *s == u64::from(shard.id())));
+        assert_contiguous(&markers);
+    }
+    assert_eq!(sim.identifies_refused(), 0);
+    // zstd-stream by default; zlib-stream when built with only `zlib`.
+    let expected = if cfg!(feature = "zstd") {
+        "compress=zstd-stream"
+    } else {
+        "compress=zlib-stream"
+    };
+    for connection in sim.connections() {
+        assert!(connection.query.contains(expected), "{}", connection.query);
+    }
+}
+
+#[tokio::test]
+async fn a_range_that_starts_past_zero_runs_only_its_shards() {
+    let sim = sim(|c| c.shards = 4).await;
+    let mut config = config(&sim);
+    config.shard_start = 2;
+    let pool = Pool::start(config).await.unwrap();
+    assert_eq!((pool.total(), pool.range()), (4, 2..4));
+    assert!(pool.shard(1).is_none());
+    ready(&pool, 10).await;
+    for id in [2, 3] {
+        let shard = pool.shard(id).unwrap();
+        let (_, mut events) = shard.subscribe();
+        let markers = marked(&mut events, 5).await;
+        assert!(
+            markers.iter().all(|(s, _)| *s == u64::from(id)),
+            "{markers:?}"
+        );
+    }
+    let identified: Vec<u32> = sim.connections().iter().filter_map(|c| c.shard).collect();
+    assert!(identified.iter().all(|s| *s >= 2), "{identified:?}");
+}
+
+#[tokio::test]
+async fn identifies_are_paced_as_discord_asks() {
+    let sim = sim(|c| {
+        c.shards = 8;
+        c.max_concurrency = 2;
+        c.identify_interval = Duration::from_millis(300);
+        c.events_per_sec = 0;
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    let pool = Pool::start(config(&sim)).await.unwrap();
+    ready(&pool, 20).await;
+    // Four identifies per bucket, one window apart.
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        sim.identifies_refused(),
+        0,
+        "never two in one bucket within the window"
+    );
+    assert_eq!(sim.identifies_remaining(), 1000 - 8);
+}
+
+#[tokio::test]
+async fn commands_go_upstream_byte_for_byte_and_answers_come_back() {
+    let sim = sim(|c| c.events_per_sec = 0).await;
+    let pool = Pool::start(config(&sim)).await.unwrap();
+    ready(&pool, 10).await;
+    let shard = &pool.shards()[0];
+    let guild = sim.world().guilds[0].id;
+    let (_, mut events) = shard.subscribe();
+    let command = format!(
+        r#"{{"op":8,"d":{{"guild_id":"{guild}","query":"","limit":0,"nonce":"pool-test"}}}}"#
+    );
+    shard.send(command.clone()).unwrap();
+    let chunk = loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let ShardEvent::Dispatch(d) = event
+            && d.event_type() == Some("GUILD_MEMBERS_CHUNK")
+        {
+            break d;
+        }
+    };
+    let d: Value = serde_json::from_slice(chunk.scan.d(&chunk.payload).unwrap()).unwrap();
+    assert_eq!(d["nonce"], "pool-test");
+    let received = sim
+        .connections()
+        .iter()
+        .flat_map(|c| c.received.clone())
+        .any(|text| text == command);
+    assert!(received, "the sim got the command byte for byte");
+}
+
+#[tokio::test]
+async fn a_wrong_token_or_too_few_identifies_stops_start_with_a_clear_error() {
+    let sim = sim(|c| {
+        c.shards = 3;
+        c.session_start_total = 2;
+    })
+    .await;
+    let mut wrong = config(&sim);
+    wrong.token = "not-the-token".to_owned();
+    let error = Pool::start(wrong).await.unwrap_err();
+    assert!(matches!(error.kind(), ErrorKind::Rest(_)), "{error}");
+    assert!(error.to_string().contains("401"), "{error}");
+
+    let error = Pool::start(config(&sim)).await.unwrap_err();
+    assert!(
+        matches!(
+            error.kind(),
+            ErrorKind::SessionStartLimit {
+                remaining: 2,
+                needed: 3,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(sim.identifies_remaining(), 2, "nothing was identified");
+
+    let mut bad = config(&sim);
+    bad.api_base = Some("127.0.0.1:1/api".to_owned());
+    assert!(matches!(
+        Pool::start(bad).await.unwrap_err().kind(),
+        ErrorKind::Config(_)
+    ));
+}
+
+#[tokio::test]
+async fn the_shard_of_a_guild_is_discords() {
+    let sim = sim(|c| {
+        c.shards = 3;
+        c.events_per_sec = 0;
+    })
+    .await;
+    let pool = Pool::start(config(&sim)).await.unwrap();
+    for guild in &sim.world().guilds {
+        assert_eq!(pool.shard_of_guild(guild.id), World::shard_of(guild.id, 3));
+    }
+}
