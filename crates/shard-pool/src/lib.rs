@@ -65,7 +65,7 @@ mod shard;
 
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
 pub use crate::error::{Error, ErrorKind};
-pub use crate::pipeline::{Dispatch, ShardEvent};
+pub use crate::pipeline::{Dispatch, Pipeline, ShardEvent};
 pub use crate::pool::Pool;
 pub use crate::queue::{PacedQueue, Queue};
 pub use crate::rest::GatewayInfo;

@@ -1,8 +1,8 @@
 //! What happens to each payload a shard receives: scanned, applied to the
 //! state cache when the flags need it, numbered and handed on. No I/O: the
-//! shard task calls [`Core::handle`] under the shard's lock and publishes
-//! what it returns under the same lock, so a snapshot taken under it is
-//! exactly the state before the next event.
+//! shard task calls [`Pipeline::handle`] under the shard's lock and
+//! publishes what it returns under the same lock, so a snapshot taken under
+//! it is exactly the state before the next event.
 
 use std::collections::BTreeMap;
 
@@ -62,9 +62,22 @@ impl Dispatch {
     }
 }
 
-/// The state of one shard's pipeline.
+/// One shard's pipeline, without I/O: payloads in, [`ShardEvent`]s out,
+/// the shard's state cache kept on the way.
+///
+/// ```
+/// use bytes::Bytes;
+/// use shard_pool::{Flags, Pipeline, ShardEvent};
+///
+/// let mut pipeline = Pipeline::new(Flags::default());
+/// let ack = Bytes::from_static(br#"{"t":null,"s":null,"op":11,"d":null}"#);
+/// assert!(pipeline.handle(ack).is_none(), "only dispatches are handed on");
+/// let message = Bytes::from_static(br#"{"t":"MESSAGE_CREATE","s":2,"op":0,"d":{"content":"hi"}}"#);
+/// let Some(ShardEvent::Dispatch(dispatch)) = pipeline.handle(message) else { panic!() };
+/// assert_eq!((dispatch.index, dispatch.event_type()), (1, Some("MESSAGE_CREATE")));
+/// ```
 #[derive(Debug)]
-pub(crate) struct Core {
+pub struct Pipeline {
     pub(crate) cache: Cache,
     /// The index of the last event handed on.
     pub(crate) index: u64,
@@ -80,8 +93,10 @@ pub(crate) struct Core {
     pub(crate) cache_errors: u64,
 }
 
-impl Core {
-    pub(crate) fn new(flags: Flags) -> Self {
+impl Pipeline {
+    /// A pipeline whose state cache keeps what `flags` says.
+    #[must_use]
+    pub fn new(flags: Flags) -> Self {
         Self {
             cache: Cache::new(flags),
             index: 0,
@@ -94,8 +109,10 @@ impl Core {
     }
 
     /// Takes one payload from upstream; returns what to hand on, if
-    /// anything.
-    pub(crate) fn handle(&mut self, payload: Bytes) -> Option<ShardEvent> {
+    /// anything: dispatches (numbered), and a reset for each READY.
+    /// Everything else, repeats after a resume, RESUMED and payloads that
+    /// are not gateway payloads are not handed on.
+    pub fn handle(&mut self, payload: Bytes) -> Option<ShardEvent> {
         let scan = match seqpatch::scan(&payload) {
             Ok(scan) => scan,
             Err(error) => {
@@ -149,6 +166,18 @@ impl Core {
         }))
     }
 
+    /// The shard's state cache.
+    #[must_use]
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The index of the last event handed on.
+    #[must_use]
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
     fn apply(&mut self, t: &str, scan: &Scan, payload: &[u8]) {
         let d = scan.d(payload).unwrap_or(b"null");
         if let Err(error) = self.cache.apply(t, d) {
@@ -164,7 +193,7 @@ mod tests {
 
     const READY: &str = r#"{"t":"READY","s":1,"op":0,"d":{"v":10,"user":{"id":"10","username":"bot","discriminator":"0","avatar":null,"mfa_enabled":true},"guilds":[{"id":"20","unavailable":true}],"session_id":"x","resume_gateway_url":"ws://x","application":{"id":"10","flags":0}}}"#;
 
-    fn handle(core: &mut Core, text: &str) -> Option<ShardEvent> {
+    fn handle(core: &mut Pipeline, text: &str) -> Option<ShardEvent> {
         core.handle(Bytes::copy_from_slice(text.as_bytes()))
     }
 
@@ -174,7 +203,7 @@ mod tests {
 
     #[test]
     fn dispatches_are_numbered_in_order_and_the_rest_is_not_handed_on() {
-        let mut core = Core::new(Flags::default());
+        let mut core = Pipeline::new(Flags::default());
         assert!(matches!(
             handle(&mut core, READY),
             Some(ShardEvent::Reset { index: 1 })
@@ -194,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_resume_that_replays_what_was_seen_hands_on_no_duplicate() {
-        let mut core = Core::new(Flags::default());
+        let mut core = Pipeline::new(Flags::default());
         handle(&mut core, READY);
         for s in 2..=5 {
             assert!(handle(&mut core, &dispatch("TYPING_START", s, "{}")).is_some());
@@ -212,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_new_ready_resets_and_numbering_goes_on() {
-        let mut core = Core::new(Flags::default());
+        let mut core = Pipeline::new(Flags::default());
         handle(&mut core, READY);
         handle(&mut core, &dispatch("TYPING_START", 2, "{}"));
         assert!(matches!(
@@ -228,7 +257,7 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_counted_and_dropped() {
-        let mut core = Core::new(Flags::default());
+        let mut core = Pipeline::new(Flags::default());
         handle(&mut core, READY);
         assert!(handle(&mut core, "not json").is_none());
         assert_eq!(core.malformed, 1);

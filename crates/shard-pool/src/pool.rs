@@ -10,7 +10,7 @@ use twilight_model::gateway::presence::{ActivityType, MinimalActivity, Status};
 
 use crate::config::{PoolConfig, Presence};
 use crate::error::{Error, ErrorKind};
-use crate::pipeline::Core;
+use crate::pipeline::Pipeline;
 use crate::queue::{PacedQueue, SharedQueue};
 use crate::rest::{self, GatewayInfo};
 use crate::shard::{ShardHandle, ShardStatus};
@@ -111,7 +111,7 @@ impl Pool {
             let shard = Shard::with_config(ShardId::new(id, total), shard_config);
             let handle = ShardHandle::new(
                 id,
-                Core::new(config.cache),
+                Pipeline::new(config.cache),
                 shard.sender(),
                 config.event_capacity,
                 config.guild_load_timeout,

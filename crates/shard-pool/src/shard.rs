@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use twilight_gateway::{Message, MessageSender, Shard};
 
 use crate::error::{Error, ErrorKind};
-use crate::pipeline::{Core, ShardEvent};
+use crate::pipeline::{Pipeline, ShardEvent};
 use crate::queue::SharedQueue;
 
 /// Where a shard's upstream connection is.
@@ -112,7 +112,7 @@ struct Sampled {
 #[derive(Debug)]
 pub(crate) struct Shared {
     id: u32,
-    core: Mutex<Core>,
+    core: Mutex<Pipeline>,
     events: broadcast::Sender<ShardEvent>,
     sampled: Mutex<Sampled>,
     ready: watch::Sender<bool>,
@@ -146,7 +146,7 @@ pub struct ShardHandle {
 impl ShardHandle {
     pub(crate) fn new(
         id: u32,
-        core: Core,
+        core: Pipeline,
         sender: MessageSender,
         capacity: usize,
         load_timeout: Duration,
