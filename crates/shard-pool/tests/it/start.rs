@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use discord_sim::World;
 use serde_json::Value;
-use shard_pool::{ErrorKind, Pool, ShardEvent, ShardState};
+use shard_pool::{Activity, ErrorKind, Pool, ShardEvent, ShardState};
 
 use super::{assert_contiguous, config, marked, ready, sim};
 
@@ -122,6 +122,75 @@ async fn commands_go_upstream_byte_for_byte_and_answers_come_back() {
         .flat_map(|c| c.received.clone())
         .any(|text| text == command);
     assert!(received, "the sim got the command byte for byte");
+}
+
+#[tokio::test]
+async fn a_burst_of_commands_arrives_whole_in_order_without_a_rate_limit_close() {
+    let sim = sim(|c| c.events_per_sec = 0).await;
+    let pool = Pool::start(config(&sim)).await.unwrap();
+    ready(&pool, 10).await;
+    let shard = &pool.shards()[0];
+    let commands: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"op":3,"d":{{"since":{i},"activities":[],"status":"online","afk":false}}}}"#
+            )
+        })
+        .collect();
+    for command in &commands {
+        shard.send(command.clone()).unwrap();
+    }
+    let received = || -> Vec<String> {
+        sim.connections()
+            .iter()
+            .flat_map(|c| c.received.clone())
+            .filter(|text| text.starts_with(r#"{"op":3"#))
+            .collect()
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while received().len() < commands.len() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        received(),
+        commands,
+        "every command, byte for byte, in order"
+    );
+    let connections = sim.connections();
+    assert!(connections.iter().all(|c| c.open), "no 4008 close");
+}
+
+#[tokio::test]
+async fn shards_identify_with_the_configured_presence() {
+    let sim = sim(|c| {
+        c.shards = 2;
+        c.events_per_sec = 0;
+    })
+    .await;
+    let mut config = config(&sim);
+    config.presence.status = "dnd".to_owned();
+    config.presence.activity = Some(Activity::new(3, "shard {{shard}} of the proxy"));
+    let pool = Pool::start(config).await.unwrap();
+    ready(&pool, 10).await;
+    for connection in sim.connections() {
+        let identify = connection
+            .received
+            .iter()
+            .find(|text| text.contains(r#""op":2"#))
+            .unwrap();
+        let identify: Value = serde_json::from_str(identify).unwrap();
+        let presence = &identify["d"]["presence"];
+        let shard = identify["d"]["shard"][0].as_u64().unwrap();
+        assert_eq!(presence["status"], "dnd");
+        assert_eq!(presence["activities"][0]["type"], 3);
+        assert_eq!(
+            presence["activities"][0]["name"],
+            format!("shard {shard} of the proxy")
+        );
+    }
 }
 
 #[tokio::test]
