@@ -48,6 +48,10 @@ pub struct PoolConfig {
     pub guild_load_timeout: Duration,
     /// Dispatches a subscriber may fall behind before it misses some.
     pub event_capacity: usize,
+    /// The most dispatches each shard's replay ring keeps.
+    pub replay_max_events: usize,
+    /// The most payload bytes each shard's replay ring keeps.
+    pub replay_max_bytes: usize,
     /// Identify pacing shared with other processes; `None` paces within
     /// this pool by `max_concurrency` and `identify_window`.
     pub queue: Option<Arc<dyn Queue + Send + Sync>>,
@@ -70,6 +74,8 @@ impl fmt::Debug for PoolConfig {
             .field("identify_window", &self.identify_window)
             .field("guild_load_timeout", &self.guild_load_timeout)
             .field("event_capacity", &self.event_capacity)
+            .field("replay_max_events", &self.replay_max_events)
+            .field("replay_max_bytes", &self.replay_max_bytes)
             .field("queue", &self.queue.as_ref().map(|_| "shared"))
             .finish()
     }
@@ -94,6 +100,8 @@ impl PoolConfig {
             identify_window: Duration::from_secs(5),
             guild_load_timeout: Duration::from_secs(15),
             event_capacity: 16_384,
+            replay_max_events: 16_384,
+            replay_max_bytes: 32 << 20,
             queue: None,
         }
     }

@@ -61,6 +61,7 @@ mod pipeline;
 mod pool;
 mod queue;
 mod rest;
+mod ring;
 mod shard;
 
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};

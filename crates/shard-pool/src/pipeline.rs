@@ -10,6 +10,8 @@ use bytes::Bytes;
 use seqpatch::Scan;
 use state_cache::{Cache, Flags};
 
+use crate::ring::Ring;
+
 /// What subscribers of a shard receive, in upstream order. Each carries the
 /// shard's event index, which only ever increases, one by one.
 #[derive(Clone, Debug)]
@@ -79,6 +81,8 @@ impl Dispatch {
 #[derive(Debug)]
 pub struct Pipeline {
     pub(crate) cache: Cache,
+    /// The latest dispatches, for resumes.
+    pub(crate) ring: Ring,
     /// The index of the last event handed on.
     pub(crate) index: u64,
     /// The upstream `s` of the last dispatch of this session.
@@ -94,11 +98,20 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline whose state cache keeps what `flags` says.
+    /// A pipeline whose state cache keeps what `flags` says, with a replay
+    /// ring of the default bounds (see [`Pipeline::with_ring`]).
     #[must_use]
     pub fn new(flags: Flags) -> Self {
+        Self::with_ring(flags, 16_384, 32 << 20)
+    }
+
+    /// A pipeline whose replay ring keeps at most `max_events` dispatches
+    /// and `max_bytes` of payload.
+    #[must_use]
+    pub fn with_ring(flags: Flags, max_events: usize, max_bytes: usize) -> Self {
         Self {
             cache: Cache::new(flags),
+            ring: Ring::new(max_events, max_bytes),
             index: 0,
             last_seq: None,
             events: BTreeMap::new(),
@@ -136,6 +149,7 @@ impl Pipeline {
             self.last_seq = seq;
             self.apply(t, &scan, &payload);
             self.index += 1;
+            self.ring.reset(self.index);
             return Some(ShardEvent::Reset { index: self.index });
         }
         // A resume replays from the last `s` twilight saw; anything at or
@@ -159,11 +173,13 @@ impl Pipeline {
             self.apply(t, &scan, &payload);
         }
         self.index += 1;
-        Some(ShardEvent::Dispatch(Dispatch {
+        let dispatch = Dispatch {
             index: self.index,
             payload,
             scan,
-        }))
+        };
+        self.ring.push(dispatch.clone());
+        Some(ShardEvent::Dispatch(dispatch))
     }
 
     /// The shard's state cache.

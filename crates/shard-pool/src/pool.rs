@@ -111,7 +111,11 @@ impl Pool {
             let shard = Shard::with_config(ShardId::new(id, total), shard_config);
             let handle = ShardHandle::new(
                 id,
-                Pipeline::new(config.cache),
+                Pipeline::with_ring(
+                    config.cache,
+                    config.replay_max_events,
+                    config.replay_max_bytes,
+                ),
                 shard.sender(),
                 config.event_capacity,
                 config.guild_load_timeout,

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use twilight_gateway::{Message, MessageSender, Shard};
 
 use crate::error::{Error, ErrorKind};
-use crate::pipeline::{Pipeline, ShardEvent};
+use crate::pipeline::{Dispatch, Pipeline, ShardEvent};
 use crate::queue::SharedQueue;
 
 /// Where a shard's upstream connection is.
@@ -95,6 +95,8 @@ pub struct ShardStatus {
     pub cache_errors: u64,
     /// What the state cache holds.
     pub cache: Stats,
+    /// Dispatches and payload bytes in the replay ring.
+    pub ring: (usize, usize),
     /// Guilds READY named that have not arrived yet.
     pub pending_guilds: usize,
 }
@@ -188,6 +190,23 @@ impl ShardHandle {
         }
     }
 
+    /// The dispatches after `index` that the replay ring still holds, and a
+    /// subscription to every event after them, atomically: for a client that
+    /// resumes. `None` when some of them are gone (past the ring, or before
+    /// a reset).
+    #[must_use]
+    pub fn subscribe_from(
+        &self,
+        index: u64,
+    ) -> Option<(Vec<Dispatch>, broadcast::Receiver<ShardEvent>)> {
+        let core = lock(&self.shared.core);
+        if index > core.index {
+            return None;
+        }
+        let replay = core.ring.since(index)?;
+        Some((replay, self.shared.events.subscribe()))
+    }
+
     /// Subscribes to the events after the current one; returns the index
     /// of the current one.
     #[must_use]
@@ -242,6 +261,7 @@ impl ShardHandle {
             malformed: core.malformed,
             cache_errors: core.cache_errors,
             cache: core.cache.stats(),
+            ring: core.ring.len_bytes(),
             pending_guilds: core.cache.pending_guilds(),
         }
     }
