@@ -1,0 +1,916 @@
+//! `config.json`, compatible with the original gateway-proxy's.
+//!
+//! [`load`] layers three sources, the later winning key by key:
+//!
+//! 1. built-in defaults (the `#[serde(default)]`s below);
+//! 2. the JSON file: the path given (the `--config` flag), else the
+//!    `GATEWAY_PROXY_CONFIG` environment variable, else `./config.json`
+//!    (only this last one may be missing);
+//! 3. the environment: `TOKEN` for `token`, then `GATEWAY_PROXY_<KEY>`
+//!    with `__` between nested keys (`GATEWAY_PROXY_CACHE__MEMBERS=false`),
+//!    values parsed as figment's `Env` parses them.
+//!
+//! Every error is one [`ConfigError`] naming where the bad value came from
+//! (the file or the environment variable), the key and what was expected.
+//! `docs/configuration.md` documents every key.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::error::{Actual, Kind};
+use figment::providers::{Format, Json};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use proxy_server::ServerConfig;
+use serde::{Deserialize, Deserializer, Serialize};
+use shard_pool::{Activity, Flags, PoolConfig, Presence};
+
+/// The exit code of the binary when the configuration is bad: `EX_USAGE`
+/// of `sysexits.h`, so supervisors can tell a config error (do not restart
+/// in a loop) from a crash.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// The config file read when none is given.
+pub const DEFAULT_PATH: &str = "config.json";
+
+/// The environment variable that names the config file when no path is
+/// given (it is not a config key).
+pub const CONFIG_PATH_VAR: &str = "GATEWAY_PROXY_CONFIG";
+
+/// The prefix of the environment variables that set config keys.
+pub const ENV_PREFIX: &str = "GATEWAY_PROXY_";
+
+/// The environment variable that sets `token`, as in the original.
+pub const TOKEN_VAR: &str = "TOKEN";
+
+/// The statuses Discord accepts in IDENTIFY's presence.
+pub const STATUSES: &[&str] = &["online", "idle", "dnd", "invisible", "offline"];
+
+/// Keys whose values are strings: their environment variables are taken
+/// as they are, never parsed (a `GATEWAY_PROXY_ACTIVITY__NAME=1234` is the
+/// name "1234", not a number).
+const STRING_KEYS: &[&str] = &[
+    "log_level",
+    "token",
+    "status",
+    "externally_accessible_url",
+    "twilight_http_proxy",
+    "gateway_url",
+    "api_base",
+    "bind",
+    "activity.name",
+    "activity.url",
+];
+
+/// The name of the metadata of the environment layers, to tell them from
+/// the file when naming where a value came from.
+const ENV_METADATA: &str = "environment variable";
+
+/// The whole configuration: every key of the original gateway-proxy with
+/// its name and meaning, plus the new ones (`gateway_url`, `api_base`,
+/// `bind`, `session_ttl_secs`, `replay_max_events`, `replay_max_bytes`,
+/// `large_threshold`, and `cache.threads`, `cache.soundboard_sounds`).
+///
+/// Build it with [`load`]; [`Config::pool_config`] and
+/// [`Config::server_config`] turn it into what the two halves of the proxy
+/// take.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The tracing filter, e.g. `info` or `gateway_proxy=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// The bot token (with or without `Bot `). Required: an empty token is
+    /// an error of [`Config::validate`].
+    #[serde(default)]
+    pub token: String,
+    /// The gateway intents bitfield every shard identifies with. Required.
+    pub intents: u64,
+    /// The port clients and HTTP requests (`/metrics`, `/shard-count`,
+    /// `/health`, `/ready`) come to.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The activity every shard identifies with; `{{shard}}` in its name
+    /// is replaced by each shard's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<ActivityConfig>,
+    /// `online`, `idle`, `dnd`, `invisible` or `offline`.
+    #[serde(default = "default_status")]
+    pub status: String,
+    /// How many events may wait for one client before it counts as too
+    /// slow and is disconnected (it may resume).
+    #[serde(default = "default_backpressure")]
+    pub backpressure: usize,
+    /// Where clients reconnect to resume (READY's `resume_gateway_url`);
+    /// empty means `ws://127.0.0.1:{port}`, which [`load`] fills in.
+    #[serde(default)]
+    pub externally_accessible_url: String,
+    /// Whether a client's IDENTIFY must carry `token` (close 4004 if not).
+    #[serde(default = "default_true")]
+    pub validate_token: bool,
+    /// The bot's total shard count; `None` asks Discord
+    /// (`GET /gateway/bot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+    /// The first shard this proxy runs (inclusive).
+    #[serde(default)]
+    pub shard_start: u32,
+    /// The shard after the last one this proxy runs (exclusive); `None`
+    /// runs up to the total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_end: Option<u32>,
+    /// The original's REST proxy, `ip:port`, spoken to over HTTP;
+    /// `api_base` wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twilight_http_proxy: Option<String>,
+    /// What each shard's state cache keeps.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// The upstream gateway, e.g. `ws://127.0.0.1:9000`; `None` takes the
+    /// URL `GET /gateway/bot` gives (Discord's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_url: Option<String>,
+    /// The upstream REST base, e.g. `http://127.0.0.1:9001/api`; `None` is
+    /// Discord's. Wins over `twilight_http_proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
+    /// The address to listen on; the proxy listens on `bind:port`.
+    #[serde(default = "default_bind", deserialize_with = "ip_addr")]
+    pub bind: IpAddr,
+    /// How long, in seconds, a disconnected client's session can still be
+    /// resumed.
+    #[serde(default = "default_session_ttl_secs")]
+    pub session_ttl_secs: u64,
+    /// The most dispatches each shard's replay ring keeps.
+    #[serde(default = "default_replay_max_events")]
+    pub replay_max_events: usize,
+    /// The most payload bytes each shard's replay ring keeps.
+    #[serde(default = "default_replay_max_bytes")]
+    pub replay_max_bytes: usize,
+    /// IDENTIFY's `large_threshold`, 50 to 250: guilds with more members
+    /// come without their offline members.
+    #[serde(default = "default_large_threshold")]
+    pub large_threshold: u64,
+}
+
+/// The `activity` key: the original's (twilight's minimal activity).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityConfig {
+    /// `type`: 0 playing, 1 streaming, 2 listening, 3 watching, 4 custom,
+    /// 5 competing.
+    #[serde(rename = "type")]
+    pub kind: u8,
+    /// The name; `{{shard}}` is replaced by each shard's id.
+    pub name: String,
+    /// The stream URL (streaming only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The `cache` key: the original's eleven switches plus `threads` and
+/// `soundboard_sounds`. A missing switch takes [`Flags::default`]'s value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "one switch per resource, as in the config"
+)]
+pub struct CacheConfig {
+    /// Guild channels (not threads).
+    pub channels: bool,
+    /// Presences of members who are not offline.
+    pub presences: bool,
+    /// Custom emojis.
+    pub emojis: bool,
+    /// The bot's own member in each guild, even with `members` off.
+    pub current_member: bool,
+    /// Every member Discord sends.
+    pub members: bool,
+    /// Roles; off keeps only `@everyone`.
+    pub roles: bool,
+    /// Scheduled events.
+    pub scheduled_events: bool,
+    /// Stage instances.
+    pub stage_instances: bool,
+    /// Stickers.
+    pub stickers: bool,
+    /// Members' user objects follow `PRESENCE_UPDATE`'s user fields.
+    pub users: bool,
+    /// Voice states.
+    pub voice_states: bool,
+    /// Active threads (new).
+    pub threads: bool,
+    /// Soundboard sounds (new).
+    pub soundboard_sounds: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self::from(Flags::default())
+    }
+}
+
+impl From<Flags> for CacheConfig {
+    fn from(flags: Flags) -> Self {
+        Self {
+            channels: flags.channels,
+            presences: flags.presences,
+            emojis: flags.emojis,
+            current_member: flags.current_member,
+            members: flags.members,
+            roles: flags.roles,
+            scheduled_events: flags.scheduled_events,
+            stage_instances: flags.stage_instances,
+            stickers: flags.stickers,
+            users: flags.users,
+            voice_states: flags.voice_states,
+            threads: flags.threads,
+            soundboard_sounds: flags.soundboard_sounds,
+        }
+    }
+}
+
+impl From<CacheConfig> for Flags {
+    fn from(cache: CacheConfig) -> Self {
+        let mut flags = Flags::default();
+        flags.channels = cache.channels;
+        flags.presences = cache.presences;
+        flags.emojis = cache.emojis;
+        flags.current_member = cache.current_member;
+        flags.members = cache.members;
+        flags.roles = cache.roles;
+        flags.scheduled_events = cache.scheduled_events;
+        flags.stage_instances = cache.stage_instances;
+        flags.stickers = cache.stickers;
+        flags.users = cache.users;
+        flags.voice_states = cache.voice_states;
+        flags.threads = cache.threads;
+        flags.soundboard_sounds = cache.soundboard_sounds;
+        flags
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+const fn default_port() -> u16 {
+    7878
+}
+
+fn default_status() -> String {
+    "online".to_owned()
+}
+
+const fn default_backpressure() -> usize {
+    100
+}
+
+const fn default_true() -> bool {
+    true
+}
+
+const fn default_bind() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+
+const fn default_session_ttl_secs() -> u64 {
+    300
+}
+
+const fn default_replay_max_events() -> usize {
+    16_384
+}
+
+const fn default_replay_max_bytes() -> usize {
+    32 << 20
+}
+
+const fn default_large_threshold() -> u64 {
+    250
+}
+
+/// `bind`: an IP address written as a string, with an error that says so.
+fn ip_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::invalid_value(
+            serde::de::Unexpected::Str(&text),
+            &"an IP address such as 0.0.0.0 or ::",
+        )
+    })
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("log_level", &self.log_level)
+            .field("token", &"…")
+            .field("intents", &self.intents)
+            .field("port", &self.port)
+            .field("activity", &self.activity)
+            .field("status", &self.status)
+            .field("backpressure", &self.backpressure)
+            .field("externally_accessible_url", &self.externally_accessible_url)
+            .field("validate_token", &self.validate_token)
+            .field("shards", &self.shards)
+            .field("shard_start", &self.shard_start)
+            .field("shard_end", &self.shard_end)
+            .field("twilight_http_proxy", &self.twilight_http_proxy)
+            .field("cache", &self.cache)
+            .field("gateway_url", &self.gateway_url)
+            .field("api_base", &self.api_base)
+            .field("bind", &self.bind)
+            .field("session_ttl_secs", &self.session_ttl_secs)
+            .field("replay_max_events", &self.replay_max_events)
+            .field("replay_max_bytes", &self.replay_max_bytes)
+            .field("large_threshold", &self.large_threshold)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Checks what types alone cannot: a token is set, `status` is one
+    /// Discord knows, `large_threshold` is within 50 to 250, the shard
+    /// range is in order and within `shards`, `log_level` is a tracing
+    /// filter, `activity.type` is 0 to 5, `backpressure` is at least 1.
+    ///
+    /// [`load`] calls it and adds where the bad value came from.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| Err(ConfigError::invalid(key, message));
+        if self.token.trim().is_empty() {
+            return invalid(
+                "token",
+                format!(
+                    "expected the bot token, found nothing (set \"token\" in the config file \
+                     or the {TOKEN_VAR} environment variable)"
+                ),
+            );
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return invalid(
+                "log_level",
+                format!(
+                    "expected a tracing filter such as \"info\" or \"gateway_proxy=debug,info\", \
+                     found {:?} ({error})",
+                    self.log_level
+                ),
+            );
+        }
+        if !STATUSES.contains(&self.status.as_str()) {
+            return invalid(
+                "status",
+                format!(
+                    "expected one of {}, found {:?}",
+                    quoted_list(STATUSES),
+                    self.status
+                ),
+            );
+        }
+        if let Some(activity) = &self.activity
+            && activity.kind > 5
+        {
+            return invalid(
+                "activity.type",
+                format!(
+                    "expected an activity type from 0 to 5 (0 playing, 1 streaming, 2 listening, \
+                     3 watching, 4 custom, 5 competing), found {}",
+                    activity.kind
+                ),
+            );
+        }
+        if !(50..=250).contains(&self.large_threshold) {
+            return invalid(
+                "large_threshold",
+                format!(
+                    "expected an integer from 50 to 250, found {}",
+                    self.large_threshold
+                ),
+            );
+        }
+        if self.backpressure == 0 {
+            return invalid(
+                "backpressure",
+                "expected at least 1 event, found 0".to_owned(),
+            );
+        }
+        self.validate_shards()
+    }
+
+    fn validate_shards(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| Err(ConfigError::invalid(key, message));
+        if self.shards == Some(0) {
+            return invalid("shards", "expected at least 1 shard, found 0".to_owned());
+        }
+        if let Some(end) = self.shard_end
+            && end <= self.shard_start
+        {
+            return invalid(
+                "shard_end",
+                format!(
+                    "expected a shard after shard_start ({}; shard_end is exclusive), found {end}",
+                    self.shard_start
+                ),
+            );
+        }
+        if let Some(total) = self.shards {
+            if let Some(end) = self.shard_end
+                && end > total
+            {
+                return invalid(
+                    "shard_end",
+                    format!(
+                        "expected at most shards ({total}; shard_end is exclusive), found {end}"
+                    ),
+                );
+            }
+            if self.shard_start >= total {
+                return invalid(
+                    "shard_start",
+                    format!(
+                        "expected a shard below shards ({total}), found {}",
+                        self.shard_start
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the proxy listens: `bind:port`.
+    #[must_use]
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.port)
+    }
+
+    /// `externally_accessible_url`, or `ws://127.0.0.1:{port}` if it is
+    /// empty.
+    #[must_use]
+    pub fn resume_url(&self) -> String {
+        if self.externally_accessible_url.is_empty() {
+            format!("ws://127.0.0.1:{}", self.port)
+        } else {
+            self.externally_accessible_url.clone()
+        }
+    }
+
+    /// The shard pool's configuration: token, intents, the shard range,
+    /// the upstream URLs, the presence (`status` and `activity`), the
+    /// `large_threshold` and the cache flags; everything else keeps
+    /// [`PoolConfig::new`]'s defaults.
+    #[must_use]
+    pub fn pool_config(&self) -> PoolConfig {
+        let mut pool = PoolConfig::new(self.token.clone(), self.intents);
+        pool.shards = self.shards;
+        pool.shard_start = self.shard_start;
+        pool.shard_end = self.shard_end;
+        pool.gateway_url.clone_from(&self.gateway_url);
+        pool.api_base.clone_from(&self.api_base);
+        pool.twilight_http_proxy
+            .clone_from(&self.twilight_http_proxy);
+        let mut presence = Presence::default();
+        presence.status.clone_from(&self.status);
+        presence.activity = self.activity.as_ref().map(|configured| {
+            let mut activity = Activity::new(configured.kind, configured.name.clone());
+            activity.url.clone_from(&configured.url);
+            activity
+        });
+        pool.presence = presence;
+        pool.large_threshold = self.large_threshold;
+        pool.cache = self.cache.into();
+        pool
+    }
+
+    /// The client side's configuration: `bind:port`, the token and
+    /// `validate_token`, `externally_accessible_url`, `backpressure`, the
+    /// session TTL and the replay bounds; the heartbeat interval keeps
+    /// [`ServerConfig::new`]'s default.
+    #[must_use]
+    pub fn server_config(&self) -> ServerConfig {
+        let mut server = ServerConfig::new(self.listen_addr(), self.token.clone());
+        server.validate_token = self.validate_token;
+        server.externally_accessible_url = self.resume_url();
+        server.backpressure = self.backpressure;
+        server.session_ttl = Duration::from_secs(self.session_ttl_secs);
+        server.replay_max_events = self.replay_max_events;
+        server.replay_max_bytes = self.replay_max_bytes;
+        server
+    }
+}
+
+/// Loads the configuration: defaults < the JSON file < the environment.
+///
+/// `path` is the `--config` flag; without it, `GATEWAY_PROXY_CONFIG` from
+/// `env` names the file, and without that `./config.json` is read if it
+/// exists. `env` is the environment (`std::env::vars()` in the binary,
+/// explicit pairs in tests): `TOKEN` sets `token`, and
+/// `GATEWAY_PROXY_<KEY>` sets `<key>` (case-insensitive, `__` between
+/// nested keys, so `GATEWAY_PROXY_CACHE__MEMBERS=false` sets
+/// `cache.members`), winning over `TOKEN`. Values are parsed as figment's
+/// `Env` parses them (`false`, `16`), except for keys that are strings,
+/// which are taken as they are. Unknown keys, in the file or the
+/// environment, are errors. The result is [validated](Config::validate).
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the file or environment variable, the key and
+/// what was expected: a file that was named but does not exist, a file
+/// that is not JSON, an unknown key, a value of the wrong type, a missing
+/// `intents`, or a failed [`Config::validate`].
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let (path, explicit) = match path {
+        Some(path) => (path.to_path_buf(), true),
+        None => match env.iter().rev().find(|(key, value)| {
+            key.trim().eq_ignore_ascii_case(CONFIG_PATH_VAR) && !value.is_empty()
+        }) {
+            Some((_, value)) => (PathBuf::from(value), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        },
+    };
+    let exists = path.exists();
+    let file_label = if exists {
+        path.display().to_string()
+    } else if explicit {
+        return Err(ConfigError {
+            origin: Some(path.display().to_string()),
+            key: None,
+            problem: Problem::Other("the config file was given but does not exist".to_owned()),
+        });
+    } else {
+        format!("{} (not found)", path.display())
+    };
+
+    let mut figment = Figment::new();
+    if exists {
+        figment = figment.merge(Json::file_exact(&path));
+    }
+    let figment = figment
+        .merge(EnvLayer::token(&env))
+        .merge(EnvLayer::prefixed(&env));
+
+    let mut config: Config = figment
+        .extract()
+        .map_err(|error| ConfigError::from_figment(error, &file_label))?;
+    if config.externally_accessible_url.is_empty() {
+        config.externally_accessible_url = config.resume_url();
+    }
+    config.validate().map_err(|mut error| {
+        if let Some(key) = &error.key {
+            error.origin = origin_of(&figment, key, &file_label);
+        }
+        error
+    })?;
+    Ok(config)
+}
+
+/// Where the value of the dotted `key` came from, if not from a default.
+fn origin_of(figment: &Figment, key: &str, file_label: &str) -> Option<String> {
+    let metadata = figment.find_metadata(key)?;
+    let path: Vec<&str> = key.split('.').collect();
+    Some(describe_origin(metadata, &path, file_label))
+}
+
+fn describe_origin(metadata: &Metadata, path: &[impl AsRef<str>], file_label: &str) -> String {
+    if metadata.name == ENV_METADATA {
+        format!(
+            "{ENV_METADATA} {}",
+            metadata.interpolate(&Profile::Default, path)
+        )
+    } else {
+        file_label.to_owned()
+    }
+}
+
+/// One environment layer: figment's `Env`, over given pairs instead of the
+/// process's environment.
+struct EnvLayer {
+    /// Dotted key, value: already parsed.
+    entries: Vec<(String, Value)>,
+    /// The variable for a key path, for error messages.
+    var_name: fn(&[&str]) -> String,
+}
+
+impl EnvLayer {
+    /// `TOKEN` (any case), always a string.
+    fn token(env: &[(String, String)]) -> Self {
+        let entries = env
+            .iter()
+            .filter(|(key, _)| key.trim().eq_ignore_ascii_case(TOKEN_VAR))
+            .map(|(_, value)| ("token".to_owned(), Value::from(value.clone())))
+            .collect();
+        Self {
+            entries,
+            var_name: |_| TOKEN_VAR.to_owned(),
+        }
+    }
+
+    /// `GATEWAY_PROXY_<KEY>` (any case) but `GATEWAY_PROXY_CONFIG`, nested
+    /// with `__`.
+    fn prefixed(env: &[(String, String)]) -> Self {
+        let entries = env
+            .iter()
+            .filter_map(|(key, value)| {
+                let key = key.trim();
+                let prefix = key.get(..ENV_PREFIX.len())?;
+                if !prefix.eq_ignore_ascii_case(ENV_PREFIX)
+                    || key.eq_ignore_ascii_case(CONFIG_PATH_VAR)
+                {
+                    return None;
+                }
+                let segments: Vec<String> = key[ENV_PREFIX.len()..]
+                    .split("__")
+                    .map(str::to_ascii_lowercase)
+                    .collect();
+                if segments.iter().any(String::is_empty) {
+                    return None;
+                }
+                let dotted = segments.join(".");
+                let value = if STRING_KEYS.contains(&dotted.as_str()) {
+                    Value::from(value.clone())
+                } else {
+                    let Ok(parsed) = value.parse::<Value>();
+                    parsed
+                };
+                Some((dotted, value))
+            })
+            .collect();
+        Self {
+            entries,
+            var_name: |path| format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase()),
+        }
+    }
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        let var_name = self.var_name;
+        Metadata::named(ENV_METADATA).interpolater(move |_: &Profile, path: &[&str]| var_name(path))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value) in &self.entries {
+            let path: Vec<&str> = key.split('.').collect();
+            insert(&mut dict, &path, value.clone());
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Sets `path` in `dict` to `value`, creating (or replacing non-object
+/// values with) objects on the way.
+fn insert(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_owned(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// A configuration that cannot be used: one message naming where the bad
+/// value came from (the file or the environment variable), the key and
+/// what was expected. The binary prints it and exits with
+/// [`EXIT_CONFIG`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    origin: Option<String>,
+    key: Option<String>,
+    problem: Problem,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Problem {
+    /// The key is not one of `expected`.
+    Unknown(&'static [&'static str]),
+    /// A required key is missing.
+    Missing,
+    /// The key's value is wrong: what was expected and found.
+    Invalid(String),
+    /// Something about the source as a whole (no key).
+    Other(String),
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: String) -> Self {
+        Self {
+            origin: None,
+            key: Some(key.to_owned()),
+            problem: Problem::Invalid(message),
+        }
+    }
+
+    /// Where the bad value came from: the config file's path (as given),
+    /// `environment variable GATEWAY_PROXY_…`, or `None` for a default.
+    #[must_use]
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The dotted key at fault (`cache.members`), if the error is about
+    /// one.
+    #[must_use]
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    fn from_figment(error: figment::Error, file_label: &str) -> Self {
+        let key = (!error.path.is_empty()).then(|| error.path.join("."));
+        let origin = error
+            .metadata
+            .as_ref()
+            .map(|metadata| describe_origin(metadata, &error.path, file_label));
+        match error.kind {
+            Kind::UnknownField(_, expected) => Self {
+                origin,
+                key,
+                problem: Problem::Unknown(expected),
+            },
+            Kind::MissingField(field) => {
+                let mut path = error.path;
+                path.push(field.into_owned());
+                Self {
+                    // A missing key is missing from the file (or from
+                    // everywhere): name the file.
+                    origin: Some(file_label.to_owned()),
+                    key: Some(path.join(".")),
+                    problem: Problem::Missing,
+                }
+            }
+            Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => Self {
+                origin,
+                key,
+                problem: Problem::Invalid(format!(
+                    "expected {}, found {}",
+                    describe_expected(&expected),
+                    describe_actual(&actual)
+                )),
+            },
+            Kind::UnknownVariant(found, expected) => Self {
+                origin,
+                key,
+                problem: Problem::Invalid(format!(
+                    "expected one of {}, found {found:?}",
+                    quoted_list(expected)
+                )),
+            },
+            kind => {
+                let message = kind.to_string();
+                let problem = if key.is_some() {
+                    Problem::Invalid(message)
+                } else {
+                    Problem::Other(message)
+                };
+                Self {
+                    origin,
+                    key,
+                    problem,
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(origin) = &self.origin {
+            write!(f, "{origin}: ")?;
+        }
+        let key = self.key.as_deref().unwrap_or("");
+        match &self.problem {
+            Problem::Unknown(expected) => {
+                write!(
+                    f,
+                    "unknown key \"{key}\" (expected one of {})",
+                    quoted_list(expected)
+                )
+            }
+            Problem::Missing => {
+                write!(f, "missing key \"{key}\"")?;
+                if key == "intents" {
+                    write!(
+                        f,
+                        ": expected the gateway intents bitfield, e.g. 513 \
+                         (or set {ENV_PREFIX}INTENTS)"
+                    )?;
+                }
+                Ok(())
+            }
+            Problem::Invalid(message) => match &self.key {
+                Some(key) => write!(f, "key \"{key}\": {message}"),
+                None => f.write_str(message),
+            },
+            Problem::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `"a", "b", "c"`.
+fn quoted_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|item| format!("\"{item}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Serde's expectation, in words for people who write JSON.
+fn describe_expected(expected: &str) -> String {
+    match expected {
+        "u8" => "an integer from 0 to 255".to_owned(),
+        "u16" => "an integer from 0 to 65535".to_owned(),
+        "u32" => "an integer from 0 to 4294967295".to_owned(),
+        "u64" | "usize" => "a non-negative integer".to_owned(),
+        _ if expected.starts_with("struct ") => "an object".to_owned(),
+        _ => expected.to_owned(),
+    }
+}
+
+/// What was found, in JSON's words.
+fn describe_actual(actual: &Actual) -> String {
+    match actual {
+        Actual::Bool(value) => format!("boolean {value}"),
+        Actual::Unsigned(value) => format!("integer {value}"),
+        Actual::Signed(value) => format!("integer {value}"),
+        Actual::Float(value) => format!("number {value}"),
+        Actual::Str(value) => format!("string {value:?}"),
+        Actual::Map => "an object".to_owned(),
+        Actual::Seq => "an array".to_owned(),
+        Actual::Unit | Actual::Option => "null".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(pairs: &[(&str, &str)]) -> Dict {
+        let env: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let data = EnvLayer::prefixed(&env).data().unwrap();
+        data.get(&Profile::Default).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn env_values_parse_like_figment_env() {
+        let dict = layer(&[
+            ("GATEWAY_PROXY_CACHE__MEMBERS", "false"),
+            ("gateway_proxy_shards", "16"),
+            ("GATEWAY_PROXY_BIND", "127.0.0.1"),
+            ("GATEWAY_PROXY_ACTIVITY__NAME", "1234"),
+            ("GATEWAY_PROXY_CONFIG", "x.json"),
+            ("GATEWAY_PROXY___BAD", "1"),
+            ("OTHER", "1"),
+        ]);
+        let value = Value::from(dict);
+        assert_eq!(
+            value.find_ref("cache.members").unwrap().to_bool(),
+            Some(false)
+        );
+        assert_eq!(value.find_ref("shards").unwrap().to_u128(), Some(16));
+        assert_eq!(value.find_ref("bind").unwrap().as_str(), Some("127.0.0.1"));
+        assert_eq!(
+            value.find_ref("activity.name").unwrap().as_str(),
+            Some("1234")
+        );
+        assert!(value.find_ref("config").is_none());
+        assert_eq!(value.into_dict().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn env_var_names_come_back_in_errors() {
+        let env = EnvLayer::prefixed(&[]);
+        assert_eq!(
+            env.metadata()
+                .interpolate(&Profile::Default, &["cache", "members"]),
+            "GATEWAY_PROXY_CACHE__MEMBERS"
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! The gateway-proxy binary.
+
+pub mod config;
