@@ -1,0 +1,96 @@
+//! `/metrics`: the original gateway-proxy's metric names, so that existing
+//! dashboards keep working, and the client side's own.
+//!
+//! Everything is read from the pool's and the sessions' state once a second
+//! by the upkeep task, through this proxy's own recorder (not a global
+//! one, so that several proxies can live in one process).
+
+use metrics::{counter, gauge, histogram};
+use shard_pool::ShardStatus;
+use std::sync::atomic::Ordering;
+
+use crate::context::{COMPRESSION_NAMES, Context, lock};
+
+/// Histogram buckets of heartbeat latency, in seconds.
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+const STATES: [&str; 6] = [
+    "connecting",
+    "identifying",
+    "resuming",
+    "active",
+    "disconnected",
+    "fatally_closed",
+];
+
+/// Records every metric from the current state.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "gauges are f64; counts stay far below 2^52"
+)]
+pub(crate) fn record(ctx: &Context) {
+    let sessions = ctx.sessions.per_shard();
+    let clients = lock(&ctx.counters.clients).clone();
+    for status in ctx.pool.status() {
+        let shard = status.id.to_string();
+        shard_metrics(ctx, &shard, &status);
+        let (_, all) = sessions.get(&status.id).copied().unwrap_or_default();
+        gauge!("gateway_sessions", "shard" => shard.clone()).set(all as f64);
+        let connected = clients.get(&status.id).copied().unwrap_or_default();
+        gauge!("gateway_clients", "shard" => shard).set(connected as f64);
+    }
+    counter!("gateway_replayed_events_total")
+        .absolute(ctx.counters.replayed.load(Ordering::Relaxed));
+    counter!("gateway_lagging_clients_closed_total")
+        .absolute(ctx.counters.lagging_closed.load(Ordering::Relaxed));
+    for (slot, name) in COMPRESSION_NAMES.iter().enumerate() {
+        counter!("gateway_bytes_out_total", "compression" => *name)
+            .absolute(ctx.counters.bytes_out[slot].load(Ordering::Relaxed));
+    }
+}
+
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "gauges are f64; counts stay far below 2^52"
+)]
+fn shard_metrics(ctx: &Context, shard: &str, status: &ShardStatus) {
+    for (event_type, count) in &status.events {
+        counter!("gateway_shard_events", "shard" => shard.to_owned(), "event_type" => event_type.to_string())
+            .absolute(*count);
+    }
+    if let Some(latency) = status.latency {
+        gauge!("gateway_shard_latency", "shard" => shard.to_owned()).set(latency.as_secs_f64());
+        let mut last = lock(&ctx.counters.latencies);
+        if last.insert(status.id, latency) != Some(latency) {
+            histogram!("gateway_shard_latency_histogram", "shard" => shard.to_owned())
+                .record(latency.as_secs_f64());
+        }
+    }
+    for state in STATES {
+        let value = f64::from(u8::from(status.state.name() == state));
+        gauge!("gateway_shard_status", "shard" => shard.to_owned(), "state" => state).set(value);
+    }
+    let cache = &status.cache;
+    for (name, value) in [
+        ("gateway_cache_guilds", cache.guilds),
+        ("gateway_cache_unavailable_guilds", cache.unavailable_guilds),
+        ("gateway_cache_members", cache.members),
+        ("gateway_cache_presences", cache.presences),
+        ("gateway_cache_channels", cache.channels),
+        ("gateway_cache_threads", cache.threads),
+        ("gateway_cache_roles", cache.roles),
+        ("gateway_cache_emojis", cache.emojis),
+        ("gateway_cache_stickers", cache.stickers),
+        ("gateway_cache_voice_states", cache.voice_states),
+        ("gateway_cache_stage_instances", cache.stage_instances),
+        ("gateway_cache_scheduled_events", cache.scheduled_events),
+        ("gateway_cache_soundboard_sounds", cache.soundboard_sounds),
+        ("gateway_cache_bytes", cache.bytes),
+    ] {
+        gauge!(name, "shard" => shard.to_owned()).set(value as f64);
+    }
+    let (events, bytes) = status.ring;
+    gauge!("gateway_replay_ring_events", "shard" => shard.to_owned()).set(events as f64);
+    gauge!("gateway_replay_ring_bytes", "shard" => shard.to_owned()).set(bytes as f64);
+    gauge!("gateway_shard_index", "shard" => shard.to_owned()).set(status.index as f64);
+}

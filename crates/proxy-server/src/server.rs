@@ -1,0 +1,186 @@
+//! The listener: HTTP endpoints and websocket upgrades on one port.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use shard_pool::{Pool, ShardState};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::ServerConfig;
+use crate::connection;
+use crate::context::Context;
+use crate::metrics;
+
+/// A running proxy: the client side over a shard pool. Dropping it stops
+/// it.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Proxy {
+    /// Listens on `config.bind` and serves clients from `pool`.
+    ///
+    /// # Errors
+    ///
+    /// If the address cannot be bound.
+    pub async fn start(config: ServerConfig, pool: Pool) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.bind).await?;
+        let addr = listener.local_addr()?;
+        let ctx = Arc::new(Context::new(config, Arc::new(pool)));
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(metrics::LATENCY_BUCKETS)
+            .map_err(io::Error::other)?
+            .build_recorder();
+        let handle = recorder.handle();
+        let tasks = vec![
+            tokio::spawn(accept(listener, ctx.clone(), handle.clone())),
+            tokio::spawn(upkeep(ctx.clone(), recorder)),
+        ];
+        tracing::info!(%addr, "listening for clients");
+        Ok(Self { addr, ctx, tasks })
+    }
+
+    /// Where it listens.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shard pool it serves from.
+    #[must_use]
+    pub fn pool(&self) -> &Pool {
+        &self.ctx.pool
+    }
+}
+
+/// Every second: expired sessions go, and the metrics are brought up to
+/// date from the pool and the sessions.
+async fn upkeep(ctx: Arc<Context>, recorder: PrometheusRecorder) {
+    let handle = recorder.handle();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        ctx.sessions.sweep(ctx.config.session_ttl, Instant::now());
+        ::metrics::with_local_recorder(&recorder, || metrics::record(&ctx));
+        handle.run_upkeep();
+    }
+}
+
+async fn accept(listener: TcpListener, ctx: Arc<Context>, metrics: PrometheusHandle) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| route(request, ctx.clone(), metrics.clone()));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[allow(
+    clippy::unused_async,
+    reason = "hyper's service_fn takes a function that returns a future"
+)]
+async fn route(
+    mut request: Request<Incoming>,
+    ctx: Arc<Context>,
+    metrics: PrometheusHandle,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if fastwebsockets::upgrade::is_upgrade_request(&request) {
+        let query = request.uri().query().unwrap_or("").to_owned();
+        return Ok(match fastwebsockets::upgrade::upgrade(&mut request) {
+            Ok((response, upgrade)) => {
+                tokio::spawn(async move {
+                    if let Ok(ws) = upgrade.await {
+                        connection::serve(ws, query, ctx).await;
+                    }
+                });
+                let (parts, _) = response.into_parts();
+                Response::from_parts(parts, Full::new(Bytes::new()))
+            }
+            Err(error) => text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("bad websocket upgrade: {error}"),
+            ),
+        });
+    }
+    Ok(match request.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        "/shard-count" => text(StatusCode::OK, "text/plain", ctx.pool.total().to_string()),
+        "/health" => text(StatusCode::OK, "text/plain", "ok"),
+        "/ready" => ready(&ctx.pool),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found"),
+    })
+}
+
+/// 200 when every shard is active, else 503 with each shard's state.
+fn ready(pool: &Pool) -> Response<Full<Bytes>> {
+    let states: Vec<(u32, ShardState)> = pool
+        .shards()
+        .iter()
+        .map(|shard| (shard.id(), shard.status().state))
+        .collect();
+    let all_active = states.iter().all(|(_, state)| *state == ShardState::Active);
+    let body = states
+        .iter()
+        .map(|(id, state)| format!(r#""{id}":"{}""#, state.name()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let body = format!(r#"{{"ready":{all_active},"shards":{{{body}}}}}"#);
+    let code = if all_active {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(code, "application/json", body)
+}

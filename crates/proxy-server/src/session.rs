@@ -1,0 +1,202 @@
+//! Client sessions: what each has been sent, so that it can resume, and
+//! for how long it can.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Which shard index each client `s` stands for.
+///
+/// A client's `s` counts what it was sent: READY and the guilds of its
+/// snapshot first, then the shard's dispatches, less those routed to other
+/// clients (member chunks and voice servers they asked for). So `s` and
+/// the shard's index advance together in runs; the map keeps where each run
+/// starts.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SeqMap {
+    /// The last `s` of the snapshot and the shard index the snapshot was
+    /// taken at.
+    snapshot: (u64, u64),
+    /// (first `s`, first index) of each run since.
+    runs: Vec<(u64, u64)>,
+}
+
+impl SeqMap {
+    pub(crate) fn new(snapshot_seq: u64, snapshot_index: u64) -> Self {
+        Self {
+            snapshot: (snapshot_seq, snapshot_index),
+            runs: Vec::new(),
+        }
+    }
+
+    /// Records that the client got shard event `index` as `seq`.
+    pub(crate) fn record(&mut self, seq: u64, index: u64) {
+        let continues = self
+            .runs
+            .last()
+            .is_some_and(|&(s, i)| seq - s == index.wrapping_sub(i));
+        if !continues {
+            self.runs.push((seq, index));
+        }
+    }
+
+    /// The shard index the client had reached when it saw `seq`; `None`
+    /// inside the snapshot (which cannot be replayed) or past what it was
+    /// sent.
+    pub(crate) fn index_of(&self, seq: u64, last_seq: u64) -> Option<u64> {
+        if seq > last_seq {
+            return None;
+        }
+        if seq == self.snapshot.0 {
+            return Some(self.snapshot.1);
+        }
+        let &(s, i) = self.runs.iter().rev().find(|(s, _)| *s <= seq)?;
+        Some(i + (seq - s))
+    }
+}
+
+/// One client session.
+#[derive(Clone, Debug)]
+pub(crate) struct Session {
+    pub(crate) shard: u32,
+    /// The last `s` sent.
+    pub(crate) seq: u64,
+    /// The shard index of the last event accounted for (sent, or routed to
+    /// another client).
+    pub(crate) index: u64,
+    pub(crate) map: SeqMap,
+    /// Whether a connection is serving it.
+    pub(crate) attached: bool,
+    /// When it lost its connection.
+    pub(crate) detached_at: Option<Instant>,
+}
+
+/// Every session, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Sessions {
+    pub(crate) fn insert(&self, id: String, session: Session) {
+        lock(&self.sessions).insert(id, session);
+    }
+
+    /// Takes a detached session over for a RESUME; `None` if it is unknown,
+    /// expired, served by another connection, or of another shard.
+    pub(crate) fn attach(&self, id: &str, ttl: Duration, now: Instant) -> Option<Session> {
+        let mut sessions = lock(&self.sessions);
+        let session = sessions.get_mut(id)?;
+        let expired = session
+            .detached_at
+            .is_some_and(|at| now.duration_since(at) >= ttl);
+        if session.attached || expired {
+            return None;
+        }
+        session.attached = true;
+        session.detached_at = None;
+        Some(session.clone())
+    }
+
+    /// Saves what a connection sent, and lets the session go: resumable
+    /// until the ttl, or ended (a close with 1000 or 1001, or op 9).
+    pub(crate) fn detach(&self, id: &str, session: Session, resumable: bool, now: Instant) {
+        let mut sessions = lock(&self.sessions);
+        if resumable {
+            sessions.insert(
+                id.to_owned(),
+                Session {
+                    attached: false,
+                    detached_at: Some(now),
+                    ..session
+                },
+            );
+        } else {
+            sessions.remove(id);
+        }
+    }
+
+    /// Removes the sessions whose ttl has passed; returns how many remain.
+    pub(crate) fn sweep(&self, ttl: Duration, now: Instant) -> usize {
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, s| s.detached_at.is_none_or(|at| now.duration_since(at) < ttl));
+        sessions.len()
+    }
+
+    /// Sessions per shard: (attached, all).
+    pub(crate) fn per_shard(&self) -> HashMap<u32, (usize, usize)> {
+        let mut counts = HashMap::new();
+        for session in lock(&self.sessions).values() {
+            let entry: &mut (usize, usize) = counts.entry(session.shard).or_default();
+            entry.0 += usize::from(session.attached);
+            entry.1 += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqs_map_to_indexes_across_skipped_events() {
+        // Snapshot: READY + 3 guilds = s 1..=4, taken at index 10.
+        let mut map = SeqMap::new(4, 10);
+        for (seq, index) in [(5, 11), (6, 12), (7, 14), (8, 15)] {
+            map.record(seq, index);
+        }
+        assert_eq!(map.index_of(4, 8), Some(10), "all of the snapshot");
+        assert_eq!(map.index_of(6, 8), Some(12));
+        assert_eq!(map.index_of(7, 8), Some(14), "13 went to another client");
+        assert_eq!(map.index_of(8, 8), Some(15));
+        assert_eq!(map.index_of(3, 8), None, "inside the snapshot");
+        assert_eq!(map.index_of(9, 8), None, "never sent");
+    }
+
+    #[tokio::test]
+    async fn sessions_resume_once_within_their_ttl() {
+        let sessions = Sessions::default();
+        let now = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let session = Session {
+            shard: 0,
+            seq: 4,
+            index: 0,
+            map: SeqMap::new(4, 0),
+            attached: true,
+            detached_at: None,
+        };
+        sessions.insert("a".to_owned(), session.clone());
+        assert!(sessions.attach("a", ttl, now).is_none(), "still attached");
+        sessions.detach("a", session.clone(), true, now);
+        assert!(
+            sessions
+                .attach("a", ttl, now + Duration::from_secs(10))
+                .is_none(),
+            "expired"
+        );
+        sessions.detach("a", session.clone(), true, now);
+        assert!(
+            sessions
+                .attach("a", ttl, now + Duration::from_secs(9))
+                .is_some()
+        );
+        assert!(sessions.attach("a", ttl, now).is_none(), "taken");
+        sessions.detach("a", session.clone(), false, now);
+        assert!(sessions.attach("a", ttl, now).is_none(), "ended");
+        sessions.insert("b".to_owned(), session.clone());
+        sessions.detach("b", session, true, now);
+        assert_eq!(
+            sessions.sweep(ttl, now + Duration::from_secs(11)),
+            0,
+            "expired sessions go"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Discord's protocol towards clients: READY and the guilds, live events,
+//! compression, and every close code of DESIGN.md's table.
+
+use discord_sim::{KNOWN_INTENTS, World};
+use serde_json::Value;
+
+use super::{Setup, assert_contiguous, marked, normalized};
+
+#[tokio::test]
+async fn identify_gets_ready_and_guilds_equal_to_the_truth() {
+    let setup = Setup::new(
+        |c| {
+            c.shards = 2;
+            c.guilds = 6;
+            c.unavailable_guilds = 1;
+        },
+        |_, _| {},
+    )
+    .await;
+    let world = setup.sim.world();
+    for shard in 0..2 {
+        let (_, ready, creates) = setup.identified(shard, 2).await;
+        let d = &ready["d"];
+        assert_eq!(d["shard"], serde_json::json!([shard, 2]));
+        assert_eq!(d["session_id"].as_str().unwrap().len(), 32);
+        assert_eq!(d["resume_gateway_url"], format!("ws://{}", "127.0.0.1:0"));
+        assert!(d["application"]["id"].is_string() && d["user"]["mfa_enabled"].is_boolean());
+        let truth: Vec<&discord_sim::Guild> = world.guilds_of(shard, 2).collect();
+        assert_eq!(creates.len(), truth.len());
+        for (seq, (create, guild)) in (2..).zip(creates.iter().zip(&truth)) {
+            assert_eq!(create["s"], seq);
+            let expected: Value =
+                serde_json::from_str(&guild.guild_create(&world.bot, KNOWN_INTENTS, 250)).unwrap();
+            if guild.unavailable {
+                assert_eq!(create["t"], "GUILD_DELETE");
+            } else {
+                assert_eq!(create["t"], "GUILD_CREATE");
+            }
+            assert_eq!(
+                normalized(create["d"].clone()),
+                normalized(expected),
+                "guild {}",
+                guild.id
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_events_arrive_in_order_with_contiguous_sequences() {
+    let setup = Setup::new(|c| c.events_per_sec = 5000, |_, _| {}).await;
+    let (mut client, _, creates) = setup.identified(0, 1).await;
+    let markers = marked(&mut client, 1 + creates.len() as u64, 10_000).await;
+    assert_contiguous(&markers);
+    assert_eq!(setup.sim.lagged(), 0);
+}
+
+#[tokio::test]
+async fn two_clients_on_one_shard_each_get_every_event_with_their_own_sequence() {
+    let setup = Setup::new(|c| c.events_per_sec = 1000, |_, _| {}).await;
+    let (mut a, ready_a, creates) = setup.identified(0, 1).await;
+    let (mut b, ready_b, _) = setup.identified(0, 1).await;
+    assert_ne!(ready_a["d"]["session_id"], ready_b["d"]["session_id"]);
+    let first = 1 + creates.len() as u64;
+    let seen_a = marked(&mut a, first, 500).await;
+    let seen_b = marked(&mut b, first, 500).await;
+    assert_contiguous(&seen_a);
+    assert_contiguous(&seen_b);
+    // b joined later: its events are a run of a's later ones.
+    let start = seen_a.iter().position(|(_, n)| *n == seen_b[0].1).unwrap();
+    let a_tail: Vec<u64> = seen_a[start..].iter().map(|(_, n)| *n).collect();
+    let b_head: Vec<u64> = seen_b[..a_tail.len()].iter().map(|(_, n)| *n).collect();
+    assert_eq!(a_tail, b_head);
+}
+
+#[tokio::test]
+async fn every_compression_gives_the_same_payloads() {
+    let setup = Setup::new(|c| c.events_per_sec = 200, |_, _| {}).await;
+    for (query, compress) in [
+        ("v=10&encoding=json&compress=zlib-stream", false),
+        ("v=10&encoding=json&compress=zstd-stream", false),
+        ("v=10&encoding=json", true),
+        // The query's transport compression wins over IDENTIFY's flag.
+        ("v=10&encoding=json&compress=zstd-stream", true),
+    ] {
+        let mut client = setup.client(query).await;
+        let identify = format!(
+            r#"{{"op":2,"d":{{"token":"{}","intents":1,"properties":{{}},"compress":{compress}}}}}"#,
+            setup.sim.token()
+        );
+        client.send(&identify).await.unwrap();
+        let ready = client.payload().await.unwrap();
+        assert_eq!(ready["t"], "READY", "{query}");
+        let guilds = ready["d"]["guilds"].as_array().unwrap().len() as u64;
+        for _ in 0..guilds {
+            assert_eq!(client.payload().await.unwrap()["op"], 0);
+        }
+        assert_contiguous(&marked(&mut client, 1 + guilds, 50).await);
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_are_acknowledged_before_and_after_identify() {
+    let setup = Setup::new(|c| c.events_per_sec = 0, |_, _| {}).await;
+    let mut client = setup.client("v=10&encoding=json").await;
+    client.send(r#"{"op":1,"d":null}"#).await.unwrap();
+    assert_eq!(client.payload().await.unwrap()["op"], 11);
+    client.identify(setup.sim.token(), [0, 1], 1).await.unwrap();
+    client.dispatch("READY").await.unwrap();
+    client.send(r#"{"op":1,"d":3}"#).await.unwrap();
+    assert_eq!(client.op(11).await.unwrap()["op"], 11);
+}
+
+/// Sends `payloads` (after IDENTIFY if `identify`) and expects a close
+/// with `code`.
+async fn closes_with(setup: &Setup, query: &str, identify: bool, payloads: &[String], code: u16) {
+    let mut client = setup.client(query).await;
+    if identify {
+        client.identify(setup.sim.token(), [0, 1], 1).await.unwrap();
+        client.dispatch("READY").await.unwrap();
+    }
+    for payload in payloads {
+        let _ = client.send(payload).await;
+    }
+    assert_eq!(
+        client.close_code().await.unwrap(),
+        Some(code),
+        "{query} {payloads:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_close_code_discord_would_send() {
+    let setup = Setup::new(|c| c.events_per_sec = 0, |_, _| {}).await;
+    let token = setup.sim.token().to_owned();
+    let json = "v=10&encoding=json";
+    let s = |text: &str| vec![text.to_owned()];
+    closes_with(&setup, json, false, &s("{not json"), 4002).await;
+    closes_with(&setup, json, true, &s(r#"{"op":99,"d":{}}"#), 4001).await;
+    closes_with(
+        &setup,
+        json,
+        false,
+        &s(&format!(r#"{{"op":1,"d":"{}"}}"#, "x".repeat(5000))),
+        4002,
+    )
+    .await;
+    closes_with(
+        &setup,
+        json,
+        false,
+        &s(r#"{"op":8,"d":{"guild_id":"1","query":"","limit":0}}"#),
+        4003,
+    )
+    .await;
+    let identify = format!(r#"{{"op":2,"d":{{"token":"{token}","intents":1,"properties":{{}}}}}}"#);
+    closes_with(&setup, json, true, &s(&identify), 4005).await;
+    closes_with(
+        &setup,
+        json,
+        false,
+        &s(r#"{"op":2,"d":{"token":"wrong","intents":1,"properties":{}}}"#),
+        4004,
+    )
+    .await;
+    let wrong_shard = format!(
+        r#"{{"op":2,"d":{{"token":"{token}","intents":1,"properties":{{}},"shard":[3,4]}}}}"#
+    );
+    closes_with(&setup, json, false, &s(&wrong_shard), 4010).await;
+    for query in ["v=10&encoding=etf", "v=10&encoding=json&compress=brotli"] {
+        // Refused before HELLO.
+        let mut client = discord_sim::GatewayClient::connect_raw(setup.proxy.addr(), query)
+            .await
+            .unwrap();
+        assert_eq!(client.close_code().await.unwrap(), Some(4002), "{query}");
+    }
+    let heartbeats: Vec<String> = (0..121)
+        .map(|_| r#"{"op":1,"d":null}"#.to_owned())
+        .collect();
+    closes_with(&setup, json, false, &heartbeats, 4008).await;
+}
+
+#[tokio::test]
+async fn a_token_with_bot_prefix_is_accepted_and_validation_can_be_off() {
+    let setup = Setup::new(
+        |c| c.events_per_sec = 0,
+        |_, server| server.validate_token = false,
+    )
+    .await;
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .send(r#"{"d":{"token":"Bot anything","properties":{},"intents":1},"op":2}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.dispatch("READY").await.unwrap()["d"]["shard"],
+        serde_json::json!([0, 1])
+    );
+}
+
+#[tokio::test]
+async fn a_range_past_zero_serves_absolute_shard_ids() {
+    let setup = Setup::new(
+        |c| {
+            c.shards = 4;
+            c.guilds = 8;
+            c.events_per_sec = 200;
+        },
+        |pool, _| pool.shard_start = 2,
+    )
+    .await;
+    let (mut client, ready, creates) = setup.identified(3, 4).await;
+    assert_eq!(ready["d"]["shard"], serde_json::json!([3, 4]));
+    let world = setup.sim.world();
+    assert_eq!(creates.len(), world.guilds_of(3, 4).count());
+    for create in &creates {
+        let id: u64 = create["d"]["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(World::shard_of(id, 4), 3);
+    }
+    marked(&mut client, 1 + creates.len() as u64, 5).await;
+    let mut other = setup.client("v=10&encoding=json").await;
+    other.identify(setup.sim.token(), [1, 4], 1).await.unwrap();
+    assert_eq!(
+        other.close_code().await.unwrap(),
+        Some(4010),
+        "shard 1 is not served here"
+    );
+}

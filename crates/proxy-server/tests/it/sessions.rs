@@ -1,0 +1,170 @@
+//! Sessions: resume with replay, slow clients, expiry, and what upstream
+//! faults do to connected clients.
+
+use std::time::Duration;
+
+use discord_sim::Control;
+
+use super::{Setup, assert_contiguous, marked};
+
+#[tokio::test]
+async fn resume_after_a_drop_replays_exactly_the_missed_events() {
+    let setup = Setup::new(|c| c.events_per_sec = 500, |_, _| {}).await;
+    let (mut client, ready, creates) = setup.identified(0, 1).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let mut seen = marked(&mut client, 1 + creates.len() as u64, 100).await;
+    let last_seq = seen.last().unwrap().0;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), &session, last_seq)
+        .await
+        .unwrap();
+    // The missed events, then RESUMED with a real s, then live events.
+    let mut s = last_seq;
+    loop {
+        let payload = client.payload().await.unwrap();
+        let seq = payload["s"].as_u64().unwrap();
+        assert_eq!(seq, s + 1, "{payload}");
+        s = seq;
+        if payload["t"] == "RESUMED" {
+            break;
+        }
+        if let Some(n) = super::marker(&payload) {
+            seen.push((seq, n));
+        }
+    }
+    assert!(
+        seen.len() > 150,
+        "about 250 events were missed and replayed: {}",
+        seen.len()
+    );
+    seen.extend(marked(&mut client, s, 100).await);
+    assert_contiguous(&seen);
+}
+
+#[tokio::test]
+async fn a_resume_of_an_unknown_or_ended_session_is_told_to_identify() {
+    let setup = Setup::new(|c| c.events_per_sec = 100, |_, _| {}).await;
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), "0123456789abcdef0123456789abcdef", 5)
+        .await
+        .unwrap();
+    let nine = client.op(9).await.unwrap();
+    assert_eq!(nine["d"], false);
+
+    // A client that closes with 1000 ends its session.
+    let (mut client, ready, creates) = setup.identified(0, 1).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let seen = marked(&mut client, 1 + creates.len() as u64, 5).await;
+    client.close(1000).await.unwrap();
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), &session, seen.last().unwrap().0)
+        .await
+        .unwrap();
+    assert_eq!(client.op(9).await.unwrap()["d"], false);
+}
+
+#[tokio::test]
+async fn a_session_past_its_ttl_cannot_resume() {
+    let setup = Setup::new(
+        |c| c.events_per_sec = 100,
+        |_, server| server.session_ttl = Duration::from_millis(300),
+    )
+    .await;
+    let (mut client, ready, creates) = setup.identified(0, 1).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let seen = marked(&mut client, 1 + creates.len() as u64, 5).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), &session, seen.last().unwrap().0)
+        .await
+        .unwrap();
+    assert_eq!(client.op(9).await.unwrap()["d"], false);
+}
+
+#[tokio::test]
+async fn a_slow_client_is_closed_resumably_and_its_resume_loses_nothing() {
+    let setup = Setup::new(
+        |c| c.events_per_sec = 4000,
+        |_, server| server.backpressure = 20,
+    )
+    .await;
+    let (mut client, ready, creates) = setup.identified(0, 1).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let mut seen = marked(&mut client, 1 + creates.len() as u64, 10).await;
+    // Stop reading: the socket buffers fill, then the client's queue.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut last = seen.last().unwrap().0;
+    let code = loop {
+        match client.recv().await.unwrap() {
+            discord_sim::Received::Payload(payload) => {
+                let s = payload["s"].as_u64().unwrap();
+                assert_eq!(s, last + 1);
+                last = s;
+                if let Some(n) = super::marker(&payload) {
+                    seen.push((s, n));
+                }
+            }
+            discord_sim::Received::Close(code) => break code,
+            _ => unreachable!(),
+        }
+    };
+    assert_eq!(code, Some(4000), "closed as too slow, resumable");
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), &session, last)
+        .await
+        .unwrap();
+    let mut s;
+    loop {
+        let payload = client.payload().await.unwrap();
+        s = payload["s"].as_u64().unwrap();
+        if payload["t"] == "RESUMED" {
+            break;
+        }
+        if let Some(n) = super::marker(&payload) {
+            seen.push((s, n));
+        }
+    }
+    seen.extend(marked(&mut client, s, 50).await);
+    assert_contiguous(&seen);
+}
+
+#[tokio::test]
+async fn an_upstream_resume_loses_and_repeats_nothing_for_clients() {
+    let setup = Setup::new(|c| c.events_per_sec = 500, |_, _| {}).await;
+    let (mut client, _, creates) = setup.identified(0, 1).await;
+    let mut seen = marked(&mut client, 1 + creates.len() as u64, 50).await;
+    for control in [
+        Control::Reconnect,
+        Control::Cut,
+        Control::InvalidSession(true),
+    ] {
+        assert_eq!(setup.sim.control(0, control), 1);
+        let after = seen.last().unwrap().0;
+        seen.extend(marked(&mut client, after, 200).await);
+    }
+    assert_contiguous(&seen);
+}
+
+#[tokio::test]
+async fn an_upstream_reidentify_tells_clients_to_identify_again() {
+    let setup = Setup::new(|c| c.events_per_sec = 200, |_, _| {}).await;
+    let (mut client, _, creates) = setup.identified(0, 1).await;
+    marked(&mut client, 1 + creates.len() as u64, 10).await;
+    assert_eq!(setup.sim.control(0, Control::InvalidSession(false)), 1);
+    let nine = client.op(9).await.unwrap();
+    assert_eq!(nine["d"], false, "the documented reset");
+    // Identifying again on the same connection gets the new state.
+    client.identify(setup.sim.token(), [0, 1], 1).await.unwrap();
+    let ready = client.dispatch("READY").await.unwrap();
+    assert_eq!(ready["s"], 1);
+}
