@@ -1,3 +1,193 @@
-//! The gateway-proxy binary.
+//! The gateway-proxy binary, as a library: the binary's `main` and the
+//! tests call the same [`start`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use gateway_proxy::{Options, start};
+//!
+//! // What `gateway-proxy --simulate` does: a simulated Discord in-process.
+//! let options = Options::parse(["--simulate".to_owned()]).expect("valid").expect("not --help");
+//! let running = start(&options, std::env::vars().collect()).await?;
+//! println!("bots connect to ws://{}", running.addr());
+//! # Ok(()) }
+//! ```
 
 pub mod config;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
+use proxy_server::Proxy;
+use shard_pool::Pool;
+
+use crate::config::EXIT_CONFIG;
+
+/// The command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// `--config PATH`: the JSON config file (default `./config.json`).
+    pub config: Option<PathBuf>,
+    /// `--simulate`: run against a `discord-sim` started in-process.
+    pub simulate: bool,
+}
+
+/// The usage text.
+pub const USAGE: &str = "usage: gateway-proxy [--config PATH] [--simulate]
+
+  --config PATH  the JSON config file (default ./config.json, or $GATEWAY_PROXY_CONFIG)
+  --simulate     start a simulated Discord in this process and proxy it:
+                 no token needed, a demo to point a bot at
+  --help         this text
+
+Configuration keys: docs/configuration.md";
+
+impl Options {
+    /// Reads the arguments after the program name.
+    ///
+    /// # Errors
+    ///
+    /// An unknown argument or a `--config` without a path, as a message for
+    /// the user; `Ok(None)` for `--help`.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, String> {
+        let mut options = Self::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--simulate" | "simulate" => options.simulate = true,
+                "--config" => {
+                    let path = args.next().ok_or("--config needs a path")?;
+                    options.config = Some(PathBuf::from(path));
+                }
+                "--help" | "-h" => return Ok(None),
+                other => return Err(format!("unknown argument `{other}`\n\n{USAGE}")),
+            }
+        }
+        Ok(Some(options))
+    }
+}
+
+/// Why the proxy could not start, and the exit code that says so.
+#[derive(Debug)]
+pub struct RunError {
+    /// The process exit code: 64 for configuration, 1 otherwise.
+    pub code: i32,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// A running proxy (and its simulated Discord, with `--simulate`).
+#[derive(Debug)]
+pub struct Running {
+    proxy: Proxy,
+    sim: Option<Sim>,
+    token: String,
+}
+
+impl Running {
+    /// Where clients connect.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.proxy.addr()
+    }
+
+    /// The token clients identify with.
+    #[must_use]
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The simulated Discord, with `--simulate`.
+    #[must_use]
+    pub fn sim(&self) -> Option<&Sim> {
+        self.sim.as_ref()
+    }
+
+    /// The proxy.
+    #[must_use]
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+}
+
+/// The simulated Discord of `--simulate`: a few shards and guilds with a
+/// steady stream of events.
+fn demo_sim() -> SimConfig {
+    let mut config = SimConfig::default();
+    config.shards = 2;
+    config.guilds = 20;
+    config.members_per_guild = 50;
+    config.events_per_sec = 20;
+    config.identify_interval = Duration::from_secs(1);
+    config
+}
+
+/// Loads the configuration, starts the shard pool (and with `simulate`, a
+/// simulated Discord for it), waits until every shard is ready, and starts
+/// serving clients. `env` is the process environment (`TOKEN`,
+/// `GATEWAY_PROXY_*`).
+///
+/// # Errors
+///
+/// A configuration error (code 64, naming the file or variable and the
+/// key), or a failure to start the simulator, the pool or the listener
+/// (code 1).
+pub async fn start(options: &Options, mut env: Vec<(String, String)>) -> Result<Running, RunError> {
+    let failed = |message: String| RunError { code: 1, message };
+    let sim = if options.simulate {
+        let sim = Sim::start(demo_sim())
+            .await
+            .map_err(|e| failed(format!("cannot start the simulator: {e}")))?;
+        // The simulator's token, REST and every intent win over the config.
+        env.push(("TOKEN".to_owned(), sim.token().to_owned()));
+        env.push(("GATEWAY_PROXY_API_BASE".to_owned(), sim.api_base()));
+        env.push((
+            "GATEWAY_PROXY_INTENTS".to_owned(),
+            KNOWN_INTENTS.to_string(),
+        ));
+        Some(sim)
+    } else {
+        None
+    };
+    let config = config::load(options.config.as_deref(), env).map_err(|e| RunError {
+        code: EXIT_CONFIG,
+        message: e.to_string(),
+    })?;
+    init_logging(&config.log_level);
+    let mut pool_config = config.pool_config();
+    if let Some(sim) = &sim {
+        pool_config.identify_window = sim.config().identify_interval;
+    }
+    let pool = Pool::start(pool_config)
+        .await
+        .map_err(|e| failed(format!("cannot start the shards: {e}")))?;
+    tracing::info!(shards = ?pool.range(), total = pool.total(), "waiting for every shard to be ready");
+    pool.ready().await;
+    let proxy = Proxy::start(config.server_config(), pool)
+        .await
+        .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
+    Ok(Running {
+        proxy,
+        sim,
+        token: config.token,
+    })
+}
+
+/// Sets up logging at `level` (a tracing filter such as `info` or
+/// `gateway_proxy=debug,info`); a second call does nothing.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}

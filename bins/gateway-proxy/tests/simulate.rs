@@ -1,0 +1,65 @@
+//! `gateway-proxy --simulate`, as the README's first command runs it: a
+//! bot identifies through the proxy and gets READY and its guilds from the
+//! simulated Discord.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
+use discord_sim::GatewayClient;
+use gateway_proxy::{Options, start};
+
+#[tokio::test]
+async fn simulate_serves_a_bot_with_no_config_at_all() {
+    let options = Options::parse(["--simulate".to_owned()]).unwrap().unwrap();
+    // Any free port, and no config file: the demo needs nothing else.
+    let env = vec![("GATEWAY_PROXY_PORT".to_owned(), "0".to_owned())];
+    let running = start(&options, env).await.unwrap();
+    let sim = running.sim().unwrap();
+    let shards = sim.config().shards;
+    let (mut client, hello) =
+        GatewayClient::connect(running.addr(), "v=10&encoding=json&compress=zstd-stream")
+            .await
+            .unwrap();
+    assert_eq!(hello["op"], 10);
+    client
+        .identify(running.token(), [1, shards], 513)
+        .await
+        .unwrap();
+    let ready = client.dispatch("READY").await.unwrap();
+    let guilds = ready["d"]["guilds"].as_array().unwrap().len();
+    assert_eq!(guilds, sim.world().guilds_of(1, shards).count());
+    for _ in 0..guilds {
+        assert_eq!(client.payload().await.unwrap()["t"], "GUILD_CREATE");
+    }
+}
+
+#[test]
+fn the_command_line_is_read_or_refused_with_usage() {
+    let parse = |args: &[&str]| Options::parse(args.iter().map(|a| (*a).to_owned()));
+    let options = parse(&["--config", "/etc/proxy.json"]).unwrap().unwrap();
+    assert_eq!(
+        options.config.as_deref(),
+        Some(std::path::Path::new("/etc/proxy.json"))
+    );
+    assert!(!options.simulate);
+    assert_eq!(parse(&["--help"]).unwrap(), None);
+    assert!(
+        parse(&["--config"])
+            .unwrap_err()
+            .contains("--config needs a path")
+    );
+    assert!(
+        parse(&["--verbose"])
+            .unwrap_err()
+            .contains("unknown argument `--verbose`")
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_is_exit_code_64_naming_the_key() {
+    let options = Options::parse(["--simulate".to_owned()]).unwrap().unwrap();
+    let env = vec![("GATEWAY_PROXY_PORT".to_owned(), "http".to_owned())];
+    let error = start(&options, env).await.unwrap_err();
+    assert_eq!(error.code, 64);
+    assert!(error.message.contains("GATEWAY_PROXY_PORT"), "{error}");
+}
