@@ -388,7 +388,7 @@ fn member_event(
             member.write(d);
             let _ = write!(
                 d,
-                r#","token":"sim-interaction-{:016x}","version":1,"app_permissions":"2248473465835073","locale":"en-US","guild_locale":"en-US","entitlements":[],"authorizing_integration_owners":{{"0":"{id}"}},"context":0}}"#,
+                r#","token":"sim-interaction-{:016x}","version":1,"app_permissions":"2248473465835073","locale":"en-US","guild_locale":"en-US","entitlements":[],"attachment_size_limit":10485760,"authorizing_integration_owners":{{"0":"{id}"}},"context":0}}"#,
                 rng.next_u64()
             );
             return Some("INTERACTION_CREATE");

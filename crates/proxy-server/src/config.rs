@@ -13,7 +13,8 @@ pub struct ServerConfig {
     pub token: String,
     /// Whether a client's IDENTIFY token must equal `token` (4004 if not).
     pub validate_token: bool,
-    /// READY's `resume_gateway_url`: where clients reconnect to resume.
+    /// READY's `resume_gateway_url`: where clients reconnect to resume;
+    /// empty for `ws://` and the address the proxy listens on.
     pub externally_accessible_url: String,
     /// Events that may wait for one client before it counts as too slow and
     /// is closed (resumable).
@@ -36,7 +37,7 @@ impl ServerConfig {
             bind,
             token: token.into(),
             validate_token: true,
-            externally_accessible_url: format!("ws://{bind}"),
+            externally_accessible_url: String::new(),
             backpressure: 100,
             session_ttl: Duration::from_mins(5),
             replay_max_events: 16_384,

@@ -264,7 +264,7 @@ impl Driver {
             return;
         }
         let end = loop {
-            let deadline = self.protocol.deadline();
+            let deadline = self.protocol.poll_timeout();
             let step = tokio::select! {
                 biased;
                 message = incoming.recv() => self.incoming(message).await,
@@ -293,7 +293,7 @@ impl Driver {
             .ctl
             .send(Frame::close(close.code, close.reason.as_bytes()));
         match close.code {
-            Close::AUTHENTICATION_FAILED | 4010..=4014 | Close::SESSION_TIMED_OUT => End::Final,
+            Close::AUTHENTICATION_FAILED | 4010..=4014 => End::Final,
             _ => End::Resumable,
         }
     }
@@ -319,7 +319,7 @@ impl Driver {
             }
             Some(In::Text(payload)) => payload,
         };
-        match self.protocol.handle(&payload, Instant::now()) {
+        match self.protocol.handle_payload(&payload, Instant::now()) {
             Request::Heartbeat => self.send(Bytes::from_static(HEARTBEAT_ACK)).await,
             Request::Identify(identify) => self.identify(identify).await,
             Request::Resume(resume) => self.resume(resume).await,

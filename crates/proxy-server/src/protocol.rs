@@ -1,5 +1,6 @@
-//! The gateway protocol towards one client, without I/O: each payload the
-//! client sends in, what to do about it out; and the heartbeat deadline.
+//! The gateway protocol towards one client, without I/O, in quinn's shape:
+//! `handle_payload` takes what the client sends and says what to do about
+//! it; `poll_timeout` says when the client's heartbeat is due.
 //!
 //! The connection task feeds it and carries out what it asks: answer a
 //! heartbeat, serve an IDENTIFY or a RESUME (which need the shard pool and
@@ -121,7 +122,7 @@ impl Protocol {
 
     /// When the client must have sent a heartbeat; past it, close with
     /// [`Protocol::timed_out`].
-    pub(crate) fn deadline(&self) -> Instant {
+    pub(crate) fn poll_timeout(&self) -> Instant {
         self.deadline
     }
 
@@ -142,7 +143,7 @@ impl Protocol {
     }
 
     /// Takes one text payload from the client.
-    pub(crate) fn handle(&mut self, payload: &[u8], now: Instant) -> Request {
+    pub(crate) fn handle_payload(&mut self, payload: &[u8], now: Instant) -> Request {
         if payload.len() > MAX_PAYLOAD {
             return Request::Close(Close::new(Close::DECODE_ERROR, "payload over 4096 bytes"));
         }
@@ -327,7 +328,7 @@ mod tests {
                 compress,
             };
             assert_eq!(
-                p.handle(payload.as_bytes(), now),
+                p.handle_payload(payload.as_bytes(), now),
                 Request::Identify(expected),
                 "{payload}"
             );
@@ -338,36 +339,39 @@ mod tests {
     async fn bad_input_gets_discords_close_codes() {
         let (mut p, now) = protocol();
         assert_eq!(
-            p.handle(br#"{"op":1,"d":null}"#, now),
+            p.handle_payload(br#"{"op":1,"d":null}"#, now),
             Request::Heartbeat,
             "heartbeats before identify"
         );
-        assert_eq!(close_code(p.handle(b"{not json", now)), 4002);
-        assert_eq!(close_code(p.handle(br#"{"d":{}}"#, now)), 4002);
+        assert_eq!(close_code(p.handle_payload(b"{not json", now)), 4002);
+        assert_eq!(close_code(p.handle_payload(br#"{"d":{}}"#, now)), 4002);
         assert_eq!(
-            close_code(p.handle(br#"{"op":8,"d":{"guild_id":"1"}}"#, now)),
+            close_code(p.handle_payload(br#"{"op":8,"d":{"guild_id":"1"}}"#, now)),
             4003
         );
         assert_eq!(
-            close_code(p.handle(br#"{"op":99,"d":{}}"#, now)),
+            close_code(p.handle_payload(br#"{"op":99,"d":{}}"#, now)),
             4003,
             "unknown op before identify"
         );
         assert_eq!(
-            close_code(p.handle(br#"{"op":2,"d":{"intents":1}}"#, now)),
+            close_code(p.handle_payload(br#"{"op":2,"d":{"intents":1}}"#, now)),
             4002,
             "no token"
         );
         let big = format!(r#"{{"op":1,"d":"{}"}}"#, "x".repeat(MAX_PAYLOAD));
-        assert_eq!(close_code(p.handle(big.as_bytes(), now)), 4002);
+        assert_eq!(close_code(p.handle_payload(big.as_bytes(), now)), 4002);
         p.authenticated();
         assert_eq!(
-            close_code(p.handle(br#"{"op":2,"d":{"token":"abc"}}"#, now)),
+            close_code(p.handle_payload(br#"{"op":2,"d":{"token":"abc"}}"#, now)),
             4005
         );
-        assert_eq!(close_code(p.handle(br#"{"op":99,"d":{}}"#, now)), 4001);
         assert_eq!(
-            close_code(p.handle(br#"{"op":8,"d":{"query":""}}"#, now)),
+            close_code(p.handle_payload(br#"{"op":99,"d":{}}"#, now)),
+            4001
+        );
+        assert_eq!(
+            close_code(p.handle_payload(br#"{"op":8,"d":{"query":""}}"#, now)),
             4002,
             "op 8 needs a guild"
         );
@@ -378,7 +382,7 @@ mod tests {
         let (mut p, now) = protocol();
         p.authenticated();
         let payload = br#"{"op":8,"d":{"guild_id":123,"query":"","limit":0,"nonce":"n1"}}"#;
-        let Request::Command(command) = p.handle(payload, now) else {
+        let Request::Command(command) = p.handle_payload(payload, now) else {
             panic!()
         };
         assert_eq!(
@@ -386,12 +390,13 @@ mod tests {
             (8, Some(123), Some("n1"))
         );
         assert_eq!(command.payload, &payload[..]);
-        let Request::Command(sounds) = p.handle(br#"{"op":31,"d":{"guild_ids":["77"]}}"#, now)
+        let Request::Command(sounds) =
+            p.handle_payload(br#"{"op":31,"d":{"guild_ids":["77"]}}"#, now)
         else {
             panic!()
         };
         assert_eq!(sounds.guild_id, Some(77));
-        let Request::Command(presence) = p.handle(
+        let Request::Command(presence) = p.handle_payload(
             br#"{"op":3,"d":{"status":"idle","since":null,"activities":[],"afk":false}}"#,
             now,
         ) else {
@@ -405,19 +410,19 @@ mod tests {
         let (mut p, now) = protocol();
         for i in 0..120 {
             assert_eq!(
-                p.handle(br#"{"op":1,"d":null}"#, now + Duration::from_millis(i)),
+                p.handle_payload(br#"{"op":1,"d":null}"#, now + Duration::from_millis(i)),
                 Request::Heartbeat
             );
         }
         assert_eq!(
-            close_code(p.handle(br#"{"op":1,"d":null}"#, now + Duration::from_secs(1))),
+            close_code(p.handle_payload(br#"{"op":1,"d":null}"#, now + Duration::from_secs(1))),
             4008
         );
         let (mut p, now) = protocol();
         for i in 0..200u64 {
             let at = now + Duration::from_millis(i * 600);
             assert_eq!(
-                p.handle(br#"{"op":1,"d":null}"#, at),
+                p.handle_payload(br#"{"op":1,"d":null}"#, at),
                 Request::Heartbeat,
                 "100 a minute is fine"
             );
@@ -427,9 +432,9 @@ mod tests {
     #[tokio::test]
     async fn heartbeats_move_the_deadline() {
         let (mut p, now) = protocol();
-        assert_eq!(p.deadline(), now + Duration::from_mins(1));
-        p.handle(br#"{"op":1,"d":5}"#, now + Duration::from_secs(30));
-        assert_eq!(p.deadline(), now + Duration::from_secs(90));
+        assert_eq!(p.poll_timeout(), now + Duration::from_mins(1));
+        p.handle_payload(br#"{"op":1,"d":5}"#, now + Duration::from_secs(30));
+        assert_eq!(p.poll_timeout(), now + Duration::from_secs(90));
     }
 
     #[test]
@@ -443,7 +448,7 @@ mod tests {
     #[tokio::test]
     async fn resume_reads_its_fields() {
         let (mut p, now) = protocol();
-        let request = p.handle(
+        let request = p.handle_payload(
             br#"{"op":6,"d":{"token":"Bot t","session_id":"s1","seq":42}}"#,
             now,
         );
@@ -456,7 +461,7 @@ mod tests {
             })
         );
         assert_eq!(
-            close_code(p.handle(br#"{"op":6,"d":{"token":"t"}}"#, now)),
+            close_code(p.handle_payload(br#"{"op":6,"d":{"token":"t"}}"#, now)),
             4002
         );
     }

@@ -48,9 +48,16 @@ impl Proxy {
     /// # Errors
     ///
     /// If the address cannot be bound.
-    pub async fn start(config: ServerConfig, pool: Pool) -> io::Result<Self> {
+    pub async fn start(mut config: ServerConfig, pool: Pool) -> io::Result<Self> {
         let listener = TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
+        if config.externally_accessible_url.is_empty() {
+            let mut public = addr;
+            if public.ip().is_unspecified() {
+                public.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            config.externally_accessible_url = format!("ws://{public}");
+        }
         let ctx = Arc::new(Context::new(config, Arc::new(pool)));
         let recorder = PrometheusBuilder::new()
             .set_buckets(metrics::LATENCY_BUCKETS)

@@ -7,6 +7,7 @@
 mod http;
 mod protocol;
 mod sessions;
+mod twilight;
 
 use std::time::Duration;
 

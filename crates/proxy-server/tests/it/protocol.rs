@@ -23,7 +23,10 @@ async fn identify_gets_ready_and_guilds_equal_to_the_truth() {
         let d = &ready["d"];
         assert_eq!(d["shard"], serde_json::json!([shard, 2]));
         assert_eq!(d["session_id"].as_str().unwrap().len(), 32);
-        assert_eq!(d["resume_gateway_url"], format!("ws://{}", "127.0.0.1:0"));
+        assert_eq!(
+            d["resume_gateway_url"],
+            format!("ws://{}", setup.proxy.addr())
+        );
         assert!(d["application"]["id"].is_string() && d["user"]["mfa_enabled"].is_boolean());
         let truth: Vec<&discord_sim::Guild> = world.guilds_of(shard, 2).collect();
         assert_eq!(creates.len(), truth.len());
@@ -225,4 +228,47 @@ async fn a_range_past_zero_serves_absolute_shard_ids() {
         Some(4010),
         "shard 1 is not served here"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_heartbeating_is_closed_resumably() {
+    let setup = Setup::new(
+        |c| c.events_per_sec = 0,
+        |_, server| server.heartbeat_interval = std::time::Duration::from_millis(200),
+    )
+    .await;
+    let mut client = setup.client("v=10&encoding=json").await;
+    client.identify(setup.sim.token(), [0, 1], 1).await.unwrap();
+    let ready = client.dispatch("READY").await.unwrap();
+    assert_eq!(client.close_code().await.unwrap(), Some(4009));
+    // The session outlives the connection.
+    let session = ready["d"]["session_id"].as_str().unwrap();
+    let guilds = ready["d"]["guilds"].as_array().unwrap().len() as u64;
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), session, 1 + guilds)
+        .await
+        .unwrap();
+    assert_eq!(client.dispatch("RESUMED").await.unwrap()["s"], 2 + guilds);
+}
+
+#[tokio::test]
+async fn member_chunks_go_to_the_client_that_asked() {
+    let setup = Setup::new(|c| c.events_per_sec = 0, |_, _| {}).await;
+    let (mut asker, _, creates) = setup.identified(0, 1).await;
+    let (mut other, _, _) = setup.identified(0, 1).await;
+    let guild = creates[0]["d"]["id"].as_str().unwrap().to_owned();
+    asker
+        .send(&format!(
+            r#"{{"op":8,"d":{{"guild_id":"{guild}","query":"","limit":0,"nonce":"mine"}}}}"#
+        ))
+        .await
+        .unwrap();
+    let chunk = asker.dispatch("GUILD_MEMBERS_CHUNK").await.unwrap();
+    assert_eq!(chunk["d"]["nonce"], "mine");
+    assert_eq!(chunk["s"], 2 + creates.len() as u64, "its own next s");
+    // The other client gets nothing: its next payload is the ACK of its own
+    // heartbeat.
+    other.send(r#"{"op":1,"d":null}"#).await.unwrap();
+    assert_eq!(other.payload().await.unwrap()["op"], 11);
 }
