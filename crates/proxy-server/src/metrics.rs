@@ -6,13 +6,16 @@
 //! one, so that several proxies can live in one process).
 
 use metrics::{counter, gauge, histogram};
-use shard_pool::ShardStatus;
+use shard_pool::{ShardState, ShardStatus};
 use std::sync::atomic::Ordering;
 
 use crate::context::{COMPRESSION_NAMES, Context, lock};
 
 /// Histogram buckets of heartbeat latency, in seconds.
 pub(crate) const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Histogram buckets of `gateway_shard_status`: its five codes.
+pub(crate) const STATUS_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0];
 
 const STATES: [&str; 6] = [
     "connecting",
@@ -66,15 +69,28 @@ fn shard_metrics(ctx: &Context, shard: &str, status: &ShardStatus) {
                 .record(latency.as_secs_f64());
         }
     }
+    // The original's encoding, as a histogram, so its dashboards work:
+    // 4 active, 3 resuming, 2 identifying (or connecting), 1 disconnected,
+    // 0 fatally closed.
+    let code = match status.state {
+        ShardState::Active => 4.0,
+        ShardState::Resuming => 3.0,
+        ShardState::Disconnected { .. } => 1.0,
+        ShardState::FatallyClosed => 0.0,
+        _ => 2.0,
+    };
+    histogram!("gateway_shard_status", "shard" => shard.to_owned()).record(code);
     for state in STATES {
         let value = f64::from(u8::from(status.state.name() == state));
-        gauge!("gateway_shard_status", "shard" => shard.to_owned(), "state" => state).set(value);
+        gauge!("gateway_shard_state", "shard" => shard.to_owned(), "state" => state).set(value);
     }
     let cache = &status.cache;
     for (name, value) in [
         ("gateway_cache_guilds", cache.guilds),
         ("gateway_cache_unavailable_guilds", cache.unavailable_guilds),
         ("gateway_cache_members", cache.members),
+        // The original counted users apart; here each member holds its user.
+        ("gateway_cache_users", cache.members),
         ("gateway_cache_presences", cache.presences),
         ("gateway_cache_channels", cache.channels),
         ("gateway_cache_threads", cache.threads),

@@ -14,7 +14,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use shard_pool::{Pool, ShardState};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -61,6 +63,12 @@ impl Proxy {
         let ctx = Arc::new(Context::new(config, Arc::new(pool)));
         let recorder = PrometheusBuilder::new()
             .set_buckets(metrics::LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("gateway_shard_status".to_owned()),
+                    metrics::STATUS_BUCKETS,
+                )
+            })
             .map_err(io::Error::other)?
             .build_recorder();
         let handle = recorder.handle();

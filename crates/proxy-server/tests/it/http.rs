@@ -50,7 +50,9 @@ async fn health_shard_count_ready_and_metrics() {
     for name in [
         "gateway_shard_events{",
         "gateway_shard_latency",
-        "gateway_shard_status{",
+        "gateway_shard_status_bucket{shard=\"0\",le=\"4\"}",
+        "gateway_shard_state{",
+        "gateway_cache_users{",
         "gateway_cache_guilds{",
         "gateway_cache_members{",
         "gateway_clients{shard=\"0\"} 1",
