@@ -119,6 +119,12 @@ impl Running {
     pub fn proxy(&self) -> &Proxy {
         &self.proxy
     }
+
+    /// Shuts down gracefully: clients are closed with 1001 (going away) and
+    /// upstream sessions end normally.
+    pub async fn shutdown(self) {
+        self.proxy.shutdown().await;
+    }
 }
 
 /// The simulated Discord of `--simulate`: a few shards and guilds with a

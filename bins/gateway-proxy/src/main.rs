@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         }
         shutdown_signal().await;
         tracing::info!("shutting down");
-        drop(running);
+        running.shutdown().await;
         ExitCode::SUCCESS
     })
 }

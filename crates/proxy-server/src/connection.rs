@@ -263,10 +263,15 @@ impl Driver {
         {
             return;
         }
+        let mut shutdown = self.ctx.shutdown.subscribe();
         let end = loop {
             let deadline = self.protocol.poll_timeout();
             let step = tokio::select! {
                 biased;
+                // The only change is to `true`: the proxy is shutting down.
+                Ok(()) = shutdown.changed() => {
+                    Err(self.close(Close::new(1001, "the proxy is shutting down")))
+                }
                 message = incoming.recv() => self.incoming(message).await,
                 event = next_event(&mut self.attached) => self.event(event).await,
                 () = tokio::time::sleep_until(deadline) => {

@@ -100,6 +100,8 @@ pub(crate) struct Context {
     pub(crate) sessions: Sessions,
     pub(crate) routes: Routes,
     pub(crate) counters: Counters,
+    /// Turns true when the proxy shuts down: every connection closes.
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     next_session: AtomicU64,
     session_salt: u64,
 }
@@ -112,6 +114,7 @@ impl Context {
             sessions: Sessions::default(),
             routes: Routes::default(),
             counters: Counters::default(),
+            shutdown: tokio::sync::watch::Sender::new(false),
             next_session: AtomicU64::new(1),
             session_salt: RandomState::new().hash_one(0x5e55_1045u64),
         }

@@ -86,6 +86,18 @@ impl Proxy {
         self.addr
     }
 
+    /// Shuts down: stops accepting, closes every client with 1001 (going
+    /// away), then ends every upstream session normally.
+    pub async fn shutdown(self) {
+        if let Some(accept) = self.tasks.first() {
+            accept.abort();
+        }
+        self.ctx.shutdown.send_replace(true);
+        // Let the connections write their close frames.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.ctx.pool.shutdown().await;
+    }
+
     /// The shard pool it serves from.
     #[must_use]
     pub fn pool(&self) -> &Pool {

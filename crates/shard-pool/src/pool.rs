@@ -23,12 +23,16 @@ pub struct Pool {
     total: u32,
     start: u32,
     gateway: GatewayInfo,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        let tasks = self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task in tasks.iter() {
             task.abort();
         }
     }
@@ -135,7 +139,7 @@ impl Pool {
             total,
             start: range.start,
             gateway,
-            tasks,
+            tasks: std::sync::Mutex::new(tasks),
         })
     }
 
@@ -182,6 +186,26 @@ impl Pool {
     #[must_use]
     pub fn status(&self) -> Vec<ShardStatus> {
         self.shards.iter().map(ShardHandle::status).collect()
+    }
+
+    /// Closes every upstream session normally and waits (up to five
+    /// seconds) for the shards' tasks to end.
+    pub async fn shutdown(&self) {
+        for shard in &self.shards {
+            shard.close();
+        }
+        let tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
     }
 
     /// Waits until every shard can serve clients.

@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     ready: watch::Sender<bool>,
     sender: MessageSender,
     load_timeout: Duration,
+    /// Set by [`ShardHandle::close`]: the next close ends the task.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -167,6 +169,7 @@ impl ShardHandle {
                 ready: watch::Sender::new(false),
                 sender,
                 load_timeout,
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -239,6 +242,18 @@ impl ShardHandle {
             .sender
             .send(json)
             .map_err(|_| Error::new(ErrorKind::Closed(self.shared.id)))
+    }
+
+    /// Ends the upstream session with a normal close: Discord forgets it,
+    /// and the shard's task ends.
+    pub fn close(&self) {
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self
+            .shared
+            .sender
+            .close(twilight_gateway::CloseFrame::NORMAL);
     }
 
     /// The shard's status now.
@@ -331,6 +346,13 @@ impl ShardHandle {
                     let code = frame.map(|f| f.code);
                     tracing::info!(shard = id, ?code, "upstream closed");
                     lock(&self.shared.sampled).close_code = code;
+                    if self
+                        .shared
+                        .closing
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return;
+                    }
                 }
                 Some(Err(error)) => tracing::warn!(shard = id, %error, "upstream receive error"),
                 None => {

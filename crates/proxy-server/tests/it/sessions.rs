@@ -168,3 +168,26 @@ async fn an_upstream_reidentify_tells_clients_to_identify_again() {
     let ready = client.dispatch("READY").await.unwrap();
     assert_eq!(ready["s"], 1);
 }
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_going_away_and_ends_upstream_sessions() {
+    let setup = Setup::new(|c| c.events_per_sec = 100, |_, _| {}).await;
+    let (mut client, _, creates) = setup.identified(0, 1).await;
+    marked(&mut client, 1 + creates.len() as u64, 5).await;
+    let super::Setup { sim, proxy } = setup;
+    proxy.shutdown().await;
+    let code = loop {
+        match client.recv().await.unwrap() {
+            discord_sim::Received::Close(code) => break code,
+            discord_sim::Received::Payload(_) => {}
+            _ => unreachable!(),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    let upstream = sim.connections();
+    assert!(upstream.iter().all(|c| !c.open), "upstream closed");
+    assert!(
+        upstream.iter().any(|c| c.close_code == Some(1000)),
+        "normally"
+    );
+}
