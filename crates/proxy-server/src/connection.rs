@@ -21,7 +21,7 @@ use seqpatch::Scan;
 use shard_pool::{Dispatch, Session as ReadySession, ShardEvent, ShardHandle};
 use sonic_rs::JsonValueTrait;
 use tokio::io::WriteHalf;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use wire_codec::{Compression, Encoder};
 
@@ -29,7 +29,7 @@ use crate::context::Context;
 use crate::protocol::{
     Close, Command, Identify, MAX_PAYLOAD, Protocol, Request, Resume, same_token,
 };
-use crate::session::{SeqMap, Session};
+use crate::session::{Attach, SeqMap, Session};
 
 type Socket = TokioIo<Upgraded>;
 
@@ -69,6 +69,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// How long a client's full queue may stay full before the client counts
 /// as too slow.
 const SLOW_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a RESUME waits for the old connection of its session to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// How long an IDENTIFY waits for its shard to be ready.
 const READY_WAIT: Duration = Duration::from_secs(30);
@@ -266,11 +269,15 @@ impl Driver {
         let mut shutdown = self.ctx.shutdown.subscribe();
         let end = loop {
             let deadline = self.protocol.poll_timeout();
+            let kick = self.attached.as_ref().map(|a| a.session.kick.clone());
             let step = tokio::select! {
                 biased;
                 // The only change is to `true`: the proxy is shutting down.
                 Ok(()) = shutdown.changed() => {
                     Err(self.close(Close::new(1001, "the proxy is shutting down")))
+                }
+                () = kicked(kick) => {
+                    Err(self.close(Close::new(Close::UNKNOWN_ERROR, "the session was resumed on another connection")))
                 }
                 message = incoming.recv() => self.incoming(message).await,
                 event = next_event(&mut self.attached) => self.event(event).await,
@@ -404,6 +411,7 @@ impl Driver {
             map: SeqMap::new(last_seq, snapshot.index),
             attached: true,
             detached_at: None,
+            kick: Arc::new(Notify::new()),
         };
         self.ctx
             .sessions
@@ -426,11 +434,26 @@ impl Driver {
                 "authentication failed",
             )));
         }
-        let now = Instant::now();
         let ttl = self.ctx.config.session_ttl;
-        let Some(mut session) = self.ctx.sessions.attach(&resume.session_id, ttl, now) else {
-            return self.send(Bytes::from_static(INVALID_SESSION)).await;
+        let taken = Instant::now() + TAKEOVER_WAIT;
+        let mut session = loop {
+            match self
+                .ctx
+                .sessions
+                .attach(&resume.session_id, ttl, Instant::now())
+            {
+                Attach::Taken(session) => break session,
+                // Its old connection was told to let go; it saves the session
+                // as it goes.
+                Attach::Busy if Instant::now() < taken => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Attach::Busy | Attach::Gone => {
+                    return self.send(Bytes::from_static(INVALID_SESSION)).await;
+                }
+            }
         };
+        let now = Instant::now();
         let pool = self.ctx.pool.clone();
         let replay = pool.shard(session.shard).and_then(|shard| {
             let seq = resume.seq?;
@@ -626,6 +649,14 @@ fn d_str(dispatch: &Dispatch, key: &str) -> Option<String> {
     let d = dispatch.scan.d(&dispatch.payload)?;
     let value = sonic_rs::get(d, [key]).ok()?;
     value.as_str().map(str::to_owned)
+}
+
+/// Resolves when this connection's session is resumed elsewhere.
+async fn kicked(kick: Option<Arc<Notify>>) {
+    match kick {
+        Some(kick) => kick.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_event(

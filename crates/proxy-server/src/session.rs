@@ -2,9 +2,10 @@
 //! for how long it can.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Which shard index each client `s` stands for.
@@ -71,6 +72,20 @@ pub(crate) struct Session {
     pub(crate) attached: bool,
     /// When it lost its connection.
     pub(crate) detached_at: Option<Instant>,
+    /// Tells the connection serving it to let go: the client has resumed
+    /// on another connection (the old one may not know it is dead yet).
+    pub(crate) kick: Arc<Notify>,
+}
+
+/// What a RESUME finds.
+#[derive(Debug)]
+pub(crate) enum Attach {
+    /// The session, now served by the caller.
+    Taken(Session),
+    /// Another connection still serves it; it has been told to let go.
+    Busy,
+    /// Unknown, expired or over.
+    Gone,
 }
 
 /// Every session, by id.
@@ -88,20 +103,27 @@ impl Sessions {
         lock(&self.sessions).insert(id, session);
     }
 
-    /// Takes a detached session over for a RESUME; `None` if it is unknown,
-    /// expired, served by another connection, or of another shard.
-    pub(crate) fn attach(&self, id: &str, ttl: Duration, now: Instant) -> Option<Session> {
+    /// Takes a detached session over for a RESUME. A session another
+    /// connection still serves is told to let go ([`Attach::Busy`]): ask
+    /// again once it has.
+    pub(crate) fn attach(&self, id: &str, ttl: Duration, now: Instant) -> Attach {
         let mut sessions = lock(&self.sessions);
-        let session = sessions.get_mut(id)?;
-        let expired = session
+        let Some(session) = sessions.get_mut(id) else {
+            return Attach::Gone;
+        };
+        if session.attached {
+            session.kick.notify_one();
+            return Attach::Busy;
+        }
+        if session
             .detached_at
-            .is_some_and(|at| now.duration_since(at) >= ttl);
-        if session.attached || expired {
-            return None;
+            .is_some_and(|at| now.duration_since(at) >= ttl)
+        {
+            return Attach::Gone;
         }
         session.attached = true;
         session.detached_at = None;
-        Some(session.clone())
+        Attach::Taken(session.clone())
     }
 
     /// Saves what a connection sent, and lets the session go: resumable
@@ -172,25 +194,40 @@ mod tests {
             map: SeqMap::new(4, 0),
             attached: true,
             detached_at: None,
+            kick: Arc::new(Notify::new()),
         };
+        let kicked = session.kick.clone();
         sessions.insert("a".to_owned(), session.clone());
-        assert!(sessions.attach("a", ttl, now).is_none(), "still attached");
+        assert!(
+            matches!(sessions.attach("a", ttl, now), Attach::Busy),
+            "still attached"
+        );
+        // The serving connection was told to let go.
+        tokio::time::timeout(Duration::from_millis(10), kicked.notified())
+            .await
+            .unwrap();
         sessions.detach("a", session.clone(), true, now);
         assert!(
-            sessions
-                .attach("a", ttl, now + Duration::from_secs(10))
-                .is_none(),
+            matches!(
+                sessions.attach("a", ttl, now + Duration::from_secs(10)),
+                Attach::Gone
+            ),
             "expired"
         );
         sessions.detach("a", session.clone(), true, now);
+        assert!(matches!(
+            sessions.attach("a", ttl, now + Duration::from_secs(9)),
+            Attach::Taken(_)
+        ));
         assert!(
-            sessions
-                .attach("a", ttl, now + Duration::from_secs(9))
-                .is_some()
+            matches!(sessions.attach("a", ttl, now), Attach::Busy),
+            "taken"
         );
-        assert!(sessions.attach("a", ttl, now).is_none(), "taken");
         sessions.detach("a", session.clone(), false, now);
-        assert!(sessions.attach("a", ttl, now).is_none(), "ended");
+        assert!(
+            matches!(sessions.attach("a", ttl, now), Attach::Gone),
+            "ended"
+        );
         sessions.insert("b".to_owned(), session.clone());
         sessions.detach("b", session, true, now);
         assert_eq!(

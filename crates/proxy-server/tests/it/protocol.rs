@@ -272,3 +272,51 @@ async fn member_chunks_go_to_the_client_that_asked() {
     other.send(r#"{"op":1,"d":null}"#).await.unwrap();
     assert_eq!(other.payload().await.unwrap()["op"], 11);
 }
+
+#[tokio::test]
+async fn voice_servers_go_to_the_client_that_asked_and_op_31_is_answered() {
+    let setup = Setup::new(|c| c.events_per_sec = 0, |_, _| {}).await;
+    let (mut asker, _, creates) = setup.identified(0, 1).await;
+    let (mut other, _, _) = setup.identified(0, 1).await;
+    let guild = creates[0]["d"]["id"].as_str().unwrap().to_owned();
+    let voice = creates[0]["d"]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == 2)
+        .map(|c| c["id"].as_str().unwrap().to_owned());
+    asker
+        .send(&format!(
+            r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":{},"self_mute":false,"self_deaf":false}}}}"#,
+            voice.map_or("null".to_owned(), |v| format!("\"{v}\""))
+        ))
+        .await
+        .unwrap();
+    let server = asker.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
+    assert_eq!(server["d"]["guild_id"], guild);
+    asker
+        .send(&format!(r#"{{"op":31,"d":{{"guild_ids":["{guild}"]}}}}"#))
+        .await
+        .unwrap();
+    let sounds = asker.dispatch("SOUNDBOARD_SOUNDS").await.unwrap();
+    assert_eq!(sounds["d"]["guild_id"], guild);
+    // The other client saw the voice state and the sounds, not the voice
+    // server, which came between them upstream.
+    let mut names = Vec::new();
+    loop {
+        let payload = other.payload().await.unwrap();
+        let name = payload["t"].as_str().unwrap().to_owned();
+        names.push(name.clone());
+        if name == "SOUNDBOARD_SOUNDS" {
+            break;
+        }
+    }
+    assert!(
+        !names.contains(&"VOICE_SERVER_UPDATE".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"VOICE_STATE_UPDATE".to_owned()),
+        "{names:?}"
+    );
+}

@@ -191,3 +191,40 @@ async fn shutdown_closes_clients_with_going_away_and_ends_upstream_sessions() {
         "normally"
     );
 }
+
+#[tokio::test]
+async fn a_resume_takes_the_session_from_a_connection_not_yet_known_dead() {
+    let setup = Setup::new(|c| c.events_per_sec = 500, |_, _| {}).await;
+    let (mut old, ready, creates) = setup.identified(0, 1).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let mut seen = marked(&mut old, 1 + creates.len() as u64, 50).await;
+    let last = seen.last().unwrap().0;
+    // The old connection is still open as far as the proxy knows.
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), &session, last)
+        .await
+        .unwrap();
+    let mut s;
+    loop {
+        let payload = client.payload().await.unwrap();
+        s = payload["s"].as_u64().unwrap();
+        if payload["t"] == "RESUMED" {
+            break;
+        }
+        if let Some(n) = super::marker(&payload) {
+            seen.push((s, n));
+        }
+    }
+    seen.extend(marked(&mut client, s, 100).await);
+    assert_contiguous(&seen);
+    // And the old connection was let go.
+    let code = loop {
+        match old.recv().await.unwrap() {
+            discord_sim::Received::Close(code) => break code,
+            discord_sim::Received::Payload(_) => {}
+            _ => unreachable!(),
+        }
+    };
+    assert_eq!(code, Some(4000));
+}
