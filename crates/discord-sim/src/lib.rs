@@ -173,6 +173,7 @@ impl Sim {
             .collect();
         let shared = Arc::new(Shared {
             gateway_url: format!("ws://{addr}"),
+            advertised_gateway: Mutex::new(None),
             identify: Mutex::new(IdentifyState {
                 last: HashMap::new(),
                 remaining: config.session_start_total,
@@ -291,6 +292,14 @@ impl Sim {
         self.shared.lagged.load(Ordering::Relaxed)
     }
 
+    /// Makes REST's `/gateway` and `/gateway/bot` name `url` as the
+    /// gateway instead of the sim: for clients that find the gateway only
+    /// through REST (discord.js) and must reach it through a proxy. The
+    /// proxy itself then needs the sim's own [`gateway_url`](Self::gateway_url).
+    pub fn advertise_gateway(&self, url: impl Into<String>) {
+        *crate::lock(&self.shared.advertised_gateway) = Some(url.into());
+    }
+
     /// `session_start_limit.remaining`.
     #[must_use]
     pub fn identifies_remaining(&self) -> u32 {
@@ -315,6 +324,9 @@ pub(crate) struct Shared {
     /// sees exactly the changes made after it.
     world: Mutex<World>,
     gateway_url: String,
+    /// What REST's `/gateway` and `/gateway/bot` name as the gateway, when
+    /// it is not the sim itself (a proxy in front of it).
+    advertised_gateway: Mutex<Option<String>>,
     shards: Vec<ShardHub>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// The latest connections, oldest first.
@@ -326,6 +338,15 @@ pub(crate) struct Shared {
     next_connection: AtomicU64,
     next_session: AtomicU64,
     lagged: AtomicU64,
+}
+
+impl Shared {
+    /// The gateway URL REST names.
+    pub(crate) fn advertised_gateway(&self) -> String {
+        lock(&self.advertised_gateway)
+            .clone()
+            .unwrap_or_else(|| self.gateway_url.clone())
+    }
 }
 
 impl std::fmt::Debug for Shared {

@@ -25,7 +25,7 @@ pub(crate) fn route<B>(shared: &Arc<Shared>, request: &Request<B>) -> Response<F
     if route == "/gateway" {
         return json(
             StatusCode::OK,
-            format!(r#"{{"url":"{}"}}"#, shared.gateway_url),
+            format!(r#"{{"url":"{}"}}"#, shared.advertised_gateway()),
         );
     }
     let authorized = request
@@ -48,7 +48,7 @@ pub(crate) fn route<B>(shared: &Arc<Shared>, request: &Request<B>) -> Response<F
                 StatusCode::OK,
                 format!(
                     r#"{{"url":"{}","shards":{},"session_start_limit":{{"total":{},"remaining":{},"reset_after":{},"max_concurrency":{}}}}}"#,
-                    shared.gateway_url,
+                    shared.advertised_gateway(),
                     shared.config.shards,
                     shared.config.session_start_total,
                     remaining,

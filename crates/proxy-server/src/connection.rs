@@ -267,6 +267,7 @@ impl Driver {
             return;
         }
         let mut shutdown = self.ctx.shutdown.subscribe();
+        let mut disconnect = self.ctx.disconnect.subscribe();
         let end = loop {
             let deadline = self.protocol.poll_timeout();
             let kick = self.attached.as_ref().map(|a| a.session.kick.clone());
@@ -275,6 +276,9 @@ impl Driver {
                 // The only change is to `true`: the proxy is shutting down.
                 Ok(()) = shutdown.changed() => {
                     Err(self.close(Close::new(1001, "the proxy is shutting down")))
+                }
+                Ok(()) = disconnect.changed() => {
+                    Err(self.close(Close::new(Close::UNKNOWN_ERROR, "the proxy asked every client to reconnect")))
                 }
                 () = kicked(kick) => {
                     Err(self.close(Close::new(Close::UNKNOWN_ERROR, "the session was resumed on another connection")))

@@ -102,6 +102,8 @@ pub(crate) struct Context {
     pub(crate) counters: Counters,
     /// Turns true when the proxy shuts down: every connection closes.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// Counts requests to disconnect every client (resumable).
+    pub(crate) disconnect: tokio::sync::watch::Sender<u64>,
     next_session: AtomicU64,
     session_salt: u64,
 }
@@ -115,6 +117,7 @@ impl Context {
             routes: Routes::default(),
             counters: Counters::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
+            disconnect: tokio::sync::watch::Sender::new(0),
             next_session: AtomicU64::new(1),
             session_salt: RandomState::new().hash_one(0x5e55_1045u64),
         }

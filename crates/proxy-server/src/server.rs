@@ -98,6 +98,13 @@ impl Proxy {
         self.ctx.pool.shutdown().await;
     }
 
+    /// Closes every client connection with 4000, which clients answer by
+    /// reconnecting and resuming: nothing is lost. For moving clients to
+    /// another address, and for tests of client libraries.
+    pub fn disconnect_clients(&self) {
+        self.ctx.disconnect.send_modify(|n| *n += 1);
+    }
+
     /// The shard pool it serves from.
     #[must_use]
     pub fn pool(&self) -> &Pool {

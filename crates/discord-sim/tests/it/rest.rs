@@ -77,6 +77,13 @@ async fn gateway_bot_counts_identifies_down() {
     client.dispatch("READY").await.unwrap();
     let (_, _, body) = get(sim.addr(), "/api/v10/gateway/bot", Some(sim.token())).await;
     assert_eq!(body["session_start_limit"]["remaining"], 999);
+
+    // A proxy in front: REST names it instead.
+    sim.advertise_gateway("ws://127.0.0.1:7878");
+    let (_, _, body) = get(sim.addr(), "/api/v10/gateway/bot", Some(sim.token())).await;
+    assert_eq!(body["url"], "ws://127.0.0.1:7878");
+    let (_, _, body) = get(sim.addr(), "/api/v10/gateway", None).await;
+    assert_eq!(body["url"], "ws://127.0.0.1:7878");
 }
 
 #[tokio::test]

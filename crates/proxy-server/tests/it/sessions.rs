@@ -228,3 +228,44 @@ async fn a_resume_takes_the_session_from_a_connection_not_yet_known_dead() {
     };
     assert_eq!(code, Some(4000));
 }
+
+#[tokio::test]
+async fn disconnecting_every_client_is_resumable_with_nothing_lost() {
+    let setup = Setup::new(|c| c.events_per_sec = 300, |_, _| {}).await;
+    let (mut client, ready, creates) = setup.identified(0, 1).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let mut seen = marked(&mut client, 1 + creates.len() as u64, 20).await;
+    setup.proxy.disconnect_clients();
+    let mut last = seen.last().unwrap().0;
+    let code = loop {
+        match client.recv().await.unwrap() {
+            discord_sim::Received::Close(code) => break code,
+            discord_sim::Received::Payload(payload) => {
+                last = payload["s"].as_u64().unwrap();
+                if let Some(n) = super::marker(&payload) {
+                    seen.push((last, n));
+                }
+            }
+            _ => unreachable!(),
+        }
+    };
+    assert_eq!(code, Some(4000));
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), &session, last)
+        .await
+        .unwrap();
+    let mut s;
+    loop {
+        let payload = client.payload().await.unwrap();
+        s = payload["s"].as_u64().unwrap();
+        if payload["t"] == "RESUMED" {
+            break;
+        }
+        if let Some(n) = super::marker(&payload) {
+            seen.push((s, n));
+        }
+    }
+    seen.extend(marked(&mut client, s, 50).await);
+    assert_contiguous(&seen);
+}
