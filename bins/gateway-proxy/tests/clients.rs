@@ -1,0 +1,228 @@
+//! Real client libraries, unmodified, through the proxy to `discord-sim`:
+//! each client program (under `tests/clients/`) asserts inside itself and
+//! its exit code is checked here.
+//!
+//! The harness starts the sim, a pool and a proxy in this process, points
+//! the sim's REST `/gateway/bot` at the proxy (discord.js finds the
+//! gateway only there), writes a run file (URLs, token, shard count and
+//! the ground truth of every guild) and runs the program. When it prints
+//! `READY_OK`, the stream (held until then, so that the truth is exact)
+//! goes on, and a second later the proxy closes every client: the library
+//! must resume and lose nothing. The program prints `DONE` and exits 0, or
+//! names what failed and exits 1.
+//!
+//! A missing interpreter or library skips a test with a note, unless
+//! `GATEWAY_PROXY_REQUIRE_CLIENTS=1` (as in CI).
+
+// Test code: a panic is a failed assertion, and notes go to stderr.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
+use proxy_server::{Proxy, ServerConfig};
+use serde_json::json;
+use shard_pool::{Flags, Pool, PoolConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn required() -> bool {
+    std::env::var("GATEWAY_PROXY_REQUIRE_CLIENTS").is_ok_and(|v| v == "1")
+}
+
+/// Whether `program --version`-style probe `args` succeeds.
+async fn available(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+struct Stack {
+    sim: Sim,
+    proxy: Proxy,
+}
+
+async fn stack(shards: u32) -> Stack {
+    let mut config = SimConfig::default();
+    config.shards = shards;
+    config.guilds = 3 * shards;
+    config.unavailable_guilds = 0;
+    config.members_per_guild = 30;
+    config.events_per_sec = 100;
+    config.max_concurrency = shards;
+    config.identify_interval = Duration::from_millis(100);
+    let sim = Sim::start(config).await.unwrap();
+    let mut pool = PoolConfig::new(sim.token(), KNOWN_INTENTS);
+    pool.api_base = Some(sim.api_base());
+    pool.gateway_url = Some(sim.gateway_url().to_owned());
+    pool.identify_window = Duration::from_millis(100);
+    pool.cache = Flags::ALL;
+    let pool = Pool::start(pool).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), pool.ready())
+        .await
+        .unwrap();
+    let proxy = Proxy::start(
+        ServerConfig::new(([127, 0, 0, 1], 0).into(), sim.token()),
+        pool,
+    )
+    .await
+    .unwrap();
+    sim.advertise_gateway(format!("ws://{}", proxy.addr()));
+    Stack { sim, proxy }
+}
+
+/// Holds the stream, lets the proxy catch up, and writes the run file.
+async fn run_file(stack: &Stack, name: &str) -> PathBuf {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.sim.pause_stream();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let world = stack.sim.world();
+    let guilds: serde_json::Map<String, serde_json::Value> = world
+        .guilds
+        .iter()
+        .map(|g| {
+            (
+                g.id.to_string(),
+                json!({
+                    "name": g.name,
+                    "channels": g.channels.len(),
+                    "roles": g.roles.len(),
+                    "members": g.member_count(),
+                }),
+            )
+        })
+        .collect();
+    let run = json!({
+        "gateway": format!("ws://{}", stack.proxy.addr()),
+        "rest": stack.sim.api_base(),
+        "token": stack.sim.token(),
+        "shards": stack.sim.config().shards,
+        "guilds": guilds,
+    });
+    let path =
+        std::env::temp_dir().join(format!("gateway-proxy-{name}-{}.json", std::process::id()));
+    std::fs::write(&path, run.to_string()).unwrap();
+    path
+}
+
+/// Runs a client program to its end, driving the stream and the forced
+/// disconnect; panics with its output unless it printed `DONE` and exited 0.
+async fn drive(stack: &Stack, mut command: Command) {
+    let mut child = command
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let mut output = String::new();
+    let mut done = false;
+    let mut lines = BufReader::new(stdout).lines();
+    let outcome = tokio::time::timeout(Duration::from_secs(150), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            output.push_str(&line);
+            output.push('\n');
+            if line.starts_with("READY_OK") {
+                stack.sim.resume_stream();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                stack.proxy.disconnect_clients();
+            }
+            done |= line.starts_with("DONE");
+        }
+        child.wait().await
+    })
+    .await;
+    let status = match outcome {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!("the client did not finish in 150 s:\n{output}");
+        }
+    };
+    let errors = errors.await.unwrap();
+    assert!(
+        status.success() && done,
+        "client failed ({status}):\n--- stdout\n{output}--- stderr\n{errors}"
+    );
+    eprintln!("{output}");
+}
+
+async fn discord_py(zlib: bool) {
+    let probe = ["-c", "import discord, zstandard"];
+    if !available("python3", &probe).await {
+        assert!(
+            !required(),
+            "python3 with discord.py and zstandard is required"
+        );
+        eprintln!(
+            "note: discord.py not installed; pip install -r tests/clients/discordpy/requirements.txt"
+        );
+        return;
+    }
+    let stack = stack(2).await;
+    let run = run_file(&stack, if zlib { "dpy-zlib" } else { "dpy-zstd" }).await;
+    let mut command = Command::new("python3");
+    command.arg("tests/clients/discordpy/bot.py").arg(&run);
+    if zlib {
+        command.arg("zlib");
+    }
+    drive(&stack, command).await;
+    // The run used the compression it was about.
+    let wanted = if zlib { "zlib-stream" } else { "zstd-stream" };
+    assert!(
+        bytes_out(&stack, wanted).await > 0,
+        "no bytes went out {wanted}"
+    );
+}
+
+/// `gateway_bytes_out_total` of one compression, from `/metrics`.
+async fn bytes_out(stack: &Stack, compression: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Metrics are brought up to date once a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut tcp = tokio::net::TcpStream::connect(stack.proxy.addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.unwrap();
+    let prefix = format!("gateway_bytes_out_total{{compression=\"{compression}\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn discord_py_with_zstd_stream() {
+    discord_py(false).await;
+}
+
+#[tokio::test]
+async fn discord_py_with_zlib_stream() {
+    discord_py(true).await;
+}

@@ -1,0 +1,141 @@
+"""discord.py 2.7, unmodified, through gateway-proxy to discord-sim.
+
+Run by bins/gateway-proxy/tests/clients.rs with the path of a JSON file
+that describes the run (the proxy's URL, the sim's REST base, the token,
+the shard count and the ground truth of every guild). It asserts inside
+itself and exits 0 only if everything held:
+
+1. READY and every guild: the library's own guild cache (names, channel,
+   role and member counts) equals the sim's ground truth.
+2. Events: every dispatch the sim marks (`d._sim.n`, counted per shard
+   without gaps) arrives, none lost, none repeated, including a burst of
+   messages.
+3. After READY the harness closes every client on the proxy side; the
+   library must resume and, again, lose nothing.
+4. REQUEST_GUILD_MEMBERS with a nonce (`guild.chunk()`) gets this client's
+   own member chunks.
+
+Usage: bot.py RUN.json [zlib]   (zlib: force zlib-stream instead of zstd)
+"""
+
+import asyncio
+import json
+import sys
+
+if len(sys.argv) > 2 and sys.argv[2] == "zlib":
+    # discord.py picks zstd-stream when `zstandard` imports; hide it.
+    sys.modules["zstandard"] = None
+
+import yarl  # noqa: E402
+import discord  # noqa: E402
+from discord.gateway import DiscordWebSocket  # noqa: E402
+from discord.http import Route  # noqa: E402
+
+with open(sys.argv[1], encoding="utf-8") as f:
+    RUN = json.load(f)
+
+Route.BASE = RUN["rest"] + "/v10"
+DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(RUN["gateway"] + "/")
+
+MORE_AFTER_RESUME = 40
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+        print("FAIL", message, flush=True)
+
+
+class Bot(discord.AutoShardedClient):
+    def __init__(self):
+        intents = discord.Intents.all()
+        super().__init__(
+            intents=intents,
+            shard_count=RUN["shards"],
+            enable_debug_events=True,
+            chunk_guilds_at_startup=False,
+            max_messages=None,
+        )
+        self.last = {}  # shard -> last _sim.n
+        self.marked = 0
+        self.messages = 0
+        self.resumed = asyncio.Event()
+        self.after_resume = 0
+        self.enough = asyncio.Event()
+
+    async def before_identify_hook(self, shard_id, *, initial=False):
+        # The sim's identify buckets are short; no 5 s wait.
+        pass
+
+    async def on_socket_raw_receive(self, raw):
+        payload = json.loads(raw)
+        if payload.get("op") != 0 or not isinstance(payload.get("d"), dict):
+            return
+        marker = payload["d"].get("_sim")
+        if marker is None:
+            return
+        shard, n = marker["shard"], marker["n"]
+        last = self.last.get(shard)
+        check(last is None or n == last + 1, f"shard {shard}: marker {n} after {last}")
+        self.last[shard] = n
+        self.marked += 1
+        if self.resumed.is_set():
+            self.after_resume += 1
+            if self.after_resume >= MORE_AFTER_RESUME:
+                self.enough.set()
+
+    async def on_message(self, message):
+        self.messages += 1
+
+    async def on_shard_resumed(self, shard_id):
+        print("RESUMED", shard_id, flush=True)
+        self.resumed.set()
+
+
+async def main():
+    bot = Bot()
+    ready = asyncio.Event()
+    bot.event(ready_handler(bot, ready))
+    async with bot:
+        runner = asyncio.create_task(bot.start(RUN["token"]))
+        await asyncio.wait_for(ready.wait(), timeout=60)
+        truth = RUN["guilds"]
+        check(len(bot.guilds) == len(truth), f"{len(bot.guilds)} guilds, expected {len(truth)}")
+        for guild in bot.guilds:
+            want = truth.get(str(guild.id))
+            check(want is not None, f"unknown guild {guild.id}")
+            if want is None:
+                continue
+            check(guild.name == want["name"], f"guild {guild.id} name {guild.name!r}")
+            check(len(guild.channels) == want["channels"],
+                  f"guild {guild.id}: {len(guild.channels)} channels, expected {want['channels']}")
+            check(len(guild.roles) == want["roles"],
+                  f"guild {guild.id}: {len(guild.roles)} roles, expected {want['roles']}")
+            check(guild.member_count == want["members"],
+                  f"guild {guild.id}: member_count {guild.member_count}, expected {want['members']}")
+        # Tell the harness: it now closes this client on the proxy side.
+        print("READY_OK", flush=True)
+        await asyncio.wait_for(bot.resumed.wait(), timeout=60)
+        await asyncio.wait_for(bot.enough.wait(), timeout=60)
+        # Op 8 with a nonce: this client's own chunks.
+        guild = bot.guilds[0]
+        members = await asyncio.wait_for(guild.chunk(), timeout=30)
+        # The stream goes on meanwhile (joins and leaves): allow a few.
+        check(abs(len(members) - guild.member_count) <= 3,
+              f"chunk gave {len(members)} members of {guild.member_count}")
+        check(bot.messages > 0, "no MESSAGE_CREATE reached on_message")
+        print(f"DONE marked={bot.marked} messages={bot.messages} shards={sorted(bot.last)}", flush=True)
+        await bot.close()
+        runner.cancel()
+    return 1 if failures else 0
+
+
+def ready_handler(bot, ready):
+    async def on_ready():
+        ready.set()
+    return on_ready
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
