@@ -154,13 +154,11 @@ async fn drive(stack: &Stack, mut command: Command) {
         child.wait().await
     })
     .await;
-    let status = match outcome {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            let _ = child.kill().await;
-            panic!("the client did not finish in 150 s:\n{output}");
-        }
+    let Ok(status) = outcome else {
+        let _ = child.kill().await;
+        panic!("the client did not finish in 150 s:\n{output}");
     };
+    let status = status.unwrap();
     let errors = errors.await.unwrap();
     assert!(
         status.success() && done,
