@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod http;
+mod promtool;
 mod protocol;
 mod sessions;
 mod twilight;
