@@ -224,3 +224,47 @@ async fn discord_py_with_zstd_stream() {
 async fn discord_py_with_zlib_stream() {
     discord_py(true).await;
 }
+
+/// Whether `node` runs and the npm packages of `tests/clients/js` are
+/// installed; notes how to install them when not (a failure when required).
+async fn node_ready() -> bool {
+    let installed = repo().join("tests/clients/js/node_modules").is_dir();
+    if installed && available("node", &["--version"]).await {
+        return true;
+    }
+    assert!(
+        !required(),
+        "node and the packages of tests/clients/js (npm ci) are required"
+    );
+    eprintln!("note: node or its packages missing; npm ci --prefix tests/clients/js");
+    false
+}
+
+#[tokio::test]
+async fn discord_js() {
+    if !node_ready().await {
+        return;
+    }
+    let stack = stack(2).await;
+    let run = run_file(&stack, "discordjs").await;
+    let mut command = Command::new("node");
+    command.arg("tests/clients/js/discordjs.js").arg(&run);
+    drive(&stack, command).await;
+}
+
+#[tokio::test]
+async fn discordjs_ws() {
+    if !node_ready().await {
+        return;
+    }
+    let stack = stack(2).await;
+    let run = run_file(&stack, "discordjs-ws").await;
+    let mut command = Command::new("node");
+    command.arg("tests/clients/js/ws.js").arg(&run);
+    drive(&stack, command).await;
+    // The run used payload compression (IDENTIFY `compress: true`).
+    assert!(
+        bytes_out(&stack, "zlib-payload").await > 0,
+        "no bytes went out zlib-payload"
+    );
+}
