@@ -6,6 +6,8 @@ use std::time::Duration;
 use futures_core::Stream as _;
 use twilight_gateway::{ConfigBuilder, EventTypeFlags, Intents, Message, Shard, ShardId};
 use twilight_model::gateway::event::{DispatchEvent as D, GatewayEvent};
+use twilight_model::gateway::payload::outgoing::RequestGuildMembers;
+use twilight_model::id::Id;
 
 use super::Setup;
 
@@ -28,7 +30,8 @@ async fn next_any(shard: &mut Shard) -> (Option<u64>, Option<GatewayEvent>) {
         .expect("the stream goes on")
         .expect("no receive error");
     let Message::Text(text) = message else {
-        panic!("closed: {message:?}");
+        // A close: twilight reconnects (and resumes) by itself.
+        return (None, None);
     };
     let s = serde_json::from_str::<serde_json::Value>(&text).unwrap()["s"].as_u64();
     let event = twilight_gateway::parse(text.clone(), EventTypeFlags::all()).unwrap_or_else(|e| {
@@ -101,11 +104,34 @@ async fn twilight_gets_ready_every_guild_and_events_it_can_parse() {
         setup.sim.resume_stream();
         let mut last = 1 + expected.len() as u64;
         let mut dispatches = 0;
-        while dispatches < 200 {
-            if let (Some(s), _) = next_any(&mut shard).await {
-                assert_eq!(s, last + 1, "contiguous s");
+        let mut resumed = false;
+        let mut disconnected = false;
+        while dispatches < 400 {
+            if dispatches == 100 && !disconnected {
+                // The proxy closes every client; twilight must resume.
+                setup.proxy.disconnect_clients();
+                disconnected = true;
+            }
+            if let (Some(s), event) = next_any(&mut shard).await {
+                assert_eq!(s, last + 1, "contiguous s, across the resume");
                 last = s;
                 dispatches += 1;
+                resumed |= matches!(event, Some(GatewayEvent::Dispatch(_, D::Resumed)));
+            }
+        }
+        assert!(resumed, "twilight resumed");
+        // Op 8 with a nonce: twilight gets its own chunks.
+        let guild = expected.iter().find(|g| !g.unavailable).unwrap();
+        let request = RequestGuildMembers::builder(Id::new(guild.id))
+            .nonce("from-twilight")
+            .query("", None);
+        shard.command(&request);
+        loop {
+            if let GatewayEvent::Dispatch(_, D::MemberChunk(chunk)) = next(&mut shard).await {
+                assert_eq!(chunk.nonce.as_deref(), Some("from-twilight"));
+                assert_eq!(chunk.guild_id.get(), guild.id);
+                assert!(!chunk.members.is_empty());
+                break;
             }
         }
     }
