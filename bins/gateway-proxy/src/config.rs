@@ -463,7 +463,8 @@ impl Config {
 
     /// The shard pool's configuration: token, intents, the shard range,
     /// the upstream URLs, the presence (`status` and `activity`), the
-    /// `large_threshold` and the cache flags; everything else keeps
+    /// `large_threshold`, the cache flags and the replay ring's bounds;
+    /// everything else keeps
     /// [`PoolConfig::new`]'s defaults.
     #[must_use]
     pub fn pool_config(&self) -> PoolConfig {
@@ -485,12 +486,14 @@ impl Config {
         pool.presence = presence;
         pool.large_threshold = self.large_threshold;
         pool.cache = self.cache.into();
+        pool.replay_max_events = self.replay_max_events;
+        pool.replay_max_bytes = self.replay_max_bytes;
         pool
     }
 
     /// The client side's configuration: `bind:port`, the token and
-    /// `validate_token`, `externally_accessible_url`, `backpressure`, the
-    /// session TTL and the replay bounds; the heartbeat interval keeps
+    /// `validate_token`, `externally_accessible_url`, `backpressure` and the
+    /// session TTL; the heartbeat interval keeps
     /// [`ServerConfig::new`]'s default.
     #[must_use]
     pub fn server_config(&self) -> ServerConfig {
@@ -499,8 +502,6 @@ impl Config {
         server.externally_accessible_url = self.resume_url();
         server.backpressure = self.backpressure;
         server.session_ttl = Duration::from_secs(self.session_ttl_secs);
-        server.replay_max_events = self.replay_max_events;
-        server.replay_max_bytes = self.replay_max_bytes;
         server
     }
 }

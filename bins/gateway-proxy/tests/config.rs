@@ -469,8 +469,8 @@ fn mapping_to_the_pool_and_the_server() {
     assert_eq!(server.externally_accessible_url, "ws://127.0.0.1:9000");
     assert_eq!(server.backpressure, 50);
     assert_eq!(server.session_ttl, Duration::from_secs(90));
-    assert_eq!(server.replay_max_events, 100);
-    assert_eq!(server.replay_max_bytes, 4096);
+    assert_eq!(pool.replay_max_events, 100, "the ring lives in the pool");
+    assert_eq!(pool.replay_max_bytes, 4096);
     assert_eq!(server.heartbeat_interval, Duration::from_millis(41_250));
 }
 

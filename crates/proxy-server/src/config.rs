@@ -21,10 +21,6 @@ pub struct ServerConfig {
     pub backpressure: usize,
     /// How long a disconnected client's session can still be resumed.
     pub session_ttl: Duration,
-    /// The most dispatches each shard's replay ring keeps.
-    pub replay_max_events: usize,
-    /// The most payload bytes each shard's replay ring keeps.
-    pub replay_max_bytes: usize,
     /// HELLO's `heartbeat_interval`.
     pub heartbeat_interval: Duration,
 }
@@ -40,8 +36,6 @@ impl ServerConfig {
             externally_accessible_url: String::new(),
             backpressure: 100,
             session_ttl: Duration::from_mins(5),
-            replay_max_events: 16_384,
-            replay_max_bytes: 32 << 20,
             heartbeat_interval: Duration::from_millis(41_250),
         }
     }

@@ -72,6 +72,11 @@ class Bot(discord.AutoShardedClient):
         payload = json.loads(raw)
         if payload.get("op") != 0 or not isinstance(payload.get("d"), dict):
             return
+        # READY and GUILD_CREATE come from the proxy's cache, never from the
+        # sim's stream; a GUILD_CREATE may carry a marker a GUILD_UPDATE left
+        # among the guild's fields (the cache keeps every field it is sent).
+        if payload.get("t") in ("READY", "GUILD_CREATE"):
+            return
         marker = payload["d"].get("_sim")
         if marker is None:
             return
