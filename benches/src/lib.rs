@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+pub mod e2e;
 pub mod report;
 pub mod stream;
 
