@@ -268,6 +268,9 @@ fn shell_quote(s: &str) -> String {
 /// Process groups of the children still running.
 static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// The scratch directory (logs), removed on an interruption too.
+static SCRATCH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn kill_group(pgid: u32) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
@@ -304,6 +307,9 @@ fn watch_signals() {
         );
         for pgid in groups {
             kill_group(pgid);
+        }
+        if let Some(scratch) = SCRATCH.get() {
+            let _ = std::fs::remove_dir_all(scratch);
         }
         eprintln!("e2e: interrupted; child processes killed");
         std::process::exit(130);
@@ -1025,7 +1031,14 @@ fn throughput(args: &Args, bins: &Bins, hz: u64, report: &mut String) -> Result<
             };
             let best = if args.quick {
                 // One trial at a modest rate: does it run, without loss?
-                Some(trial(4000.0)?).filter(TrialOut::passed)
+                let out = trial(4000.0)?;
+                if let Some(failure) = &out.failure {
+                    return Err(format!(
+                        "{} {} with {} clients: {failure}",
+                        path_name, result.compression, result.clients
+                    ));
+                }
+                Some(out)
             } else {
                 let start = if previous.is_finite() {
                     previous
@@ -1239,6 +1252,11 @@ fn latency(args: &Args, bins: &Bins, hz: u64, report: &mut String) -> Result<(),
                     .map(|f| format!(" ({f})"))
                     .unwrap_or_default(),
             );
+            if args.quick
+                && let Some(failure) = &out.failure
+            {
+                return Err(format!("{}: {failure}", path_name(args, paths[i])));
+            }
             outs[i].push(out);
         }
     }
@@ -1602,31 +1620,62 @@ fn storm(args: &Args, bins: &Bins, report: &mut String) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------
 
+/// Builds the sim and the proxy as `cargo build -p discord-sim -p
+/// gateway-proxy` would (on their own, so that the benches' features do
+/// not change them), then the client, in this program's profile.
 fn build(args: &Args) -> Result<(), String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.args([
-        "build",
-        "-p",
-        "discord-sim",
-        "-p",
-        "gateway-proxy",
-        "-p",
-        "benches",
-        "--bins",
-    ]);
-    if args.bin_dir.ends_with("release") {
-        command.arg("--release");
-    }
-    command.current_dir(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("e2e: building the sim, the proxy and the client ({command:?})");
-    let status = command
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("cargo build failed: {status}"));
+    let release = args.bin_dir.ends_with("release");
+    for packages in [
+        &["-p", "discord-sim", "-p", "gateway-proxy"][..],
+        &["-p", "benches", "--bin", "e2e_client"][..],
+    ] {
+        let mut command = Command::new(&cargo);
+        command.arg("build").args(packages);
+        if release {
+            command.arg("--release");
+        }
+        command.current_dir(env!("CARGO_MANIFEST_DIR"));
+        clean_cargo_env(&mut command, &args.bin_dir);
+        eprintln!("e2e: cargo build {}", packages.join(" "));
+        let status = command
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build failed: {status}"));
+        }
     }
     Ok(())
+}
+
+/// Takes out what `cargo run` adds to this program's environment (the
+/// package's variables, and its target directory in `LD_LIBRARY_PATH`):
+/// with them, the nested build would see a changed environment and rebuild
+/// the proxy's dependencies, and again at the next plain `cargo build`.
+fn clean_cargo_env(command: &mut Command, bin_dir: &Path) {
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            command.env_remove(&key);
+        }
+    }
+    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+        let target = bin_dir.parent().unwrap_or(bin_dir);
+        let kept: Vec<PathBuf> = std::env::split_paths(&paths)
+            .filter(|p| !p.starts_with(target))
+            .collect();
+        if kept.is_empty() {
+            command.env_remove("LD_LIBRARY_PATH");
+        } else if let Ok(joined) = std::env::join_paths(kept) {
+            command.env("LD_LIBRARY_PATH", joined);
+        }
+    }
 }
 
 fn machine() -> String {
@@ -1666,6 +1715,7 @@ fn main() {
         eprintln!("e2e: cannot create {}: {e}", scratch.display());
         std::process::exit(1);
     }
+    let _ = SCRATCH.set(scratch.clone());
     let bins = Bins {
         sim: args.bin_dir.join("discord-sim"),
         proxy: args.bin_dir.join("gateway-proxy"),
