@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use seqpatch::Scan;
 use shard_pool::{Dispatch, Session as ReadySession, ShardEvent, ShardHandle};
 use sonic_rs::JsonValueTrait;
-use tokio::io::WriteHalf;
+use tokio::io::{BufWriter, WriteHalf};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use wire_codec::{Compression, Encoder};
@@ -66,6 +66,10 @@ const HEARTBEAT_ACK: &[u8] = br#"{"t":null,"s":null,"op":11,"d":null}"#;
 /// still queued, up to the close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
+/// The write buffer of a connection: frames queued together leave in one
+/// write.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// How long a client's full queue may stay full before the client counts
 /// as too slow.
 const SLOW_GRACE: Duration = Duration::from_secs(1);
@@ -97,7 +101,12 @@ pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Con
     ws.set_max_message_size(MAX_PAYLOAD * 2);
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
-    let (read, write) = ws.split(tokio::io::split);
+    // Frames go through a buffer that is flushed when nothing more is
+    // queued: under load, many frames per write system call.
+    let (read, write) = ws.split(|socket| {
+        let (read, write) = tokio::io::split(socket);
+        (read, BufWriter::with_capacity(WRITE_BUFFER, write))
+    });
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(ctx.config.backpressure.max(1) + 8);
     let (in_tx, in_rx) = mpsc::channel(64);
@@ -177,7 +186,7 @@ fn owned(frame: &Frame<'_>) -> Frame<'static> {
 }
 
 async fn write_loop(
-    mut write: WebSocketWrite<WriteHalf<Socket>>,
+    mut write: WebSocketWrite<BufWriter<WriteHalf<Socket>>>,
     mut compression: Compression,
     mut out: mpsc::Receiver<Out>,
     mut ctl: mpsc::UnboundedReceiver<Frame<'static>>,
@@ -193,14 +202,17 @@ async fn write_loop(
             biased;
             Some(frame) = ctl.recv() => {
                 let close = frame.opcode == OpCode::Close;
-                if write.write_frame(frame).await.is_err() || close {
+                if write.write_frame(frame).await.is_err() || write.flush().await.is_err() || close {
                     return;
                 }
                 continue;
             }
             message = out.recv() => message,
         };
-        let Some(message) = message else { return };
+        let Some(message) = message else {
+            let _ = write.flush().await;
+            return;
+        };
         text.clear();
         match message {
             Out::Payload(payload) => text.extend_from_slice(&payload),
@@ -225,6 +237,9 @@ async fn write_loop(
         };
         ctx.counters.bytes(compression, frame.payload.len());
         if write.write_frame(frame).await.is_err() {
+            return;
+        }
+        if out.is_empty() && write.flush().await.is_err() {
             return;
         }
     }

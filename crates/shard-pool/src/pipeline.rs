@@ -83,6 +83,10 @@ pub struct Pipeline {
     pub(crate) cache: Cache,
     /// The latest dispatches, for resumes.
     pub(crate) ring: Ring,
+    /// Whether a client has been served since the last READY: until then no
+    /// session can resume, so the ring keeps nothing (at start-up it would
+    /// otherwise hold every guild's `GUILD_CREATE`, raw).
+    served: bool,
     /// The index of the last event handed on.
     pub(crate) index: u64,
     /// The upstream `s` of the last dispatch of this session.
@@ -112,6 +116,7 @@ impl Pipeline {
         Self {
             cache: Cache::new(flags),
             ring: Ring::new(max_events, max_bytes),
+            served: false,
             index: 0,
             last_seq: None,
             events: BTreeMap::new(),
@@ -150,6 +155,7 @@ impl Pipeline {
             self.apply(t, &scan, &payload);
             self.index += 1;
             self.ring.reset(self.index);
+            self.served = false;
             return Some(ShardEvent::Reset { index: self.index });
         }
         // A resume replays from the last `s` twilight saw; anything at or
@@ -178,8 +184,19 @@ impl Pipeline {
             payload,
             scan,
         };
-        self.ring.push(dispatch.clone());
+        if self.served {
+            self.ring.push(dispatch.clone());
+        }
         Some(ShardEvent::Dispatch(dispatch))
+    }
+
+    /// Marks that a client is being served from the state at the current
+    /// index: from here on the ring keeps dispatches for its resumes.
+    pub(crate) fn serve(&mut self) {
+        if !self.served {
+            self.ring.reset(self.index);
+            self.served = true;
+        }
     }
 
     /// The shard's state cache.
@@ -253,6 +270,31 @@ mod tests {
             Some(6)
         );
         assert_eq!(core.duplicates, 2);
+    }
+
+    #[test]
+    fn the_ring_keeps_nothing_until_a_client_is_served() {
+        let mut core = Pipeline::new(Flags::default());
+        handle(&mut core, READY);
+        let guild = dispatch("GUILD_CREATE", 2, r#"{"id":"20","name":"g","roles":[]}"#);
+        handle(&mut core, &guild);
+        assert_eq!(
+            core.ring.len_bytes().0,
+            0,
+            "start-up guilds are in the cache, not the ring"
+        );
+        core.serve();
+        assert_eq!(
+            core.ring.since(1).map(|v| v.len()),
+            None,
+            "nothing before the first client"
+        );
+        handle(&mut core, &dispatch("TYPING_START", 3, "{}"));
+        assert_eq!(core.ring.since(2).map(|v| v.len()), Some(1));
+        // A new session upstream: the ring stops until a client is served again.
+        handle(&mut core, READY);
+        handle(&mut core, &dispatch("TYPING_START", 2, "{}"));
+        assert_eq!(core.ring.len_bytes().0, 0);
     }
 
     #[test]

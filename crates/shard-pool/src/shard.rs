@@ -184,7 +184,8 @@ impl ShardHandle {
     /// atomically: events are applied and handed on under the same lock, so
     /// the receiver starts exactly after the state `f` saw.
     pub fn snapshot<T>(&self, f: impl FnOnce(&Cache) -> T) -> Snapshot<T> {
-        let core = lock(&self.shared.core);
+        let mut core = lock(&self.shared.core);
+        core.serve();
         let value = f(&core.cache);
         Snapshot {
             value,
