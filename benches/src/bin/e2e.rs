@@ -1075,8 +1075,8 @@ fn throughput(args: &Args, bins: &Bins, hz: u64, report: &mut String) -> Result<
     let _ = writeln!(
         report,
         "\n### Throughput: the highest sustained rate, 1 shard\n\n\
-         Per run, the highest rate of the sim (searched by doubling, then bisecting to within \
-         15 %) at which every client received every event with no gap, no client was closed, \
+         Per run, the highest rate of the sim (searched in steps of 1.5× up and down, 1.2× \
+         from an earlier run's result, then bisected to within 15 %) at which every client received every event with no gap, no client was closed, \
          the sim made at least 90 % of the asked rate and p99 latency stayed under 100 ms. \
          Median over {} run(s). Events: the sim's stream as seen with intents {} \
          (mean size below). The sim, the proxy and every client share this machine's cores.\n",
@@ -1163,7 +1163,8 @@ fn throughput(args: &Args, bins: &Bins, hz: u64, report: &mut String) -> Result<
     Ok(())
 }
 
-/// Doubling (by `factor`) until a trial fails, then bisecting (geometric)
+/// Steps of `factor` up until a trial fails (down until one passes), then
+/// bisecting (geometric)
 /// until the bounds are within 15 %; the best passing trial.
 fn search(
     start: f64,
