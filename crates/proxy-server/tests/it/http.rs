@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use super::Setup;
 
 /// GET `path`: (status, body).
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub(super) async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();

@@ -5,7 +5,65 @@ use std::time::Duration;
 
 use discord_sim::Control;
 
+use discord_sim::{GatewayClient, Received};
+
 use super::{Setup, assert_contiguous, marked};
+
+/// Resumes `session` from `last` on a new connection, collecting the
+/// replayed markers into `seen` (each `s` one above the one before); returns
+/// the client, past RESUMED, and RESUMED's `s`.
+async fn resumed(
+    setup: &Setup,
+    session: &str,
+    last: u64,
+    seen: &mut Vec<(u64, u64)>,
+) -> (GatewayClient, u64) {
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), session, last)
+        .await
+        .unwrap();
+    let mut s = last;
+    loop {
+        let payload = client.payload().await.unwrap();
+        let seq = payload["s"].as_u64().unwrap();
+        assert_eq!(seq, s + 1, "{payload}");
+        s = seq;
+        if payload["t"] == "RESUMED" {
+            return (client, s);
+        }
+        if let Some(n) = super::marker(&payload) {
+            seen.push((seq, n));
+        }
+    }
+}
+
+/// Reads until the server closes, collecting markers into `seen` and the
+/// last `s` into `last` (each `s` one above the one before); returns the
+/// close code.
+async fn until_close(
+    client: &mut GatewayClient,
+    last: &mut u64,
+    seen: &mut Vec<(u64, u64)>,
+) -> Option<u16> {
+    loop {
+        match client.recv().await.unwrap() {
+            Received::Close(code) => return code,
+            Received::Payload(payload) => {
+                if let Some(s) = payload["s"].as_u64() {
+                    if *last > 0 {
+                        assert_eq!(s, *last + 1, "{payload}");
+                    }
+                    *last = s;
+                    if let Some(n) = super::marker(&payload) {
+                        seen.push((s, n));
+                    }
+                }
+            }
+            _ => unreachable!(),
+        }
+    }
+}
 
 #[tokio::test]
 async fn resume_after_a_drop_replays_exactly_the_missed_events() {
@@ -16,25 +74,7 @@ async fn resume_after_a_drop_replays_exactly_the_missed_events() {
     let last_seq = seen.last().unwrap().0;
     drop(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut client = setup.client("v=10&encoding=json").await;
-    client
-        .resume(setup.sim.token(), &session, last_seq)
-        .await
-        .unwrap();
-    // The missed events, then RESUMED with a real s, then live events.
-    let mut s = last_seq;
-    loop {
-        let payload = client.payload().await.unwrap();
-        let seq = payload["s"].as_u64().unwrap();
-        assert_eq!(seq, s + 1, "{payload}");
-        s = seq;
-        if payload["t"] == "RESUMED" {
-            break;
-        }
-        if let Some(n) = super::marker(&payload) {
-            seen.push((seq, n));
-        }
-    }
+    let (mut client, s) = resumed(&setup, &session, last_seq, &mut seen).await;
     assert!(
         seen.len() > 150,
         "about 250 events were missed and replayed: {}",
@@ -103,37 +143,9 @@ async fn a_slow_client_is_closed_resumably_and_its_resume_loses_nothing() {
     // Stop reading: the socket buffers fill, then the client's queue.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let mut last = seen.last().unwrap().0;
-    let code = loop {
-        match client.recv().await.unwrap() {
-            discord_sim::Received::Payload(payload) => {
-                let s = payload["s"].as_u64().unwrap();
-                assert_eq!(s, last + 1);
-                last = s;
-                if let Some(n) = super::marker(&payload) {
-                    seen.push((s, n));
-                }
-            }
-            discord_sim::Received::Close(code) => break code,
-            _ => unreachable!(),
-        }
-    };
+    let code = until_close(&mut client, &mut last, &mut seen).await;
     assert_eq!(code, Some(4000), "closed as too slow, resumable");
-    let mut client = setup.client("v=10&encoding=json").await;
-    client
-        .resume(setup.sim.token(), &session, last)
-        .await
-        .unwrap();
-    let mut s;
-    loop {
-        let payload = client.payload().await.unwrap();
-        s = payload["s"].as_u64().unwrap();
-        if payload["t"] == "RESUMED" {
-            break;
-        }
-        if let Some(n) = super::marker(&payload) {
-            seen.push((s, n));
-        }
-    }
+    let (mut client, s) = resumed(&setup, &session, last, &mut seen).await;
     seen.extend(marked(&mut client, s, 50).await);
     assert_contiguous(&seen);
 }
@@ -176,13 +188,7 @@ async fn shutdown_closes_clients_with_going_away_and_ends_upstream_sessions() {
     marked(&mut client, 1 + creates.len() as u64, 5).await;
     let super::Setup { sim, proxy } = setup;
     proxy.shutdown().await;
-    let code = loop {
-        match client.recv().await.unwrap() {
-            discord_sim::Received::Close(code) => break code,
-            discord_sim::Received::Payload(_) => {}
-            _ => unreachable!(),
-        }
-    };
+    let code = until_close(&mut client, &mut 0, &mut Vec::new()).await;
     assert_eq!(code, Some(1001));
     let upstream = sim.connections();
     assert!(upstream.iter().all(|c| !c.open), "upstream closed");
@@ -200,32 +206,11 @@ async fn a_resume_takes_the_session_from_a_connection_not_yet_known_dead() {
     let mut seen = marked(&mut old, 1 + creates.len() as u64, 50).await;
     let last = seen.last().unwrap().0;
     // The old connection is still open as far as the proxy knows.
-    let mut client = setup.client("v=10&encoding=json").await;
-    client
-        .resume(setup.sim.token(), &session, last)
-        .await
-        .unwrap();
-    let mut s;
-    loop {
-        let payload = client.payload().await.unwrap();
-        s = payload["s"].as_u64().unwrap();
-        if payload["t"] == "RESUMED" {
-            break;
-        }
-        if let Some(n) = super::marker(&payload) {
-            seen.push((s, n));
-        }
-    }
+    let (mut client, s) = resumed(&setup, &session, last, &mut seen).await;
     seen.extend(marked(&mut client, s, 100).await);
     assert_contiguous(&seen);
     // And the old connection was let go.
-    let code = loop {
-        match old.recv().await.unwrap() {
-            discord_sim::Received::Close(code) => break code,
-            discord_sim::Received::Payload(_) => {}
-            _ => unreachable!(),
-        }
-    };
+    let code = until_close(&mut old, &mut 0, &mut Vec::new()).await;
     assert_eq!(code, Some(4000));
 }
 
@@ -237,35 +222,9 @@ async fn disconnecting_every_client_is_resumable_with_nothing_lost() {
     let mut seen = marked(&mut client, 1 + creates.len() as u64, 20).await;
     setup.proxy.disconnect_clients();
     let mut last = seen.last().unwrap().0;
-    let code = loop {
-        match client.recv().await.unwrap() {
-            discord_sim::Received::Close(code) => break code,
-            discord_sim::Received::Payload(payload) => {
-                last = payload["s"].as_u64().unwrap();
-                if let Some(n) = super::marker(&payload) {
-                    seen.push((last, n));
-                }
-            }
-            _ => unreachable!(),
-        }
-    };
+    let code = until_close(&mut client, &mut last, &mut seen).await;
     assert_eq!(code, Some(4000));
-    let mut client = setup.client("v=10&encoding=json").await;
-    client
-        .resume(setup.sim.token(), &session, last)
-        .await
-        .unwrap();
-    let mut s;
-    loop {
-        let payload = client.payload().await.unwrap();
-        s = payload["s"].as_u64().unwrap();
-        if payload["t"] == "RESUMED" {
-            break;
-        }
-        if let Some(n) = super::marker(&payload) {
-            seen.push((s, n));
-        }
-    }
+    let (mut client, s) = resumed(&setup, &session, last, &mut seen).await;
     seen.extend(marked(&mut client, s, 50).await);
     assert_contiguous(&seen);
 }
