@@ -5,7 +5,9 @@
 //! by the upkeep task, through this proxy's own recorder (not a global
 //! one, so that several proxies can live in one process).
 
-use metrics::{counter, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use shard_pool::{ShardState, ShardStatus};
 use std::sync::atomic::Ordering;
 
@@ -25,6 +27,89 @@ const STATES: [&str; 6] = [
     "disconnected",
     "fatally_closed",
 ];
+
+/// The `# HELP` text of every metric; once, before the first recording.
+pub(crate) fn describe() {
+    describe_counter!(
+        "gateway_shard_events",
+        "Dispatches received from Discord, by shard and event type."
+    );
+    describe_gauge!(
+        "gateway_shard_latency",
+        Unit::Seconds,
+        "The shard's latest heartbeat round trip."
+    );
+    describe_histogram!(
+        "gateway_shard_latency_histogram",
+        Unit::Seconds,
+        "The shard's heartbeat round trips."
+    );
+    describe_histogram!(
+        "gateway_shard_status",
+        "The shard's state, sampled every second: 4 active, 3 resuming, 2 identifying, 1 disconnected, 0 fatally closed."
+    );
+    describe_gauge!(
+        "gateway_shard_state",
+        "1 for the shard's current state, 0 for the others."
+    );
+    describe_gauge!(
+        "gateway_shard_index",
+        "The index of the last event the shard handed on."
+    );
+    for (name, what) in [
+        ("gateway_cache_guilds", "guilds"),
+        ("gateway_cache_unavailable_guilds", "unavailable guilds"),
+        ("gateway_cache_members", "members"),
+        ("gateway_cache_users", "users (one per cached member)"),
+        ("gateway_cache_presences", "presences"),
+        ("gateway_cache_channels", "channels"),
+        ("gateway_cache_threads", "threads"),
+        ("gateway_cache_roles", "roles"),
+        ("gateway_cache_emojis", "emojis"),
+        ("gateway_cache_stickers", "stickers"),
+        ("gateway_cache_voice_states", "voice states"),
+        ("gateway_cache_stage_instances", "stage instances"),
+        ("gateway_cache_scheduled_events", "scheduled events"),
+        ("gateway_cache_soundboard_sounds", "soundboard sounds"),
+    ] {
+        describe_gauge!(name, format!("Cached {what} of the shard."));
+    }
+    describe_gauge!(
+        "gateway_cache_bytes",
+        Unit::Bytes,
+        "Heap bytes the shard's state cache holds (its own count)."
+    );
+    describe_gauge!(
+        "gateway_replay_ring_events",
+        "Dispatches in the shard's replay ring."
+    );
+    describe_gauge!(
+        "gateway_replay_ring_bytes",
+        Unit::Bytes,
+        "Payload bytes in the shard's replay ring."
+    );
+    describe_gauge!(
+        "gateway_sessions",
+        "Client sessions of the shard, connected or resumable."
+    );
+    describe_gauge!(
+        "gateway_clients",
+        "Client connections serving a session of the shard."
+    );
+    describe_counter!(
+        "gateway_replayed_events_total",
+        "Events replayed to clients that resumed."
+    );
+    describe_counter!(
+        "gateway_lagging_clients_closed_total",
+        "Clients closed (resumable) because they fell behind."
+    );
+    describe_counter!(
+        "gateway_bytes_out_total",
+        Unit::Bytes,
+        "Bytes written to clients, by compression."
+    );
+}
 
 /// Records every metric from the current state.
 #[allow(

@@ -116,6 +116,7 @@ impl Proxy {
 /// date from the pool and the sessions.
 async fn upkeep(ctx: Arc<Context>, recorder: PrometheusRecorder) {
     let handle = recorder.handle();
+    ::metrics::with_local_recorder(&recorder, metrics::describe);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
