@@ -612,25 +612,11 @@ impl Edit<'_> {
         } else {
             None
         };
+        // Libraries need `deaf` and `mute`, which an update may lack: a
+        // member new to the cache takes `false` for them.
         let mut value = Vec::with_capacity(member.len());
-        if let Some(old) = old {
-            packed::merge(member, Some(old), &[key::GUILD_ID], &mut value);
-        } else {
-            // Libraries need `deaf` and `mute`, which an update may lack.
-            {
-                let mut defaults = Vec::new();
-                packed::begin_object(&mut defaults);
-                for k in [key::DEAF, key::MUTE] {
-                    packed::put_field(
-                        &mut defaults,
-                        packed::FieldKey::Numbered(k.0),
-                        packed::PACKED_FALSE,
-                    );
-                }
-                packed::end_object(&mut defaults);
-                packed::merge(member, Some(&defaults), &[key::GUILD_ID], &mut value);
-            }
-        }
+        let under = old.unwrap_or(packed::DEAF_MUTE_FALSE);
+        packed::merge(member, Some(under), &[key::GUILD_ID], &mut value);
         self.guild.members.insert(user_id, value.into_boxed_slice());
     }
 

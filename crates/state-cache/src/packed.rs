@@ -417,8 +417,24 @@ fn put_field_key(out: &mut Vec<u8>, key: FieldKey<'_>) {
 
 /// The value `null`, packed.
 pub(crate) const PACKED_NULL: &[u8] = &[NULL];
-/// The value `false`, packed.
-pub(crate) const PACKED_FALSE: &[u8] = &[FALSE];
+/// `{"deaf":false,"mute":false}`, packed: what a member lacking them gets.
+pub(crate) const DEAF_MUTE_FALSE: &[u8] = &[
+    OBJECT,
+    fixed_key_byte(key::DEAF),
+    FALSE,
+    fixed_key_byte(key::MUTE),
+    FALSE,
+    0, // KEY_END
+];
+
+/// A key of the fixed table as the one byte its varint takes.
+const fn fixed_key_byte(key: Key) -> u8 {
+    let n = key.0 + KEY_BASE;
+    assert!(n < 0x80, "a fixed key's number fits one varint byte");
+    #[allow(clippy::cast_possible_truncation, reason = "checked just above")]
+    let byte = n as u8;
+    byte
+}
 
 /// `s` as a decimal `u64`, if it is one written the one canonical way.
 fn canonical_decimal(s: &[u8]) -> Option<u64> {
@@ -1148,6 +1164,14 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn the_member_defaults_are_deaf_and_mute_false() {
+        let mut out = Vec::new();
+        write_json(DEAF_MUTE_FALSE, &Keys::default(), &mut out);
+        assert_eq!(out, br#"{"deaf":false,"mute":false}"#);
+        assert_eq!(value_len(DEAF_MUTE_FALSE), DEAF_MUTE_FALSE.len());
     }
 
     #[test]
