@@ -14,7 +14,7 @@
 //    channel, role and member counts), and no other.
 // 2. Events: every dispatch the sim marks (`d._sim.n`, counted per shard
 //    without gaps) arrives once, in order, on its own shard (a
-//    GUILD_CREATE the proxy composes may carry a stale one: see `composed`).
+//    GUILD_CREATE the proxy composes may carry a stale one: see `composed` in common.js).
 // 3. After READY_OK the harness closes every client on the proxy side
 //    (4000); every shard must resume by itself and, again, lose nothing.
 // 4. Op 8 with a nonce on each shard gets GUILD_MEMBERS_CHUNKs with that
@@ -22,52 +22,11 @@
 //
 // Usage: node ws.js RUN.json
 
-const fs = require('node:fs');
 const { REST } = require('@discordjs/rest');
 const { WebSocketManager, WebSocketShardEvents } = require('@discordjs/ws');
-
-const RUN = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
-const MORE_AFTER_RESUME = 40;
-const TIMEOUT_MS = 120_000;
-
-const failures = [];
-const debugLog = [];
-
-function check(condition, message) {
-  if (!condition) {
-    failures.push(message);
-    console.log('FAIL', message);
-  }
-}
-
-function fail(message) {
-  console.log('FAIL', message);
-  // The library's last words, for whoever reads the harness's panic.
-  console.error(debugLog.slice(-60).join('\n'));
-  process.exit(1);
-}
-
-process.on('unhandledRejection', error => fail(`unhandled rejection: ${error?.stack ?? error}`));
-process.on('uncaughtException', error => fail(`uncaught exception: ${error?.stack ?? error}`));
-setTimeout(() => fail(`global timeout of ${TIMEOUT_MS / 1000} s`), TIMEOUT_MS).unref();
-
-// Resolves when `predicate()` holds, checked now and on every call of the
-// returned `poke`; rejects with `what` after `ms`.
-function waiter(predicate, ms, what) {
-  let poke;
-  const promise = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-    poke = () => {
-      if (predicate()) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-  });
-  return { promise, poke };
-}
-
-const shardOf = id => Number((BigInt(id) >> 22n) % BigInt(RUN.shards));
+const {
+  RUN, check, debug, fail, failures, progress, readyThenResumed, sawDispatch, sawResume, shardOf, waiter,
+} = require('./common');
 
 // Every documented intent (bits 0-16, 20, 21, 24, 25: what discord.js
 // calls `IntentsBitField.All`), as the proxy's pool has, so that no marked
@@ -85,29 +44,7 @@ for (const id of Object.keys(truth)) expected.set(shardOf(id), expected.get(shar
 const ready = new Set(); // shards that got READY
 const created = new Map(); // shard -> Set of guild ids from GUILD_CREATE
 const memberCount = new Map(); // guild id -> member count, kept up to date
-const last = new Map(); // shard -> last _sim.n
-
-// The sim marks the dispatches it streams; it never streams READY or
-// GUILD_CREATE. Those come from the proxy's cache, and a GUILD_CREATE keeps
-// every top-level field the guild's last GUILD_UPDATE brought (unknown
-// fields included, as it should), the sim's `_sim` among them: a stale
-// marker, not a dispatch. It must be older than every live one.
-const stale = new Map(); // shard -> highest marker seen in a composed dispatch
-function composed(t, shard, n) {
-  if (t !== 'READY' && t !== 'GUILD_CREATE') {
-    check(!(n <= stale.get(shard)), `shard ${shard}: live marker ${n} not newer than the stale ${stale.get(shard)}`);
-    return false;
-  }
-  check(!last.has(shard), `shard ${shard}: a ${t} with marker ${n} after live marker ${last.get(shard)}`);
-  stale.set(shard, Math.max(n, stale.get(shard) ?? 0));
-  return true;
-}
-
-let marked = 0;
 let messages = 0;
-const resumed = new Set(); // shards resumed after READY_OK
-let afterResume = 0;
-let readyOk = false;
 const requests = new Map(); // nonce -> { guildId, shardId, members, chunks, poke }
 
 const allReady = waiter(
@@ -115,13 +52,6 @@ const allReady = waiter(
   60_000,
   'READY and every GUILD_CREATE on every shard',
 );
-const resumedAll = waiter(() => resumed.size === RUN.shards, 60_000, 'every shard to resume');
-const enough = waiter(
-  () => resumed.size === RUN.shards && afterResume >= MORE_AFTER_RESUME,
-  60_000,
-  `${MORE_AFTER_RESUME} marked dispatches after the resume`,
-);
-
 const rest = new REST({ api: RUN.rest }).setToken(RUN.token);
 const manager = new WebSocketManager({
   token: RUN.token,
@@ -134,16 +64,13 @@ const manager = new WebSocketManager({
   buildIdentifyThrottler: () => ({ waitForIdentify: async () => {} }),
 });
 
-manager.on(WebSocketShardEvents.Debug, (message, shardId) => {
-  debugLog.push(`[shard ${shardId}] ${message}`);
-  if (debugLog.length > 500) debugLog.splice(0, 100);
-});
+manager.on(WebSocketShardEvents.Debug, (message, shardId) => debug(`[shard ${shardId}] ${message}`));
 
 manager.on(WebSocketShardEvents.Error, (error, shardId) => fail(`shard ${shardId} error: ${error?.stack ?? error}`));
 
 manager.on(WebSocketShardEvents.Closed, (code, shardId) => {
   console.log('CLOSED', shardId, code);
-  check(readyOk, `shard ${shardId} closed (${code}) before READY_OK`);
+  check(progress.readyOk, `shard ${shardId} closed (${code}) before READY_OK`);
 });
 
 manager.on(WebSocketShardEvents.Ready, (data, shardId) => {
@@ -162,19 +89,13 @@ manager.on(WebSocketShardEvents.Ready, (data, shardId) => {
   allReady.poke();
 });
 
-manager.on(WebSocketShardEvents.Resumed, shardId => {
-  console.log('RESUMED', shardId);
-  check(readyOk, `shard ${shardId} resumed before READY_OK`);
-  resumed.add(shardId);
-  resumedAll.poke();
-  enough.poke();
-});
+manager.on(WebSocketShardEvents.Resumed, shardId => sawResume(shardId));
 
 manager.on(WebSocketShardEvents.Dispatch, (payload, shardId) => {
   const { t, d } = payload;
   switch (t) {
     case 'GUILD_CREATE': {
-      check(!readyOk, `shard ${shardId}: GUILD_CREATE ${d.id} after READY_OK`);
+      check(!progress.readyOk, `shard ${shardId}: GUILD_CREATE ${d.id} after READY_OK`);
       check(shardOf(d.id) === shardId, `guild ${d.id} created on shard ${shardId}, expected ${shardOf(d.id)}`);
       const want = truth[d.id];
       check(want !== undefined, `shard ${shardId}: GUILD_CREATE of unknown guild ${d.id}`);
@@ -218,19 +139,7 @@ manager.on(WebSocketShardEvents.Dispatch, (payload, shardId) => {
       break;
   }
 
-  const marker = d?._sim;
-  if (marker === undefined) return;
-  const { shard, n } = marker;
-  if (composed(t, shard, n)) return;
-  check(shard === shardId, `marker of shard ${shard} arrived on shard ${shardId}`);
-  const previous = last.get(shard);
-  check(previous === undefined || n === previous + 1, `shard ${shard}: marker ${n} after ${previous}`);
-  last.set(shard, n);
-  marked += 1;
-  if (resumed.size === RUN.shards) {
-    afterResume += 1;
-    enough.poke();
-  }
+  sawDispatch(t, d, shardId);
 });
 
 // Op 8 for all members of `guildId` on its shard; resolves with the number
@@ -262,15 +171,7 @@ async function main() {
     const got = created.get(shard)?.size ?? 0;
     check(got === n, `shard ${shard}: ${got} GUILD_CREATEs, expected ${n}`);
   }
-  if (failures.length > 0) fail(`${failures.length} failure(s) at READY`);
-
-  // Tell the harness: it now goes on with the stream and closes this
-  // client on the proxy side a second later.
-  readyOk = true;
-  console.log('READY_OK');
-
-  await resumedAll.promise;
-  await enough.promise;
+  await readyThenResumed();
 
   // Op 8 with a nonce, on a guild of every shard.
   const sizes = [];
@@ -283,11 +184,11 @@ async function main() {
     sizes.push(members);
   }
   check(messages > 0, 'no MESSAGE_CREATE arrived');
-  check(last.size === RUN.shards, `markers from shards [${[...last.keys()]}], expected ${RUN.shards} shards`);
+  check(progress.last.size === RUN.shards, `markers from shards [${[...progress.last.keys()]}], expected ${RUN.shards} shards`);
 
   if (failures.length > 0) fail(`${failures.length} failure(s)`);
   console.log(
-    `DONE marked=${marked} after_resume=${afterResume} messages=${messages} members=[${sizes}] shards=[${[...last.keys()].sort()}]`,
+    `DONE marked=${progress.marked} after_resume=${progress.afterResume} messages=${messages} members=[${sizes}] shards=[${[...progress.last.keys()].sort()}]`,
   );
   await manager.destroy();
   process.exit(0);
