@@ -38,6 +38,18 @@ async fn resumed(
     }
 }
 
+/// Asserts that a RESUME of `session` from `seq` is answered with op 9
+/// `false`: identify again.
+async fn assert_refused(setup: &Setup, session: &str, seq: u64) {
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), session, seq)
+        .await
+        .unwrap();
+    let nine = client.op(9).await.unwrap();
+    assert_eq!(nine["d"], false, "{nine}");
+}
+
 /// Reads until the server closes, collecting markers into `seen` and the
 /// last `s` into `last` (each `s` one above the one before); returns the
 /// close code.
@@ -87,13 +99,7 @@ async fn resume_after_a_drop_replays_exactly_the_missed_events() {
 #[tokio::test]
 async fn a_resume_of_an_unknown_or_ended_session_is_told_to_identify() {
     let setup = Setup::new(|c| c.events_per_sec = 100, |_, _| {}).await;
-    let mut client = setup.client("v=10&encoding=json").await;
-    client
-        .resume(setup.sim.token(), "0123456789abcdef0123456789abcdef", 5)
-        .await
-        .unwrap();
-    let nine = client.op(9).await.unwrap();
-    assert_eq!(nine["d"], false);
+    assert_refused(&setup, "0123456789abcdef0123456789abcdef", 5).await;
 
     // A client that closes with 1000 ends its session.
     let (mut client, ready, creates) = setup.identified(0, 1).await;
@@ -102,12 +108,7 @@ async fn a_resume_of_an_unknown_or_ended_session_is_told_to_identify() {
     client.close(1000).await.unwrap();
     drop(client);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut client = setup.client("v=10&encoding=json").await;
-    client
-        .resume(setup.sim.token(), &session, seen.last().unwrap().0)
-        .await
-        .unwrap();
-    assert_eq!(client.op(9).await.unwrap()["d"], false);
+    assert_refused(&setup, &session, seen.last().unwrap().0).await;
 }
 
 #[tokio::test]
@@ -122,12 +123,7 @@ async fn a_session_past_its_ttl_cannot_resume() {
     let seen = marked(&mut client, 1 + creates.len() as u64, 5).await;
     drop(client);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut client = setup.client("v=10&encoding=json").await;
-    client
-        .resume(setup.sim.token(), &session, seen.last().unwrap().0)
-        .await
-        .unwrap();
-    assert_eq!(client.op(9).await.unwrap()["d"], false);
+    assert_refused(&setup, &session, seen.last().unwrap().0).await;
 }
 
 #[tokio::test]
