@@ -78,6 +78,7 @@
 
 mod admin;
 mod client;
+mod compare;
 mod config;
 mod events;
 mod gateway;
@@ -107,6 +108,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use crate::client::{ClientError, GatewayClient, Received};
+pub use crate::compare::{item_id, normalized};
 pub use crate::config::{KNOWN_INTENTS, KeyOrder, PRIVILEGED_INTENTS, SimConfig};
 pub use crate::events::{Dispatch, EventStream, intent_of};
 pub use crate::guild::{Channel, Emoji, Guild, Item, Presence, Role, Thread, VoiceState};

@@ -7,7 +7,7 @@
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
-use discord_sim::{EventStream, KNOWN_INTENTS, SimConfig, World};
+use discord_sim::{EventStream, KNOWN_INTENTS, SimConfig, World, item_id, normalized};
 use serde_json::{Value, json};
 use state_cache::{Cache, Flags, Session};
 
@@ -80,38 +80,6 @@ fn fed(flags: Flags) -> (Cache, World) {
         "the stream changes every kind of state: {seen:?}"
     );
     (cache, world)
-}
-
-/// The id an array item is known by.
-fn item_id(item: &Value) -> String {
-    let id = item
-        .get("id")
-        .or_else(|| item.get("user").and_then(|u| u.get("id")))
-        .or_else(|| item.get("user_id"))
-        .or_else(|| item.get("sound_id"));
-    id.map_or_else(|| item.to_string(), ToString::to_string)
-}
-
-/// Arrays of objects sorted by id: Discord gives their order no meaning,
-/// and clients key them by id.
-fn normalized(mut v: Value) -> Value {
-    match &mut v {
-        Value::Array(items) => {
-            for item in items.iter_mut() {
-                *item = normalized(item.take());
-            }
-            if items.iter().all(Value::is_object) {
-                items.sort_by_key(item_id);
-            }
-        }
-        Value::Object(map) => {
-            for value in map.values_mut() {
-                *value = normalized(value.take());
-            }
-        }
-        _ => {}
-    }
-    v
 }
 
 /// The sim's `GUILD_CREATE` as a cache with `flags` gives it back: the

@@ -107,34 +107,3 @@ fn assert_contiguous(markers: &[(u64, u64)]) {
         assert_eq!(pair[1].1, pair[0].1 + 1, "markers go up by one");
     }
 }
-
-/// The id an array item is known by, for comparing lists as sets.
-fn item_id(item: &Value) -> String {
-    let id = item
-        .get("id")
-        .or_else(|| item.get("user").and_then(|u| u.get("id")))
-        .or_else(|| item.get("user_id"))
-        .or_else(|| item.get("sound_id"));
-    id.map_or_else(|| item.to_string(), ToString::to_string)
-}
-
-/// Arrays of objects sorted by id.
-fn normalized(mut v: Value) -> Value {
-    match &mut v {
-        Value::Array(items) => {
-            for item in items.iter_mut() {
-                *item = normalized(item.take());
-            }
-            if items.iter().all(Value::is_object) {
-                items.sort_by_key(item_id);
-            }
-        }
-        Value::Object(map) => {
-            for value in map.values_mut() {
-                *value = normalized(value.take());
-            }
-        }
-        _ => {}
-    }
-    v
-}

@@ -1,10 +1,10 @@
 //! Discord's protocol towards clients: READY and the guilds, live events,
 //! compression, and every close code of DESIGN.md's table.
 
-use discord_sim::{KNOWN_INTENTS, World};
+use discord_sim::{KNOWN_INTENTS, World, normalized};
 use serde_json::Value;
 
-use super::{Setup, assert_contiguous, marked, normalized};
+use super::{Setup, assert_contiguous, marked};
 
 #[tokio::test]
 async fn identify_gets_ready_and_guilds_equal_to_the_truth() {
