@@ -283,8 +283,9 @@ impl ShardHandle {
     }
 
     /// Takes one upstream payload through the pipeline and hands on what
-    /// comes out, under the lock snapshots take.
-    fn handle(&self, payload: Bytes) {
+    /// comes out, under the lock snapshots take; returns the guilds still
+    /// pending, read under the same lock.
+    fn handle(&self, payload: Bytes) -> usize {
         let mut core = lock(&self.shared.core);
         if let Some(event) = core.handle(payload) {
             if matches!(event, ShardEvent::Reset { .. }) {
@@ -293,13 +294,15 @@ impl ShardHandle {
             // No subscriber is fine: nobody is listening yet.
             let _ = self.shared.events.send(event);
         }
+        core.cache.pending_guilds()
     }
 
     /// Records what twilight's shard says now, and whether that makes the
-    /// shard ready.
-    fn sample(&self, shard: &Shard<SharedQueue>) {
+    /// shard ready; `pending` is the guilds still pending when the caller
+    /// has just read them.
+    fn sample(&self, shard: &Shard<SharedQueue>, pending: Option<usize>) {
         let state = ShardState::from(shard.state());
-        let pending = lock(&self.shared.core).cache.pending_guilds();
+        let pending = pending.unwrap_or_else(|| lock(&self.shared.core).cache.pending_guilds());
         let mut sampled = lock(&self.shared.sampled);
         sampled.state = state;
         if let Some(latency) = shard.latency().recent().first() {
@@ -319,11 +322,12 @@ impl ShardHandle {
 
     /// When the shard counts as loaded even if guilds are still missing.
     fn load_deadline(&self) -> Option<Instant> {
-        let sampled = lock(&self.shared.sampled);
         if *self.shared.ready.borrow() {
             return None;
         }
-        sampled.ready_at.map(|at| at + self.shared.load_timeout)
+        lock(&self.shared.sampled)
+            .ready_at
+            .map(|at| at + self.shared.load_timeout)
     }
 
     /// Runs the shard until it is fatally closed.
@@ -335,14 +339,15 @@ impl ShardHandle {
                 Some(deadline) => tokio::select! {
                     message = next => message,
                     () = tokio::time::sleep_until(deadline) => {
-                        self.sample(&shard);
+                        self.sample(&shard, None);
                         continue;
                     }
                 },
                 None => next.await,
             };
+            let mut pending = None;
             match message {
-                Some(Ok(Message::Text(text))) => self.handle(Bytes::from(text)),
+                Some(Ok(Message::Text(text))) => pending = Some(self.handle(Bytes::from(text))),
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map(|f| f.code);
                     tracing::info!(shard = id, ?code, "upstream closed");
@@ -357,12 +362,12 @@ impl ShardHandle {
                 }
                 Some(Err(error)) => tracing::warn!(shard = id, %error, "upstream receive error"),
                 None => {
-                    self.sample(&shard);
+                    self.sample(&shard, None);
                     tracing::error!(shard = id, "shard fatally closed; it will not reconnect");
                     return;
                 }
             }
-            self.sample(&shard);
+            self.sample(&shard, pending);
         }
     }
 }
