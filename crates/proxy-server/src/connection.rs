@@ -566,16 +566,7 @@ impl Driver {
                 self.protocol.unauthenticated();
                 self.send(Bytes::from_static(INVALID_SESSION)).await
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                self.ctx
-                    .counters
-                    .lagging_closed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(self.close(Close::new(
-                    Close::UNKNOWN_ERROR,
-                    "too slow; resume to get what was missed",
-                )))
-            }
+            Err(broadcast::error::RecvError::Lagged(_)) => Err(self.too_slow()),
             Err(broadcast::error::RecvError::Closed) => {
                 Err(self.close(Close::new(Close::UNKNOWN_ERROR, "the shard stopped")))
             }
@@ -636,14 +627,19 @@ impl Driver {
         // can resume to get the rest.
         attached.session.seq -= 1;
         attached.session.index = dispatch.index - 1;
+        Err(self.too_slow())
+    }
+
+    /// Closes a client that fell behind, resumably, and counts it.
+    fn too_slow(&mut self) -> End {
         self.ctx
             .counters
             .lagging_closed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Err(self.close(Close::new(
+        self.close(Close::new(
             Close::UNKNOWN_ERROR,
             "too slow; resume to get what was missed",
-        )))
+        ))
     }
 }
 
