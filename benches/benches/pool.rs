@@ -105,7 +105,7 @@ fn startup(shards: u32, max_concurrency: u32, window: Duration) -> f64 {
         pool_config.identify_window = window;
         let start = tokio::time::Instant::now();
         let pool = Pool::start(pool_config).await.unwrap();
-        pool.ready().await;
+        pool.ready().await.unwrap();
         let seconds = start.elapsed().as_secs_f64();
         assert_eq!(sim.identifies_refused(), 0, "paced as the sim asks");
         black_box(pool);

@@ -23,7 +23,7 @@ use figment::error::{Actual, Kind};
 use figment::providers::{Format, Json};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use proxy_server::ServerConfig;
+use proxy_server::{Limits, ServerConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 use shard_pool::{Activity, Flags, PoolConfig, Presence};
 
@@ -153,6 +153,63 @@ pub struct Config {
     /// come without their offline members.
     #[serde(default = "default_large_threshold")]
     pub large_threshold: u64,
+    /// What a peer can make the proxy hold, and for how long.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The `limits` key: every bound on what a peer can make the proxy hold.
+/// The defaults are safe for a port open to anyone (docs/operations.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The most bytes one client message may hold across its fragments.
+    pub max_message_bytes: usize,
+    /// Control frames that may wait for a client that does not read.
+    pub max_control_frames: usize,
+    /// Seconds a connection may stay without IDENTIFY or RESUME.
+    pub identify_timeout_secs: u64,
+    /// Seconds one write to a client may take.
+    pub write_timeout_secs: u64,
+    /// Seconds a connection may take to send its HTTP request headers.
+    pub http_header_timeout_secs: u64,
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Commands sent upstream per shard per minute, shared by its clients.
+    pub shard_commands_per_minute: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            max_message_bytes: limits.max_message_bytes,
+            max_control_frames: limits.max_control_frames,
+            identify_timeout_secs: limits.identify_timeout.as_secs(),
+            write_timeout_secs: limits.write_timeout.as_secs(),
+            http_header_timeout_secs: limits.http_header_timeout.as_secs(),
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            shard_commands_per_minute: limits.shard_commands_per_minute,
+        }
+    }
+}
+
+impl From<LimitsConfig> for Limits {
+    fn from(config: LimitsConfig) -> Self {
+        let mut limits = Limits::default();
+        limits.max_message_bytes = config.max_message_bytes;
+        limits.max_control_frames = config.max_control_frames;
+        limits.identify_timeout = Duration::from_secs(config.identify_timeout_secs);
+        limits.write_timeout = Duration::from_secs(config.write_timeout_secs);
+        limits.http_header_timeout = Duration::from_secs(config.http_header_timeout_secs);
+        limits.max_connections = config.max_connections;
+        limits.max_connections_per_ip = config.max_connections_per_ip;
+        limits.shard_commands_per_minute = config.shard_commands_per_minute;
+        limits
+    }
 }
 
 /// The `activity` key: the original's (twilight's minimal activity).
@@ -328,6 +385,7 @@ impl fmt::Debug for Config {
             .field("replay_max_events", &self.replay_max_events)
             .field("replay_max_bytes", &self.replay_max_bytes)
             .field("large_threshold", &self.large_threshold)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -401,7 +459,57 @@ impl Config {
                 "expected at least 1 event, found 0".to_owned(),
             );
         }
+        if self.replay_max_events < 2 {
+            return invalid(
+                "replay_max_events",
+                format!(
+                    "expected at least 2 (a client may fall half of it behind), found {}",
+                    self.replay_max_events
+                ),
+            );
+        }
+        self.validate_limits()?;
         self.validate_shards()
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let at_least = |key: &str, value: u64, least: u64, unit: &str| {
+            if value < least {
+                return Err(ConfigError::invalid(
+                    &format!("limits.{key}"),
+                    format!("expected at least {least} {unit}, found {value}"),
+                ));
+            }
+            Ok(())
+        };
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        // Discord's own limit: a smaller one would refuse what real
+        // libraries send.
+        at_least("max_message_bytes", count(limits.max_message_bytes), 4096, "bytes")?;
+        at_least("max_control_frames", count(limits.max_control_frames), 1, "frame")?;
+        at_least("identify_timeout_secs", limits.identify_timeout_secs, 1, "second")?;
+        at_least("write_timeout_secs", limits.write_timeout_secs, 1, "second")?;
+        at_least("http_header_timeout_secs", limits.http_header_timeout_secs, 1, "second")?;
+        at_least("max_connections", count(limits.max_connections), 1, "connection")?;
+        at_least("max_connections_per_ip", count(limits.max_connections_per_ip), 1, "connection")?;
+        at_least(
+            "shard_commands_per_minute",
+            u64::from(limits.shard_commands_per_minute),
+            1,
+            "command",
+        )?;
+        if limits.shard_commands_per_minute > 118 {
+            return Err(ConfigError::invalid(
+                "limits.shard_commands_per_minute",
+                format!(
+                    "expected at most 118 (Discord closes a shard that sends more than 120 \
+                     payloads a minute, heartbeats included), found {}",
+                    limits.shard_commands_per_minute
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_shards(&self) -> Result<(), ConfigError> {
@@ -502,6 +610,7 @@ impl Config {
         server.externally_accessible_url = self.resume_url();
         server.backpressure = self.backpressure;
         server.session_ttl = Duration::from_secs(self.session_ttl_secs);
+        server.limits = self.limits.into();
         server
     }
 }

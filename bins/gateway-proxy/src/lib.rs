@@ -19,11 +19,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::future::Future;
+
 use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
 use proxy_server::Proxy;
-use shard_pool::Pool;
+use shard_pool::{Pool, Token};
 
 use crate::config::EXIT_CONFIG;
+
+/// The exit code when Discord refuses the bot for good at start-up (a
+/// close with 4004 or 4010–4014): `EX_CONFIG` of `sysexits.h`. Something
+/// must change (the token, the intents allowed in the Developer Portal,
+/// the shard count) before a restart can help.
+pub const EXIT_REFUSED: i32 = 78;
 
 /// The command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,7 +81,8 @@ impl Options {
 /// Why the proxy could not start, and the exit code that says so.
 #[derive(Debug)]
 pub struct RunError {
-    /// The process exit code: 64 for configuration, 1 otherwise.
+    /// The process exit code: 64 for the configuration file or
+    /// environment, 78 when Discord refused the bot for good, 1 otherwise.
     pub code: i32,
     /// What went wrong.
     pub message: String,
@@ -92,7 +101,7 @@ impl std::error::Error for RunError {}
 pub struct Running {
     proxy: Proxy,
     sim: Option<Sim>,
-    token: String,
+    token: Token,
 }
 
 impl Running {
@@ -105,7 +114,7 @@ impl Running {
     /// The token clients identify with.
     #[must_use]
     pub fn token(&self) -> &str {
-        &self.token
+        self.token.expose()
     }
 
     /// The simulated Discord, with `--simulate`.
@@ -146,11 +155,36 @@ fn demo_sim() -> SimConfig {
 ///
 /// # Errors
 ///
+/// As [`start_until`].
+pub async fn start(options: &Options, env: Vec<(String, String)>) -> Result<Running, RunError> {
+    match start_until(options, env, std::future::pending()).await {
+        Ok(Some(running)) => Ok(running),
+        Ok(None) => Err(RunError {
+            code: 1,
+            message: "stopped during start-up".to_owned(),
+        }),
+        Err(error) => Err(error),
+    }
+}
+
+/// [`start`], unless `stop` resolves first (SIGTERM while the shards are
+/// still connecting): then every upstream session already open is closed
+/// as on a normal shutdown, and `Ok(None)` says the proxy never served.
+///
+/// # Errors
+///
 /// A configuration error (code 64, naming the file or variable and the
-/// key), or a failure to start the simulator, the pool or the listener
-/// (code 1).
-pub async fn start(options: &Options, mut env: Vec<(String, String)>) -> Result<Running, RunError> {
+/// key); Discord refusing a shard for good while starting (code 78, with
+/// the close code and what to change: the token, the privileged intents in
+/// the Developer Portal, the shard count); or a failure to start the
+/// simulator, the pool or the listener (code 1).
+pub async fn start_until(
+    options: &Options,
+    mut env: Vec<(String, String)>,
+    stop: impl Future<Output = ()>,
+) -> Result<Option<Running>, RunError> {
     let failed = |message: String| RunError { code: 1, message };
+    let mut stop = std::pin::pin!(stop);
     let sim = if options.simulate {
         let sim = Sim::start(demo_sim())
             .await
@@ -175,19 +209,34 @@ pub async fn start(options: &Options, mut env: Vec<(String, String)>) -> Result<
     if let Some(sim) = &sim {
         pool_config.identify_window = sim.config().identify_interval;
     }
-    let pool = Pool::start(pool_config)
-        .await
-        .map_err(|e| failed(format!("cannot start the shards: {e}")))?;
+    let pool = tokio::select! {
+        pool = Pool::start(pool_config) => {
+            pool.map_err(|e| failed(format!("cannot start the shards: {e}")))?
+        }
+        () = &mut stop => return Ok(None),
+    };
     tracing::info!(shards = ?pool.range(), total = pool.total(), "waiting for every shard to be ready");
-    pool.ready().await;
+    tokio::select! {
+        ready = pool.ready() => {
+            if let Err(error) = ready {
+                pool.shutdown().await;
+                return Err(RunError { code: EXIT_REFUSED, message: error.to_string() });
+            }
+        }
+        () = &mut stop => {
+            tracing::info!("stopped during start-up; closing the upstream sessions");
+            pool.shutdown().await;
+            return Ok(None);
+        }
+    }
     let proxy = Proxy::start(config.server_config(), pool)
         .await
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
-    Ok(Running {
+    Ok(Some(Running {
         proxy,
         sim,
-        token: config.token,
-    })
+        token: Token::new(config.token),
+    }))
 }
 
 /// Sets up logging at `level` (a tracing filter such as `info` or

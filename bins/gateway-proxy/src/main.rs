@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use gateway_proxy::{Options, USAGE, start};
+use gateway_proxy::{Options, USAGE, start_until};
 
 #[allow(
     clippy::print_stdout,
@@ -29,8 +29,10 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running = match start(&options, std::env::vars().collect()).await {
-            Ok(running) => running,
+        let running = match start_until(&options, std::env::vars().collect(), shutdown_signal()).await
+        {
+            Ok(Some(running)) => running,
+            Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gateway-proxy: {e}");
                 return ExitCode::from(u8::try_from(e.code).unwrap_or(1));

@@ -71,6 +71,7 @@ async fn stack(shards: u32) -> Stack {
     let pool = Pool::start(pool).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), pool.ready())
         .await
+        .unwrap()
         .unwrap();
     let proxy = Proxy::start(
         ServerConfig::new(([127, 0, 0, 1], 0).into(), sim.token()),

@@ -439,7 +439,7 @@ fn mapping_to_the_pool_and_the_server() {
     .unwrap();
 
     let pool = config.pool_config();
-    assert_eq!(pool.token, "Bot abc");
+    assert_eq!(pool.token.expose(), "abc", "the Bot prefix goes");
     assert_eq!(pool.intents, 33281);
     assert_eq!(pool.shards, Some(4));
     assert_eq!(pool.shard_start, 1);
@@ -464,7 +464,8 @@ fn mapping_to_the_pool_and_the_server() {
         server.bind,
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000)
     );
-    assert_eq!(server.token, "Bot abc");
+    assert_eq!(server.token.expose(), "abc");
+    assert!(server.token.matches("abc") && server.token.matches("Bot abc"));
     assert!(!server.validate_token);
     assert_eq!(server.externally_accessible_url, "ws://127.0.0.1:9000");
     assert_eq!(server.backpressure, 50);

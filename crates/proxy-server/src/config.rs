@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shard_pool::Token;
+
 /// The client side's configuration; the binary fills it from `config.json`.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -10,7 +12,7 @@ pub struct ServerConfig {
     /// Where to listen: HTTP endpoints and websocket upgrades on one port.
     pub bind: SocketAddr,
     /// The bot token clients must present (with `validate_token`).
-    pub token: String,
+    pub token: Token,
     /// Whether a client's IDENTIFY token must equal `token` (4004 if not).
     pub validate_token: bool,
     /// READY's `resume_gateway_url`: where clients reconnect to resume;
@@ -23,12 +25,60 @@ pub struct ServerConfig {
     pub session_ttl: Duration,
     /// HELLO's `heartbeat_interval`.
     pub heartbeat_interval: Duration,
+    /// What a peer can make the proxy hold, and for how long.
+    pub limits: Limits,
+}
+
+/// Everything a peer can make the proxy hold is bounded by one of these.
+/// The defaults are safe for a port open to anyone; `docs/operations.md`
+/// says what each costs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// The most bytes one client message may hold, across all its
+    /// fragments (Discord's limit is 4096). A message over it is refused
+    /// with 4002 before more of it is buffered.
+    pub max_message_bytes: usize,
+    /// Control frames (pongs, the close echo) that may wait for a client
+    /// that does not read; past it the connection is dropped.
+    pub max_control_frames: usize,
+    /// How long a connection may stay without IDENTIFY or RESUME after
+    /// HELLO; then it is closed with 4003.
+    pub identify_timeout: Duration,
+    /// How long one write to a client may take (the client not reading):
+    /// past it the connection is dropped, and its session stays resumable.
+    pub write_timeout: Duration,
+    /// How long a connection may take to send its HTTP request headers.
+    pub http_header_timeout: Duration,
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Commands (ops 3, 4, 8, 31) the proxy sends upstream per shard per
+    /// minute, shared fairly by the shard's clients. Discord allows 120
+    /// payloads a minute on a connection, heartbeats included.
+    pub shard_commands_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4096,
+            max_control_frames: 16,
+            identify_timeout: Duration::from_mins(5),
+            write_timeout: Duration::from_secs(10),
+            http_header_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            shard_commands_per_minute: 110,
+        }
+    }
 }
 
 impl ServerConfig {
     /// Defaults for serving `token` on `bind`.
     #[must_use]
-    pub fn new(bind: SocketAddr, token: impl Into<String>) -> Self {
+    pub fn new(bind: SocketAddr, token: impl Into<Token>) -> Self {
         Self {
             bind,
             token: token.into(),
@@ -37,6 +87,7 @@ impl ServerConfig {
             backpressure: 100,
             session_ttl: Duration::from_mins(5),
             heartbeat_interval: Duration::from_millis(41_250),
+            limits: Limits::default(),
         }
     }
 }

@@ -2,33 +2,38 @@
 //! drives the protocol between them, the shard and the session table.
 //!
 //! `read_frame` is not cancel-safe, so it has a task of its own that only
-//! reads and hands frames over a channel; the writer owns the socket's
+//! reads and hands messages over a channel; the writer owns the socket's
 //! write half and the connection's compression context. The driver never
-//! waits on the client: events go to the writer through a queue of
-//! `backpressure` entries, and a client whose queue is full is closed
-//! (resumable) instead of being waited for or skipped.
+//! waits on the client for long: events go to the writer through a queue
+//! of `backpressure` entries, a client whose queue stays full is closed
+//! (resumable), and every wait on the client is bounded by
+//! `limits.write_timeout`.
+//!
+//! Everything a client can make the connection hold is bounded: a message
+//! by `limits.max_message_bytes` across its fragments (checked before more
+//! is buffered), control frames waiting for a client that does not read by
+//! `limits.max_control_frames`, the time to IDENTIFY by
+//! `limits.identify_timeout`; and a connection has no compression context
+//! before it identifies (see `prelude.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{
-    FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use seqpatch::Scan;
 use shard_pool::{Dispatch, Session as ReadySession, ShardEvent, ShardHandle};
 use sonic_rs::JsonValueTrait;
-use tokio::io::{BufWriter, WriteHalf};
+use tokio::io::{BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use wire_codec::{Compression, Encoder};
 
-use crate::context::Context;
-use crate::protocol::{
-    Close, Command, Identify, MAX_PAYLOAD, Protocol, Request, Resume, same_token,
-};
+use crate::context::{Context, HEARTBEAT_ACK};
+use crate::limits::Spend;
+use crate::protocol::{Close, Command, Identify, Protocol, Request, Resume};
 use crate::session::{Attach, SeqMap, Session};
 
 type Socket = TokioIo<Upgraded>;
@@ -37,8 +42,11 @@ type Socket = TokioIo<Upgraded>;
 #[derive(Debug)]
 enum In {
     Text(Bytes),
-    Binary,
-    TooLarge,
+    /// A message the proxy cannot take: too large, binary, or broken
+    /// framing; the connection closes with this.
+    Bad(Close),
+    /// The client sends control frames faster than it reads their answers.
+    Flooded,
     /// The client closed (with this code) or the connection dropped.
     Closed(Option<u16>),
 }
@@ -60,11 +68,6 @@ enum Out {
 }
 
 const INVALID_SESSION: &[u8] = br#"{"t":null,"s":null,"op":9,"d":false}"#;
-const HEARTBEAT_ACK: &[u8] = br#"{"t":null,"s":null,"op":11,"d":null}"#;
-
-/// How long a closed connection waits for its client to read what is
-/// still queued, up to the close frame.
-const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// The write buffer of a connection: frames queued together leave in one
 /// write.
@@ -96,9 +99,13 @@ pub(crate) fn transport(query: &str) -> Result<Compression, Close> {
         .map_err(|_| Close::new(Close::DECODE_ERROR, "unknown compress value"))
 }
 
-/// Serves one upgraded websocket until it ends.
+/// Serves one upgraded websocket until it ends. Every task it starts ends
+/// with it: the writer gets `write_timeout` to send what is queued, up to
+/// the close frame, and is then stopped with its socket.
 pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Context>) {
-    ws.set_max_message_size(MAX_PAYLOAD * 2);
+    let limits = ctx.config.limits.clone();
+    // Per frame; the reader bounds whole messages.
+    ws.set_max_message_size(limits.max_message_bytes.saturating_add(1));
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
     // Frames go through a buffer that is flushed when nothing more is
@@ -107,17 +114,35 @@ pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Con
         let (read, write) = tokio::io::split(socket);
         (read, BufWriter::with_capacity(WRITE_BUFFER, write))
     });
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    // Room for the control frames a client may leave unread, and one more
+    // for the proxy's own close.
+    let (ctl_tx, ctl_rx) = mpsc::channel(limits.max_control_frames.max(1) + 1);
     let (out_tx, out_rx) = mpsc::channel(ctx.config.backpressure.max(1) + 8);
     let (in_tx, in_rx) = mpsc::channel(64);
     let transport = transport(&query);
     let compression = *transport.as_ref().unwrap_or(&Compression::None);
-    let writer = tokio::spawn(write_loop(write, compression, out_rx, ctl_rx, ctx.clone()));
-    let reader = tokio::spawn(read_loop(read, in_tx, ctl_tx.clone()));
+    let writer = tokio::spawn(
+        Writer {
+            write,
+            compression,
+            encoder: None,
+            prelude_sent: 0,
+            ctx: ctx.clone(),
+        }
+        .run(out_rx, ctl_rx),
+    );
+    let stop_writer = writer.abort_handle();
+    let reader = tokio::spawn(read_loop(
+        read,
+        in_tx,
+        ctl_tx.clone(),
+        limits.max_message_bytes,
+    ));
     match transport {
         Ok(compression) => {
             let mut driver = Driver {
-                protocol: Protocol::new(ctx.config.heartbeat_interval, Instant::now()),
+                protocol: Protocol::new(ctx.protocol, Instant::now()),
+                id: ctx.connection_id(),
                 ctx,
                 out: out_tx,
                 ctl: ctl_tx,
@@ -127,50 +152,142 @@ pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Con
             driver.run(in_rx).await;
         }
         Err(close) => {
-            let _ = ctl_tx.send(Frame::close(close.code, close.reason.as_bytes()));
+            let _ = ctl_tx.try_send(Frame::close(close.code, close.reason.as_bytes()));
+            drop((out_tx, ctl_tx));
         }
     }
-    // The writer ends after a close frame or when the driver's sender is
-    // gone; give a slow client time to read up to the close, then drop the
-    // connection.
-    if tokio::time::timeout(CLOSE_WAIT, writer).await.is_err() {
+    // The writer ends after a close frame or once the driver's queue is
+    // drained; a client that does not read that long is dropped.
+    if tokio::time::timeout(limits.write_timeout, writer)
+        .await
+        .is_err()
+    {
         tracing::debug!("writer did not finish; dropping the connection");
+        stop_writer.abort();
     }
     reader.abort();
 }
 
+/// A control frame could not be queued: the client does not read.
+#[derive(Debug)]
+struct Flooded;
+
+impl std::fmt::Display for Flooded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("control frames queued past the limit")
+    }
+}
+
+impl std::error::Error for Flooded {}
+
+/// Puts fragmented messages together, refusing one over the limit before
+/// more of it is kept.
+#[derive(Debug)]
+pub(crate) struct Assembler {
+    max: usize,
+    /// The opcode of the message being assembled, and its bytes so far.
+    partial: Option<(OpCode, Vec<u8>)>,
+}
+
+impl Assembler {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { max, partial: None }
+    }
+
+    /// Takes one data frame (text, binary or continuation); returns a
+    /// whole message when this frame ends one.
+    pub(crate) fn push(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: &[u8],
+    ) -> Result<Option<(OpCode, Bytes)>, Close> {
+        let too_large = Close::new(Close::DECODE_ERROR, "message too large");
+        match (opcode, self.partial.as_mut()) {
+            (OpCode::Continuation, None) => Err(Close::new(
+                Close::DECODE_ERROR,
+                "continuation frame without a message",
+            )),
+            (OpCode::Continuation, Some((_, bytes))) => {
+                if bytes.len() + payload.len() > self.max {
+                    return Err(too_large);
+                }
+                bytes.extend_from_slice(payload);
+                if !fin {
+                    return Ok(None);
+                }
+                let Some((opcode, bytes)) = self.partial.take() else {
+                    return Ok(None);
+                };
+                Self::whole(opcode, bytes)
+            }
+            (_, Some(_)) => Err(Close::new(
+                Close::DECODE_ERROR,
+                "a new message began before the last one ended",
+            )),
+            (opcode, None) => {
+                if payload.len() > self.max {
+                    return Err(too_large);
+                }
+                if fin {
+                    return Self::whole(opcode, payload.to_vec());
+                }
+                self.partial = Some((opcode, payload.to_vec()));
+                Ok(None)
+            }
+        }
+    }
+
+    fn whole(opcode: OpCode, bytes: Vec<u8>) -> Result<Option<(OpCode, Bytes)>, Close> {
+        if opcode == OpCode::Text && std::str::from_utf8(&bytes).is_err() {
+            return Err(Close::new(Close::DECODE_ERROR, "text is not UTF-8"));
+        }
+        Ok(Some((opcode, Bytes::from(bytes))))
+    }
+}
+
 async fn read_loop(
-    read: fastwebsockets::WebSocketRead<tokio::io::ReadHalf<Socket>>,
+    mut read: WebSocketRead<ReadHalf<Socket>>,
     tx: mpsc::Sender<In>,
-    ctl: mpsc::UnboundedSender<Frame<'static>>,
+    ctl: mpsc::Sender<Frame<'static>>,
+    max_message: usize,
 ) {
-    let mut read = FragmentCollectorRead::new(read);
+    let mut assembler = Assembler::new(max_message);
     loop {
         let frame = read
-            .read_frame::<_, WebSocketError>(&mut |frame| {
-                let _ = ctl.send(owned(&frame));
-                async { Ok(()) }
+            .read_frame::<_, Flooded>(&mut |frame| {
+                let queued = ctl.try_send(owned(&frame)).map_err(|_| Flooded);
+                std::future::ready(queued)
             })
             .await;
         let message = match frame {
             Ok(frame) => match frame.opcode {
-                OpCode::Text => In::Text(Bytes::copy_from_slice(&frame.payload)),
-                OpCode::Binary => In::Binary,
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                    match assembler.push(frame.opcode, frame.fin, &frame.payload) {
+                        Ok(None) => continue,
+                        Ok(Some((OpCode::Text, text))) => In::Text(text),
+                        Ok(Some(_)) => In::Bad(Close::new(
+                            Close::DECODE_ERROR,
+                            "binary payloads are not JSON (ETF is not supported)",
+                        )),
+                        Err(close) => In::Bad(close),
+                    }
+                }
                 OpCode::Close => {
                     let code = (frame.payload.len() >= 2)
                         .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
-                    let _ = tx.send(In::Closed(code)).await;
-                    return;
+                    In::Closed(code)
                 }
                 _ => continue,
             },
-            Err(WebSocketError::FrameTooLarge) => In::TooLarge,
-            Err(_) => {
-                let _ = tx.send(In::Closed(None)).await;
-                return;
+            Err(WebSocketError::FrameTooLarge) => {
+                In::Bad(Close::new(Close::DECODE_ERROR, "message too large"))
             }
+            Err(WebSocketError::SendError(_)) => In::Flooded,
+            Err(_) => In::Closed(None),
         };
-        if tx.send(message).await.is_err() {
+        let last = !matches!(message, In::Text(_));
+        if tx.send(message).await.is_err() || last {
             return;
         }
     }
@@ -185,62 +302,105 @@ fn owned(frame: &Frame<'_>) -> Frame<'static> {
     )
 }
 
-async fn write_loop(
-    mut write: WebSocketWrite<BufWriter<WriteHalf<Socket>>>,
-    mut compression: Compression,
-    mut out: mpsc::Receiver<Out>,
-    mut ctl: mpsc::UnboundedReceiver<Frame<'static>>,
+/// The write half of a connection and its compression.
+struct Writer {
+    write: WebSocketWrite<BufWriter<WriteHalf<Socket>>>,
+    compression: Compression,
+    /// The connection's own context, made at its first message that is not
+    /// in the prelude.
+    encoder: Option<Encoder>,
+    /// Prelude messages sent so far (while `encoder` is `None`).
+    prelude_sent: usize,
     ctx: Arc<Context>,
-) {
-    let Ok(mut encoder) = Encoder::new(compression) else {
-        return;
-    };
-    let mut text = Vec::with_capacity(4096);
-    let mut compressed = Vec::with_capacity(4096);
-    loop {
-        let message = tokio::select! {
-            biased;
-            Some(frame) = ctl.recv() => {
-                let close = frame.opcode == OpCode::Close;
-                if write.write_frame(frame).await.is_err() || write.flush().await.is_err() || close {
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut out: mpsc::Receiver<Out>,
+        mut ctl: mpsc::Receiver<Frame<'static>>,
+    ) {
+        let timeout = self.ctx.config.limits.write_timeout;
+        let mut text = Vec::with_capacity(4096);
+        let mut compressed = Vec::with_capacity(4096);
+        loop {
+            let message = tokio::select! {
+                biased;
+                Some(frame) = ctl.recv() => {
+                    let close = frame.opcode == OpCode::Close;
+                    let written = tokio::time::timeout(timeout, async {
+                        self.write.write_frame(frame).await?;
+                        self.write.flush().await
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) || close {
+                        return;
+                    }
+                    continue;
+                }
+                message = out.recv() => message,
+            };
+            let Some(message) = message else {
+                let _ = tokio::time::timeout(timeout, self.write.flush()).await;
+                return;
+            };
+            text.clear();
+            match message {
+                Out::Payload(payload) => text.extend_from_slice(&payload),
+                Out::Event { payload, scan, seq } => {
+                    scan.envelope(&payload, seq).write_to(&mut text);
+                }
+                Out::Compression(next) => {
+                    self.compression = next;
+                    self.encoder = None;
+                    self.prelude_sent = 0;
+                    continue;
+                }
+            }
+            let frame = if self.compression.is_binary() {
+                compressed.clear();
+                if self.encode(&text, &mut compressed).is_err() {
                     return;
                 }
-                continue;
-            }
-            message = out.recv() => message,
-        };
-        let Some(message) = message else {
-            let _ = write.flush().await;
-            return;
-        };
-        text.clear();
-        match message {
-            Out::Payload(payload) => text.extend_from_slice(&payload),
-            Out::Event { payload, scan, seq } => scan.envelope(&payload, seq).write_to(&mut text),
-            Out::Compression(next) => {
-                compression = next;
-                match Encoder::new(next) {
-                    Ok(next) => encoder = next,
-                    Err(_) => return,
+                Frame::binary(Payload::Borrowed(&compressed))
+            } else {
+                Frame::text(Payload::Borrowed(&text))
+            };
+            self.ctx
+                .counters
+                .bytes(self.compression, frame.payload.len());
+            let written = tokio::time::timeout(timeout, async {
+                self.write.write_frame(frame).await?;
+                if out.is_empty() {
+                    self.write.flush().await?;
                 }
-                continue;
-            }
-        }
-        let frame = if compression.is_binary() {
-            compressed.clear();
-            if encoder.encode(&text, &mut compressed).is_err() {
+                Ok::<(), WebSocketError>(())
+            })
+            .await;
+            if !matches!(written, Ok(Ok(()))) {
                 return;
             }
-            Frame::binary(Payload::Borrowed(&compressed))
-        } else {
-            Frame::text(Payload::Borrowed(&text))
-        };
-        ctx.counters.bytes(compression, frame.payload.len());
-        if write.write_frame(frame).await.is_err() {
-            return;
         }
-        if out.is_empty() && write.flush().await.is_err() {
-            return;
+    }
+
+    /// Compresses one message: from the prelude while the connection says
+    /// what every connection says, else with its own context.
+    fn encode(&mut self, text: &[u8], out: &mut Vec<u8>) -> Result<(), wire_codec::Error> {
+        if self.encoder.is_none() {
+            if let Some(prelude) = self.ctx.prelude(self.compression) {
+                if let Some(frame) = prelude.frame(self.prelude_sent, text) {
+                    self.prelude_sent += 1;
+                    out.extend_from_slice(frame);
+                    return Ok(());
+                }
+                self.encoder = Some(prelude.encoder(self.prelude_sent)?);
+            } else {
+                self.encoder = Some(Encoder::new(self.compression)?);
+            }
+        }
+        match self.encoder.as_mut() {
+            Some(encoder) => encoder.encode(text, out),
+            None => Ok(()),
         }
     }
 }
@@ -255,9 +415,11 @@ struct Attached {
 
 struct Driver {
     ctx: Arc<Context>,
+    /// This connection's number, for the command budget.
+    id: u64,
     out: mpsc::Sender<Out>,
     /// Frames that go before anything queued: close frames.
-    ctl: mpsc::UnboundedSender<Frame<'static>>,
+    ctl: mpsc::Sender<Frame<'static>>,
     protocol: Protocol,
     transport: Compression,
     attached: Option<Attached>,
@@ -273,12 +435,7 @@ enum End {
 
 impl Driver {
     async fn run(&mut self, mut incoming: mpsc::Receiver<In>) {
-        if self
-            .out
-            .send(Out::Payload(self.protocol.hello()))
-            .await
-            .is_err()
-        {
+        if self.send(self.ctx.hello.clone()).await.is_err() {
             return;
         }
         let mut shutdown = self.ctx.shutdown.subscribe();
@@ -298,10 +455,16 @@ impl Driver {
                 () = kicked(kick) => {
                     Err(self.close(Close::new(Close::UNKNOWN_ERROR, "the session was resumed on another connection")))
                 }
+                // The writer stopped: the client did not read in time.
+                () = self.out.closed() => Err(End::Resumable),
                 message = incoming.recv() => self.incoming(message).await,
                 event = next_event(&mut self.attached) => self.event(event).await,
                 () = tokio::time::sleep_until(deadline) => {
-                    Err(self.close(Protocol::timed_out()))
+                    let close = self.protocol.timed_out(Instant::now());
+                    if close.code == Close::NOT_AUTHENTICATED {
+                        self.ctx.counters.identify_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(self.close(close))
                 }
             };
             if let Err(end) = step {
@@ -320,9 +483,11 @@ impl Driver {
     /// Sends a close (ahead of anything queued) and says whether the
     /// session survives it.
     fn close(&mut self, close: Close) -> End {
+        // A full queue means a client that does not read: it will not read
+        // this either.
         let _ = self
             .ctl
-            .send(Frame::close(close.code, close.reason.as_bytes()));
+            .try_send(Frame::close(close.code, close.reason.as_bytes()));
         match close.code {
             Close::AUTHENTICATION_FAILED | 4010..=4014 => End::Final,
             _ => End::Resumable,
@@ -331,7 +496,9 @@ impl Driver {
 
     async fn incoming(&mut self, message: Option<In>) -> Result<(), End> {
         let payload = match message {
-            None | Some(In::Closed(None)) => return Err(End::Resumable),
+            // A client that does not read its pongs is let go like one
+            // that dropped.
+            None | Some(In::Closed(None) | In::Flooded) => return Err(End::Resumable),
             Some(In::Closed(Some(code))) => {
                 return Err(if matches!(code, 1000 | 1001) {
                     End::Final
@@ -339,38 +506,48 @@ impl Driver {
                     End::Resumable
                 });
             }
-            Some(In::TooLarge) => {
-                return Err(self.close(Close::new(Close::DECODE_ERROR, "payload over 4096 bytes")));
-            }
-            Some(In::Binary) => {
-                return Err(self.close(Close::new(
-                    Close::DECODE_ERROR,
-                    "binary payloads are not JSON (ETF is not supported)",
-                )));
-            }
+            Some(In::Bad(close)) => return Err(self.close(close)),
             Some(In::Text(payload)) => payload,
         };
         match self.protocol.handle_payload(&payload, Instant::now()) {
             Request::Heartbeat => self.send(Bytes::from_static(HEARTBEAT_ACK)).await,
             Request::Identify(identify) => self.identify(identify).await,
             Request::Resume(resume) => self.resume(resume).await,
-            Request::Command(command) => {
-                self.command(command);
-                Ok(())
+            Request::Command(command) => self.command(command),
+            Request::Close(close) => {
+                if close.code == Close::DECODE_ERROR && self.attached.is_some() {
+                    self.ctx
+                        .counters
+                        .invalid_commands
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(reason = close.reason, "client closed for a bad payload");
+                }
+                Err(self.close(close))
             }
-            Request::Close(close) => Err(self.close(close)),
         }
     }
 
     async fn send(&mut self, payload: Bytes) -> Result<(), End> {
-        self.out
-            .send(Out::Payload(payload))
-            .await
-            .map_err(|_| End::Resumable)
+        self.push(Out::Payload(payload)).await
+    }
+
+    /// Queues for the writer, waiting at most `write_timeout` for room:
+    /// a client that stops reading is let go, resumable.
+    async fn push(&mut self, out: Out) -> Result<(), End> {
+        let timeout = self.ctx.config.limits.write_timeout;
+        match tokio::time::timeout(timeout, self.out.send(out)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Resumable),
+        }
     }
 
     fn token_ok(&self, token: &str) -> bool {
-        !self.ctx.config.validate_token || same_token(token, &self.ctx.config.token)
+        !self.ctx.config.validate_token || self.ctx.config.token.matches(token)
+    }
+
+    /// The close for a shard Discord closed for good: its own code.
+    fn fatal(&mut self, code: u16) -> End {
+        self.close(Close::new(code, fatal_reason(code)))
     }
 
     async fn identify(&mut self, identify: Identify) -> Result<(), End> {
@@ -385,19 +562,24 @@ impl Driver {
         let Some(shard) = pool.shard(id).filter(|_| count == pool.total()) else {
             return Err(self.close(Close::new(Close::INVALID_SHARD, "invalid shard")));
         };
-        if tokio::time::timeout(READY_WAIT, shard.ready())
-            .await
-            .is_err()
-        {
+        if let Some(code) = shard.fatal_close() {
+            return Err(self.fatal(code));
+        }
+        match tokio::time::timeout(READY_WAIT, shard.ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                let code = shard.fatal_close().unwrap_or(Close::UNKNOWN_ERROR);
+                return Err(self.fatal(code));
+            }
             // Not ready in time: the client identifies again a little later.
-            return self.send(Bytes::from_static(INVALID_SESSION)).await;
+            Err(_) => {
+                self.protocol.unauthenticated(Instant::now());
+                return self.send(Bytes::from_static(INVALID_SESSION)).await;
+            }
         }
         if identify.compress && self.transport == Compression::None {
             self.transport = Compression::ZlibPayload;
-            let _ = self
-                .out
-                .send(Out::Compression(Compression::ZlibPayload))
-                .await;
+            self.push(Out::Compression(Compression::ZlibPayload)).await?;
         }
         let session_id = self.ctx.session_id();
         let ready_session = ReadySession {
@@ -417,6 +599,7 @@ impl Driver {
             Some(payloads)
         });
         let Some(payloads) = snapshot.value else {
+            self.protocol.unauthenticated(Instant::now());
             return self.send(Bytes::from_static(INVALID_SESSION)).await;
         };
         let last_seq = payloads.len() as u64;
@@ -468,12 +651,19 @@ impl Driver {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Attach::Busy | Attach::Gone => {
+                    self.protocol.unauthenticated(Instant::now());
                     return self.send(Bytes::from_static(INVALID_SESSION)).await;
                 }
             }
         };
         let now = Instant::now();
         let pool = self.ctx.pool.clone();
+        if let Some(code) = pool.shard(session.shard).and_then(ShardHandle::fatal_close) {
+            self.ctx
+                .sessions
+                .detach(&resume.session_id, session, false, now);
+            return Err(self.fatal(code));
+        }
         let replay = pool.shard(session.shard).and_then(|shard| {
             let seq = resume.seq?;
             let index = session.map.index_of(seq, session.seq)?;
@@ -485,6 +675,7 @@ impl Driver {
             self.ctx
                 .sessions
                 .detach(&resume.session_id, session, false, now);
+            self.protocol.unauthenticated(now);
             return self.send(Bytes::from_static(INVALID_SESSION)).await;
         };
         session.seq = seq;
@@ -518,9 +709,12 @@ impl Driver {
         self.send(Bytes::from(resumed)).await
     }
 
-    fn command(&mut self, command: Command) {
+    /// Forwards a command to the shard of its guild, within the shard's
+    /// budget: a client over its share is closed with 4008, as Discord
+    /// would close it.
+    fn command(&mut self, command: Command) -> Result<(), End> {
         let Some(attached) = &self.attached else {
-            return;
+            return Ok(());
         };
         let now = Instant::now();
         let pool = &self.ctx.pool;
@@ -533,19 +727,40 @@ impl Driver {
                 op = command.op,
                 "command for a shard this proxy does not run; dropped"
             );
-            return;
+            return Ok(());
         };
+        let clients = self.ctx.counters.clients_of(target).max(1);
+        match self.ctx.budgets.spend(target, self.id, clients, now) {
+            Spend::Send => {}
+            spend => {
+                self.ctx
+                    .counters
+                    .over_budget
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    shard = target,
+                    op = command.op,
+                    ?spend,
+                    "client closed: over its share of the shard's command budget"
+                );
+                return Err(self.close(Close::new(
+                    Close::RATE_LIMITED,
+                    "over this client's share of the shard's commands per minute",
+                )));
+            }
+        }
         match (command.op, command.nonce, command.guild_id) {
             (8, Some(nonce), _) => self.ctx.routes.nonce(nonce, &attached.id, now),
             (4, _, Some(guild)) => self.ctx.routes.voice(guild, &attached.id, now),
             _ => {}
         }
         let Ok(json) = String::from_utf8(command.payload.to_vec()) else {
-            return;
+            return Ok(());
         };
         if shard.send(json).is_err() {
             tracing::warn!(shard = target, "shard stopped; command dropped");
         }
+        Ok(())
     }
 
     async fn event(
@@ -563,9 +778,10 @@ impl Driver {
                         .sessions
                         .detach(&attached.id, attached.session, false, Instant::now());
                 }
-                self.protocol.unauthenticated();
+                self.protocol.unauthenticated(Instant::now());
                 self.send(Bytes::from_static(INVALID_SESSION)).await
             }
+            Ok(ShardEvent::Closed { code, .. }) => Err(self.fatal(code)),
             Err(broadcast::error::RecvError::Lagged(_)) => Err(self.too_slow()),
             Err(broadcast::error::RecvError::Closed) => {
                 Err(self.close(Close::new(Close::UNKNOWN_ERROR, "the shard stopped")))
@@ -597,12 +813,7 @@ impl Driver {
             seq,
         };
         if wait {
-            return self
-                .out
-                .send(event)
-                .await
-                .map(|()| true)
-                .map_err(|_| End::Resumable);
+            return self.push(event).await.map(|()| true);
         }
         let sent = match self.out.try_send(event) {
             Err(mpsc::error::TrySendError::Full(event)) => {
@@ -621,6 +832,10 @@ impl Driver {
             return Ok(false);
         };
         if sent.is_ok() {
+            if attached.shard.behind(attached.session.index) {
+                // Sent, but the ring would soon lose what follows.
+                return Err(self.too_slow());
+            }
             return Ok(true);
         }
         // Too slow: the session keeps what it was sent, less this event, and
@@ -640,6 +855,19 @@ impl Driver {
             Close::UNKNOWN_ERROR,
             "too slow; resume to get what was missed",
         ))
+    }
+}
+
+/// The reason sent with a fatal close code, as Discord words it.
+fn fatal_reason(code: u16) -> &'static str {
+    match code {
+        Close::AUTHENTICATION_FAILED => "Discord refused the proxy's token (authentication failed)",
+        4010 => "Discord refused the shard (invalid shard)",
+        4011 => "Discord requires more shards (sharding required)",
+        4012 => "Discord refused the API version (invalid API version)",
+        4013 => "Discord refused the proxy's intents (invalid intents)",
+        4014 => "Discord refused the proxy's privileged intents (disallowed intents)",
+        _ => "the shard stopped",
     }
 }
 

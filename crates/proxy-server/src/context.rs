@@ -7,12 +7,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use shard_pool::Pool;
 use tokio::time::Instant;
 use wire_codec::Compression;
 
 use crate::config::ServerConfig;
+use crate::limits::{Admission, Budgets};
+use crate::prelude::Prelude;
+use crate::protocol::{Protocol, ProtocolLimits};
 use crate::session::Sessions;
+
+/// The answer to a heartbeat.
+pub(crate) const HEARTBEAT_ACK: &[u8] = br#"{"t":null,"s":null,"op":11,"d":null}"#;
 
 /// How long a nonce or a voice request routes its answers.
 const ROUTE_TTL: Duration = Duration::from_mins(5);
@@ -59,6 +66,16 @@ impl Routes {
 pub(crate) struct Counters {
     pub(crate) replayed: AtomicU64,
     pub(crate) lagging_closed: AtomicU64,
+    /// Connections refused at accept: over `max_connections`, over
+    /// `max_connections_per_ip`.
+    pub(crate) refused: [AtomicU64; 2],
+    /// Clients closed for a command Discord would refuse (4002).
+    pub(crate) invalid_commands: AtomicU64,
+    /// Clients closed for sending more than their share of a shard's
+    /// command budget (4008).
+    pub(crate) over_budget: AtomicU64,
+    /// Connections closed without IDENTIFY or RESUME in time.
+    pub(crate) identify_timeouts: AtomicU64,
     /// Bytes written to clients, by compression (none, zlib-stream,
     /// zstd-stream, payload zlib).
     pub(crate) bytes_out: [AtomicU64; 4],
@@ -76,6 +93,12 @@ impl Counters {
 
     pub(crate) fn client(&self, shard: u32, delta: i64) {
         *lock(&self.clients).entry(shard).or_default() += delta;
+    }
+
+    /// Connections serving a session of `shard`.
+    pub(crate) fn clients_of(&self, shard: u32) -> usize {
+        let clients = lock(&self.clients).get(&shard).copied().unwrap_or(0);
+        usize::try_from(clients).unwrap_or(0)
     }
 }
 
@@ -100,17 +123,58 @@ pub(crate) struct Context {
     pub(crate) sessions: Sessions,
     pub(crate) routes: Routes,
     pub(crate) counters: Counters,
+    /// Connections open, in all and per address.
+    pub(crate) admission: Arc<Admission>,
+    /// Each shard's command budget.
+    pub(crate) budgets: Budgets,
+    /// HELLO and the ACKs before IDENTIFY, compressed once: zlib-stream,
+    /// zstd-stream.
+    preludes: [Option<Prelude>; 2],
+    /// What every connection's protocol is bounded by.
+    pub(crate) protocol: ProtocolLimits,
+    pub(crate) hello: Bytes,
     /// Turns true when the proxy shuts down: every connection closes.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// Counts requests to disconnect every client (resumable).
     pub(crate) disconnect: tokio::sync::watch::Sender<u64>,
     next_session: AtomicU64,
+    next_connection: AtomicU64,
     session_salt: u64,
 }
 
 impl Context {
     pub(crate) fn new(config: ServerConfig, pool: Arc<Pool>) -> Self {
+        let limits = &config.limits;
+        let protocol = ProtocolLimits {
+            heartbeat_interval: config.heartbeat_interval,
+            max_message_bytes: limits.max_message_bytes,
+            identify_timeout: limits.identify_timeout,
+            max_early_heartbeats: ProtocolLimits::early_heartbeats(
+                config.heartbeat_interval,
+                limits.identify_timeout,
+            ),
+        };
+        let hello = Protocol::hello(config.heartbeat_interval);
+        let prelude = |compression| {
+            Prelude::new(
+                compression,
+                &hello,
+                HEARTBEAT_ACK,
+                protocol.max_early_heartbeats,
+            )
+            .map_err(|error| tracing::warn!(%error, "cannot precompress HELLO"))
+            .ok()
+        };
+        let preludes = [
+            prelude(Compression::ZlibStream),
+            prelude(Compression::ZstdStream),
+        ];
         Self {
+            admission: Admission::new(limits.max_connections, limits.max_connections_per_ip),
+            budgets: Budgets::new(limits.shard_commands_per_minute),
+            preludes,
+            protocol,
+            hello,
             config,
             pool,
             sessions: Sessions::default(),
@@ -119,8 +183,24 @@ impl Context {
             shutdown: tokio::sync::watch::Sender::new(false),
             disconnect: tokio::sync::watch::Sender::new(0),
             next_session: AtomicU64::new(1),
+            next_connection: AtomicU64::new(1),
             session_salt: RandomState::new().hash_one(0x5e55_1045u64),
         }
+    }
+
+    /// The precompressed start of every connection of a stream
+    /// compression.
+    pub(crate) fn prelude(&self, compression: Compression) -> Option<&Prelude> {
+        match compression {
+            Compression::ZlibStream => self.preludes[0].as_ref(),
+            Compression::ZstdStream => self.preludes[1].as_ref(),
+            _ => None,
+        }
+    }
+
+    /// A number for a new connection, unique in this process.
+    pub(crate) fn connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A new session id: 32 hex digits, as Discord's.

@@ -32,10 +32,12 @@
 mod config;
 mod connection;
 mod context;
+mod limits;
 mod metrics;
+mod prelude;
 mod protocol;
 mod server;
 mod session;
 
-pub use crate::config::ServerConfig;
+pub use crate::config::{Limits, ServerConfig};
 pub use crate::server::Proxy;

@@ -29,6 +29,7 @@ const STATES: [&str; 6] = [
 ];
 
 /// The `# HELP` text of every metric; once, before the first recording.
+#[allow(clippy::too_many_lines, reason = "one statement per metric")]
 pub(crate) fn describe() {
     describe_counter!(
         "gateway_shard_events",
@@ -109,6 +110,31 @@ pub(crate) fn describe() {
         Unit::Bytes,
         "Bytes written to clients, by compression."
     );
+    describe_gauge!(
+        "gateway_shard_fatal_close_code",
+        "The close code Discord stopped the shard with for good (4004, 4010-4014); 0 while it runs."
+    );
+    describe_gauge!(
+        "gateway_connections",
+        "Connections open (HTTP and websocket), in all."
+    );
+    describe_counter!(
+        "gateway_connections_refused_total",
+        "Connections refused at accept, by the limit they hit."
+    );
+    describe_counter!(
+        "gateway_clients_closed_total",
+        "Clients closed for what they did, by reason: invalid_command (4002), over_command_budget (4008), identify_timeout (4003)."
+    );
+    describe_gauge!(
+        "gateway_identifies_remaining",
+        "Identifies Discord allows before its daily reset, as this process counts them."
+    );
+    describe_gauge!(
+        "gateway_identifies_reset_seconds",
+        Unit::Seconds,
+        "Time until Discord resets the day's identifies."
+    );
 }
 
 /// Records every metric from the current state.
@@ -134,6 +160,24 @@ pub(crate) fn record(ctx: &Context) {
     for (slot, name) in COMPRESSION_NAMES.iter().enumerate() {
         counter!("gateway_bytes_out_total", "compression" => *name)
             .absolute(ctx.counters.bytes_out[slot].load(Ordering::Relaxed));
+    }
+    let counters = &ctx.counters;
+    gauge!("gateway_connections").set(ctx.admission.open() as f64);
+    for (slot, limit) in ["max_connections", "max_connections_per_ip"].iter().enumerate() {
+        counter!("gateway_connections_refused_total", "limit" => *limit)
+            .absolute(counters.refused[slot].load(Ordering::Relaxed));
+    }
+    for (reason, count) in [
+        ("invalid_command", &counters.invalid_commands),
+        ("over_command_budget", &counters.over_budget),
+        ("identify_timeout", &counters.identify_timeouts),
+    ] {
+        counter!("gateway_clients_closed_total", "reason" => reason)
+            .absolute(count.load(Ordering::Relaxed));
+    }
+    if let Some((remaining, reset)) = ctx.pool.identifies() {
+        gauge!("gateway_identifies_remaining").set(f64::from(remaining));
+        gauge!("gateway_identifies_reset_seconds").set(reset.as_secs_f64());
     }
 }
 
@@ -194,4 +238,9 @@ fn shard_metrics(ctx: &Context, shard: &str, status: &ShardStatus) {
     gauge!("gateway_replay_ring_events", "shard" => shard.to_owned()).set(events as f64);
     gauge!("gateway_replay_ring_bytes", "shard" => shard.to_owned()).set(bytes as f64);
     gauge!("gateway_shard_index", "shard" => shard.to_owned()).set(status.index as f64);
+    let fatal = match status.state {
+        ShardState::FatallyClosed => status.close_code.unwrap_or(0),
+        _ => 0,
+    };
+    gauge!("gateway_shard_fatal_close_code", "shard" => shard.to_owned()).set(f64::from(fatal));
 }

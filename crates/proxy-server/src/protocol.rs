@@ -7,18 +7,21 @@
 //! the session table), forward a command upstream, or close with Discord's
 //! close code.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
+use sonic_rs::{JsonContainerTrait, JsonValueTrait, Object, Value};
 use tokio::time::Instant;
 
-/// Discord's limit on a client payload.
-pub(crate) const MAX_PAYLOAD: usize = 4096;
 /// Discord's limit on client payloads: this many per [`RATE_WINDOW`].
 const RATE_LIMIT: usize = 120;
 const RATE_WINDOW: Duration = Duration::from_mins(1);
+
+/// The most user ids one `REQUEST_GUILD_MEMBERS` may name, as Discord.
+const MAX_USER_IDS: usize = 100;
+/// The longest op 8 `nonce` Discord gives back.
+const MAX_NONCE: usize = 32;
 
 /// A close code and its reason, as Discord sends them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,44 +94,90 @@ pub(crate) enum Request {
     Close(Close),
 }
 
+/// The bounds one connection's protocol keeps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProtocolLimits {
+    /// HELLO's heartbeat interval.
+    pub(crate) heartbeat_interval: Duration,
+    /// The most bytes a payload may have.
+    pub(crate) max_message_bytes: usize,
+    /// How long the client may take to IDENTIFY or RESUME.
+    pub(crate) identify_timeout: Duration,
+    /// The most heartbeats a client may send before it identifies.
+    pub(crate) max_early_heartbeats: usize,
+}
+
+impl ProtocolLimits {
+    /// As many heartbeats before IDENTIFY as twice the identify timeout
+    /// can hold at the heartbeat interval, and a few more (a server op 1
+    /// asks for one).
+    pub(crate) fn early_heartbeats(interval: Duration, identify_timeout: Duration) -> usize {
+        let per_interval = identify_timeout.as_millis() / interval.as_millis().max(1);
+        usize::try_from(per_interval.saturating_mul(2))
+            .unwrap_or(usize::MAX)
+            .saturating_add(8)
+            .min(1024)
+    }
+}
+
 /// One client connection's protocol state.
 #[derive(Debug)]
 pub(crate) struct Protocol {
+    limits: ProtocolLimits,
     authenticated: bool,
-    interval: Duration,
     /// When the client must have sent its next heartbeat.
     deadline: Instant,
+    /// When the client must have identified or resumed.
+    identify_deadline: Instant,
+    /// Heartbeats before the first IDENTIFY or RESUME.
+    early_heartbeats: usize,
     /// When each payload of the last minute came.
     recent: VecDeque<Instant>,
 }
 
 impl Protocol {
-    pub(crate) fn new(interval: Duration, now: Instant) -> Self {
+    pub(crate) fn new(limits: ProtocolLimits, now: Instant) -> Self {
+        let interval = limits.heartbeat_interval;
         Self {
+            limits,
             authenticated: false,
-            interval,
             deadline: now + interval + interval / 2,
+            identify_deadline: now + limits.identify_timeout,
+            early_heartbeats: 0,
             recent: VecDeque::new(),
         }
     }
 
-    /// HELLO's payload.
-    pub(crate) fn hello(&self) -> Bytes {
+    /// HELLO's payload for a heartbeat interval.
+    pub(crate) fn hello(interval: Duration) -> Bytes {
         Bytes::from(format!(
             r#"{{"t":null,"s":null,"op":10,"d":{{"heartbeat_interval":{}}}}}"#,
-            self.interval.as_millis()
+            interval.as_millis()
         ))
     }
 
-    /// When the client must have sent a heartbeat; past it, close with
+    /// When the client must have sent something; past it, close with
     /// [`Protocol::timed_out`].
     pub(crate) fn poll_timeout(&self) -> Instant {
-        self.deadline
+        if self.authenticated {
+            self.deadline
+        } else {
+            self.deadline.min(self.identify_deadline)
+        }
     }
 
-    /// The close for a client that stopped heartbeating (resumable).
-    pub(crate) fn timed_out() -> Close {
-        Close::new(Close::SESSION_TIMED_OUT, "no heartbeat for 1.5 intervals")
+    /// The close for a client past [`Protocol::poll_timeout`]: 4003 if it
+    /// never identified in time, else 4009 (it stopped heartbeating;
+    /// resumable).
+    pub(crate) fn timed_out(&self, now: Instant) -> Close {
+        if !self.authenticated && now >= self.identify_deadline {
+            Close::new(
+                Close::NOT_AUTHENTICATED,
+                "no IDENTIFY or RESUME in time after HELLO",
+            )
+        } else {
+            Close::new(Close::SESSION_TIMED_OUT, "no heartbeat for 1.5 intervals")
+        }
     }
 
     /// The session was served: commands are allowed, IDENTIFY is not.
@@ -137,15 +186,16 @@ impl Protocol {
     }
 
     /// The session ended under the client (op 9 `false`): it may identify
-    /// again on this connection.
-    pub(crate) fn unauthenticated(&mut self) {
+    /// again on this connection, within the identify timeout.
+    pub(crate) fn unauthenticated(&mut self, now: Instant) {
         self.authenticated = false;
+        self.identify_deadline = now + self.limits.identify_timeout;
     }
 
     /// Takes one text payload from the client.
     pub(crate) fn handle_payload(&mut self, payload: &[u8], now: Instant) -> Request {
-        if payload.len() > MAX_PAYLOAD {
-            return Request::Close(Close::new(Close::DECODE_ERROR, "payload over 4096 bytes"));
+        if payload.len() > self.limits.max_message_bytes {
+            return Request::Close(Close::new(Close::DECODE_ERROR, "payload too large"));
         }
         while self
             .recent
@@ -164,13 +214,42 @@ impl Protocol {
         let Ok(value) = sonic_rs::from_slice::<Value>(payload) else {
             return Request::Close(Close::new(Close::DECODE_ERROR, "payload is not valid JSON"));
         };
+        let Some(object) = value.as_object() else {
+            return Request::Close(Close::new(Close::DECODE_ERROR, "payload is not an object"));
+        };
+        if has_duplicate_key(object) {
+            return Request::Close(Close::new(
+                Close::DECODE_ERROR,
+                "payload has a key twice",
+            ));
+        }
         let Some(op) = value.get("op").and_then(JsonValueTrait::as_u64) else {
             return Request::Close(Close::new(Close::DECODE_ERROR, "payload has no numeric op"));
         };
         let d = value.get("d");
+        if let Some(d) = d.and_then(Value::as_object)
+            && has_duplicate_key(d)
+        {
+            return Request::Close(Close::new(
+                Close::DECODE_ERROR,
+                "payload's d has a key twice",
+            ));
+        }
         match op {
+            1 if !self.authenticated
+                && self.early_heartbeats >= self.limits.max_early_heartbeats =>
+            {
+                Request::Close(Close::new(
+                    Close::RATE_LIMITED,
+                    "too many heartbeats before IDENTIFY",
+                ))
+            }
             1 => {
-                self.deadline = now + self.interval + self.interval / 2;
+                if !self.authenticated {
+                    self.early_heartbeats += 1;
+                }
+                let interval = self.limits.heartbeat_interval;
+                self.deadline = now + interval + interval / 2;
                 Request::Heartbeat
             }
             2 | 6 if self.authenticated => Request::Close(Close::new(
@@ -193,27 +272,16 @@ impl Protocol {
                 "identify before sending commands",
             )),
             3 | 4 | 8 | 31 => {
-                let guild_id = d.and_then(|d| {
-                    d.get("guild_id")
-                        .or_else(|| d.get("guild_ids").and_then(|ids| ids.get(0)))
-                        .and_then(snowflake)
-                });
-                if matches!(op, 4 | 8) && guild_id.is_none() {
-                    return Request::Close(Close::new(
-                        Close::DECODE_ERROR,
-                        "command needs a guild_id",
-                    ));
+                let op = u8::try_from(op).unwrap_or(0);
+                match command(op, d) {
+                    Ok((guild_id, nonce)) => Request::Command(Command {
+                        op,
+                        guild_id,
+                        nonce,
+                        payload: Bytes::copy_from_slice(payload),
+                    }),
+                    Err(reason) => Request::Close(Close::new(Close::DECODE_ERROR, reason)),
                 }
-                let nonce = d
-                    .and_then(|d| d.get("nonce"))
-                    .and_then(|n| n.as_str())
-                    .map(str::to_owned);
-                Request::Command(Command {
-                    op: u8::try_from(op).unwrap_or(0),
-                    guild_id,
-                    nonce,
-                    payload: Bytes::copy_from_slice(payload),
-                })
             }
             _ if !self.authenticated && op != 1 => Request::Close(Close::new(
                 Close::NOT_AUTHENTICATED,
@@ -224,11 +292,132 @@ impl Protocol {
     }
 }
 
-/// A snowflake written as a string or as a number.
+/// A snowflake written as a string of digits or as a number.
 fn snowflake(value: &Value) -> Option<u64> {
-    value
-        .as_u64()
-        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+    value.as_u64().or_else(|| {
+        let text = value.as_str()?;
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok()
+    })
+}
+
+/// Whether an object has a key twice: Discord may read the last where the
+/// proxy routed by the first.
+fn has_duplicate_key(object: &Object) -> bool {
+    if object.len() <= 8 {
+        let keys: Vec<&str> = object.iter().map(|(k, _)| k).collect();
+        return keys
+            .iter()
+            .enumerate()
+            .any(|(i, k)| keys[..i].contains(k));
+    }
+    let mut seen = HashSet::with_capacity(object.len());
+    object.iter().any(|(k, _)| !seen.insert(k))
+}
+
+/// Checks a command against the shape Discord documents for its op, so
+/// that no client can make Discord close the shard every client shares;
+/// returns the guild it is about (ops 4 and 8; op 31's first) and op 8's
+/// nonce, or what is wrong.
+fn command(op: u8, d: Option<&Value>) -> Result<(Option<u64>, Option<String>), &'static str> {
+    let d = d
+        .and_then(Value::as_object)
+        .ok_or("a command's d must be an object")?;
+    let field = |key: &str| d.get(&key);
+    let is_bool = |key: &str| field(key).is_some_and(JsonValueTrait::is_boolean);
+    let guild = |key: &'static str| field(key).and_then(snowflake);
+    match op {
+        3 => {
+            let status = field("status").and_then(JsonValueTrait::as_str);
+            if !matches!(
+                status,
+                Some("online" | "dnd" | "idle" | "invisible" | "offline")
+            ) {
+                return Err("op 3: status must be online, dnd, idle, invisible or offline");
+            }
+            if !field("since").is_some_and(|v| v.is_null() || v.as_u64().is_some()) {
+                return Err("op 3: since must be null or a timestamp in milliseconds");
+            }
+            if !is_bool("afk") {
+                return Err("op 3: afk must be a boolean");
+            }
+            let activities = field("activities")
+                .and_then(Value::as_array)
+                .ok_or("op 3: activities must be an array")?;
+            for activity in activities {
+                let named = activity.get("name").is_some_and(JsonValueTrait::is_str);
+                let typed = activity
+                    .get("type")
+                    .and_then(JsonValueTrait::as_u64)
+                    .is_some_and(|t| t <= 6);
+                if !(activity.is_object() && named && typed) {
+                    return Err("op 3: each activity needs a string name and a type from 0 to 6");
+                }
+            }
+            Ok((None, None))
+        }
+        4 => {
+            let guild_id = guild("guild_id").ok_or("op 4: guild_id must be a snowflake")?;
+            if !field("channel_id").is_some_and(|v| v.is_null() || snowflake(v).is_some()) {
+                return Err("op 4: channel_id must be a snowflake or null");
+            }
+            if !is_bool("self_mute") || !is_bool("self_deaf") {
+                return Err("op 4: self_mute and self_deaf must be booleans");
+            }
+            Ok((Some(guild_id), None))
+        }
+        8 => {
+            let guild_id = guild("guild_id").ok_or("op 8: guild_id must be a snowflake")?;
+            match (field("query"), field("user_ids")) {
+                (Some(query), None) => {
+                    if !query.is_str() {
+                        return Err("op 8: query must be a string");
+                    }
+                    if field("limit").and_then(JsonValueTrait::as_u64).is_none() {
+                        return Err("op 8: limit must be a number with query");
+                    }
+                }
+                (None, Some(ids)) => {
+                    let valid = match ids.as_array() {
+                        Some(ids) => {
+                            ids.len() <= MAX_USER_IDS && ids.iter().all(|id| snowflake(id).is_some())
+                        }
+                        None => snowflake(ids).is_some(),
+                    };
+                    if !valid {
+                        return Err("op 8: user_ids must be a snowflake or up to 100 of them");
+                    }
+                    if field("limit").is_some_and(|l| l.as_u64().is_none()) {
+                        return Err("op 8: limit must be a number");
+                    }
+                }
+                _ => return Err("op 8: exactly one of query and user_ids"),
+            }
+            if field("presences").is_some_and(|p| !p.is_boolean()) {
+                return Err("op 8: presences must be a boolean");
+            }
+            let nonce = match field("nonce") {
+                None => None,
+                Some(nonce) => match nonce.as_str() {
+                    Some(nonce) if nonce.len() <= MAX_NONCE => Some(nonce.to_owned()),
+                    _ => return Err("op 8: nonce must be a string of at most 32 bytes"),
+                },
+            };
+            Ok((Some(guild_id), nonce))
+        }
+        _ => {
+            let ids = field("guild_ids")
+                .and_then(Value::as_array)
+                .filter(|ids| !ids.is_empty())
+                .ok_or("op 31: guild_ids must be an array of snowflakes")?;
+            if !ids.iter().all(|id| snowflake(id).is_some()) {
+                return Err("op 31: guild_ids must be an array of snowflakes");
+            }
+            Ok((ids.first().and_then(snowflake), None))
+        }
+    }
 }
 
 fn token(d: &Value) -> Option<String> {
@@ -269,24 +458,22 @@ fn resume(d: &Value) -> Option<Resume> {
     })
 }
 
-/// Whether two tokens are equal, in time that depends only on their
-/// lengths.
-pub(crate) fn same_token(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut difference = u8::from(a.len() != b.len());
-    for (x, y) in a.iter().zip(b) {
-        difference |= x ^ y;
-    }
-    difference == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use std::fmt::Write as _;
+
+    const LIMITS: ProtocolLimits = ProtocolLimits {
+        heartbeat_interval: Duration::from_secs(40),
+        max_message_bytes: 4096,
+        identify_timeout: Duration::from_secs(100),
+        max_early_heartbeats: 3,
+    };
+
     fn protocol() -> (Protocol, Instant) {
         let now = Instant::now();
-        (Protocol::new(Duration::from_secs(40), now), now)
+        (Protocol::new(LIMITS, now), now)
     }
 
     fn close_code(request: Request) -> u16 {
@@ -359,7 +546,7 @@ mod tests {
             4002,
             "no token"
         );
-        let big = format!(r#"{{"op":1,"d":"{}"}}"#, "x".repeat(MAX_PAYLOAD));
+        let big = format!(r#"{{"op":1,"d":"{}"}}"#, "x".repeat(4096));
         assert_eq!(close_code(p.handle_payload(big.as_bytes(), now)), 4002);
         p.authenticated();
         assert_eq!(
@@ -408,6 +595,7 @@ mod tests {
     #[tokio::test]
     async fn a_121st_payload_within_a_minute_is_rate_limited() {
         let (mut p, now) = protocol();
+        p.authenticated();
         for i in 0..120 {
             assert_eq!(
                 p.handle_payload(br#"{"op":1,"d":null}"#, now + Duration::from_millis(i)),
@@ -419,6 +607,7 @@ mod tests {
             4008
         );
         let (mut p, now) = protocol();
+        p.authenticated();
         for i in 0..200u64 {
             let at = now + Duration::from_millis(i * 600);
             assert_eq!(
@@ -437,12 +626,99 @@ mod tests {
         assert_eq!(p.poll_timeout(), now + Duration::from_secs(90));
     }
 
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(same_token("abc", "abc"));
-        assert!(!same_token("abc", "abd"));
-        assert!(!same_token("abc", "abcd"));
-        assert!(!same_token("", "a"));
+    #[tokio::test]
+    async fn a_client_that_never_identifies_is_closed_with_4003() {
+        let (mut p, now) = protocol();
+        for i in 1..=3 {
+            let at = now + Duration::from_secs(30 * i);
+            assert_eq!(p.handle_payload(br#"{"op":1,"d":null}"#, at), Request::Heartbeat);
+        }
+        assert_eq!(p.poll_timeout(), now + Duration::from_secs(100));
+        let close = p.timed_out(now + Duration::from_secs(100));
+        assert_eq!(close.code, 4003, "{close:?}");
+        // Past the prelude of heartbeats before IDENTIFY: rate limited.
+        assert_eq!(
+            close_code(p.handle_payload(br#"{"op":1,"d":null}"#, now + Duration::from_secs(99))),
+            4008
+        );
+        // Once identified, only heartbeats matter.
+        let (mut p, now) = protocol();
+        p.authenticated();
+        assert_eq!(p.poll_timeout(), now + Duration::from_mins(1));
+        assert_eq!(p.timed_out(now + Duration::from_secs(200)).code, 4009);
+        // An op 9 gives the client the identify timeout again.
+        p.unauthenticated(now + Duration::from_secs(50));
+        assert_eq!(p.poll_timeout(), now + Duration::from_mins(1));
+        p.handle_payload(br#"{"op":1,"d":null}"#, now + Duration::from_secs(99));
+        assert_eq!(p.poll_timeout(), now + Duration::from_secs(150), "the identify deadline");
+    }
+
+    #[tokio::test]
+    async fn duplicate_keys_are_refused_at_the_top_and_in_d() {
+        for payload in [
+            &br#"{"op":1,"op":2,"d":null}"#[..],
+            br#"{"op":8,"d":{"guild_id":"1","guild_id":"4194304","query":"","limit":0}}"#,
+        ] {
+            let (mut p, now) = protocol();
+            p.authenticated();
+            assert_eq!(close_code(p.handle_payload(payload, now)), 4002);
+        }
+        let many = (0..20).fold(String::new(), |mut keys, i| {
+            let _ = write!(keys, r#""k{i}":1,"#);
+            keys
+        });
+        let (mut p, now) = protocol();
+        let payload = format!(r#"{{{many}"k3":2,"op":1,"d":null}}"#);
+        assert_eq!(close_code(p.handle_payload(payload.as_bytes(), now)), 4002);
+    }
+
+    #[tokio::test]
+    async fn each_command_must_have_discords_shape() {
+        let bad = [
+            r#"{"op":3,"d":"x"}"#,
+            r#"{"op":3,"d":{"since":null,"activities":[],"status":"busy","afk":false}}"#,
+            r#"{"op":3,"d":{"since":null,"activities":[{"name":1,"type":0}],"status":"idle","afk":false}}"#,
+            r#"{"op":3,"d":{"since":"x","activities":[],"status":"idle","afk":false}}"#,
+            r#"{"op":3,"d":{"since":null,"activities":[],"status":"idle"}}"#,
+            r#"{"op":4,"d":{"guild_id":"x","channel_id":null,"self_mute":false,"self_deaf":false}}"#,
+            r#"{"op":4,"d":{"guild_id":"1","self_mute":false,"self_deaf":false}}"#,
+            r#"{"op":4,"d":{"guild_id":"1","channel_id":"2","self_mute":0,"self_deaf":false}}"#,
+            r#"{"op":8,"d":{"guild_id":"1"}}"#,
+            r#"{"op":8,"d":{"guild_id":"1","query":"","limit":0,"user_ids":["2"]}}"#,
+            r#"{"op":8,"d":{"guild_id":"1","query":""}}"#,
+            r#"{"op":8,"d":{"guild_id":"1","user_ids":["a"]}}"#,
+            r#"{"op":8,"d":{"guild_id":"1","query":"","limit":0,"nonce":"0123456789abcdef0123456789abcdef0"}}"#,
+            r#"{"op":8,"d":{"guild_id":"1","query":"","limit":0,"presences":"yes"}}"#,
+            r#"{"op":31,"d":{"guild_ids":[]}}"#,
+            r#"{"op":31,"d":{"guild_ids":["1",{}]}}"#,
+            r#"{"op":31,"d":null}"#,
+        ];
+        for payload in bad {
+            let (mut p, now) = protocol();
+            p.authenticated();
+            assert_eq!(
+                close_code(p.handle_payload(payload.as_bytes(), now)),
+                4002,
+                "{payload}"
+            );
+        }
+        let good = [
+            r#"{"op":3,"d":{"since":null,"activities":[{"name":"x","type":0}],"status":"idle","afk":false}}"#,
+            r#"{"op":3,"d":{"since":91879201,"activities":[],"status":"online","afk":true}}"#,
+            r#"{"op":4,"d":{"guild_id":1,"channel_id":null,"self_mute":false,"self_deaf":true}}"#,
+            r#"{"op":4,"d":{"guild_id":"1","channel_id":"2","self_mute":false,"self_deaf":false}}"#,
+            r#"{"op":8,"d":{"guild_id":"1","user_ids":"2"}}"#,
+            r#"{"op":8,"d":{"guild_id":"1","user_ids":["2","3"],"presences":true,"nonce":"abc"}}"#,
+            r#"{"op":31,"d":{"guild_ids":["1",2]}}"#,
+        ];
+        for payload in good {
+            let (mut p, now) = protocol();
+            p.authenticated();
+            assert!(
+                matches!(p.handle_payload(payload.as_bytes(), now), Request::Command(_)),
+                "{payload}"
+            );
+        }
     }
 
     #[tokio::test]

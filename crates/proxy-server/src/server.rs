@@ -13,18 +13,20 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use shard_pool::{Pool, ShardState};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::ServerConfig;
 use crate::connection;
 use crate::context::Context;
+use crate::limits::{Permit, Refused};
 use crate::metrics;
 
 /// A running proxy: the client side over a shard pool. Dropping it stops
@@ -126,22 +128,70 @@ async fn upkeep(ctx: Arc<Context>, recorder: PrometheusRecorder) {
     }
 }
 
+/// The longest pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 async fn accept(listener: TcpListener, ctx: Arc<Context>, metrics: PrometheusHandle) {
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(error) => {
+                // Out of file descriptors, most likely: retrying at once
+                // would spin. Connections that end free some.
+                tracing::warn!(%error, pause_ms = backoff.as_millis(), "accept failed; pausing");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let permit = match ctx.admission.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                ctx.counters.refused[refused as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%peer, ?refused, "connection refused");
+                tokio::spawn(refuse(tcp, refused, ctx.config.limits.write_timeout));
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| route(request, ctx.clone(), metrics.clone()));
+            let permit = Arc::new(permit);
+            let header_timeout = ctx.config.limits.http_header_timeout;
+            let service = service_fn(move |request| {
+                route(request, ctx.clone(), metrics.clone(), permit.clone())
+            });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades()
                 .await;
         });
     }
+}
+
+/// Answers a connection over a limit with 503 and closes it, without
+/// reading its request.
+async fn refuse(mut tcp: TcpStream, refused: Refused, timeout: Duration) {
+    let body = match refused {
+        Refused::Total => "too many connections (limits.max_connections)\n",
+        Refused::PerIp => "too many connections from this address (limits.max_connections_per_ip)\n",
+    };
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 5\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(timeout, async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
 }
 
 fn text(
@@ -165,12 +215,15 @@ async fn route(
     mut request: Request<Incoming>,
     ctx: Arc<Context>,
     metrics: PrometheusHandle,
+    permit: Arc<Permit>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if fastwebsockets::upgrade::is_upgrade_request(&request) {
         let query = request.uri().query().unwrap_or("").to_owned();
         return Ok(match fastwebsockets::upgrade::upgrade(&mut request) {
             Ok((response, upgrade)) => {
                 tokio::spawn(async move {
+                    // The connection's place is held until its websocket ends.
+                    let _permit = permit;
                     if let Ok(ws) = upgrade.await {
                         connection::serve(ws, query, ctx).await;
                     }
@@ -192,23 +245,48 @@ async fn route(
             metrics.render(),
         ),
         "/shard-count" => text(StatusCode::OK, "text/plain", ctx.pool.total().to_string()),
-        "/health" => text(StatusCode::OK, "text/plain", "ok"),
+        "/health" => health(&ctx.pool),
         "/ready" => ready(&ctx.pool),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found"),
     })
 }
 
-/// 200 when every shard is active, else 503 with each shard's state.
-fn ready(pool: &Pool) -> Response<Full<Bytes>> {
-    let states: Vec<(u32, ShardState)> = pool
+/// 200 `ok` while the proxy can do its job; 503 with the reason once any
+/// shard is closed by Discord for good (a wrong token, disallowed
+/// intents…): restarting will not help, a person must change something.
+fn health(pool: &Pool) -> Response<Full<Bytes>> {
+    let fatal: Vec<String> = pool
         .shards()
         .iter()
-        .map(|shard| (shard.id(), shard.status().state))
+        .filter_map(|shard| Some(shard.fatal_error(shard.fatal_close()?).to_string()))
         .collect();
-    let all_active = states.iter().all(|(_, state)| *state == ShardState::Active);
+    if fatal.is_empty() {
+        return text(StatusCode::OK, "text/plain", "ok");
+    }
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain",
+        fatal.join("\n") + "\n",
+    )
+}
+
+/// 200 when every shard is active, else 503 with each shard's state (and
+/// the close code of a shard closed for good).
+fn ready(pool: &Pool) -> Response<Full<Bytes>> {
+    let states: Vec<(u32, ShardState, Option<u16>)> = pool
+        .shards()
+        .iter()
+        .map(|shard| (shard.id(), shard.state(), shard.fatal_close()))
+        .collect();
+    let all_active = states
+        .iter()
+        .all(|(_, state, _)| *state == ShardState::Active);
     let body = states
         .iter()
-        .map(|(id, state)| format!(r#""{id}":"{}""#, state.name()))
+        .map(|(id, state, fatal)| match fatal {
+            Some(code) => format!(r#""{id}":"{}:{code}""#, state.name()),
+            None => format!(r#""{id}":"{}""#, state.name()),
+        })
         .collect::<Vec<_>>()
         .join(",");
     let body = format!(r#"{{"ready":{all_active},"shards":{{{body}}}}}"#);

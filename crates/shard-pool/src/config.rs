@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use state_cache::Flags;
+
+use crate::token::Token;
 use twilight_gateway::queue::Queue;
 
 /// Discord's gateway, where `gateway_url` and `/gateway/bot` say nothing else.
@@ -15,8 +17,8 @@ pub const DISCORD_GATEWAY: &str = "wss://gateway.discord.gg";
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct PoolConfig {
-    /// The bot token, with or without `Bot `.
-    pub token: String,
+    /// The bot token.
+    pub token: Token,
     /// The gateway intents every shard identifies with.
     pub intents: u64,
     /// The total shard count; `None` asks `GET /gateway/bot`.
@@ -46,9 +48,11 @@ pub struct PoolConfig {
     /// guild READY named before it counts as ready anyway (discord.js waits
     /// 15 s as well).
     pub guild_load_timeout: Duration,
-    /// Dispatches a subscriber may fall behind before it misses some.
-    pub event_capacity: usize,
-    /// The most dispatches each shard's replay ring keeps.
+    /// The most dispatches each shard's replay ring keeps. A subscriber
+    /// that falls half of this behind is dropped by the channel (and
+    /// clients are closed resumably before that, see
+    /// [`ShardHandle::behind`](crate::ShardHandle::behind)), so that what it
+    /// missed is still in the ring when it resumes.
     pub replay_max_events: usize,
     /// The most payload bytes each shard's replay ring keeps.
     pub replay_max_bytes: usize,
@@ -60,7 +64,7 @@ pub struct PoolConfig {
 impl fmt::Debug for PoolConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolConfig")
-            .field("token", &"…")
+            .field("token", &self.token)
             .field("intents", &self.intents)
             .field("shards", &self.shards)
             .field("shard_start", &self.shard_start)
@@ -73,7 +77,6 @@ impl fmt::Debug for PoolConfig {
             .field("cache", &self.cache)
             .field("identify_window", &self.identify_window)
             .field("guild_load_timeout", &self.guild_load_timeout)
-            .field("event_capacity", &self.event_capacity)
             .field("replay_max_events", &self.replay_max_events)
             .field("replay_max_bytes", &self.replay_max_bytes)
             .field("queue", &self.queue.as_ref().map(|_| "shared"))
@@ -84,7 +87,7 @@ impl fmt::Debug for PoolConfig {
 impl PoolConfig {
     /// A pool of every shard of the bot, Discord's defaults otherwise.
     #[must_use]
-    pub fn new(token: impl Into<String>, intents: u64) -> Self {
+    pub fn new(token: impl Into<Token>, intents: u64) -> Self {
         Self {
             token: token.into(),
             intents,
@@ -99,7 +102,6 @@ impl PoolConfig {
             cache: Flags::default(),
             identify_window: Duration::from_secs(5),
             guild_load_timeout: Duration::from_secs(15),
-            event_capacity: 16_384,
             replay_max_events: 16_384,
             replay_max_bytes: 32 << 20,
             queue: None,

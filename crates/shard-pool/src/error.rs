@@ -30,6 +30,15 @@ pub enum ErrorKind {
     UnknownShard(u32),
     /// The shard's task has ended (the pool is shutting down).
     Closed(u32),
+    /// Discord closed a shard with a code that forbids reconnecting.
+    FatallyClosed {
+        /// The shard.
+        shard: u32,
+        /// Discord's close code (4004, 4010–4014).
+        code: u16,
+        /// The intents the shard identified with.
+        intents: u64,
+    },
 }
 
 impl Error {
@@ -73,7 +82,64 @@ impl fmt::Display for Error {
             ),
             ErrorKind::UnknownShard(id) => write!(f, "shard {id} is not in this pool"),
             ErrorKind::Closed(id) => write!(f, "shard {id} has stopped"),
+            ErrorKind::FatallyClosed {
+                shard,
+                code,
+                intents,
+            } => {
+                write!(f, "Discord closed shard {shard} with {code}")?;
+                fatal_advice(f, *code, *intents)
+            }
         }
+    }
+}
+
+/// The privileged intents and the switches that allow them in the
+/// Developer Portal.
+const PRIVILEGED: [(u64, &str, &str); 3] = [
+    (1 << 1, "GUILD_MEMBERS", "Server Members Intent"),
+    (1 << 8, "GUILD_PRESENCES", "Presence Intent"),
+    (1 << 15, "MESSAGE_CONTENT", "Message Content Intent"),
+];
+
+/// What a fatal close code means and what to change.
+fn fatal_advice(f: &mut fmt::Formatter<'_>, code: u16, intents: u64) -> fmt::Result {
+    match code {
+        4004 => f.write_str(
+            " (authentication failed): the token is wrong or was reset; set `token` (or TOKEN) \
+             to the bot's current token",
+        ),
+        4010 => f.write_str(
+            " (invalid shard): `shards`, `shard_start` or `shard_end` name a shard the bot \
+             does not have",
+        ),
+        4011 => f.write_str(
+            " (sharding required): the bot is in too many guilds for this shard count; raise \
+             `shards` or leave it out to use Discord's recommendation",
+        ),
+        4012 => f.write_str(" (invalid API version): this build speaks a version Discord retired"),
+        4013 => write!(
+            f,
+            " (invalid intents): `intents` ({intents}) has bits Discord does not know"
+        ),
+        4014 => {
+            let asked: Vec<String> = PRIVILEGED
+                .iter()
+                .filter(|(bit, _, _)| intents & bit != 0)
+                .map(|(_, name, switch)| format!("{switch} ({name})"))
+                .collect();
+            let asked = if asked.is_empty() {
+                "the privileged intents in `intents`".to_owned()
+            } else {
+                asked.join(", ")
+            };
+            write!(
+                f,
+                " (disallowed intents): enable {asked} for the application in the Developer \
+                 Portal (Bot, Privileged Gateway Intents), or remove them from `intents` ({intents})"
+            )
+        }
+        _ => f.write_str(", which forbids reconnecting"),
     }
 }
 

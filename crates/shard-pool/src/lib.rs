@@ -63,6 +63,7 @@ mod queue;
 mod rest;
 mod ring;
 mod shard;
+mod token;
 
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
 pub use crate::error::{Error, ErrorKind};
@@ -71,4 +72,5 @@ pub use crate::pool::Pool;
 pub use crate::queue::{PacedQueue, Queue};
 pub use crate::rest::GatewayInfo;
 pub use crate::shard::{ShardHandle, ShardState, ShardStatus, Snapshot};
+pub use crate::token::Token;
 pub use state_cache::{Cache, Flags, Session};

@@ -31,6 +31,15 @@ pub enum ShardEvent {
         /// The event's index.
         index: u64,
     },
+    /// Discord closed the upstream connection with a code that forbids
+    /// reconnecting (4004, 4010–4014): the shard has stopped for good, and
+    /// nothing follows. Its clients are closed with the same code.
+    Closed {
+        /// The index of the last event before it (no new index is taken).
+        index: u64,
+        /// Discord's close code.
+        code: u16,
+    },
 }
 
 impl ShardEvent {
@@ -39,7 +48,7 @@ impl ShardEvent {
     pub fn index(&self) -> u64 {
         match self {
             Self::Dispatch(dispatch) => dispatch.index,
-            Self::Reset { index } => *index,
+            Self::Reset { index } | Self::Closed { index, .. } => *index,
         }
     }
 }

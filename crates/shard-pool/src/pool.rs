@@ -11,7 +11,7 @@ use twilight_model::gateway::presence::{ActivityType, MinimalActivity, Status};
 use crate::config::{PoolConfig, Presence};
 use crate::error::{Error, ErrorKind};
 use crate::pipeline::Pipeline;
-use crate::queue::{PacedQueue, SharedQueue};
+use crate::queue::{PacedQueue, Queue, SharedQueue};
 use crate::rest::{self, GatewayInfo};
 use crate::shard::{ShardHandle, ShardStatus};
 
@@ -23,6 +23,8 @@ pub struct Pool {
     total: u32,
     start: u32,
     gateway: GatewayInfo,
+    /// The pool's own pacing, when no shared queue was given.
+    paced: Option<PacedQueue>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -70,15 +72,19 @@ impl Pool {
                 reset_after: gateway.reset_after,
             }));
         }
-        let queue = SharedQueue(config.queue.clone().unwrap_or_else(|| {
-            Arc::new(PacedQueue::new(
+        let (queue, paced): (Arc<dyn Queue + Send + Sync>, _) = if let Some(shared) = &config.queue {
+            (shared.clone(), None)
+        } else {
+            let paced = PacedQueue::new(
                 gateway.max_concurrency,
                 config.identify_window,
                 gateway.remaining,
                 gateway.reset_after,
                 gateway.total,
-            ))
-        }));
+            );
+            (Arc::new(paced.clone()), Some(paced))
+        };
+        let queue = SharedQueue(queue);
         let gateway_url = config
             .gateway_url
             .clone()
@@ -106,7 +112,7 @@ impl Pool {
                 since: None,
                 status,
             };
-            let shard_config = ConfigBuilder::new(config.token.clone(), intents)
+            let shard_config = ConfigBuilder::new(config.token.expose().to_owned(), intents)
                 .proxy_url(gateway_url.clone())
                 .large_threshold(config.large_threshold)
                 .presence(presence)
@@ -121,7 +127,7 @@ impl Pool {
                     config.replay_max_bytes,
                 ),
                 shard.sender(),
-                config.event_capacity,
+                config.intents,
                 config.guild_load_timeout,
             );
             tasks.push(tokio::spawn(handle.clone().run(shard)));
@@ -139,6 +145,7 @@ impl Pool {
             total,
             start: range.start,
             gateway,
+            paced,
             tasks: std::sync::Mutex::new(tasks),
         })
     }
@@ -160,6 +167,18 @@ impl Pool {
     #[must_use]
     pub fn gateway(&self) -> &GatewayInfo {
         &self.gateway
+    }
+
+    /// The identifies left today and the time until Discord resets the
+    /// count, as this pool paces them; `None` with a shared queue
+    /// ([`PoolConfig::queue`](crate::PoolConfig::queue)), which keeps its own.
+    #[must_use]
+    pub fn identifies(&self) -> Option<(u32, std::time::Duration)> {
+        let (remaining, reset_at) = self.paced.as_ref()?.remaining();
+        Some((
+            remaining,
+            reset_at.saturating_duration_since(tokio::time::Instant::now()),
+        ))
     }
 
     /// The shards, in id order.
@@ -209,10 +228,37 @@ impl Pool {
     }
 
     /// Waits until every shard can serve clients.
-    pub async fn ready(&self) {
-        for shard in &self.shards {
-            shard.ready().await;
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::FatallyClosed`] as soon as any shard is closed by
+    /// Discord for good (a wrong token, disallowed intents…): it would
+    /// never be ready. The error names the shard, the code and what to
+    /// change.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let waits: Vec<JoinHandle<()>> = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let (shard, tx) = (shard.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = shard.ready().await {
+                        let _ = tx.send(error).await;
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut result = Ok(());
+        // Ends when every wait is over: all ready, or at the first failure.
+        if let Some(error) = rx.recv().await {
+            result = Err(error);
         }
+        for wait in waits {
+            wait.abort();
+        }
+        result
     }
 }
 

@@ -88,6 +88,12 @@ impl PacedQueue {
         }
         if pacing.remaining == 0 {
             // Used up: the next identifies wait for the reset.
+            tracing::warn!(
+                shard = id,
+                wait_secs = pacing.reset_at.saturating_duration_since(now).as_secs(),
+                total = pacing.total,
+                "the day's identifies are used up; the shard waits for Discord's reset"
+            );
             pacing.remaining = pacing.total;
             pacing.day_start = pacing.reset_at;
             pacing.reset_at += DAY;
@@ -102,16 +108,46 @@ impl PacedQueue {
         pacing.next.insert(bucket, at + spacing);
         at
     }
+
+    /// Gives back a turn its shard stopped waiting for (its connection
+    /// dropped before it could identify): the day's count, and the
+    /// bucket's slot if no later turn was given since.
+    fn refund(&self, id: u32, at: Instant) {
+        let mut pacing = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if at >= pacing.day_start {
+            pacing.remaining = pacing.remaining.saturating_add(1);
+        }
+        let bucket = id % pacing.max_concurrency;
+        let spacing = pacing.window + pacing.window / MARGIN;
+        if pacing.next.get(&bucket) == Some(&(at + spacing)) {
+            pacing.next.insert(bucket, at);
+        }
+    }
+
+    /// Identifies left before the day resets, and when it resets.
+    #[must_use]
+    pub fn remaining(&self) -> (u32, Instant) {
+        let pacing = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (pacing.remaining, pacing.reset_at)
+    }
 }
 
 impl Queue for PacedQueue {
     fn enqueue(&self, id: u32) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
+        let (mut tx, rx) = oneshot::channel();
         let at = self.turn(id);
+        let queue = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            // The shard may have stopped waiting; its turn is spent anyway.
-            let _ = tx.send(());
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {
+                    if tx.send(()).is_err() {
+                        queue.refund(id, at);
+                    }
+                }
+                // The shard stopped waiting (its connection dropped): the
+                // turn was not used.
+                () = tx.closed() => queue.refund(id, at),
+            }
         });
         rx
     }
@@ -165,6 +201,23 @@ mod tests {
             "the day's last identify was used"
         );
         assert_eq!(queue.turn(2) - start, Duration::from_mins(1), "the new day");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_nobody_waits_for_is_given_back() {
+        let queue = PacedQueue::new(1, Duration::from_secs(5), 10, DAY, 10);
+        let start = Instant::now();
+        drop(queue.enqueue(0));
+        // The refund runs on the spawned task.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(queue.remaining().0, 10, "the day's count is back");
+        queue.enqueue(1).await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the bucket's slot is free again: {:?}",
+            start.elapsed()
+        );
+        assert_eq!(queue.remaining().0, 9);
     }
 
     #[tokio::test(start_paused = true)]

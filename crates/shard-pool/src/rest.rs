@@ -59,7 +59,7 @@ pub(crate) fn rest_proxy(config: &PoolConfig) -> Result<Option<(String, bool)>, 
 /// Asks `GET /gateway/bot`.
 pub(crate) async fn gateway_bot(config: &PoolConfig) -> Result<GatewayInfo, Error> {
     let mut builder = twilight_http::Client::builder()
-        .token(config.token.clone())
+        .token(config.token.expose().to_owned())
         .timeout(Duration::from_secs(10));
     if let Some((host, use_http)) = rest_proxy(config)? {
         builder = builder.proxy(host, use_http);

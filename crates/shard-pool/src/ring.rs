@@ -14,6 +14,8 @@ pub(crate) struct Ring {
     max_bytes: usize,
     /// Every dispatch after this index is in the ring (until the newest).
     floor: u64,
+    /// Whether a dispatch has been dropped for room since the last reset.
+    dropping: bool,
 }
 
 impl Ring {
@@ -24,6 +26,7 @@ impl Ring {
             max_events,
             max_bytes,
             floor: 0,
+            dropping: false,
         }
     }
 
@@ -36,6 +39,7 @@ impl Ring {
             };
             self.bytes -= old.payload.len();
             self.floor = old.index;
+            self.dropping = true;
         }
     }
 
@@ -44,6 +48,18 @@ impl Ring {
         self.events.clear();
         self.bytes = 0;
         self.floor = index;
+        self.dropping = false;
+    }
+
+    /// The floor (every dispatch after it is held) and whether the ring
+    /// has dropped dispatches for room since its last reset.
+    pub(crate) fn window(&self) -> (u64, bool) {
+        (self.floor, self.dropping)
+    }
+
+    /// The most dispatches it keeps.
+    pub(crate) fn max_events(&self) -> usize {
+        self.max_events
     }
 
     /// The dispatches after `index`, or `None` if some of them are gone.

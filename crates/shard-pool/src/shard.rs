@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use futures_core::Stream;
 use state_cache::{Cache, Stats};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
+use twilight_gateway::error::ReceiveMessageErrorType;
 use twilight_gateway::{Message, MessageSender, Shard};
 
 use crate::error::{Error, ErrorKind};
@@ -111,21 +113,52 @@ struct Sampled {
     ready_at: Option<Instant>,
 }
 
+/// Whether a shard can serve clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    /// Connecting, identifying, or loading its guilds.
+    Loading,
+    /// Active, and every guild READY named has arrived (or the load
+    /// timeout passed).
+    Ready,
+    /// Closed by Discord with this code, for good.
+    Fatal(u16),
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     id: u32,
     core: Mutex<Pipeline>,
     events: broadcast::Sender<ShardEvent>,
     sampled: Mutex<Sampled>,
-    ready: watch::Sender<bool>,
+    ready: watch::Sender<Readiness>,
     sender: MessageSender,
     load_timeout: Duration,
+    /// The intents the shard identifies with, for the message of a fatal
+    /// close.
+    intents: u64,
     /// Set by [`ShardHandle::close`]: the next close ends the task.
-    closing: std::sync::atomic::AtomicBool,
+    closing: AtomicBool,
+    /// The index of the last event handed on, readable without the lock.
+    head: AtomicU64,
+    /// The replay ring's floor (every dispatch after it is held) and
+    /// whether the ring has had to drop dispatches since its last reset.
+    ring_floor: AtomicU64,
+    ring_dropping: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The first bytes of a payload, at most 40, cut at a character boundary:
+/// enough to tell what it was, never a whole payload in a log.
+fn prefix(text: &str) -> &str {
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A state snapshot and the events after it.
@@ -148,28 +181,36 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
+    /// A handle for shard `id`. Subscribers may fall half the replay ring
+    /// behind before the channel drops events for them; see
+    /// [`ShardHandle::behind`].
     pub(crate) fn new(
         id: u32,
         core: Pipeline,
         sender: MessageSender,
-        capacity: usize,
+        intents: u64,
         load_timeout: Duration,
     ) -> Self {
+        let capacity = (core.ring.max_events() / 2).max(1);
         Self {
             shared: Arc::new(Shared {
                 id,
                 core: Mutex::new(core),
-                events: broadcast::Sender::new(capacity.max(1)),
+                events: broadcast::Sender::new(capacity),
                 sampled: Mutex::new(Sampled {
                     state: ShardState::Connecting,
                     latency: None,
                     close_code: None,
                     ready_at: None,
                 }),
-                ready: watch::Sender::new(false),
+                ready: watch::Sender::new(Readiness::Loading),
                 sender,
                 load_timeout,
-                closing: std::sync::atomic::AtomicBool::new(false),
+                intents,
+                closing: AtomicBool::new(false),
+                head: AtomicU64::new(0),
+                ring_floor: AtomicU64::new(0),
+                ring_dropping: AtomicBool::new(false),
             }),
         }
     }
@@ -222,14 +263,71 @@ impl ShardHandle {
     /// Whether clients can be served now; see [`ShardStatus::ready`].
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        *self.shared.ready.borrow()
+        *self.shared.ready.borrow() == Readiness::Ready
     }
 
     /// Waits until clients can be served; see [`ShardStatus::ready`].
-    pub async fn ready(&self) {
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::FatallyClosed`] when Discord closed the shard for good
+    /// (4004, 4010–4014): it will never be ready. The error says what to
+    /// change.
+    pub async fn ready(&self) -> Result<(), Error> {
         let mut ready = self.shared.ready.subscribe();
-        // The sender lives as long as `self`, so this ends only when ready.
-        let _ = ready.wait_for(|ready| *ready).await;
+        // The sender lives as long as `self`, so this ends only when ready
+        // or closed for good.
+        let state = ready
+            .wait_for(|ready| *ready != Readiness::Loading)
+            .await
+            .map(|state| *state);
+        match state {
+            Ok(Readiness::Fatal(code)) => Err(self.fatal_error(code)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The close code Discord stopped this shard with for good (4004,
+    /// 4010–4014), if it did.
+    #[must_use]
+    pub fn fatal_close(&self) -> Option<u16> {
+        match *self.shared.ready.borrow() {
+            Readiness::Fatal(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The error that says why the shard stopped and what to change.
+    #[must_use]
+    pub fn fatal_error(&self, code: u16) -> Error {
+        Error::new(ErrorKind::FatallyClosed {
+            shard: self.shared.id,
+            code,
+            intents: self.shared.intents,
+        })
+    }
+
+    /// Whether a subscriber whose last event is `index` has fallen too far
+    /// behind to keep being served live: the replay ring has started
+    /// dropping dispatches and `index` is in its older half. What it
+    /// missed is then still in the ring, with as much again as headroom
+    /// for its reconnect, so a client closed for this can resume. (The
+    /// channel itself drops events for a subscriber half the ring's event
+    /// bound behind, which ends the same way.)
+    #[must_use]
+    pub fn behind(&self, index: u64) -> bool {
+        if !self.shared.ring_dropping.load(Ordering::Acquire) {
+            return false;
+        }
+        let floor = self.shared.ring_floor.load(Ordering::Acquire);
+        let head = self.shared.head.load(Ordering::Acquire);
+        index < floor + (head.saturating_sub(floor)) / 2
+    }
+
+    /// The index of the last event handed on.
+    #[must_use]
+    pub fn head(&self) -> u64 {
+        self.shared.head.load(Ordering::Acquire)
     }
 
     /// Sends a command (raw JSON) upstream, byte for byte, within the
@@ -248,13 +346,17 @@ impl ShardHandle {
     /// Ends the upstream session with a normal close: Discord forgets it,
     /// and the shard's task ends.
     pub fn close(&self) {
-        self.shared
-            .closing
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.closing.store(true, Ordering::Relaxed);
         let _ = self
             .shared
             .sender
             .close(twilight_gateway::CloseFrame::NORMAL);
+    }
+
+    /// The shard's connection state now (cheap: no walk of the cache).
+    #[must_use]
+    pub fn state(&self) -> ShardState {
+        lock(&self.shared.sampled).state
     }
 
     /// The shard's status now.
@@ -291,10 +393,22 @@ impl ShardHandle {
             if matches!(event, ShardEvent::Reset { .. }) {
                 lock(&self.shared.sampled).ready_at = Some(Instant::now());
             }
+            let (floor, dropping) = core.ring.window();
+            self.shared.ring_floor.store(floor, Ordering::Release);
+            self.shared.ring_dropping.store(dropping, Ordering::Release);
+            self.shared.head.store(event.index(), Ordering::Release);
             // No subscriber is fine: nobody is listening yet.
             let _ = self.shared.events.send(event);
         }
         core.cache.pending_guilds()
+    }
+
+    /// Discord closed the shard for good: clients learn it at once, and
+    /// whoever waits for the shard to be ready is told.
+    fn stopped(&self, code: u16) {
+        self.shared.ready.send_replace(Readiness::Fatal(code));
+        let index = self.head();
+        let _ = self.shared.events.send(ShardEvent::Closed { index, code });
     }
 
     /// Records what twilight's shard says now, and whether that makes the
@@ -313,21 +427,56 @@ impl ShardHandle {
                 .ready_at
                 .is_some_and(|at| at.elapsed() >= self.shared.load_timeout);
         let ready = state == ShardState::Active && sampled.ready_at.is_some() && loaded;
+        let ready = if ready {
+            Readiness::Ready
+        } else {
+            Readiness::Loading
+        };
         self.shared.ready.send_if_modified(|was| {
-            let changed = *was != ready;
-            *was = ready;
+            let changed = *was != ready && !matches!(*was, Readiness::Fatal(_));
+            if changed {
+                *was = ready;
+            }
             changed
         });
     }
 
     /// When the shard counts as loaded even if guilds are still missing.
     fn load_deadline(&self) -> Option<Instant> {
-        if *self.shared.ready.borrow() {
+        if *self.shared.ready.borrow() != Readiness::Loading {
             return None;
         }
         lock(&self.shared.sampled)
             .ready_at
             .map(|at| at + self.shared.load_timeout)
+    }
+
+    /// What twilight could not take. A payload its key search could not
+    /// read (its first textual `"op":` or `"s":` is nested, which is
+    /// valid JSON in any key order) still goes through the pipeline, whose
+    /// scan reads the top level by structure. Nothing of a payload is
+    /// logged but its size and a short prefix: dispatches carry
+    /// interaction tokens.
+    fn receive_error(&self, error: twilight_gateway::error::ReceiveMessageError) -> Option<usize> {
+        let id = self.id();
+        let (kind, source) = error.into_parts();
+        match kind {
+            ReceiveMessageErrorType::Deserializing { event } => {
+                tracing::debug!(
+                    shard = id,
+                    bytes = event.len(),
+                    prefix = %prefix(&event),
+                    reason = ?source.map(|s| s.to_string()),
+                    "twilight could not read a payload; the pipeline takes it"
+                );
+                Some(self.handle(Bytes::from(event)))
+            }
+            other => {
+                let source = source.map(|s| s.to_string());
+                tracing::warn!(shard = id, kind = ?other, ?source, "upstream receive error");
+                None
+            }
+        }
     }
 
     /// Runs the shard until it is fatally closed.
@@ -352,18 +501,17 @@ impl ShardHandle {
                     let code = frame.map(|f| f.code);
                     tracing::info!(shard = id, ?code, "upstream closed");
                     lock(&self.shared.sampled).close_code = code;
-                    if self
-                        .shared
-                        .closing
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                    {
+                    if self.shared.closing.load(Ordering::Relaxed) {
                         return;
                     }
                 }
-                Some(Err(error)) => tracing::warn!(shard = id, %error, "upstream receive error"),
+                Some(Err(error)) => pending = self.receive_error(error),
                 None => {
                     self.sample(&shard, None);
-                    tracing::error!(shard = id, "shard fatally closed; it will not reconnect");
+                    let code = lock(&self.shared.sampled).close_code.unwrap_or(0);
+                    let error = self.fatal_error(code);
+                    tracing::error!(shard = id, code, "{error}");
+                    self.stopped(code);
                     return;
                 }
             }

@@ -41,6 +41,7 @@ impl Setup {
         let pool = Pool::start(pool).await.unwrap();
         tokio::time::timeout(Duration::from_secs(20), pool.ready())
             .await
+            .unwrap()
             .unwrap();
         let proxy = Proxy::start(server, pool).await.unwrap();
         Self { sim, proxy }

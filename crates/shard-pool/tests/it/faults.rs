@@ -71,6 +71,7 @@ async fn a_closed_session_is_identified_again_and_handed_on_as_a_reset() {
     // The new session's guilds follow the reset, and the shard is ready again.
     tokio::time::timeout(Duration::from_secs(10), shard.ready())
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(shard.status().pending_guilds, 0);
     assert_eq!(sim.identifies_remaining(), 998, "identified twice");
@@ -92,6 +93,12 @@ async fn authentication_failed_stops_that_shard_and_no_other() {
     .unwrap();
     assert_eq!(stopped.status().close_code, Some(4004));
     assert!(!stopped.is_ready());
+    assert_eq!(stopped.fatal_close(), Some(4004));
+    let error = stopped.ready().await.unwrap_err().to_string();
+    assert!(
+        error.contains("4004") && error.contains("token"),
+        "says what to change: {error}"
+    );
     let alive = pool.shard(0).unwrap();
     let (_, mut events) = alive.subscribe();
     assert_contiguous(&marked(&mut events, 30).await);

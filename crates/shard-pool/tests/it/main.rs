@@ -35,7 +35,8 @@ fn config(sim: &Sim) -> PoolConfig {
 async fn ready(pool: &Pool, seconds: u64) {
     tokio::time::timeout(Duration::from_secs(seconds), pool.ready())
         .await
-        .unwrap_or_else(|_| panic!("not ready after {seconds} s: {:#?}", pool.status()));
+        .unwrap_or_else(|_| panic!("not ready after {seconds} s: {:#?}", pool.status()))
+        .unwrap();
 }
 
 /// The `_sim` marker of a dispatch: (shard, n).
@@ -62,6 +63,7 @@ async fn marked(events: &mut broadcast::Receiver<ShardEvent>, count: usize) -> V
         match event {
             ShardEvent::Dispatch(dispatch) => seen.extend(marker(&dispatch)),
             ShardEvent::Reset { .. } => panic!("unexpected reset"),
+            ShardEvent::Closed { code, .. } => panic!("unexpected fatal close {code}"),
         }
     }
     seen

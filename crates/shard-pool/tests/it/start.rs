@@ -201,7 +201,7 @@ async fn a_wrong_token_or_too_few_identifies_stops_start_with_a_clear_error() {
     })
     .await;
     let mut wrong = config(&sim);
-    wrong.token = "not-the-token".to_owned();
+    wrong.token = "not-the-token".into();
     let error = Pool::start(wrong).await.unwrap_err();
     assert!(matches!(error.kind(), ErrorKind::Rest(_)), "{error}");
     assert!(error.to_string().contains("401"), "{error}");
