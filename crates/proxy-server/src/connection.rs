@@ -333,7 +333,14 @@ impl Writer {
                         self.write.flush().await
                     })
                     .await;
-                    if !matches!(written, Ok(Ok(()))) || close {
+                    if !matches!(written, Ok(Ok(()))) {
+                        return;
+                    }
+                    if close {
+                        // Nothing can follow a close frame; the driver's
+                        // queue is let go only when the driver is done, so
+                        // that its end is not taken for a dead client.
+                        while out.recv().await.is_some() {}
                         return;
                     }
                     continue;

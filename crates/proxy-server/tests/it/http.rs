@@ -68,5 +68,16 @@ async fn health_shard_count_ready_and_metrics() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, body) = get(addr, "/ready").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains(r#""1":"fatally_closed""#), "{body}");
+    assert!(body.contains(r#""1":"fatally_closed:4004""#), "{body}");
+    // And /health: a person must change something (here, the token).
+    let (status, body) = get(addr, "/health").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shard 1") && body.contains("4004") && body.contains("token"), "{body}");
+    // The metrics are brought up to date once a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"gateway_shard_fatal_close_code{shard="1"} 4004"#),
+        "{metrics}"
+    );
 }
