@@ -15,7 +15,9 @@
 //! smaller allocations: twilight).
 //!
 //! Then the time to write READY and every `GUILD_CREATE` of the shard, as
-//! the proxy does for each client that identifies: median of 21 runs.
+//! the proxy does for each client that identifies: median of 21 runs; and
+//! what the shard's lock need cover instead: `Cache::snapshot()`, and the
+//! copy a guild still held by a snapshot costs on its next change.
 #![allow(
     missing_docs,
     clippy::print_stdout,
@@ -28,7 +30,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use discord_sim::{KNOWN_INTENTS, SimConfig, World};
-use state_cache::{Cache, Flags, Session};
+use state_cache::{Cache, Flags, Session, Snapshot};
 use twilight_cache_inmemory::{DefaultInMemoryCache, ResourceType};
 use twilight_model::gateway::payload::incoming::GuildCreate;
 use twilight_model::guild::Guild;
@@ -329,6 +331,82 @@ fn speed_table(shard: &Shard, runs: usize) {
     println!("| twilight-cache-inmemory (serde_json parse + update) | {twilight:.0} ms |");
 }
 
+/// READY and every guild's payload from a snapshot, each into its own
+/// buffer; returns the bytes written.
+fn write_all_from(snapshot: Snapshot) -> usize {
+    let session = Session {
+        session_id: "fedcba9876543210fedcba9876543210",
+        resume_gateway_url: "ws://127.0.0.1:7878",
+    };
+    let mut ready = Vec::new();
+    snapshot.write_ready(1, session, &mut ready).unwrap();
+    let mut total = ready.len();
+    for (seq, guild) in (2..).zip(snapshot.into_guilds()) {
+        let mut out = Vec::new();
+        guild.write(seq, &mut out);
+        total += out.len();
+        black_box(out);
+    }
+    black_box(ready);
+    total
+}
+
+fn snapshot_table(shard: &Shard, runs: usize) {
+    /// Snapshots a run, to time something that takes microseconds.
+    const SNAPSHOTS: usize = 100;
+    let guilds = shard.creates.len();
+    println!(
+        "\n## state-cache: what the shard's lock covers per client, {guilds} guilds (median of {runs} runs)\n"
+    );
+    println!(
+        "| flags | snapshot() | write all from the snapshot | write all from the cache | GUILD_UPDATE, guild held by a snapshot (copies it) | GUILD_UPDATE, guild not shared |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, level) in [
+        ("default (members off)", 0),
+        ("+ members", 1),
+        ("+ members, presences", 2),
+    ] {
+        let mut cache = ours(shard, flags_at(level));
+        let snapshot_us = median_ms(runs, || {
+            for _ in 0..SNAPSHOTS {
+                black_box(cache.snapshot());
+            }
+        }) * 1000.0
+            / SNAPSHOTS as f64;
+        let from_snapshot = median_ms(runs, || {
+            black_box(write_all_from(cache.snapshot()));
+        });
+        let from_cache = median_ms(runs, || {
+            black_box(write_all(&cache));
+        });
+        // One small change to every guild: with a snapshot held, each
+        // change copies its guild first.
+        let ids: Vec<u64> = cache.guild_ids().collect();
+        let updates: Vec<String> = ids
+            .iter()
+            .map(|id| format!(r#"{{"id":"{id}","name":"renamed"}}"#))
+            .collect();
+        let update_all = |cache: &mut Cache| {
+            for update in &updates {
+                cache.apply("GUILD_UPDATE", update.as_bytes()).unwrap();
+            }
+        };
+        let per_guild_us = |ms: f64| ms * 1000.0 / ids.len().max(1) as f64;
+        let copied = median_ms(runs, || {
+            let snapshot = cache.snapshot();
+            update_all(&mut cache);
+            drop(black_box(snapshot));
+        });
+        let unshared = median_ms(runs, || update_all(&mut cache));
+        println!(
+            "| {name} | {snapshot_us:.1} µs | {from_snapshot:.1} ms | {from_cache:.1} ms | {:.1} µs a guild | {:.1} µs a guild |",
+            per_guild_us(copied),
+            per_guild_us(unshared)
+        );
+    }
+}
+
 fn main() {
     // `cargo bench -- --test` (CI) checks that the bench runs: a small shard.
     let smoke = std::env::args().any(|a| a == "--test");
@@ -336,4 +414,5 @@ fn main() {
     let shard = shard(guilds);
     memory_table(&shard);
     speed_table(&shard, runs);
+    snapshot_table(&shard, runs);
 }

@@ -1,11 +1,13 @@
 //! The cache of one shard: dispatches in, READY and `GUILD_CREATE` out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::error::Error;
 use crate::flags::{Event, Flags};
-use crate::guild::{Guild, ListKind};
+use crate::guild::{Counts, Guild, ListKind};
 use crate::packed::{self, Keys, PACKED_NULL, key};
+use crate::snapshot::{self, Snapshot};
 
 /// Above this, the buffer a big dispatch was packed into is given back
 /// rather than kept for the next one.
@@ -16,17 +18,28 @@ const SCRATCH_KEEP: usize = 1 << 20;
 /// Feed it every dispatch [`Flags::wants`] (others are ignored anyway),
 /// in order, with [`apply`](Self::apply); ask it for a client's READY with
 /// [`write_ready`](Self::write_ready) and for each guild's `GUILD_CREATE`
-/// or `GUILD_DELETE` with [`write_guild`](Self::write_guild).
+/// or `GUILD_DELETE` with [`write_guild`](Self::write_guild), or take a
+/// [`snapshot`](Self::snapshot) and write from that without holding the
+/// cache.
 #[derive(Debug)]
 pub struct Cache {
     flags: Flags,
-    keys: Keys,
+    /// Shared with snapshots; copied when a key is new to it and a
+    /// snapshot still holds it.
+    keys: Arc<Keys>,
     /// READY's `d`, packed, without `guilds`.
-    ready: Option<Box<[u8]>>,
+    ready: Option<Arc<[u8]>>,
     /// The bot's user id, from READY.
     bot_id: Option<u64>,
     /// Every guild of the shard by id; `None` while it is unavailable.
-    guilds: BTreeMap<u64, Option<Box<Guild>>>,
+    /// Shared with snapshots; a guild a snapshot holds is copied when it
+    /// is changed.
+    guilds: BTreeMap<u64, Option<Arc<Guild>>>,
+    /// What the available guilds hold, summed; kept up to date with every
+    /// change so that [`stats`](Self::stats) walks nothing.
+    totals: Counts,
+    /// How many of `guilds` are unavailable.
+    unavailable: usize,
     /// Guilds READY named that have had neither `GUILD_CREATE` nor
     /// `GUILD_DELETE` since.
     pending: BTreeSet<u64>,
@@ -74,7 +87,16 @@ pub struct Stats {
     /// Cached soundboard sounds.
     pub soundboard_sounds: usize,
     /// Heap bytes held, counted from the cache's own parts (an estimate
-    /// that leaves out the allocator's overhead).
+    /// that leaves out the allocator's overhead): the key table (twice
+    /// each key's written length plus 48 bytes a key), READY's packed
+    /// bytes, 32 bytes a guild for the guild map, and for each available
+    /// guild its allocation (the guild and its `Arc`'s two counters), its
+    /// packed fields, and for each list and map its slots (capacity times
+    /// slot size, plus a control byte a slot for maps) and the lengths of
+    /// its packed items.
+    ///
+    /// Guilds that a [`Snapshot`] still holds in an older version are not
+    /// counted twice: what is counted is what the cache holds now.
     pub bytes: usize,
 }
 
@@ -84,10 +106,12 @@ impl Cache {
     pub fn new(flags: Flags) -> Self {
         Self {
             flags,
-            keys: Keys::default(),
+            keys: Arc::new(Keys::default()),
             ready: None,
             bot_id: None,
             guilds: BTreeMap::new(),
+            totals: Counts::default(),
+            unavailable: 0,
             pending: BTreeSet::new(),
             scratch: Vec::new(),
         }
@@ -149,9 +173,9 @@ impl Cache {
                 let id = id_of(d, key::ID, name)?;
                 self.pending.remove(&id);
                 if packed::get(d, key::UNAVAILABLE).and_then(packed::as_bool) == Some(true) {
-                    self.guilds.insert(id, None);
+                    self.put_guild(id, None);
                 } else {
-                    self.guilds.remove(&id);
+                    self.remove_guild(id);
                 }
                 return Ok(());
             }
@@ -171,14 +195,48 @@ impl Cache {
         let Some(Some(guild)) = self.guilds.get_mut(&guild_id) else {
             return Ok(());
         };
-        Edit {
-            guild,
+        let before = guild.counts();
+        // Copies the guild if a snapshot holds it: the snapshot keeps the
+        // version it took.
+        let guild = Arc::make_mut(guild);
+        let result = Edit {
+            guild: &mut *guild,
             flags,
             bot_id,
             guild_id,
             name,
         }
-        .apply(event, d)
+        .apply(event, d);
+        self.totals.sub(&before);
+        self.totals.add(&guild.counts());
+        result
+    }
+
+    /// Puts guild `id` (`None`: unavailable) in place of the one there,
+    /// keeping the totals.
+    fn put_guild(&mut self, id: u64, guild: Option<Arc<Guild>>) {
+        self.count(guild.as_deref(), true);
+        if let Some(old) = self.guilds.insert(id, guild) {
+            self.count(old.as_deref(), false);
+        }
+    }
+
+    /// Removes guild `id`, keeping the totals.
+    fn remove_guild(&mut self, id: u64) {
+        if let Some(old) = self.guilds.remove(&id) {
+            self.count(old.as_deref(), false);
+        }
+    }
+
+    /// Adds `guild` (`None`: an unavailable one) to the totals, or takes
+    /// it away.
+    fn count(&mut self, guild: Option<&Guild>, add: bool) {
+        match (guild, add) {
+            (None, true) => self.unavailable = self.unavailable.wrapping_add(1),
+            (None, false) => self.unavailable = self.unavailable.wrapping_sub(1),
+            (Some(guild), true) => self.totals.add(&guild.counts()),
+            (Some(guild), false) => self.totals.sub(&guild.counts()),
+        }
     }
 
     /// A new upstream session: its READY replaces everything.
@@ -191,9 +249,11 @@ impl Cache {
         }
         let mut ready = Vec::new();
         packed::copy_without(d, &[key::GUILDS], &mut ready);
-        self.ready = Some(ready.into_boxed_slice());
+        self.ready = Some(ready.into());
         self.bot_id = Some(bot_id);
         self.pending = guilds.keys().copied().collect();
+        self.unavailable = guilds.len();
+        self.totals = Counts::default();
         self.guilds = guilds;
         Ok(())
     }
@@ -204,17 +264,17 @@ impl Cache {
         packed::merge(user, packed::get(ready, key::USER), &[], &mut merged);
         let mut updated = Vec::new();
         packed::with_field(ready, key::USER, &merged, &mut updated);
-        self.ready = Some(updated.into_boxed_slice());
+        self.ready = Some(updated.into());
     }
 
     fn guild_create(&mut self, d: &[u8]) -> Result<(), Error> {
         let id = id_of(d, key::ID, "GUILD_CREATE")?;
         self.pending.remove(&id);
         if packed::get(d, key::UNAVAILABLE).and_then(packed::as_bool) == Some(true) {
-            self.guilds.insert(id, None);
+            self.put_guild(id, None);
             return Ok(());
         }
-        let mut guild = Box::new(Guild::default());
+        let mut guild = Guild::default();
         let mut head = Vec::with_capacity(1024);
         packed::begin_object(&mut head);
         let mut edit = Edit {
@@ -249,7 +309,7 @@ impl Cache {
         }
         packed::end_object(&mut head);
         guild.head = head.into_boxed_slice();
-        self.guilds.insert(id, Some(guild));
+        self.put_guild(id, Some(Arc::new(guild)));
         Ok(())
     }
 
@@ -267,33 +327,14 @@ impl Cache {
         session: Session<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        let ready = self.ready.as_deref().ok_or_else(Error::no_ready)?;
-        write_envelope_head(b"READY", seq, out);
-        out.push(b'{');
-        for (k, v) in packed::fields(ready) {
-            if k.is(key::SESSION_ID) || k.is(key::RESUME_GATEWAY_URL) {
-                continue;
-            }
-            packed::write_key(k, &self.keys, out);
-            packed::write_json(v, &self.keys, out);
-            out.push(b',');
-        }
-        packed::write_fixed_key(key::SESSION_ID, &self.keys, out);
-        packed::write_str(session.session_id, out);
-        out.push(b',');
-        packed::write_fixed_key(key::RESUME_GATEWAY_URL, &self.keys, out);
-        packed::write_str(session.resume_gateway_url, out);
-        out.push(b',');
-        packed::write_fixed_key(key::GUILDS, &self.keys, out);
-        out.push(b'[');
-        for (i, id) in self.guilds.keys().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_unavailable(*id, out);
-        }
-        out.extend_from_slice(b"]}}");
-        Ok(())
+        snapshot::write_ready(
+            self.ready.as_deref(),
+            &self.keys,
+            self.guilds.keys().copied(),
+            seq,
+            session,
+            out,
+        )
     }
 
     /// How many guilds the last READY named that have had neither
@@ -318,52 +359,75 @@ impl Cache {
     /// Returns `false`, appending nothing, for a guild the cache does not
     /// hold.
     pub fn write_guild(&self, id: u64, seq: u64, out: &mut Vec<u8>) -> bool {
-        match self.guilds.get(&id) {
-            None => false,
-            Some(None) => {
-                write_envelope_head(b"GUILD_DELETE", seq, out);
-                write_unavailable(id, out);
-                out.push(b'}');
-                true
-            }
-            Some(Some(guild)) => {
-                write_envelope_head(b"GUILD_CREATE", seq, out);
-                guild.write_create(&self.keys, out);
-                out.push(b'}');
-                true
-            }
-        }
+        let Some(guild) = self.guilds.get(&id) else {
+            return false;
+        };
+        snapshot::write_guild(id, guild.as_deref(), &self.keys, seq, out);
+        true
     }
 
-    /// How much the cache holds.
+    /// What the cache holds now, to write READY and the guilds from
+    /// without holding the cache: see [`Snapshot`] for what it costs.
+    ///
+    /// Nothing of a guild is copied: this clones an `Arc` for the key
+    /// table, one for READY and one for each guild, into one new vector of
+    /// the guilds (about 16 bytes a guild).
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(
+            Arc::clone(&self.keys),
+            self.ready.clone(),
+            self.guilds
+                .iter()
+                .map(|(id, guild)| (*id, guild.clone()))
+                .collect(),
+        )
+    }
+
+    /// How much the cache holds. Constant time: the totals are kept up to
+    /// date as dispatches change the cache.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        let mut stats = Stats {
-            guilds: self.guilds.len(),
-            bytes: self.keys.heap_bytes()
-                + self.ready.as_ref().map_or(0, |r| r.len())
-                + self.guilds.len() * (size_of::<(u64, Option<Box<Guild>>)>() + 16),
-            ..Stats::default()
-        };
+        self.stats_from(self.keys.heap_bytes(), self.unavailable, self.totals)
+    }
+
+    /// [`stats`](Self::stats) counted afresh, walking every guild and every
+    /// item: the reference the kept totals are tested against. Not part of
+    /// the API.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn walked_stats(&self) -> Stats {
+        let mut totals = Counts::default();
+        let mut unavailable = 0;
         for guild in self.guilds.values() {
-            let Some(guild) = guild else {
-                stats.unavailable_guilds += 1;
-                continue;
-            };
-            stats.members += guild.members.len();
-            stats.presences += guild.presences.len();
-            stats.channels += guild.list(ListKind::Channels).len();
-            stats.threads += guild.list(ListKind::Threads).len();
-            stats.roles += guild.list(ListKind::Roles).len();
-            stats.emojis += guild.list(ListKind::Emojis).len();
-            stats.stickers += guild.list(ListKind::Stickers).len();
-            stats.voice_states += guild.list(ListKind::VoiceStates).len();
-            stats.stage_instances += guild.list(ListKind::StageInstances).len();
-            stats.scheduled_events += guild.list(ListKind::ScheduledEvents).len();
-            stats.soundboard_sounds += guild.list(ListKind::SoundboardSounds).len();
-            stats.bytes += size_of::<Guild>() + guild.heap_bytes();
+            match guild {
+                Some(guild) => totals.add(&guild.walked_counts()),
+                None => unavailable += 1,
+            }
         }
-        stats
+        self.stats_from(self.keys.walked_heap_bytes(), unavailable, totals)
+    }
+
+    fn stats_from(&self, key_bytes: usize, unavailable: usize, totals: Counts) -> Stats {
+        Stats {
+            guilds: self.guilds.len(),
+            unavailable_guilds: unavailable,
+            members: totals.members,
+            presences: totals.presences,
+            channels: totals.list(ListKind::Channels),
+            threads: totals.list(ListKind::Threads),
+            roles: totals.list(ListKind::Roles),
+            emojis: totals.list(ListKind::Emojis),
+            stickers: totals.list(ListKind::Stickers),
+            voice_states: totals.list(ListKind::VoiceStates),
+            stage_instances: totals.list(ListKind::StageInstances),
+            scheduled_events: totals.list(ListKind::ScheduledEvents),
+            soundboard_sounds: totals.list(ListKind::SoundboardSounds),
+            bytes: key_bytes
+                + self.ready.as_ref().map_or(0, |r| r.len())
+                + self.guilds.len() * (size_of::<(u64, Option<Arc<Guild>>)>() + 16)
+                + totals.bytes,
+        }
     }
 }
 
@@ -441,8 +505,8 @@ impl Edit<'_> {
                 let user_id = id_of(user, key::ID, name)?;
                 let guild = &mut *self.guild;
                 guild.member_count = guild.member_count.map(|n| n.saturating_sub(1));
-                guild.members.remove(&user_id);
-                guild.presences.remove(&user_id);
+                guild.members.remove(user_id);
+                guild.presences.remove(user_id);
                 guild.list_mut(ListKind::VoiceStates).remove(user_id);
             }
             E::MembersChunk => {
@@ -608,7 +672,7 @@ impl Edit<'_> {
     /// fields of the one there when `merge`.
     fn put_member(&mut self, user_id: u64, member: &[u8], merge: bool) {
         let old = if merge {
-            self.guild.members.get(&user_id).map(|m| &**m)
+            self.guild.members.get(user_id)
         } else {
             None
         };
@@ -632,7 +696,7 @@ impl Edit<'_> {
         let offline =
             packed::get(presence, key::STATUS).and_then(packed::as_text) == Some(b"offline");
         if offline {
-            self.guild.presences.remove(&user_id);
+            self.guild.presences.remove(user_id);
             return;
         }
         let mut user_ref = Vec::new();
@@ -656,7 +720,7 @@ impl Edit<'_> {
         if self.flags.users
             && self.keeps_member(user_id)
             && packed::fields(user).count() > 1
-            && let Some(member) = self.guild.members.get(&user_id)
+            && let Some(member) = self.guild.members.get(user_id)
         {
             let mut merged_user = Vec::new();
             packed::merge(user, packed::get(member, key::USER), &[], &mut merged_user);
@@ -721,10 +785,10 @@ impl Edit<'_> {
     fn role_delete(&mut self, role_id: u64) {
         self.guild.list_mut(ListKind::Roles).remove(role_id);
         let mut changed = Vec::new();
-        for (user_id, member) in &self.guild.members {
+        for (user_id, member) in self.guild.members.iter() {
             let mut value = Vec::new();
             if packed::without_id_in(member, key::ROLES, role_id, &mut value) {
-                changed.push((*user_id, value.into_boxed_slice()));
+                changed.push((user_id, value.into_boxed_slice()));
             }
         }
         self.guild.members.extend(changed);
@@ -781,16 +845,91 @@ fn list_in(obj: &[u8], k: key::Key) -> packed::Items<'_> {
     packed::items(packed::get(obj, k).unwrap_or(&[]))
 }
 
-fn write_envelope_head(t: &[u8], seq: u64, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"t\":\"");
-    out.extend_from_slice(t);
-    out.extend_from_slice(b"\",\"s\":");
-    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-    out.extend_from_slice(b",\"op\":0,\"d\":");
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn write_unavailable(id: u64, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"id\":\"");
-    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-    out.extend_from_slice(b"\",\"unavailable\":true}");
+    const READY: &[u8] = br#"{"user":{"id":"10"},"guilds":[{"id":"20","unavailable":true},{"id":"30","unavailable":true}],"session_id":"s"}"#;
+
+    fn guild(id: u64) -> String {
+        format!(
+            r#"{{"id":"{id}","name":"g","roles":[{{"id":"{id}","name":"@everyone"}}],"channels":[{{"id":"{}","type":0,"name":"general"}}]}}"#,
+            id + 1
+        )
+    }
+
+    fn loaded() -> Cache {
+        let mut cache = Cache::new(Flags::ALL);
+        cache.apply("READY", READY).unwrap();
+        cache.apply("GUILD_CREATE", guild(20).as_bytes()).unwrap();
+        cache.apply("GUILD_CREATE", guild(30).as_bytes()).unwrap();
+        cache
+    }
+
+    /// The `Arc` of guild `id`.
+    fn held(cache: &Cache, id: u64) -> &Arc<Guild> {
+        cache.guilds[&id].as_ref().unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_shares_everything_and_an_edit_copies_only_its_guild() {
+        let mut cache = loaded();
+        let snapshot = cache.snapshot();
+        assert_eq!(Arc::strong_count(&cache.keys), 2);
+        assert_eq!(Arc::strong_count(held(&cache, 20)), 2);
+        assert_eq!(Arc::strong_count(held(&cache, 30)), 2);
+        assert_eq!(Arc::strong_count(cache.ready.as_ref().unwrap()), 2);
+
+        // Known keys only: the key table stays shared; guild 20 is copied,
+        // guild 30 is not.
+        cache
+            .apply(
+                "CHANNEL_UPDATE",
+                br#"{"id":"21","type":0,"name":"lobby","guild_id":"20"}"#,
+            )
+            .unwrap();
+        assert_eq!(Arc::strong_count(&cache.keys), 2, "no key was new");
+        assert_eq!(Arc::strong_count(held(&cache, 20)), 1, "copied");
+        assert_eq!(Arc::strong_count(held(&cache, 30)), 2, "untouched");
+        // A second edit to the copy copies nothing.
+        let copy = Arc::as_ptr(held(&cache, 20));
+        cache
+            .apply(
+                "CHANNEL_UPDATE",
+                br#"{"id":"21","type":0,"name":"hall","guild_id":"20"}"#,
+            )
+            .unwrap();
+        assert_eq!(Arc::as_ptr(held(&cache, 20)), copy);
+
+        // A new key copies the table, once.
+        cache
+            .apply(
+                "CHANNEL_UPDATE",
+                br#"{"id":"31","type":0,"name":"x","guild_id":"30","brand_new_key":1}"#,
+            )
+            .unwrap();
+        assert_eq!(Arc::strong_count(&cache.keys), 1);
+        assert_eq!(cache.stats(), cache.walked_stats());
+        drop(snapshot);
+        assert_eq!(Arc::strong_count(held(&cache, 30)), 1);
+    }
+
+    #[test]
+    fn into_guilds_releases_each_guild_once_written() {
+        let cache = loaded();
+        let mut guilds = cache.snapshot().into_guilds();
+        assert_eq!(guilds.len(), 2);
+        let first = guilds.next().unwrap();
+        assert_eq!(first.id(), 20);
+        let mut out = Vec::new();
+        first.write(2, &mut out);
+        drop(first);
+        assert_eq!(Arc::strong_count(held(&cache, 20)), 1, "released");
+        assert_eq!(Arc::strong_count(held(&cache, 30)), 2, "not yet");
+        let mut expected = Vec::new();
+        assert!(cache.write_guild(20, 2, &mut expected));
+        assert_eq!(out, expected);
+        drop(guilds);
+        assert_eq!(Arc::strong_count(held(&cache, 30)), 1);
+    }
 }

@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -74,12 +75,16 @@ const MAX_KEYS: usize = 1 << 14;
 /// The keys of one cache, numbered in the order they were first seen.
 ///
 /// The first keys are the ones the cache looks up ([`key`]), at fixed
-/// numbers.
-#[derive(Debug)]
+/// numbers. The table only grows, so one shared through an [`Arc`] (by the
+/// cache and its snapshots) is copied only when a key is new to it; see
+/// [`pack`].
+#[derive(Clone, Debug)]
 pub(crate) struct Keys {
     numbers: HashMap<Box<str>, u32>,
     /// Each key as it is written: `"key":`.
     written: Vec<Box<[u8]>>,
+    /// [`heap_bytes`](Self::heap_bytes), kept up to date.
+    bytes: usize,
 }
 
 impl Default for Keys {
@@ -87,6 +92,7 @@ impl Default for Keys {
         let mut keys = Self {
             numbers: HashMap::new(),
             written: Vec::new(),
+            bytes: 0,
         };
         for (i, name) in key::NAMES.iter().enumerate() {
             let number = keys.intern(name);
@@ -98,15 +104,16 @@ impl Default for Keys {
 
 impl Keys {
     /// The number of `name`, numbering it if it is new; `None` when the
-    /// table is full.
-    fn number(&mut self, name: &str) -> Option<u32> {
-        if let Some(&n) = self.numbers.get(name) {
+    /// table is full. Only a new key writes to the table, so only a new
+    /// key copies a table that is shared.
+    fn number(keys: &mut Arc<Self>, name: &str) -> Option<u32> {
+        if let Some(&n) = keys.numbers.get(name) {
             return Some(n);
         }
-        if self.written.len() >= MAX_KEYS {
+        if keys.written.len() >= MAX_KEYS {
             return None;
         }
-        Some(self.intern(name).0)
+        Some(Arc::make_mut(keys).intern(name).0)
     }
 
     fn intern(&mut self, name: &str) -> key::Key {
@@ -115,9 +122,16 @@ impl Keys {
         written.push(b'"');
         escape_into(name, &mut written);
         written.extend_from_slice(b"\":");
+        self.bytes += Self::entry_bytes(&written);
         self.written.push(written.into_boxed_slice());
         self.numbers.insert(name.into(), n);
         key::Key(n)
+    }
+
+    /// What one key costs, roughly: its written form, its name (about as
+    /// long) and the table slots.
+    fn entry_bytes(written: &[u8]) -> usize {
+        2 * written.len() + 48
     }
 
     /// How many keys are numbered.
@@ -126,9 +140,17 @@ impl Keys {
         self.written.len()
     }
 
-    /// The heap bytes of the table, roughly.
+    /// The heap bytes of the table, roughly. Constant time.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.written.iter().map(|w| 2 * w.len() + 48).sum::<usize>()
+        self.bytes
+    }
+
+    /// [`heap_bytes`](Self::heap_bytes) summed afresh, key by key.
+    pub(crate) fn walked_heap_bytes(&self) -> usize {
+        self.written
+            .iter()
+            .map(|w| Self::entry_bytes(w))
+            .sum::<usize>()
     }
 }
 
@@ -210,7 +232,10 @@ impl fmt::Display for PackError {
 impl std::error::Error for PackError {}
 
 /// Packs the JSON text `json` (one value, nothing after it) onto `out`.
-pub(crate) fn pack(json: &[u8], keys: &mut Keys, out: &mut Vec<u8>) -> Result<(), PackError> {
+///
+/// A key new to `keys` is numbered there: the table is copied first if it
+/// is shared ([`Arc::make_mut`]); known keys never copy it.
+pub(crate) fn pack(json: &[u8], keys: &mut Arc<Keys>, out: &mut Vec<u8>) -> Result<(), PackError> {
     let mut de = sonic_rs::Deserializer::from_slice(json);
     Packer { keys, out }
         .deserialize(&mut de)
@@ -219,7 +244,7 @@ pub(crate) fn pack(json: &[u8], keys: &mut Keys, out: &mut Vec<u8>) -> Result<()
 }
 
 struct Packer<'a> {
-    keys: &'a mut Keys,
+    keys: &'a mut Arc<Keys>,
     out: &'a mut Vec<u8>,
 }
 
@@ -309,7 +334,7 @@ impl<'de> Visitor<'de> for Packer<'_> {
 }
 
 struct KeyPacker<'a> {
-    keys: &'a mut Keys,
+    keys: &'a mut Arc<Keys>,
     out: &'a mut Vec<u8>,
 }
 
@@ -335,8 +360,8 @@ impl Visitor<'_> for KeyPacker<'_> {
 }
 
 /// Appends a key given by name.
-fn put_key_name(keys: &mut Keys, out: &mut Vec<u8>, name: &str) {
-    if let Some(n) = keys.number(name) {
+fn put_key_name(keys: &mut Arc<Keys>, out: &mut Vec<u8>, name: &str) {
+    if let Some(n) = Keys::number(keys, name) {
         put_varint(out, u64::from(n + KEY_BASE));
     } else {
         let mut escaped = Vec::with_capacity(name.len());
@@ -1037,7 +1062,7 @@ mod tests {
     use super::*;
 
     fn roundtrip(json: &str) -> (String, usize) {
-        let mut keys = Keys::default();
+        let mut keys = Arc::new(Keys::default());
         let mut packed = Vec::new();
         pack(json.as_bytes(), &mut keys, &mut packed).unwrap();
         assert_eq!(value_len(&packed), packed.len(), "{json}");
@@ -1132,7 +1157,7 @@ mod tests {
         #[test]
         fn any_json_comes_back_the_same(value in json()) {
             let text = serde_json::to_string(&value).unwrap();
-            let mut keys = Keys::default();
+            let mut keys = Arc::new(Keys::default());
             let mut packed = Vec::new();
             pack(text.as_bytes(), &mut keys, &mut packed).unwrap();
             prop_assert_eq!(value_len(&packed), packed.len());
@@ -1148,7 +1173,7 @@ mod tests {
 
     #[test]
     fn malformed_json_is_an_error() {
-        let mut keys = Keys::default();
+        let mut keys = Arc::new(Keys::default());
         for json in [
             "",
             "{",
@@ -1185,7 +1210,7 @@ mod tests {
 
     #[test]
     fn fields_and_items_walk_the_value() {
-        let mut keys = Keys::default();
+        let mut keys = Arc::new(Keys::default());
         let mut packed = Vec::new();
         pack(
             br#"{"id":"123","roles":["1","2"],"guild_id":"99","x":{"id":"5"}}"#,
@@ -1206,8 +1231,38 @@ mod tests {
     }
 
     #[test]
+    fn only_a_new_key_copies_a_shared_table() {
+        let mut keys = Arc::new(Keys::default());
+        let shared = Arc::clone(&keys);
+        let mut packed = Vec::new();
+        pack(
+            br#"{"id":"1","guild_id":"2","roles":[]}"#,
+            &mut keys,
+            &mut packed,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&keys, &shared), "known keys: no copy");
+        pack(
+            br#"{"id":"1","brand_new":{"id":"3"}}"#,
+            &mut keys,
+            &mut packed,
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(&keys, &shared), "a new key: a copy");
+        assert_eq!(keys.len(), shared.len() + 1);
+        assert_eq!(keys.heap_bytes(), keys.walked_heap_bytes());
+        assert_eq!(shared.heap_bytes(), shared.walked_heap_bytes());
+        assert!(keys.heap_bytes() > shared.heap_bytes());
+        // Now unshared: a new key goes in place.
+        let before = Arc::as_ptr(&keys);
+        pack(br#"{"newer":1}"#, &mut keys, &mut packed).unwrap();
+        assert_eq!(Arc::as_ptr(&keys), before);
+        assert_eq!(keys.heap_bytes(), keys.walked_heap_bytes());
+    }
+
+    #[test]
     fn a_full_key_table_keeps_keys_inline() {
-        let mut keys = Keys::default();
+        let mut keys = Arc::new(Keys::default());
         let mut json = String::from("{");
         for i in 0..MAX_KEYS + 10 {
             if i > 0 {

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
-use state_cache::{Cache, ErrorKind, Flags, Session};
+use state_cache::{Cache, ErrorKind, Flags, Session, Snapshot, SnapshotGuild, SnapshotGuilds};
 
 const GUILD: u64 = 1_100_000_000_000_000_100;
 /// Listed in READY, never created: stays unavailable.
@@ -141,10 +141,13 @@ fn only(set: impl FnOnce(&mut Flags)) -> Flags {
     flags
 }
 
+/// Applies a dispatch that must apply, and checks that the totals the
+/// cache keeps for `stats()` are what a walk over it counts.
 fn apply(cache: &mut Cache, t: &str, d: &str) {
     cache
         .apply(t, d.as_bytes())
         .unwrap_or_else(|e| panic!("{t}: {e}"));
+    assert_eq!(cache.stats(), cache.walked_stats(), "after {t}");
 }
 
 /// Fails unless `text` has no whitespace outside its strings.
@@ -205,7 +208,7 @@ fn ready(cache: &Cache) -> Value {
 }
 
 /// READY and every guild's payload, as the bytes a client would get.
-fn snapshot(cache: &Cache) -> Vec<u8> {
+fn payloads(cache: &Cache) -> Vec<u8> {
     let mut out = Vec::new();
     if cache.write_ready(1, SESSION, &mut out).is_err() {
         out.extend_from_slice(b"no READY");
@@ -213,6 +216,29 @@ fn snapshot(cache: &Cache) -> Vec<u8> {
     for (seq, id) in (2..).zip(cache.guild_ids()) {
         assert!(cache.write_guild(id, seq, &mut out));
     }
+    out
+}
+
+/// What [`payloads`] gives for the cache, from a snapshot of it: the same
+/// bytes whether the guilds are written by id or one by one.
+fn snapshot_payloads(snapshot: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::new();
+    if snapshot.write_ready(1, SESSION, &mut out).is_err() {
+        out.extend_from_slice(b"no READY");
+    }
+    let mut by_id = out.clone();
+    assert_eq!(snapshot.guild_ids().len(), snapshot.len());
+    for (seq, id) in (2..).zip(snapshot.guild_ids()) {
+        assert!(snapshot.write_guild(id, seq, &mut by_id));
+    }
+    let ids: Vec<u64> = snapshot.guild_ids().collect();
+    let guilds = snapshot.clone().into_guilds();
+    assert_eq!(guilds.len(), ids.len());
+    for ((seq, guild), id) in (2..).zip(guilds).zip(ids) {
+        assert_eq!(guild.id(), id);
+        guild.write(seq, &mut out);
+    }
+    assert_eq!(out, by_id, "into_guilds writes what write_guild writes");
     out
 }
 
@@ -323,7 +349,7 @@ fn every_field_comes_back_as_the_same_value_unknown_ones_included() {
 #[test]
 fn bad_dispatches_are_errors_that_change_nothing() {
     let mut cache = loaded(Flags::ALL);
-    let before = snapshot(&cache);
+    let before = payloads(&cache);
     let member_without_guild = r#"{"user":{"id":"1200000000000000003","username":"carol","discriminator":"0","global_name":null,"avatar":null},"roles":[],"nick":null,"joined_at":"2024-05-01T10:00:00.000000+00:00","premium_since":null,"deaf":false,"mute":false,"pending":false,"flags":0}"#;
     let ready_without_user = r#"{"v":10,"session_id":"x","resume_gateway_url":"wss://gateway.discord.gg","guilds":[{"id":"1100000000000000300","unavailable":true}],"application":{"id":"1","flags":0}}"#;
     let cases: [(&str, &str, &str); 6] = [
@@ -354,7 +380,7 @@ fn bad_dispatches_are_errors_that_change_nothing() {
         assert_eq!(err.event(), t);
         let shown = err.to_string();
         assert!(shown.starts_with(t), "{shown}");
-        assert_eq!(snapshot(&cache), before, "{t} changed the cache: {shown}");
+        assert_eq!(payloads(&cache), before, "{t} changed the cache: {shown}");
     }
     let err = cache
         .apply("GUILD_MEMBER_ADD", member_without_guild.as_bytes())
@@ -377,7 +403,7 @@ fn bad_dispatches_are_errors_that_change_nothing() {
 #[test]
 fn dispatches_about_guilds_not_held_change_nothing() {
     let mut cache = loaded(Flags::ALL);
-    let before = snapshot(&cache);
+    let before = payloads(&cache);
     let ids_before: Vec<u64> = cache.guild_ids().collect();
     let about_stranger = [
         ("GUILD_UPDATE", r#"{"id":"1100000000000000999","name":"elsewhere","icon":null,"roles":[],"emojis":[],"stickers":[]}"#.to_owned()),
@@ -399,13 +425,13 @@ fn dispatches_about_guilds_not_held_change_nothing() {
     for (t, d) in &about_stranger {
         assert!(cache.wants(t), "{t}");
         apply(&mut cache, t, d);
-        assert_eq!(snapshot(&cache), before, "{t} about a stranger guild");
+        assert_eq!(payloads(&cache), before, "{t} about a stranger guild");
     }
     // Nor about a guild that is unavailable: it stays a GUILD_DELETE.
     for (t, d) in &about_stranger {
         let d = d.replace(STRANGER, &DOWN.to_string());
         apply(&mut cache, t, &d);
-        assert_eq!(snapshot(&cache), before, "{t} about an unavailable guild");
+        assert_eq!(payloads(&cache), before, "{t} about an unavailable guild");
     }
     // A DM's pins (no guild_id) are not about any guild.
     apply(
@@ -417,7 +443,7 @@ fn dispatches_about_guilds_not_held_change_nothing() {
     assert!(!cache.wants("MESSAGE_CREATE"));
     cache.apply("MESSAGE_CREATE", b"{\"id\":").unwrap();
     cache.apply("NOT_A_DISPATCH", b"[]").unwrap();
-    assert_eq!(snapshot(&cache), before);
+    assert_eq!(payloads(&cache), before);
     assert_eq!(cache.guild_ids().collect::<Vec<_>>(), ids_before);
 }
 
@@ -1195,4 +1221,179 @@ fn guilds_are_pending_from_ready_until_created_or_deleted() {
     assert_eq!(cache.pending_guilds(), 0, "an outage counts as heard of");
     apply(&mut cache, "READY", READY);
     assert_eq!(cache.pending_guilds(), 2, "a new READY loads again");
+}
+
+/// The dispatches of the snapshot test: a member joins and one leaves, a
+/// channel changes (with a key the cache has never seen), the bot's user
+/// changes, the guild comes again in a new `GUILD_CREATE`, and the
+/// unavailable guild is left.
+fn changes() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "GUILD_MEMBER_ADD",
+            format!(
+                r#"{{"guild_id":"{GUILD}","user":{{"id":"{CAROL}","username":"carol","discriminator":"0","avatar":null}},"roles":[],"joined_at":"2024-05-01T10:00:00+00:00","deaf":false,"mute":false,"flags":0}}"#
+            ),
+        ),
+        (
+            "GUILD_MEMBER_REMOVE",
+            format!(
+                r#"{{"guild_id":"{GUILD}","user":{{"id":"{BOB}","username":"bob","discriminator":"0","avatar":null}}}}"#
+            ),
+        ),
+        (
+            "CHANNEL_UPDATE",
+            format!(
+                r#"{{"id":"{GENERAL}","type":0,"guild_id":"{GUILD}","name":"lobby","position":0,"a_key_never_seen_before":{{"and_another":1}}}}"#
+            ),
+        ),
+        (
+            "USER_UPDATE",
+            format!(
+                r#"{{"id":"{BOT}","username":"renamed-bot","discriminator":"0","avatar":null}}"#
+            ),
+        ),
+        (
+            "GUILD_CREATE",
+            GUILD_CREATE.replace("Rust \\\"Crabs\\\"", "Rust \\\"Ferris\\\""),
+        ),
+        ("GUILD_DELETE", format!(r#"{{"id":"{DOWN}"}}"#)),
+    ]
+}
+
+#[test]
+fn a_snapshot_writes_what_the_cache_held_when_it_was_taken() {
+    let mut cache = loaded(Flags::ALL);
+    let then = payloads(&cache);
+    let snapshot = cache.snapshot();
+    assert_eq!(snapshot_payloads(&snapshot), then);
+
+    // The changes, one at a time: the snapshot never moves, and a second
+    // one taken halfway keeps the state it saw.
+    let mut halfway = None;
+    for (i, (t, d)) in changes().iter().enumerate() {
+        apply(&mut cache, t, d);
+        assert_eq!(snapshot_payloads(&snapshot), then, "after {t}");
+        if i == 2 {
+            halfway = Some((cache.snapshot(), payloads(&cache)));
+        }
+    }
+    let (halfway, halfway_then) = halfway.unwrap();
+    assert_eq!(snapshot_payloads(&halfway), halfway_then);
+    assert_ne!(halfway_then, then);
+
+    // The cache has the new state, the same as a cache that was never
+    // snapshotted.
+    let mut fresh = loaded(Flags::ALL);
+    for (t, d) in changes() {
+        apply(&mut fresh, t, &d);
+    }
+    assert_eq!(payloads(&cache), payloads(&fresh));
+    assert_ne!(payloads(&cache), then);
+    assert_eq!(cache.guild_ids().collect::<Vec<_>>(), [GUILD]);
+    let d = guild(&cache, GUILD);
+    assert_eq!(d["name"], "Rust \"Ferris\" \\ café ✓");
+    assert_eq!(ready(&cache)["user"]["username"], "renamed-bot");
+
+    // And the snapshot: both guilds, the old names, Bob and not Carol.
+    assert_eq!(snapshot.guild_ids().collect::<Vec<_>>(), [GUILD, DOWN]);
+    let mut out = Vec::new();
+    assert!(snapshot.write_guild(GUILD, 5, &mut out));
+    let d = envelope(&out, "GUILD_CREATE", 5)["d"].take();
+    assert_eq!(d["name"], "Rust \"Crabs\" \\ café ✓");
+    assert!(has(&d["members"], BOB) && !has(&d["members"], CAROL));
+    assert_eq!(item(&d["channels"], GENERAL)["name"], "general");
+    out.clear();
+    assert!(snapshot.write_guild(DOWN, 6, &mut out));
+    envelope(&out, "GUILD_DELETE", 6);
+    assert!(!snapshot.write_guild(STRANGER.parse().unwrap(), 7, &mut out));
+    out.clear();
+    snapshot.write_ready(1, SESSION, &mut out).unwrap();
+    assert_eq!(
+        envelope(&out, "READY", 1)["d"]["user"]["username"],
+        "proxy-bot"
+    );
+}
+
+#[test]
+fn a_snapshot_outlives_the_cache_and_a_new_ready() {
+    let mut cache = Cache::new(Flags::default());
+    let empty = cache.snapshot();
+    assert!(empty.is_empty());
+    assert_eq!(empty.len(), 0);
+    let mut out = Vec::new();
+    let err = empty.write_ready(1, SESSION, &mut out).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::NoReady), "{err}");
+    assert!(out.is_empty());
+    assert_eq!(empty.into_guilds().count(), 0);
+
+    apply(&mut cache, "READY", READY);
+    apply(&mut cache, "GUILD_CREATE", GUILD_CREATE);
+    let then = payloads(&cache);
+    let snapshot = cache.snapshot();
+    // A new upstream session: READY starts over.
+    apply(&mut cache, "READY", READY);
+    assert_eq!(snapshot_payloads(&snapshot), then);
+    drop(cache);
+    assert_eq!(snapshot_payloads(&snapshot), then);
+    let available: Vec<(u64, bool)> = snapshot
+        .into_guilds()
+        .map(|g| (g.id(), g.is_available()))
+        .collect();
+    assert_eq!(available, [(GUILD, true), (DOWN, false)]);
+}
+
+#[test]
+fn snapshots_cross_tasks() {
+    fn crosses_tasks<T: Send + Sync + std::fmt::Debug + Clone + 'static>() {}
+    fn sendable<T: Send + Sync>() {}
+    crosses_tasks::<Snapshot>();
+    crosses_tasks::<SnapshotGuilds>();
+    crosses_tasks::<SnapshotGuild>();
+    sendable::<Cache>();
+
+    let snapshot = loaded(Flags::ALL).snapshot();
+    let shown = format!("{snapshot:?}");
+    assert!(shown.len() < 100, "Debug does not dump the guilds: {shown}");
+    let written = std::thread::spawn(move || snapshot_payloads(&snapshot))
+        .join()
+        .unwrap();
+    assert_eq!(written, payloads(&loaded(Flags::ALL)));
+}
+
+#[test]
+fn stats_are_kept_as_the_cache_changes() {
+    let mut cache = Cache::new(Flags::ALL);
+    assert_eq!(cache.stats(), cache.walked_stats());
+    apply(&mut cache, "READY", READY);
+    apply(&mut cache, "GUILD_CREATE", GUILD_CREATE);
+    let loaded_stats = cache.stats();
+    // Held by a snapshot, the guild is copied on the next change: the
+    // stats count the copy the cache holds, once.
+    let snapshot = cache.snapshot();
+    for (t, d) in changes() {
+        apply(&mut cache, t, &d);
+    }
+    assert_eq!(cache.stats().guilds, 1);
+    assert_eq!(cache.stats().unavailable_guilds, 0);
+    assert_eq!(cache.stats().members, 3, "the new GUILD_CREATE's");
+    apply(
+        &mut cache,
+        "GUILD_DELETE",
+        r#"{"id":"1100000000000000100","unavailable":true}"#,
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.guilds, stats.unavailable_guilds), (1, 1));
+    assert_eq!((stats.members, stats.channels, stats.roles), (0, 0, 0));
+    drop(snapshot);
+    // A bad dispatch changes no count.
+    cache.apply("GUILD_CREATE", br#"{"id":"#).unwrap_err();
+    assert_eq!(cache.stats(), stats);
+    apply(&mut cache, "READY", READY);
+    apply(&mut cache, "GUILD_CREATE", GUILD_CREATE);
+    // The same counts as before; more bytes: the key table has grown.
+    let (mut again, mut before) = (cache.stats(), loaded_stats);
+    assert!(again.bytes > before.bytes);
+    (again.bytes, before.bytes) = (0, 0);
+    assert_eq!(again, before);
 }

@@ -9,7 +9,7 @@
 
 use discord_sim::{EventStream, KNOWN_INTENTS, SimConfig, World, item_id, normalized};
 use serde_json::{Value, json};
-use state_cache::{Cache, Flags, Session};
+use state_cache::{Cache, Flags, Session, Snapshot};
 
 /// Far above any guild's size, so every member comes in `GUILD_CREATE`.
 const LARGE_THRESHOLD: u64 = 250;
@@ -50,8 +50,17 @@ fn ready_of(world: &World) -> String {
 }
 
 /// A cache fed the world's READY, its `GUILD_CREATE`s and `EVENTS`
-/// dispatches of its stream (which change the world as they say).
+/// dispatches of its stream (which change the world as they say). After
+/// every dispatch, the totals the cache keeps for `stats()` must be what a
+/// walk over the whole cache counts.
 fn fed(flags: Flags) -> (Cache, World) {
+    fed_with(flags, |_, _| {})
+}
+
+/// [`fed`], calling `each` with the number of dispatches of the stream
+/// applied so far and the cache, after READY and the `GUILD_CREATE`s and
+/// after each dispatch.
+fn fed_with(flags: Flags, mut each: impl FnMut(usize, &Cache)) -> (Cache, World) {
     let mut world = World::generate(&config());
     let mut cache = Cache::new(flags);
     cache.apply("READY", ready_of(&world).as_bytes()).unwrap();
@@ -63,16 +72,25 @@ fn fed(flags: Flags) -> (Cache, World) {
             "GUILD_CREATE"
         };
         cache.apply(t, d.as_bytes()).unwrap();
+        assert_eq!(cache.stats(), cache.walked_stats(), "{t}");
     }
+    each(0, &cache);
     let mut stream = EventStream::new(&world, 5, 0, 1);
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..EVENTS {
+    for i in 1..=EVENTS {
         let dispatch = stream.next(&mut world).unwrap();
         if cache.wants(&dispatch.t) {
             cache
                 .apply(&dispatch.t, dispatch.d.as_bytes())
                 .unwrap_or_else(|e| panic!("{e}: {}", dispatch.d));
+            assert_eq!(
+                cache.stats(),
+                cache.walked_stats(),
+                "kept totals after dispatch {i}, {}",
+                dispatch.t
+            );
         }
+        each(i, &cache);
         seen.insert(dispatch.t);
     }
     assert!(
@@ -254,4 +272,59 @@ fn ready_lists_every_guild_and_carries_the_clients_session() {
         d.as_object().unwrap().len(),
         upstream.as_object().unwrap().len()
     );
+}
+
+/// READY and every guild's payload, as a client gets them.
+fn payloads(cache: &Cache) -> Vec<u8> {
+    let mut out = Vec::new();
+    cache.write_ready(1, SESSION, &mut out).unwrap();
+    for (seq, id) in (2..).zip(cache.guild_ids()) {
+        assert!(cache.write_guild(id, seq, &mut out));
+    }
+    out
+}
+
+/// [`payloads`] from a snapshot, writing the guilds one by one.
+fn snapshot_payloads(snapshot: Snapshot) -> Vec<u8> {
+    let mut out = Vec::new();
+    snapshot.write_ready(1, SESSION, &mut out).unwrap();
+    for (seq, guild) in (2..).zip(snapshot.into_guilds()) {
+        guild.write(seq, &mut out);
+    }
+    out
+}
+
+const SESSION: Session<'static> = Session {
+    session_id: "0123456789abcdef0123456789abcdef",
+    resume_gateway_url: "ws://127.0.0.1:7878",
+};
+
+#[test]
+fn snapshots_taken_along_the_stream_keep_their_bytes() {
+    for flags in [Flags::ALL, Flags::default()] {
+        // Snapshots held across the stream, and what the cache wrote when
+        // each was taken.
+        let mut held: Vec<(usize, Snapshot, Vec<u8>)> = Vec::new();
+        let (cache, _) = fed_with(flags, |i, cache| {
+            if i % 1500 == 0 {
+                held.push((i, cache.snapshot(), payloads(cache)));
+            }
+        });
+        assert!(held.len() > 10);
+        for (i, snapshot, then) in held {
+            assert_eq!(snapshot.len(), cache.guild_ids().len());
+            assert!(
+                snapshot_payloads(snapshot) == then,
+                "the snapshot after {i} dispatches still writes what the cache wrote then"
+            );
+        }
+        // Copying guilds on write changed nothing the cache writes.
+        let (unshared, _) = fed(flags);
+        assert!(payloads(&cache) == payloads(&unshared));
+        // The same counts; the bytes may differ, as a copied guild's lists
+        // have no spare capacity.
+        let (mut shared, mut unshared) = (cache.stats(), unshared.stats());
+        (shared.bytes, unshared.bytes) = (0, 0);
+        assert_eq!(shared, unshared);
+    }
 }
