@@ -593,25 +593,27 @@ impl Driver {
             session_id: &session_id,
             resume_gateway_url: &self.ctx.config.externally_accessible_url,
         };
-        let snapshot = shard.snapshot(|cache| {
-            let mut payloads = Vec::with_capacity(cache.guild_ids().len() + 1);
-            let mut ready = Vec::new();
-            cache.write_ready(1, ready_session, &mut ready).ok()?;
-            payloads.push(Bytes::from(ready));
-            for (seq, guild) in (2..).zip(cache.guild_ids()) {
-                let mut out = Vec::new();
-                cache.write_guild(guild, seq, &mut out);
-                payloads.push(Bytes::from(out));
-            }
-            Some(payloads)
-        });
-        let Some(payloads) = snapshot.value else {
+        // Under the shard's lock only the cheap copy (an `Arc` per guild);
+        // the payloads are written here, one at a time, as the client
+        // takes them.
+        let snapshot = shard.snapshot(shard_pool::Cache::snapshot);
+        let mut ready = Vec::new();
+        if snapshot
+            .value
+            .write_ready(1, ready_session, &mut ready)
+            .is_err()
+        {
             self.protocol.unauthenticated(Instant::now());
             return self.send(Bytes::from_static(INVALID_SESSION)).await;
-        };
-        let last_seq = payloads.len() as u64;
-        for payload in payloads {
-            self.send(payload).await?;
+        }
+        self.send(Bytes::from(ready)).await?;
+        let mut last_seq = 1;
+        for guild in snapshot.value.into_guilds() {
+            last_seq += 1;
+            let mut out = Vec::new();
+            guild.write(last_seq, &mut out);
+            drop(guild);
+            self.send(Bytes::from(out)).await?;
         }
         let session = Session {
             shard: id,

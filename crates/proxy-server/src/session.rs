@@ -32,12 +32,17 @@ impl SeqMap {
         }
     }
 
-    /// Records that the client got shard event `index` as `seq`.
+    /// Records that the client got shard event `index` as `seq`. A client
+    /// that resumed from before its latest runs numbers again from there:
+    /// the runs past `seq` are forgotten (they describe what it was sent
+    /// before, which it chose to have again).
     pub(crate) fn record(&mut self, seq: u64, index: u64) {
-        let continues = self
-            .runs
-            .last()
-            .is_some_and(|&(s, i)| seq - s == index.wrapping_sub(i));
+        while self.runs.last().is_some_and(|&(s, _)| s > seq) {
+            self.runs.pop();
+        }
+        let continues = self.runs.last().is_some_and(|&(s, i)| {
+            index.checked_sub(i) == Some(seq - s)
+        });
         if !continues {
             self.runs.push((seq, index));
         }
@@ -180,6 +185,25 @@ mod tests {
         assert_eq!(map.index_of(8, 8), Some(15));
         assert_eq!(map.index_of(3, 8), None, "inside the snapshot");
         assert_eq!(map.index_of(9, 8), None, "never sent");
+    }
+
+    #[test]
+    fn a_resume_from_before_the_latest_run_numbers_again_from_there() {
+        let mut map = SeqMap::new(4, 10);
+        for (seq, index) in [(5, 11), (6, 12), (7, 14), (8, 15), (9, 17)] {
+            map.record(seq, index);
+        }
+        // The client resumes from s 6 (index 12): what follows is sent again.
+        assert_eq!(map.index_of(6, 9), Some(12));
+        map.record(6, 12);
+        map.record(7, 13);
+        map.record(8, 14);
+        assert_eq!(map.index_of(7, 8), Some(13), "the new numbering");
+        assert_eq!(map.index_of(8, 8), Some(14));
+        assert_eq!(map.index_of(5, 8), Some(11), "the old one before it");
+        // A record below an index the run has passed starts a run; no panic.
+        map.record(9, 3);
+        assert_eq!(map.index_of(9, 9), Some(3));
     }
 
     #[tokio::test]
