@@ -486,13 +486,43 @@ impl Config {
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         // Discord's own limit: a smaller one would refuse what real
         // libraries send.
-        at_least("max_message_bytes", count(limits.max_message_bytes), 4096, "bytes")?;
-        at_least("max_control_frames", count(limits.max_control_frames), 1, "frame")?;
-        at_least("identify_timeout_secs", limits.identify_timeout_secs, 1, "second")?;
+        at_least(
+            "max_message_bytes",
+            count(limits.max_message_bytes),
+            4096,
+            "bytes",
+        )?;
+        at_least(
+            "max_control_frames",
+            count(limits.max_control_frames),
+            1,
+            "frame",
+        )?;
+        at_least(
+            "identify_timeout_secs",
+            limits.identify_timeout_secs,
+            1,
+            "second",
+        )?;
         at_least("write_timeout_secs", limits.write_timeout_secs, 1, "second")?;
-        at_least("http_header_timeout_secs", limits.http_header_timeout_secs, 1, "second")?;
-        at_least("max_connections", count(limits.max_connections), 1, "connection")?;
-        at_least("max_connections_per_ip", count(limits.max_connections_per_ip), 1, "connection")?;
+        at_least(
+            "http_header_timeout_secs",
+            limits.http_header_timeout_secs,
+            1,
+            "second",
+        )?;
+        at_least(
+            "max_connections",
+            count(limits.max_connections),
+            1,
+            "connection",
+        )?;
+        at_least(
+            "max_connections_per_ip",
+            count(limits.max_connections_per_ip),
+            1,
+            "connection",
+        )?;
         at_least(
             "shard_commands_per_minute",
             u64::from(limits.shard_commands_per_minute),

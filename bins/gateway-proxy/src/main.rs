@@ -29,15 +29,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running = match start_until(&options, std::env::vars().collect(), shutdown_signal()).await
-        {
-            Ok(Some(running)) => running,
-            Ok(None) => return ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("gateway-proxy: {e}");
-                return ExitCode::from(u8::try_from(e.code).unwrap_or(1));
-            }
-        };
+        let running =
+            match start_until(&options, std::env::vars().collect(), shutdown_signal()).await {
+                Ok(Some(running)) => running,
+                Ok(None) => return ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gateway-proxy: {e}");
+                    return ExitCode::from(u8::try_from(e.code).unwrap_or(1));
+                }
+            };
         let mut addr = running.addr();
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

@@ -352,6 +352,15 @@ impl Connection {
         if !self.token_ok(d) {
             return Err(End::Close(4004, "authentication failed"));
         }
+        match self
+            .shared
+            .refuse_identify
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => {}
+            4004 => return Err(End::Close(4004, "authentication failed")),
+            code => return Err(End::Close(code, "refused")),
+        }
         let shards = self.shared.config.shards;
         let (shard, count) = match d.get("shard") {
             None | Some(Value::Null) => (0, 1),

@@ -192,6 +192,7 @@ impl Sim {
             next_connection: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
             lagged: AtomicU64::new(0),
+            refuse_identify: std::sync::atomic::AtomicU16::new(0),
         });
         let mut tasks = vec![
             tokio::spawn(accept(listener, shared.clone())),
@@ -294,6 +295,18 @@ impl Sim {
         self.shared.lagged.load(Ordering::Relaxed)
     }
 
+    /// From now on, every IDENTIFY (of any shard) is closed with `code`,
+    /// after the token check passes; `None` stops that. For what Discord
+    /// does when the token is reset between a `GET /gateway/bot` and the
+    /// identify (4004), or when something else refuses the session for
+    /// good. Connections already identified are not touched (use
+    /// [`Control::Close`]).
+    pub fn refuse_identify(&self, code: Option<u16>) {
+        self.shared
+            .refuse_identify
+            .store(code.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// Makes REST's `/gateway` and `/gateway/bot` name `url` as the
     /// gateway instead of the sim: for clients that find the gateway only
     /// through REST (discord.js) and must reach it through a proxy. The
@@ -340,6 +353,8 @@ pub(crate) struct Shared {
     next_connection: AtomicU64,
     next_session: AtomicU64,
     lagged: AtomicU64,
+    /// When not 0, every IDENTIFY is closed with this code.
+    refuse_identify: std::sync::atomic::AtomicU16,
 }
 
 impl Shared {

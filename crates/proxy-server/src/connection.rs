@@ -20,14 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{
+    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
+};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use seqpatch::Scan;
 use shard_pool::{Dispatch, Session as ReadySession, ShardEvent, ShardHandle};
 use sonic_rs::JsonValueTrait;
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio::time::Instant;
 use wire_codec::{Compression, Encoder};
 
@@ -56,6 +58,9 @@ enum In {
 enum Out {
     /// A payload the proxy made (HELLO, ACK, READY, guilds, op 9, RESUMED).
     Payload(Bytes),
+    /// A payload made for this client alone (READY, a guild), holding its
+    /// share of [`OWNED_BYTES`] until it is written.
+    Owned(Bytes, OwnedSemaphorePermit),
     /// A shard dispatch, written in the canonical envelope with `seq`.
     Event {
         payload: Bytes,
@@ -73,9 +78,18 @@ const INVALID_SESSION: &[u8] = br#"{"t":null,"s":null,"op":9,"d":false}"#;
 /// write.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// The most bytes of payloads made for one client (its READY and guilds)
+/// that may wait for it: the queue counts entries, and one guild can be
+/// megabytes. Shared payloads (the shard's events) cost nothing per client.
+const OWNED_BYTES: usize = 1 << 20;
+
 /// How long a client's full queue may stay full before the client counts
 /// as too slow.
 const SLOW_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a closed connection keeps reading (and dropping) what its
+/// client still sends, so that the client gets the close frame.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// How long a RESUME waits for the old connection of its session to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
@@ -141,6 +155,7 @@ pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Con
     match transport {
         Ok(compression) => {
             let mut driver = Driver {
+                owned: Arc::new(Semaphore::new(OWNED_BYTES)),
                 protocol: Protocol::new(ctx.protocol, Instant::now()),
                 id: ctx.connection_id(),
                 ctx,
@@ -165,7 +180,12 @@ pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Con
         tracing::debug!("writer did not finish; dropping the connection");
         stop_writer.abort();
     }
-    reader.abort();
+    // A moment for the client to read the close and answer it, while what
+    // it still sends is drained (see `read_loop`).
+    let stop_reader = reader.abort_handle();
+    if tokio::time::timeout(LINGER, reader).await.is_err() {
+        stop_reader.abort();
+    }
 }
 
 /// A control frame could not be queued: the client does not read.
@@ -286,10 +306,15 @@ async fn read_loop(
             Err(WebSocketError::SendError(_)) => In::Flooded,
             Err(_) => In::Closed(None),
         };
-        let last = !matches!(message, In::Text(_));
-        if tx.send(message).await.is_err() || last {
+        if !matches!(message, In::Text(_)) {
+            let _ = tx.send(message).await;
             return;
         }
+        // Once the driver is gone, what still comes is read and dropped
+        // until the client closes (for at most `LINGER`): closing a socket
+        // with unread data resets it, and the client could lose the close
+        // frame that says why.
+        let _ = tx.send(message).await;
     }
 }
 
@@ -315,11 +340,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(
-        mut self,
-        mut out: mpsc::Receiver<Out>,
-        mut ctl: mpsc::Receiver<Frame<'static>>,
-    ) {
+    async fn run(mut self, mut out: mpsc::Receiver<Out>, mut ctl: mpsc::Receiver<Frame<'static>>) {
         let timeout = self.ctx.config.limits.write_timeout;
         let mut text = Vec::with_capacity(4096);
         let mut compressed = Vec::with_capacity(4096);
@@ -352,8 +373,14 @@ impl Writer {
                 return;
             };
             text.clear();
+            // Released once the payload is written.
+            let mut _owned = None;
             match message {
                 Out::Payload(payload) => text.extend_from_slice(&payload),
+                Out::Owned(payload, permit) => {
+                    text.extend_from_slice(&payload);
+                    _owned = Some(permit);
+                }
                 Out::Event { payload, scan, seq } => {
                     scan.envelope(&payload, seq).write_to(&mut text);
                 }
@@ -422,6 +449,8 @@ struct Attached {
 
 struct Driver {
     ctx: Arc<Context>,
+    /// Bytes of payloads made for this client that may be queued.
+    owned: Arc<Semaphore>,
     /// This connection's number, for the command budget.
     id: u64,
     out: mpsc::Sender<Out>,
@@ -538,6 +567,19 @@ impl Driver {
         self.push(Out::Payload(payload)).await
     }
 
+    /// Queues a payload made for this client alone, once the bytes of
+    /// those already queued allow it (within `write_timeout`).
+    async fn send_owned(&mut self, payload: Vec<u8>) -> Result<(), End> {
+        let timeout = self.ctx.config.limits.write_timeout;
+        let share = u32::try_from(payload.len().clamp(1, OWNED_BYTES)).unwrap_or(u32::MAX);
+        let permit =
+            tokio::time::timeout(timeout, self.owned.clone().acquire_many_owned(share)).await;
+        let Ok(Ok(permit)) = permit else {
+            return Err(End::Resumable);
+        };
+        self.push(Out::Owned(Bytes::from(payload), permit)).await
+    }
+
     /// Queues for the writer, waiting at most `write_timeout` for room:
     /// a client that stops reading is let go, resumable.
     async fn push(&mut self, out: Out) -> Result<(), End> {
@@ -586,7 +628,8 @@ impl Driver {
         }
         if identify.compress && self.transport == Compression::None {
             self.transport = Compression::ZlibPayload;
-            self.push(Out::Compression(Compression::ZlibPayload)).await?;
+            self.push(Out::Compression(Compression::ZlibPayload))
+                .await?;
         }
         let session_id = self.ctx.session_id();
         let ready_session = ReadySession {
@@ -606,14 +649,14 @@ impl Driver {
             self.protocol.unauthenticated(Instant::now());
             return self.send(Bytes::from_static(INVALID_SESSION)).await;
         }
-        self.send(Bytes::from(ready)).await?;
+        self.send_owned(ready).await?;
         let mut last_seq = 1;
         for guild in snapshot.value.into_guilds() {
             last_seq += 1;
             let mut out = Vec::new();
             guild.write(last_seq, &mut out);
             drop(guild);
-            self.send(Bytes::from(out)).await?;
+            self.send_owned(out).await?;
         }
         let session = Session {
             shard: id,

@@ -170,7 +170,11 @@ mod tests {
             assert_eq!(budgets.spend(0, 2, 2, now), Spend::Send);
         }
         assert_eq!(budgets.spend(0, 2, 2, now), Spend::OverShare);
-        assert_eq!(budgets.spend(1, 1, 1, now), Spend::Send, "other shards have their own");
+        assert_eq!(
+            budgets.spend(1, 1, 1, now),
+            Spend::Send,
+            "other shards have their own"
+        );
         let later = now + WINDOW;
         assert_eq!(budgets.spend(0, 1, 2, later), Spend::Send, "a new minute");
         // A client alone on its shard has the whole budget, and no more.

@@ -163,7 +163,10 @@ pub(crate) fn record(ctx: &Context) {
     }
     let counters = &ctx.counters;
     gauge!("gateway_connections").set(ctx.admission.open() as f64);
-    for (slot, limit) in ["max_connections", "max_connections_per_ip"].iter().enumerate() {
+    for (slot, limit) in ["max_connections", "max_connections_per_ip"]
+        .iter()
+        .enumerate()
+    {
         counter!("gateway_connections_refused_total", "limit" => *limit)
             .absolute(counters.refused[slot].load(Ordering::Relaxed));
     }

@@ -79,7 +79,8 @@ mod tests {
 
     #[test]
     fn a_context_made_late_continues_the_stream_the_client_reads() {
-        let hello = Bytes::from_static(br#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#);
+        let hello =
+            Bytes::from_static(br#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#);
         for compression in [Compression::ZlibStream, Compression::ZstdStream] {
             let prelude = Prelude::new(compression, &hello, ACK, 3).unwrap();
             for sent in 0..=3 {
@@ -94,7 +95,11 @@ mod tests {
                 }
                 assert!(prelude.frame(sent, b"{\"op\":0}").is_none());
                 let mut encoder = prelude.encoder(sent).unwrap();
-                for event in [&b"{\"t\":\"READY\",\"s\":1,\"op\":0,\"d\":{}}"[..], ACK, &hello] {
+                for event in [
+                    &b"{\"t\":\"READY\",\"s\":1,\"op\":0,\"d\":{}}"[..],
+                    ACK,
+                    &hello,
+                ] {
                     let mut frame = Vec::new();
                     encoder.encode(event, &mut frame).unwrap();
                     out.clear();

@@ -218,10 +218,7 @@ impl Protocol {
             return Request::Close(Close::new(Close::DECODE_ERROR, "payload is not an object"));
         };
         if has_duplicate_key(object) {
-            return Request::Close(Close::new(
-                Close::DECODE_ERROR,
-                "payload has a key twice",
-            ));
+            return Request::Close(Close::new(Close::DECODE_ERROR, "payload has a key twice"));
         }
         let Some(op) = value.get("op").and_then(JsonValueTrait::as_u64) else {
             return Request::Close(Close::new(Close::DECODE_ERROR, "payload has no numeric op"));
@@ -308,10 +305,7 @@ fn snowflake(value: &Value) -> Option<u64> {
 fn has_duplicate_key(object: &Object) -> bool {
     if object.len() <= 8 {
         let keys: Vec<&str> = object.iter().map(|(k, _)| k).collect();
-        return keys
-            .iter()
-            .enumerate()
-            .any(|(i, k)| keys[..i].contains(k));
+        return keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k));
     }
     let mut seen = HashSet::with_capacity(object.len());
     object.iter().any(|(k, _)| !seen.insert(k))
@@ -382,7 +376,8 @@ fn command(op: u8, d: Option<&Value>) -> Result<(Option<u64>, Option<String>), &
                 (None, Some(ids)) => {
                     let valid = match ids.as_array() {
                         Some(ids) => {
-                            ids.len() <= MAX_USER_IDS && ids.iter().all(|id| snowflake(id).is_some())
+                            ids.len() <= MAX_USER_IDS
+                                && ids.iter().all(|id| snowflake(id).is_some())
                         }
                         None => snowflake(ids).is_some(),
                     };
@@ -631,7 +626,10 @@ mod tests {
         let (mut p, now) = protocol();
         for i in 1..=3 {
             let at = now + Duration::from_secs(30 * i);
-            assert_eq!(p.handle_payload(br#"{"op":1,"d":null}"#, at), Request::Heartbeat);
+            assert_eq!(
+                p.handle_payload(br#"{"op":1,"d":null}"#, at),
+                Request::Heartbeat
+            );
         }
         assert_eq!(p.poll_timeout(), now + Duration::from_secs(100));
         let close = p.timed_out(now + Duration::from_secs(100));
@@ -650,7 +648,11 @@ mod tests {
         p.unauthenticated(now + Duration::from_secs(50));
         assert_eq!(p.poll_timeout(), now + Duration::from_mins(1));
         p.handle_payload(br#"{"op":1,"d":null}"#, now + Duration::from_secs(99));
-        assert_eq!(p.poll_timeout(), now + Duration::from_secs(150), "the identify deadline");
+        assert_eq!(
+            p.poll_timeout(),
+            now + Duration::from_secs(150),
+            "the identify deadline"
+        );
     }
 
     #[tokio::test]
@@ -715,7 +717,10 @@ mod tests {
             let (mut p, now) = protocol();
             p.authenticated();
             assert!(
-                matches!(p.handle_payload(payload.as_bytes(), now), Request::Command(_)),
+                matches!(
+                    p.handle_payload(payload.as_bytes(), now),
+                    Request::Command(_)
+                ),
                 "{payload}"
             );
         }

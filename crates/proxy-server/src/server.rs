@@ -151,7 +151,8 @@ async fn accept(listener: TcpListener, ctx: Arc<Context>, metrics: PrometheusHan
         let permit = match ctx.admission.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refused) => {
-                ctx.counters.refused[refused as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.counters.refused[refused as usize]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(%peer, ?refused, "connection refused");
                 tokio::spawn(refuse(tcp, refused, ctx.config.limits.write_timeout));
                 continue;
@@ -181,7 +182,9 @@ async fn accept(listener: TcpListener, ctx: Arc<Context>, metrics: PrometheusHan
 async fn refuse(mut tcp: TcpStream, refused: Refused, timeout: Duration) {
     let body = match refused {
         Refused::Total => "too many connections (limits.max_connections)\n",
-        Refused::PerIp => "too many connections from this address (limits.max_connections_per_ip)\n",
+        Refused::PerIp => {
+            "too many connections from this address (limits.max_connections_per_ip)\n"
+        }
     };
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 5\r\n\r\n{body}",

@@ -40,9 +40,10 @@ impl SeqMap {
         while self.runs.last().is_some_and(|&(s, _)| s > seq) {
             self.runs.pop();
         }
-        let continues = self.runs.last().is_some_and(|&(s, i)| {
-            index.checked_sub(i) == Some(seq - s)
-        });
+        let continues = self
+            .runs
+            .last()
+            .is_some_and(|&(s, i)| index.checked_sub(i) == Some(seq - s));
         if !continues {
             self.runs.push((seq, index));
         }

@@ -72,7 +72,8 @@ impl Pool {
                 reset_after: gateway.reset_after,
             }));
         }
-        let (queue, paced): (Arc<dyn Queue + Send + Sync>, _) = if let Some(shared) = &config.queue {
+        let (queue, paced): (Arc<dyn Queue + Send + Sync>, _) = if let Some(shared) = &config.queue
+        {
             (shared.clone(), None)
         } else {
             let paced = PacedQueue::new(

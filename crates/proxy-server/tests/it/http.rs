@@ -72,7 +72,10 @@ async fn health_shard_count_ready_and_metrics() {
     // And /health: a person must change something (here, the token).
     let (status, body) = get(addr, "/health").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("shard 1") && body.contains("4004") && body.contains("token"), "{body}");
+    assert!(
+        body.contains("shard 1") && body.contains("4004") && body.contains("token"),
+        "{body}"
+    );
     // The metrics are brought up to date once a second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, metrics) = get(addr, "/metrics").await;

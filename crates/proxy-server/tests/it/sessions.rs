@@ -12,7 +12,7 @@ use super::{Setup, assert_contiguous, marked};
 /// Resumes `session` from `last` on a new connection, collecting the
 /// replayed markers into `seen` (each `s` one above the one before); returns
 /// the client, past RESUMED, and RESUMED's `s`.
-async fn resumed(
+pub(super) async fn resumed(
     setup: &Setup,
     session: &str,
     last: u64,
@@ -53,7 +53,7 @@ async fn assert_refused(setup: &Setup, session: &str, seq: u64) {
 /// Reads until the server closes, collecting markers into `seen` and the
 /// last `s` into `last` (each `s` one above the one before); returns the
 /// close code.
-async fn until_close(
+pub(super) async fn until_close(
     client: &mut GatewayClient,
     last: &mut u64,
     seen: &mut Vec<(u64, u64)>,

@@ -1,0 +1,128 @@
+//! What a broken upstream, a misconfigured token or a slow client does:
+//! each gets an answer that says what happened, and nothing is lost.
+
+use std::time::Duration;
+
+use discord_sim::{Control, KeyOrder};
+use shard_pool::Token;
+
+use super::sessions::{resumed, until_close};
+use super::{Setup, assert_contiguous, marked};
+
+#[tokio::test]
+async fn a_fatal_upstream_close_reaches_the_shards_clients_with_the_same_code() {
+    let setup = Setup::new(
+        |c| {
+            c.shards = 2;
+            c.events_per_sec = 100;
+        },
+        |_, _| {},
+    )
+    .await;
+    let (mut stopped, _, creates) = setup.identified(1, 2).await;
+    marked(&mut stopped, 1 + creates.len() as u64, 3).await;
+    let (mut alive, _, creates) = setup.identified(0, 2).await;
+    let first = 1 + creates.len() as u64;
+    assert_eq!(setup.sim.control(1, Control::Close(4004)), 1);
+    let code = until_close(&mut stopped, &mut 0, &mut Vec::new()).await;
+    assert_eq!(code, Some(4004), "the code Discord gave");
+    // A new IDENTIFY for that shard is answered at once, with the same code.
+    let mut late = setup.client("v=10&encoding=json").await;
+    late.identify(setup.sim.token(), [1, 2], 1).await.unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(late.close_code().await.unwrap(), Some(4004));
+    assert!(started.elapsed() < Duration::from_secs(2), "not after a wait");
+    // The other shard goes on.
+    assert_contiguous(&marked(&mut alive, first, 50).await);
+}
+
+#[tokio::test]
+async fn a_configured_token_with_the_bot_prefix_lets_clients_in_and_no_one_else() {
+    let setup = Setup::new(
+        |c| c.events_per_sec = 0,
+        |_, server| {
+            assert!(server.validate_token);
+            server.token = Token::new("Bot sim-token");
+        },
+    )
+    .await;
+    for token in ["sim-token", "Bot sim-token"] {
+        let mut client = setup.client("v=10&encoding=json").await;
+        client.identify(token, [0, 1], 1).await.unwrap();
+        client.dispatch("READY").await.unwrap();
+    }
+    let mut client = setup.client("v=10&encoding=json").await;
+    client.identify("Bot not-it", [0, 1], 1).await.unwrap();
+    assert_eq!(client.close_code().await.unwrap(), Some(4004));
+    // And no Debug shows it.
+    let shown = format!("{:?}", setup.proxy);
+    assert!(!shown.contains("sim-token"), "{shown}");
+}
+
+#[tokio::test]
+async fn dispatches_in_any_key_order_reach_clients_in_discords() {
+    let setup = Setup::new(
+        |c| {
+            c.events_per_sec = 1000;
+            c.key_order = KeyOrder::Mixed;
+        },
+        |_, _| {},
+    )
+    .await;
+    let (mut client, _, creates) = setup.identified(0, 1).await;
+    let mut last = 1 + creates.len() as u64;
+    let mut markers = Vec::new();
+    while markers.len() < 2000 {
+        let raw = client.recv_bytes().await.unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if value["op"] != 0 {
+            continue;
+        }
+        assert!(text.starts_with(r#"{"t":""#), "Discord's order: {text:.80}");
+        let s = value["s"].as_u64().unwrap();
+        assert_eq!(s, last + 1);
+        last = s;
+        if let Some(n) = super::marker(&value) {
+            markers.push((s, n));
+        }
+    }
+    assert_contiguous(&markers);
+    let status = &setup.proxy.pool().status()[0];
+    assert_eq!(status.malformed, 0, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_client_steadily_slower_than_its_shard_is_closed_while_it_can_still_resume() {
+    let setup = Setup::new(
+        |c| c.events_per_sec = 3000,
+        |pool, _| pool.replay_max_events = 3000,
+    )
+    .await;
+    let (mut client, ready, creates) = setup.identified(0, 1).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let mut last = 1 + creates.len() as u64;
+    let mut seen = Vec::new();
+    // About half the shard's rate, never stalling for a second.
+    let code = loop {
+        match client.payload().await {
+            Ok(payload) => {
+                let s = payload["s"].as_u64().unwrap();
+                assert_eq!(s, last + 1);
+                last = s;
+                if let Some(n) = super::marker(&payload) {
+                    seen.push((s, n));
+                }
+                if s % 15 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Err(discord_sim::ClientError::Closed(code)) => break code,
+            Err(error) => panic!("{error}"),
+        }
+    };
+    assert_eq!(code, Some(4000), "closed as too slow, resumable");
+    let (mut client, s) = resumed(&setup, &session, last, &mut seen).await;
+    seen.extend(marked(&mut client, s, 50).await);
+    assert_contiguous(&seen);
+}
