@@ -459,11 +459,11 @@ impl Config {
                 "expected at least 1 event, found 0".to_owned(),
             );
         }
-        if self.replay_max_events < 2 {
+        if self.replay_max_events < 4 {
             return invalid(
                 "replay_max_events",
                 format!(
-                    "expected at least 2 (a client may fall half of it behind), found {}",
+                    "expected at least 4 (a client may fall a quarter of it behind), found {}",
                     self.replay_max_events
                 ),
             );

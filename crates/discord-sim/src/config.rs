@@ -75,6 +75,8 @@ pub enum KeyOrder {
     /// add whitespace, or move `s` to the front, and every `d` that is an
     /// object starts with a nested `"s":{"s":…}` member. For showing that a
     /// consumer finds the top-level keys by structure, not by position.
+    /// READY and RESUMED keep Discord's order: gateway clients read their
+    /// session from them by text search.
     Mixed,
 }
 

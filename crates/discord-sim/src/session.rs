@@ -158,7 +158,11 @@ impl Session {
 
 /// The dispatch payload `t`/`seq`/`d` in the configured key order.
 fn envelope(order: KeyOrder, t: &str, seq: u64, d: &str) -> String {
-    if order == KeyOrder::Discord {
+    // READY and RESUMED keep Discord's order even when mixed: gateway
+    // clients (twilight among them) read their session from them by text
+    // search, as Discord's order allows; the dispatches between them are
+    // what a consumer must read by structure.
+    if order == KeyOrder::Discord || matches!(t, "READY" | "RESUMED") {
         return format!(r#"{{"t":"{t}","s":{seq},"op":0,"d":{d}}}"#);
     }
     // A nested `"s"` first in every object `d`.

@@ -49,8 +49,8 @@ pub struct PoolConfig {
     /// 15 s as well).
     pub guild_load_timeout: Duration,
     /// The most dispatches each shard's replay ring keeps. A subscriber
-    /// that falls half of this behind is dropped by the channel (and
-    /// clients are closed resumably before that, see
+    /// that falls a quarter of this behind is dropped by the channel (and
+    /// clients are closed resumably then, see
     /// [`ShardHandle::behind`](crate::ShardHandle::behind)), so that what it
     /// missed is still in the ring when it resumes.
     pub replay_max_events: usize,

@@ -181,8 +181,8 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
-    /// A handle for shard `id`. Subscribers may fall half the replay ring
-    /// behind before the channel drops events for them; see
+    /// A handle for shard `id`. Subscribers may fall a quarter of the
+    /// replay ring behind before the channel drops events for them; see
     /// [`ShardHandle::behind`].
     pub(crate) fn new(
         id: u32,
@@ -191,7 +191,7 @@ impl ShardHandle {
         intents: u64,
         load_timeout: Duration,
     ) -> Self {
-        let capacity = (core.ring.max_events() / 2).max(1);
+        let capacity = (core.ring.max_events() / 4).max(1);
         Self {
             shared: Arc::new(Shared {
                 id,
@@ -309,10 +309,12 @@ impl ShardHandle {
 
     /// Whether a subscriber whose last event is `index` has fallen too far
     /// behind to keep being served live: the replay ring has started
-    /// dropping dispatches and `index` is in its older half. What it
-    /// missed is then still in the ring, with as much again as headroom
-    /// for its reconnect, so a client closed for this can resume. (The
-    /// channel itself drops events for a subscriber half the ring's event
+    /// dropping dispatches and `index` is more than a quarter of the ring
+    /// behind the newest. What it missed is then still in the ring, and
+    /// the other three quarters are the headroom for what a client has not
+    /// read yet although it was written (socket buffers: megabytes) and for
+    /// its reconnect, so a client closed for this can resume. (The channel
+    /// itself drops events for a subscriber a quarter of the ring's event
     /// bound behind, which ends the same way.)
     #[must_use]
     pub fn behind(&self, index: u64) -> bool {
@@ -321,7 +323,7 @@ impl ShardHandle {
         }
         let floor = self.shared.ring_floor.load(Ordering::Acquire);
         let head = self.shared.head.load(Ordering::Acquire);
-        index < floor + (head.saturating_sub(floor)) / 2
+        index < floor + head.saturating_sub(floor) / 4 * 3
     }
 
     /// The index of the last event handed on.
