@@ -63,3 +63,53 @@ async fn a_bad_config_is_exit_code_64_naming_the_key() {
     assert_eq!(error.code, 64);
     assert!(error.message.contains("GATEWAY_PROXY_PORT"), "{error}");
 }
+
+/// The environment that points the proxy at `sim`, on a free port.
+fn env_for(sim: &discord_sim::Sim, intents: u64) -> Vec<(String, String)> {
+    [
+        ("TOKEN", sim.token().to_owned()),
+        ("GATEWAY_PROXY_API_BASE", sim.api_base()),
+        ("GATEWAY_PROXY_INTENTS", intents.to_string()),
+        ("GATEWAY_PROXY_PORT", "0".to_owned()),
+        ("GATEWAY_PROXY_BIND", "127.0.0.1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn fast_sim() -> discord_sim::SimConfig {
+    let mut config = discord_sim::SimConfig::default();
+    config.identify_interval = std::time::Duration::from_millis(100);
+    config
+}
+
+#[tokio::test]
+async fn a_token_discord_refuses_at_start_up_is_exit_code_78_naming_it() {
+    let sim = discord_sim::Sim::start(fast_sim()).await.unwrap();
+    sim.refuse_identify(Some(4004));
+    let options = Options::parse([]).unwrap().unwrap();
+    let error = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        start(&options, env_for(&sim, 513)),
+    )
+    .await
+    .expect("start-up ends instead of waiting forever")
+    .unwrap_err();
+    assert_eq!(error.code, gateway_proxy::EXIT_REFUSED);
+    assert!(
+        error.message.contains("4004") && error.message.contains("token"),
+        "{error}"
+    );
+    assert!(!error.message.contains('\n'), "one line: {error}");
+}
+
+#[tokio::test]
+async fn a_running_proxy_never_shows_its_token() {
+    let sim = discord_sim::Sim::start(fast_sim()).await.unwrap();
+    let options = Options::parse([]).unwrap().unwrap();
+    let running = start(&options, env_for(&sim, 513)).await.unwrap();
+    let shown = format!("{running:?}");
+    assert!(!shown.contains(sim.token()), "{shown}");
+    assert!(shown.contains("redacted"), "{shown}");
+}

@@ -333,6 +333,24 @@ impl Connection {
         log.session_id = Some(session.id.clone());
     }
 
+    /// 4004 for a wrong token, else the close
+    /// [`Sim::refuse_identify`](crate::Sim::refuse_identify) asks for, if
+    /// any.
+    fn refused(&self, d: &Value) -> Result<(), End> {
+        if !self.token_ok(d) {
+            return Err(End::Close(4004, "authentication failed"));
+        }
+        match self
+            .shared
+            .refuse_identify
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => Ok(()),
+            4004 => Err(End::Close(4004, "authentication failed")),
+            code => Err(End::Close(code, "refused")),
+        }
+    }
+
     fn token_ok(&self, d: &Value) -> bool {
         let token = d.get("token").and_then(Value::as_str).unwrap_or("");
         let token = token.strip_prefix("Bot ").unwrap_or(token);
@@ -349,18 +367,7 @@ impl Connection {
         if self.session.is_some() {
             return Err(End::Close(4005, "already authenticated"));
         }
-        if !self.token_ok(d) {
-            return Err(End::Close(4004, "authentication failed"));
-        }
-        match self
-            .shared
-            .refuse_identify
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => {}
-            4004 => return Err(End::Close(4004, "authentication failed")),
-            code => return Err(End::Close(code, "refused")),
-        }
+        self.refused(d)?;
         let shards = self.shared.config.shards;
         let (shard, count) = match d.get("shard") {
             None | Some(Value::Null) => (0, 1),
