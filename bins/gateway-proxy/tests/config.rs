@@ -568,3 +568,48 @@ fn docs_example_and_table_match_the_binary() {
         );
     }
 }
+
+#[test]
+fn limits_come_from_the_file_and_the_environment_and_are_checked() {
+    let config = load_json(
+        "limits",
+        r#"{"token": "t", "intents": 1, "limits": {"max_connections": 50, "identify_timeout_secs": 30}}"#,
+        &[("GATEWAY_PROXY_LIMITS__MAX_CONNECTIONS_PER_IP", "7")],
+    )
+    .unwrap();
+    let limits = config.server_config().limits;
+    assert_eq!(limits.max_connections, 50);
+    assert_eq!(limits.max_connections_per_ip, 7);
+    assert_eq!(limits.identify_timeout, Duration::from_secs(30));
+    assert_eq!(
+        limits.max_message_bytes, 4096,
+        "a bound left out keeps its default"
+    );
+
+    let (error, path) = load_err(
+        "small-message",
+        r#"{"token": "t", "intents": 1, "limits": {"max_message_bytes": 100}}"#,
+        &[],
+    );
+    assert_eq!(
+        error,
+        format!(
+            "{path}: key \"limits.max_message_bytes\": expected at least 4096 bytes, found 100"
+        )
+    );
+    let (error, _) = load_err(
+        "budget",
+        MINIMAL,
+        &[("GATEWAY_PROXY_LIMITS__SHARD_COMMANDS_PER_MINUTE", "200")],
+    );
+    assert!(
+        error.contains("limits.shard_commands_per_minute") && error.contains("at most 118"),
+        "{error}"
+    );
+    let (error, _) = load_err(
+        "unknown-limit",
+        r#"{"token": "t", "intents": 1, "limits": {"max_conections": 1}}"#,
+        &[],
+    );
+    assert!(error.contains("max_conections"), "{error}");
+}

@@ -41,3 +41,85 @@ mod session;
 
 pub use crate::config::{Limits, ServerConfig};
 pub use crate::server::Proxy;
+
+/// The client side's state machines on arbitrary input, for the fuzz
+/// targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    use fastwebsockets::OpCode;
+    use tokio::time::Instant;
+
+    use crate::connection::Assembler;
+    use crate::protocol::{Close, Protocol, ProtocolLimits, Request};
+
+    /// The close codes a payload may be answered with: Discord's.
+    pub const CLOSE_CODES: [u16; 5] = [4001, 4002, 4003, 4005, 4008];
+
+    /// Feeds `payloads` to one connection's protocol, a second apart, the
+    /// first after `authenticate_after` payloads marking it identified;
+    /// returns, for each, the close code it was answered with (`None`: a
+    /// heartbeat, IDENTIFY, RESUME or command). Stops at the first close,
+    /// as the connection would.
+    #[must_use]
+    pub fn protocol(payloads: &[&[u8]], authenticate_after: usize) -> Vec<Option<u16>> {
+        let limits = ProtocolLimits {
+            heartbeat_interval: Duration::from_secs(41),
+            max_message_bytes: 4096,
+            identify_timeout: Duration::from_mins(5),
+            max_early_heartbeats: 8,
+        };
+        let start = Instant::now();
+        let mut protocol = Protocol::new(limits, start);
+        let mut outcomes = Vec::with_capacity(payloads.len());
+        for (i, payload) in payloads.iter().enumerate() {
+            if i == authenticate_after {
+                protocol.authenticated();
+            }
+            let now = start + Duration::from_secs(u64::try_from(i).unwrap_or(u64::MAX));
+            match protocol.handle_payload(payload, now) {
+                Request::Close(Close { code, .. }) => {
+                    outcomes.push(Some(code));
+                    break;
+                }
+                Request::Command(command) => {
+                    assert!(matches!(command.op, 3 | 4 | 8 | 31), "{command:?}");
+                    assert_eq!(&command.payload[..], *payload);
+                    outcomes.push(None);
+                }
+                _ => outcomes.push(None),
+            }
+        }
+        outcomes
+    }
+
+    /// Feeds websocket data frames (`opcode`, `fin`, payload) to the
+    /// message assembler with a limit of `max` bytes; returns the length of
+    /// each whole message, or the close code that ends the connection.
+    /// Whatever the frames, no message over `max` comes out.
+    #[must_use]
+    pub fn assemble(frames: &[(u8, bool, &[u8])], max: usize) -> Vec<Result<usize, u16>> {
+        let mut assembler = Assembler::new(max);
+        let mut outcomes = Vec::new();
+        for &(opcode, fin, payload) in frames {
+            let opcode = match opcode % 3 {
+                0 => OpCode::Continuation,
+                1 => OpCode::Text,
+                _ => OpCode::Binary,
+            };
+            match assembler.push(opcode, fin, payload) {
+                Ok(Some((_, message))) => {
+                    assert!(message.len() <= max);
+                    outcomes.push(Ok(message.len()));
+                }
+                Ok(None) => {}
+                Err(close) => {
+                    outcomes.push(Err(close.code));
+                    break;
+                }
+            }
+        }
+        outcomes
+    }
+}
