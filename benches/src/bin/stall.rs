@@ -198,7 +198,9 @@ async fn main() {
     println!(
         "{CLIENTS} clients identifying at once, {rounds} rounds each way, medians over rounds:"
     );
-    println!("| way | payload per client | lock held per client (longest) | worst event delay | p99 event delay |");
+    println!(
+        "| way | payload per client | lock held per client (longest) | worst event delay | p99 event delay |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: |");
     for mut rounds in results {
         println!(
@@ -228,6 +230,12 @@ fn ms(us: u64) -> f64 {
 /// The sim's `sent_at_us` marker of a dispatch.
 fn sent_at(payload: &[u8]) -> Option<u64> {
     let at = memchr::memmem::rfind(payload, b"\"sent_at_us\":")? + 13;
-    let digits = payload[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&payload[at..at + digits]).ok()?.parse().ok()
+    let digits = payload[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }

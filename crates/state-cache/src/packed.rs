@@ -239,8 +239,18 @@ pub(crate) fn pack(json: &[u8], keys: &mut Arc<Keys>, out: &mut Vec<u8>) -> Resu
     let mut de = sonic_rs::Deserializer::from_slice(json);
     Packer { keys, out }
         .deserialize(&mut de)
-        .map_err(|e| PackError(e.to_string()))?;
-    de.end().map_err(|e| PackError(e.to_string()))
+        .map_err(|e| PackError::of(&e))?;
+    de.end().map_err(|e| PackError::of(&e))
+}
+
+impl PackError {
+    /// The parser's message without the excerpt of the input it may quote:
+    /// errors are logged, and a dispatch can carry an interaction token.
+    fn of(error: &sonic_rs::Error) -> Self {
+        let message = error.to_string();
+        let first = message.lines().next().unwrap_or("");
+        Self(first.chars().take(120).collect())
+    }
 }
 
 struct Packer<'a> {

@@ -1397,3 +1397,20 @@ fn stats_are_kept_as_the_cache_changes() {
     (again.bytes, before.bytes) = (0, 0);
     assert_eq!(again, before);
 }
+
+#[test]
+fn an_error_never_quotes_the_dispatch() {
+    let mut cache = state_cache::Cache::new(state_cache::Flags::ALL);
+    let secret = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDpzZWNyZXQtdG9rZW4";
+    // The parser stops right at the token (a bare word is not JSON).
+    let bad = format!(r#"{{"id":"1","name":"g","token":{secret}}}"#);
+    let error = cache
+        .apply("GUILD_CREATE", bad.as_bytes())
+        .unwrap_err()
+        .to_string();
+    for window in secret.as_bytes().windows(6) {
+        let piece = std::str::from_utf8(window).unwrap();
+        assert!(!error.contains(piece), "{piece} in {error}");
+    }
+    assert!(error.contains("GUILD_CREATE"), "{error}");
+}
