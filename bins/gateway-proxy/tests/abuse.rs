@@ -539,3 +539,54 @@ async fn malformed_commands_duplicate_keys_and_floods_close_only_their_client() 
     );
     good.lost_nothing(10).await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_during_a_replay_is_let_go() {
+    let proxy = Proxy::start(
+        |c| c.events_per_sec = 2000,
+        r#""limits":{"write_timeout_secs":2}"#,
+    )
+    .await;
+    let good = proxy.good_client().await;
+    // A session that drops after READY and the guilds.
+    let (mut client, _) = GatewayClient::connect(proxy.addr, "v=10&encoding=json")
+        .await
+        .unwrap();
+    client.set_timeout(Duration::from_secs(20));
+    client
+        .identify(proxy.sim.token(), [0, 1], 513)
+        .await
+        .unwrap();
+    let ready = client.dispatch("READY").await.unwrap();
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    // Its `s` after the guilds, from which everything since is replayed.
+    let seq = 1 + ready["d"]["guilds"].as_array().unwrap().len();
+    drop(client);
+    // Seconds of events for its replay: more than socket buffers hold.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = proxy.rss();
+    // It resumes, and reads none of the thousands of events replayed.
+    let mut stalled = raw_websocket(proxy.addr, "v=10&encoding=json").await;
+    let resume = format!(
+        r#"{{"op":6,"d":{{"token":"{}","session_id":"{session}","seq":{seq}}}}}"#,
+        proxy.sim.token()
+    );
+    stalled
+        .write_all(&frame(TEXT, true, resume.as_bytes()))
+        .await
+        .unwrap();
+    // Let go within the write timeout and the writer's grace, once the
+    // socket buffers are full.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while proxy.metric("gateway_connections").await > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled replay is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let grown = proxy.rss().saturating_sub(before);
+    assert!(grown < 48 * MIB, "RSS grew by {grown} bytes");
+    drop(stalled);
+    good.lost_nothing(10).await;
+}
