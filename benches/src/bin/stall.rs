@@ -108,13 +108,8 @@ fn median(values: &mut [u64]) -> u64 {
     values.get(values.len() / 2).copied().unwrap_or(0)
 }
 
-#[allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(6);
+/// The sim and a pool on it, every shard ready.
+async fn start() -> (Sim, Pool) {
     let mut config = SimConfig::default();
     config.guilds = 1000;
     config.members_per_guild = 100;
@@ -129,6 +124,17 @@ async fn main() {
     pool_config.cache = flags;
     let pool = Pool::start(pool_config).await.expect("pool");
     pool.ready().await.expect("ready");
+    (sim, pool)
+}
+
+#[allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(6);
+    let (_sim, pool) = start().await;
     let shard = pool.shards()[0].clone();
     let stats = shard.status().cache;
     println!(

@@ -38,6 +38,16 @@ impl Proxy {
     /// Starts a sim and the proxy binary on it, with `extra` keys merged
     /// into the config file (`limits` among them).
     async fn start(sim: impl FnOnce(&mut SimConfig), extra: &str) -> Self {
+        Self::start_limited(sim, extra, None).await
+    }
+
+    /// [`Proxy::start`], with the process's file descriptors limited to
+    /// `fds` (`ulimit -n`) if given.
+    async fn start_limited(
+        sim: impl FnOnce(&mut SimConfig),
+        extra: &str,
+        fds: Option<u32>,
+    ) -> Self {
         let mut config = SimConfig::default();
         config.events_per_sec = 300;
         config.identify_interval = Duration::from_millis(100);
@@ -65,7 +75,20 @@ impl Proxy {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"))
+        let binary = env!("CARGO_BIN_EXE_gateway-proxy");
+        let mut command = match fds {
+            // `exec` keeps the pid: the child is the proxy itself.
+            Some(fds) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!(r#"ulimit -n {fds} && exec "$0" "$@""#))
+                    .arg(binary);
+                shell
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&file)
             .stdout(Stdio::piped())
@@ -103,6 +126,22 @@ impl Proxy {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap();
         kb * 1024
+    }
+
+    /// The CPU time the proxy has used.
+    fn cpu(&self) -> Duration {
+        let pid = self.child.id().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // After the command name in parentheses: state is field 3, utime
+        // and stime are 14 and 15, in clock ticks (100 a second here).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
     }
 
     /// A client identified on shard 0, reading every event into a list of
@@ -588,5 +627,49 @@ async fn a_client_that_stops_reading_during_a_replay_is_let_go() {
     let grown = proxy.rss().saturating_sub(before);
     assert!(grown < 48 * MIB, "RSS grew by {grown} bytes");
     drop(stalled);
+    good.lost_nothing(10).await;
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_proxy_pauses_instead_of_spinning() {
+    let proxy = Proxy::start_limited(
+        |_| {},
+        r#""limits":{"http_header_timeout_secs":60}"#,
+        Some(64),
+    )
+    .await;
+    let good = proxy.good_client().await;
+    // More connections than the proxy has descriptors: the rest wait in
+    // the listen backlog, and every accept fails with EMFILE.
+    let mut open = Vec::new();
+    for _ in 0..120 {
+        open.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proxy.cpu();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = proxy.cpu().saturating_sub(before);
+    assert!(
+        used < Duration::from_millis(600),
+        "{used:?} of CPU in 3 s with accept failing"
+    );
+    // Descriptors come back: it accepts again.
+    drop(open);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let request = b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        let mut response = Vec::new();
+        let answered = tokio::time::timeout(Duration::from_secs(2), async {
+            tcp.write_all(request).await.ok()?;
+            tcp.read_to_end(&mut response).await.ok()
+        })
+        .await;
+        if matches!(answered, Ok(Some(_))) && response.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "it never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     good.lost_nothing(10).await;
 }
