@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use benches::e2e::now_us;
+use benches::e2e::{Histogram, now_us};
 use bytes::Bytes;
 use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
 use shard_pool::{Cache, Flags, Pool, PoolConfig, Session, ShardEvent, ShardHandle};
@@ -88,20 +88,6 @@ struct Rounds {
 
 /// Event delays (µs) seen by the subscriber since the last take.
 type Delays = Arc<Mutex<Vec<u64>>>;
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a short list"
-    )]
-    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[at]
-}
 
 fn median(values: &mut [u64]) -> u64 {
     values.sort_unstable();
@@ -192,11 +178,13 @@ async fn main() {
         }
         // The events that were waiting come through.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut burst = std::mem::take(&mut *delays.lock().await);
-        burst.sort_unstable();
+        let mut burst = Histogram::default();
+        for delay in std::mem::take(&mut *delays.lock().await) {
+            burst.record(delay);
+        }
         let entry = &mut results[usize::from(way == Way::Snapshot)];
-        entry.worst.push(burst.last().copied().unwrap_or(0));
-        entry.p99.push(percentile(&burst, 0.99));
+        entry.worst.push(burst.max());
+        entry.p99.push(burst.quantile(0.99));
         entry.held.push(held.iter().copied().max().unwrap_or(0));
         entry.bytes = bytes;
         tokio::time::sleep(Duration::from_millis(700)).await;

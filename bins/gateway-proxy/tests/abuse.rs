@@ -128,6 +128,19 @@ impl Proxy {
         kb * 1024
     }
 
+    /// A client connected with `query` and identified on shard 0, past
+    /// READY (which it returns).
+    async fn identified(&self, query: &str) -> (GatewayClient, serde_json::Value) {
+        let (mut client, _) = GatewayClient::connect(self.addr, query).await.unwrap();
+        client.set_timeout(Duration::from_secs(20));
+        client
+            .identify(self.sim.token(), [0, 1], 513)
+            .await
+            .unwrap();
+        let ready = client.dispatch("READY").await.unwrap();
+        (client, ready)
+    }
+
     /// The CPU time the proxy has used.
     fn cpu(&self) -> Duration {
         let pid = self.child.id().unwrap();
@@ -147,16 +160,9 @@ impl Proxy {
     /// A client identified on shard 0, reading every event into a list of
     /// markers in the background.
     async fn good_client(&self) -> GoodClient {
-        let (mut client, _) =
-            GatewayClient::connect(self.addr, "v=10&encoding=json&compress=zstd-stream")
-                .await
-                .unwrap();
-        client.set_timeout(Duration::from_secs(20));
-        client
-            .identify(self.sim.token(), [0, 1], 513)
-            .await
-            .unwrap();
-        let ready = client.dispatch("READY").await.unwrap();
+        let (mut client, ready) = self
+            .identified("v=10&encoding=json&compress=zstd-stream")
+            .await;
         let guilds = ready["d"]["guilds"].as_array().unwrap().len();
         for _ in 0..guilds {
             client.payload().await.unwrap();
@@ -526,18 +532,6 @@ async fn a_client_that_stops_reading_during_identify_is_let_go() {
 async fn malformed_commands_duplicate_keys_and_floods_close_only_their_client() {
     let proxy = Proxy::start(|_| {}, r#""limits":{"shard_commands_per_minute":20}"#).await;
     let good = proxy.good_client().await;
-    let identified = || async {
-        let (mut client, _) = GatewayClient::connect(proxy.addr, "v=10&encoding=json")
-            .await
-            .unwrap();
-        client.set_timeout(Duration::from_secs(20));
-        client
-            .identify(proxy.sim.token(), [0, 1], 513)
-            .await
-            .unwrap();
-        client.dispatch("READY").await.unwrap();
-        client
-    };
     for bad in [
         r#"{"op":3,"d":"x"}"#,
         r#"{"op":4,"d":{"guild_id":"1","channel_id":"x","self_mute":false,"self_deaf":false}}"#,
@@ -546,13 +540,13 @@ async fn malformed_commands_duplicate_keys_and_floods_close_only_their_client() 
         r#"{"op":8,"d":{"guild_id":"1","guild_id":"2","query":"","limit":0}}"#,
         r#"{"op":1,"op":8,"d":null}"#,
     ] {
-        let mut client = identified().await;
+        let (mut client, _) = proxy.identified("v=10&encoding=json").await;
         client.send(bad).await.unwrap();
         assert_eq!(client.close_code().await.unwrap(), Some(4002), "{bad}");
     }
     // A flood: the client alone on its shard with the good one has half
     // the budget (10), and is closed with 4008 past it.
-    let mut flooder = identified().await;
+    let (mut flooder, _) = proxy.identified("v=10&encoding=json").await;
     let presence = r#"{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
     for _ in 0..30 {
         if flooder.send(presence).await.is_err() {
@@ -588,15 +582,7 @@ async fn a_client_that_stops_reading_during_a_replay_is_let_go() {
     .await;
     let good = proxy.good_client().await;
     // A session that drops after READY and the guilds.
-    let (mut client, _) = GatewayClient::connect(proxy.addr, "v=10&encoding=json")
-        .await
-        .unwrap();
-    client.set_timeout(Duration::from_secs(20));
-    client
-        .identify(proxy.sim.token(), [0, 1], 513)
-        .await
-        .unwrap();
-    let ready = client.dispatch("READY").await.unwrap();
+    let (client, ready) = proxy.identified("v=10&encoding=json").await;
     let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
     // Its `s` after the guilds, from which everything since is replayed.
     let seq = 1 + ready["d"]["guilds"].as_array().unwrap().len();

@@ -158,11 +158,7 @@ impl Session {
 
 /// The dispatch payload `t`/`seq`/`d` in the configured key order.
 fn envelope(order: KeyOrder, t: &str, seq: u64, d: &str) -> String {
-    // READY and RESUMED keep Discord's order even when mixed: gateway
-    // clients (twilight among them) read their session from them by text
-    // search, as Discord's order allows; the dispatches between them are
-    // what a consumer must read by structure.
-    if order == KeyOrder::Discord || matches!(t, "READY" | "RESUMED") {
+    if order == KeyOrder::Discord {
         return format!(r#"{{"t":"{t}","s":{seq},"op":0,"d":{d}}}"#);
     }
     // A nested `"s"` first in every object `d`.
@@ -179,7 +175,17 @@ fn envelope(order: KeyOrder, t: &str, seq: u64, d: &str) -> String {
         }
         None => d,
     };
-    match seq % 4 {
+    // READY and RESUMED keep Discord's envelope order (with the nested
+    // `"s"` in `d` all the same): gateway clients, twilight among them,
+    // read their session from them by text search, as Discord's order
+    // allows; the dispatches between them are what a consumer must read by
+    // structure.
+    let order = if matches!(t, "READY" | "RESUMED") {
+        0
+    } else {
+        seq % 4
+    };
+    match order {
         0 => format!(r#"{{"t":"{t}","s":{seq},"op":0,"d":{d}}}"#),
         1 => format!(r#"{{"d":{d},"op":0,"s":{seq},"t":"{t}"}}"#),
         2 => format!("{{ \"op\" : 0 ,\n  \"d\" : {d} ,\t\"t\" : \"{t}\" , \"s\" :{seq} }}\n"),
