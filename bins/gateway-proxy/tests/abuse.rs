@@ -88,7 +88,10 @@ impl Proxy {
             }
             None => Command::new(binary),
         };
+        // Only the config file: no TOKEN or GATEWAY_PROXY_* of the test's
+        // own environment (CI sets some for the harness).
         let mut child = command
+            .env_clear()
             .arg("--config")
             .arg(&file)
             .stdout(Stdio::piped())

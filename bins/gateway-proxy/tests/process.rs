@@ -12,14 +12,16 @@ use tokio::process::Command;
 
 fn proxy(sim: &Sim, intents: u64) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"));
+    // Only what is set here: not the test's own environment (CI sets
+    // GATEWAY_PROXY_* variables for the harness).
     command
+        .env_clear()
         .env("TOKEN", sim.token())
         .env("GATEWAY_PROXY_API_BASE", sim.api_base())
         .env("GATEWAY_PROXY_INTENTS", intents.to_string())
         .env("GATEWAY_PROXY_PORT", "0")
         .env("GATEWAY_PROXY_BIND", "127.0.0.1")
         .env("GATEWAY_PROXY_LOG_LEVEL", "off")
-        .env_remove("GATEWAY_PROXY_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

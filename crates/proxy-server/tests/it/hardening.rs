@@ -13,28 +13,34 @@ use super::{Setup, assert_contiguous, marked};
 async fn a_fatal_upstream_close_reaches_the_shards_clients_with_the_same_code() {
     let setup = Setup::new(
         |c| {
-            c.shards = 2;
+            c.shards = 3;
+            c.guilds = 12;
             c.events_per_sec = 100;
         },
         |_, _| {},
     )
     .await;
-    let (mut stopped, _, creates) = setup.identified(1, 2).await;
-    marked(&mut stopped, 1 + creates.len() as u64, 3).await;
-    let (mut alive, _, creates) = setup.identified(0, 2).await;
+    let (mut alive, _, creates) = setup.identified(0, 3).await;
     let first = 1 + creates.len() as u64;
-    assert_eq!(setup.sim.control(1, Control::Close(4004)), 1);
-    let code = until_close(&mut stopped, &mut 0, &mut Vec::new()).await;
-    assert_eq!(code, Some(4004), "the code Discord gave");
-    // A new IDENTIFY for that shard is answered at once, with the same code.
-    let mut late = setup.client("v=10&encoding=json").await;
-    late.identify(setup.sim.token(), [1, 2], 1).await.unwrap();
-    let started = tokio::time::Instant::now();
-    assert_eq!(late.close_code().await.unwrap(), Some(4004));
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "not after a wait"
-    );
+    for (shard, code) in [(1, 4004), (2, 4014)] {
+        let (mut stopped, _, creates) = setup.identified(shard, 3).await;
+        marked(&mut stopped, 1 + creates.len() as u64, 3).await;
+        assert_eq!(setup.sim.control(shard, Control::Close(code)), 1);
+        let closed = until_close(&mut stopped, &mut 0, &mut Vec::new()).await;
+        assert_eq!(closed, Some(code), "the code Discord gave");
+        // A new IDENTIFY for that shard is answered at once, with the same
+        // code.
+        let mut late = setup.client("v=10&encoding=json").await;
+        late.identify(setup.sim.token(), [shard, 3], 1)
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(late.close_code().await.unwrap(), Some(code));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "not after a wait"
+        );
+    }
     // The other shard goes on.
     assert_contiguous(&marked(&mut alive, first, 50).await);
 }
