@@ -145,6 +145,9 @@ pub(crate) struct Shared {
     /// whether the ring has had to drop dispatches since its last reset.
     ring_floor: AtomicU64,
     ring_dropping: AtomicBool,
+    /// A quarter of the ring's event bound (rounded up to a power of two):
+    /// how far a subscriber may fall behind, and the channel's capacity.
+    lag_limit: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,8 +185,8 @@ pub struct ShardHandle {
 
 impl ShardHandle {
     /// A handle for shard `id`. Subscribers may fall a quarter of the
-    /// replay ring behind before the channel drops events for them; see
-    /// [`ShardHandle::behind`].
+    /// replay ring behind (rounded up to a power of two) before the channel
+    /// drops events for them; see [`ShardHandle::behind`].
     pub(crate) fn new(
         id: u32,
         core: Pipeline,
@@ -191,7 +194,8 @@ impl ShardHandle {
         intents: u64,
         load_timeout: Duration,
     ) -> Self {
-        let capacity = (core.ring.max_events() / 4).max(1);
+        // tokio's channel rounds its capacity up to a power of two.
+        let capacity = (core.ring.max_events() / 4).max(1).next_power_of_two();
         Self {
             shared: Arc::new(Shared {
                 id,
@@ -211,6 +215,7 @@ impl ShardHandle {
                 head: AtomicU64::new(0),
                 ring_floor: AtomicU64::new(0),
                 ring_dropping: AtomicBool::new(false),
+                lag_limit: u64::try_from(capacity).unwrap_or(u64::MAX),
             }),
         }
     }
@@ -308,22 +313,26 @@ impl ShardHandle {
     }
 
     /// Whether a subscriber whose last event is `index` has fallen too far
-    /// behind to keep being served live: the replay ring has started
-    /// dropping dispatches and `index` is more than a quarter of the ring
-    /// behind the newest. What it missed is then still in the ring, and
-    /// the other three quarters are the headroom for what a client has not
-    /// read yet although it was written (socket buffers: megabytes) and for
-    /// its reconnect, so a client closed for this can resume. (The channel
-    /// itself drops events for a subscriber a quarter of the ring's event
-    /// bound behind, which ends the same way.)
+    /// behind to keep being served live: more than a quarter of the replay
+    /// ring's event bound behind the newest (where the channel gives up on
+    /// it too), or, once the ring drops dispatches for room (its byte bound
+    /// may hold fewer), more than a quarter of what it holds. What it
+    /// missed is then still in the ring, and the other three quarters are
+    /// the headroom for what a client has not read yet although it was
+    /// written (its queue, socket buffers: megabytes) and for its
+    /// reconnect, so a client closed for this can resume.
     #[must_use]
     pub fn behind(&self, index: u64) -> bool {
+        let head = self.shared.head.load(Ordering::Acquire);
+        let lag = head.saturating_sub(index);
+        if lag > self.shared.lag_limit {
+            return true;
+        }
         if !self.shared.ring_dropping.load(Ordering::Acquire) {
             return false;
         }
         let floor = self.shared.ring_floor.load(Ordering::Acquire);
-        let head = self.shared.head.load(Ordering::Acquire);
-        index < floor + head.saturating_sub(floor) / 4 * 3
+        lag > head.saturating_sub(floor) / 4
     }
 
     /// The index of the last event handed on.

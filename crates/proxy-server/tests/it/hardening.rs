@@ -101,17 +101,29 @@ async fn dispatches_in_any_key_order_reach_clients_in_discords() {
     assert_eq!(status.malformed, 0, "{status:?}");
 }
 
-#[tokio::test]
+// Several threads: on one, the sim, the proxy and the client take turns, and
+// a client starved for a second would be closed for its full queue instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn a_client_steadily_slower_than_its_shard_is_closed_while_it_can_still_resume() {
-    // The default ring: a client is closed a quarter of it behind, and the
-    // rest covers what sits in socket buffers (megabytes on loopback) and
-    // its reconnect.
-    let setup = Setup::new(|c| c.events_per_sec = 3000, |_, _| {}).await;
+    // A client is closed a quarter of the ring behind what was written to
+    // it; the rest of the ring covers what it has not read yet (its queue,
+    // and socket buffers: about 9,000 events on loopback, measured) and its
+    // reconnect. The queue is deep enough that TCP's own pauses never fill
+    // it for a second: only the lag bound can close this client.
+    let setup = Setup::new(
+        |c| c.events_per_sec = 3000,
+        |pool, server| {
+            pool.replay_max_events = 1 << 15;
+            pool.replay_max_bytes = 256 << 20;
+            server.backpressure = 2000;
+        },
+    )
+    .await;
     let (mut client, ready, creates) = setup.identified(0, 1).await;
     let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
     let mut last = 1 + creates.len() as u64;
     let mut seen = Vec::new();
-    // About half the shard's rate, never stalling for a second.
+    // About a third of the shard's rate, never stalling for a second.
     let code = loop {
         match client.payload().await {
             Ok(payload) => {
@@ -121,7 +133,7 @@ async fn a_client_steadily_slower_than_its_shard_is_closed_while_it_can_still_re
                 if let Some(n) = super::marker(&payload) {
                     seen.push((s, n));
                 }
-                if s % 15 == 0 {
+                if s % 10 == 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }

@@ -104,3 +104,36 @@ async fn authentication_failed_stops_that_shard_and_no_other() {
     assert_contiguous(&marked(&mut events, 30).await);
     assert_eq!(alive.status().state, ShardState::Active);
 }
+
+#[tokio::test]
+async fn a_subscriber_is_dropped_while_the_ring_still_holds_what_it_missed() {
+    let sim = sim(|c| c.events_per_sec = 2000).await;
+    let mut config = config(&sim);
+    config.replay_max_events = 400;
+    let pool = Pool::start(config).await.unwrap();
+    ready(&pool, 10).await;
+    let shard = &pool.shards()[0];
+    // A client is served: the ring keeps events from here on.
+    let snapshot = shard.snapshot(|_| ());
+    let (start, mut events) = (snapshot.index, snapshot.events);
+    assert!(!shard.behind(start), "nothing dropped yet");
+    // Never read, until it counts as behind.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !shard.behind(start) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("a quarter of the ring behind, it counts as behind");
+    // At once, as the proxy would: nothing it missed has left the ring.
+    let (missed, _) = shard
+        .subscribe_from(start)
+        .expect("what it missed is in the ring");
+    assert_eq!(missed.first().map(|d| d.index), Some(start + 1));
+    assert!(!shard.behind(shard.head()), "the newest is not behind");
+    // The channel gives up on it at the same point.
+    assert!(matches!(
+        events.recv().await,
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
+    ));
+}
