@@ -179,6 +179,8 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: usize,
     /// Commands sent upstream per shard per minute, shared by its clients.
     pub shard_commands_per_minute: u32,
+    /// The kernel send buffer of each client connection (`SO_SNDBUF`).
+    pub socket_send_buffer_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -193,6 +195,7 @@ impl Default for LimitsConfig {
             max_connections: limits.max_connections,
             max_connections_per_ip: limits.max_connections_per_ip,
             shard_commands_per_minute: limits.shard_commands_per_minute,
+            socket_send_buffer_bytes: limits.socket_send_buffer_bytes,
         }
     }
 }
@@ -208,6 +211,7 @@ impl From<LimitsConfig> for Limits {
         limits.max_connections = config.max_connections;
         limits.max_connections_per_ip = config.max_connections_per_ip;
         limits.shard_commands_per_minute = config.shard_commands_per_minute;
+        limits.socket_send_buffer_bytes = config.socket_send_buffer_bytes;
         limits
     }
 }
@@ -522,6 +526,12 @@ impl Config {
             count(limits.max_connections_per_ip),
             1,
             "connection",
+        )?;
+        at_least(
+            "socket_send_buffer_bytes",
+            count(limits.socket_send_buffer_bytes),
+            4096,
+            "bytes",
         )?;
         at_least(
             "shard_commands_per_minute",

@@ -119,10 +119,34 @@ impl GatewayClient {
     ///
     /// If the TCP connection or the websocket handshake fails.
     pub async fn connect_raw(addr: SocketAddr, query: &str) -> Result<Self, ClientError> {
+        Self::connect_buffered(addr, query, None).await
+    }
+
+    /// Connects without reading anything, with the socket's receive buffer
+    /// set to `receive_buffer` bytes (the kernel may double it): a client
+    /// whose unread data is bounded, for tests of slow clients.
+    ///
+    /// # Errors
+    ///
+    /// If the TCP connection or the websocket handshake fails.
+    pub async fn connect_buffered(
+        addr: SocketAddr,
+        query: &str,
+        receive_buffer: Option<u32>,
+    ) -> Result<Self, ClientError> {
         let connect = |e: &dyn fmt::Display| ClientError::Connect(e.to_string());
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| connect(&e))?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| connect(&e))?;
+        if let Some(bytes) = receive_buffer {
+            socket
+                .set_recv_buffer_size(bytes)
+                .map_err(|e| connect(&e))?;
+        }
+        let stream = socket.connect(addr).await.map_err(|e| connect(&e))?;
         let _ = stream.set_nodelay(true);
         let request = hyper::Request::get(format!("http://{addr}/?{query}"))
             .header(HOST, addr.to_string())

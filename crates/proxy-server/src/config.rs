@@ -58,6 +58,11 @@ pub struct Limits {
     /// minute, shared fairly by the shard's clients. Discord allows 120
     /// payloads a minute on a connection, heartbeats included.
     pub shard_commands_per_minute: u32,
+    /// The kernel's send buffer of each client connection (`SO_SNDBUF`;
+    /// Linux doubles it). It bounds what a client that does not read keeps
+    /// in the kernel, and how far behind what was written to it a slow
+    /// client can be before the proxy sees it.
+    pub socket_send_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +76,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             shard_commands_per_minute: 110,
+            socket_send_buffer_bytes: 256 * 1024,
         }
     }
 }

@@ -159,6 +159,8 @@ async fn accept(listener: TcpListener, ctx: Arc<Context>, metrics: PrometheusHan
             }
         };
         let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp)
+            .set_send_buffer_size(ctx.config.limits.socket_send_buffer_bytes);
         let ctx = ctx.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
