@@ -306,15 +306,15 @@ async fn read_loop(
             Err(WebSocketError::SendError(_)) => In::Flooded,
             Err(_) => In::Closed(None),
         };
-        if !matches!(message, In::Text(_)) {
-            let _ = tx.send(message).await;
+        let last = !matches!(message, In::Text(_));
+        // Once the driver is gone the send fails, and what still comes is
+        // read and dropped until the client closes (for at most `LINGER`):
+        // closing a socket with unread data resets it, and the client could
+        // lose the close frame that says why.
+        let _ = tx.send(message).await;
+        if last {
             return;
         }
-        // Once the driver is gone, what still comes is read and dropped
-        // until the client closes (for at most `LINGER`): closing a socket
-        // with unread data resets it, and the client could lose the close
-        // frame that says why.
-        let _ = tx.send(message).await;
     }
 }
 
@@ -420,22 +420,22 @@ impl Writer {
     /// Compresses one message: from the prelude while the connection says
     /// what every connection says, else with its own context.
     fn encode(&mut self, text: &[u8], out: &mut Vec<u8>) -> Result<(), wire_codec::Error> {
-        if self.encoder.is_none() {
-            if let Some(prelude) = self.ctx.prelude(self.compression) {
-                if let Some(frame) = prelude.frame(self.prelude_sent, text) {
+        let encoder = match &mut self.encoder {
+            Some(encoder) => encoder,
+            slot @ None => {
+                let prelude = self.ctx.prelude(self.compression);
+                if let Some(frame) = prelude.and_then(|p| p.frame(self.prelude_sent, text)) {
                     self.prelude_sent += 1;
                     out.extend_from_slice(frame);
                     return Ok(());
                 }
-                self.encoder = Some(prelude.encoder(self.prelude_sent)?);
-            } else {
-                self.encoder = Some(Encoder::new(self.compression)?);
+                slot.insert(match prelude {
+                    Some(prelude) => prelude.encoder(self.prelude_sent)?,
+                    None => Encoder::new(self.compression)?,
+                })
             }
-        }
-        match self.encoder.as_mut() {
-            Some(encoder) => encoder.encode(text, out),
-            None => Ok(()),
-        }
+        };
+        encoder.encode(text, out)
     }
 }
 

@@ -237,29 +237,18 @@ impl Pool {
     /// never be ready. The error names the shard, the code and what to
     /// change.
     pub async fn ready(&self) -> Result<(), Error> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let waits: Vec<JoinHandle<()>> = self
-            .shards
-            .iter()
-            .map(|shard| {
-                let (shard, tx) = (shard.clone(), tx.clone());
-                tokio::spawn(async move {
-                    if let Err(error) = shard.ready().await {
-                        let _ = tx.send(error).await;
-                    }
-                })
-            })
-            .collect();
-        drop(tx);
-        let mut result = Ok(());
-        // Ends when every wait is over: all ready, or at the first failure.
-        if let Some(error) = rx.recv().await {
-            result = Err(error);
+        let mut waits = tokio::task::JoinSet::new();
+        for shard in &self.shards {
+            let shard = shard.clone();
+            waits.spawn(async move { shard.ready().await });
         }
-        for wait in waits {
-            wait.abort();
+        // Dropping the set at the first failure stops the other waits.
+        while let Some(wait) = waits.join_next().await {
+            if let Ok(Err(error)) = wait {
+                return Err(error);
+            }
         }
-        result
+        Ok(())
     }
 }
 

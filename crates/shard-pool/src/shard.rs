@@ -157,11 +157,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The first bytes of a payload, at most 40, cut at a character boundary:
 /// enough to tell what it was, never a whole payload in a log.
 fn prefix(text: &str) -> &str {
-    let mut end = text.len().min(40);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(40)]
 }
 
 /// A state snapshot and the events after it.
