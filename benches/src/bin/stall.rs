@@ -132,13 +132,13 @@ async fn main() {
     );
 
     let delays: Delays = Arc::default();
-    let (_, mut events) = shard.subscribe();
+    let mut events = shard.subscribe();
     let seen = delays.clone();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
             let received = now_us();
             if let ShardEvent::Dispatch(dispatch) = event
-                && let Some(sent) = sent_at(&dispatch.payload)
+                && let Some(sent) = sent_at(dispatch.payload())
             {
                 seen.lock().await.push(received.saturating_sub(sent));
             }

@@ -1,39 +1,45 @@
 //! One client connection: a reader task, a writer task, and the task that
-//! drives the protocol between them, the shard and the session table.
+//! drives the protocol between them and the session table.
 //!
 //! `read_frame` is not cancel-safe, so it has a task of its own that only
-//! reads and hands messages over a channel; the writer owns the socket's
-//! write half and the connection's compression context. The driver never
-//! waits on the client for long: events go to the writer through a queue
-//! of `backpressure` entries, a client whose queue stays full is closed
-//! (resumable), and every wait on the client is bounded by
-//! `limits.write_timeout`.
+//! reads and hands messages over a channel. The writer owns the socket's
+//! write half, the connection's compression context and, once the client
+//! is served, its cursor into the shard's ring (a [`Follower`]): it wakes
+//! when the shard has news, takes every event after its cursor, writes them
+//! as frames into one buffer and sends that with one write. So delivery,
+//! the replay of a RESUME and a client's lag are one mechanism: a resume is
+//! a cursor placed back, and a client whose cursor falls `backpressure`
+//! events behind (or half of what the ring holds) is closed resumably while
+//! the ring still holds what it missed.
+//!
+//! The driver answers what the client sends (heartbeats, IDENTIFY, RESUME,
+//! commands), hands the writer payloads of its own (HELLO, READY, guilds,
+//! op 9) through a queue, and is told by the writer when the shard's stream
+//! ends for this client (a reset, a close for good, a lag).
 //!
 //! Everything a client can make the connection hold is bounded: a message
 //! by `limits.max_message_bytes` across its fragments (checked before more
 //! is buffered), control frames waiting for a client that does not read by
 //! `limits.max_control_frames`, the time to IDENTIFY by
-//! `limits.identify_timeout`; and a connection has no compression context
-//! before it identifies (see `prelude.rs`).
+//! `limits.identify_timeout`, every write by `limits.write_timeout`; and a
+//! connection has no compression context before it identifies (see
+//! `prelude.rs`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use seqpatch::Scan;
-use shard_pool::{Dispatch, Session as ReadySession, ShardEvent, ShardHandle};
+use shard_pool::{Dispatch, Follower, Session as ReadySession, ShardEvent, ShardHandle};
 use sonic_rs::JsonValueTrait;
-use tokio::io::{BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use wire_codec::{Compression, Encoder};
 
-use crate::context::{Context, HEARTBEAT_ACK};
+use crate::context::{Context, HEARTBEAT_ACK, lock};
 use crate::limits::Spend;
 use crate::protocol::{Close, Command, Identify, Protocol, Request, Resume};
 use crate::session::{Attach, SeqMap, Session};
@@ -56,35 +62,92 @@ enum In {
 /// What the driver hands the writer.
 #[derive(Debug)]
 enum Out {
-    /// A payload the proxy made (HELLO, ACK, READY, guilds, op 9, RESUMED).
+    /// A payload the proxy made (HELLO, ACK, op 9).
     Payload(Bytes),
     /// A payload made for this client alone (READY, a guild), holding its
     /// share of [`OWNED_BYTES`] until it is written.
     Owned(Bytes, OwnedSemaphorePermit),
-    /// A shard dispatch, written in the canonical envelope with `seq`.
-    Event {
-        payload: Bytes,
-        scan: Scan,
-        seq: u64,
-    },
     /// From now on, compress with this (payload compression after
     /// IDENTIFY).
     Compression(Compression),
+    /// From now on, deliver the shard's events after the follower's cursor.
+    Follow(Box<Follow>),
+}
+
+/// A control frame for the writer, ahead of anything queued.
+#[derive(Debug)]
+enum Control {
+    Pong(Vec<u8>),
+    /// A close frame's payload: the code, then the reason.
+    Close(Vec<u8>),
+}
+
+impl Control {
+    fn close(close: &Close) -> Self {
+        let mut payload = close.code.to_be_bytes().to_vec();
+        payload.extend_from_slice(close.reason.as_bytes());
+        Self::Close(payload)
+    }
+}
+
+/// What the writer tells the driver: the shard's stream ended for this
+/// client; the writer follows no more.
+#[derive(Debug)]
+enum Back {
+    /// A new upstream session: the client's session cannot go on.
+    Reset,
+    /// Discord closed the shard for good with this code.
+    Closed(u16),
+    /// The client fell too far behind (or past what the ring holds).
+    TooSlow,
+}
+
+/// What a session has been sent: written by the writer as it numbers the
+/// shard's events, read by the driver when it saves the session.
+#[derive(Debug)]
+struct Progress {
+    /// The last `s` sent.
+    seq: u64,
+    /// The shard index of the last event accounted for (sent, or for
+    /// another client).
+    index: u64,
+    map: SeqMap,
+}
+
+/// A session's stream, handed to the writer.
+#[derive(Debug)]
+struct Follow {
+    events: Follower,
+    shard: ShardHandle,
+    session_id: String,
+    progress: Arc<Mutex<Progress>>,
+    /// For a RESUME: RESUMED goes out once the cursor has passed this index
+    /// (what the client missed ends there).
+    resumed_at: Option<u64>,
+    /// Since when the client has been more than `backpressure` events
+    /// behind, and how far behind it was then.
+    over: Option<(Instant, u64)>,
 }
 
 const INVALID_SESSION: &[u8] = br#"{"t":null,"s":null,"op":9,"d":false}"#;
 
-/// The write buffer of a connection: frames queued together leave in one
-/// write.
-const WRITE_BUFFER: usize = 64 * 1024;
+/// The most payload bytes taken from the ring for one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// A write buffer larger than this is let go once the client is caught up:
+/// an idle connection holds no buffer.
+const KEEP_BUFFER: usize = 16 * 1024;
 
 /// The most bytes of payloads made for one client (its READY and guilds)
 /// that may wait for it: the queue counts entries, and one guild can be
 /// megabytes. Shared payloads (the shard's events) cost nothing per client.
 const OWNED_BYTES: usize = 1 << 20;
 
-/// How long a client's full queue may stay full before the client counts
-/// as too slow.
+/// How many of the driver's own payloads may wait for the writer.
+const OUT_QUEUE: usize = 16;
+
+/// How long a client may stay more than `backpressure` events behind
+/// without catching up before it counts as too slow.
 const SLOW_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a closed connection keeps reading (and dropping) what its
@@ -116,22 +179,22 @@ pub(crate) fn transport(query: &str) -> Result<Compression, Close> {
 /// Serves one upgraded websocket until it ends. Every task it starts ends
 /// with it: the writer gets `write_timeout` to send what is queued, up to
 /// the close frame, and is then stopped with its socket.
-pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Context>) {
+pub(crate) async fn serve(ws: WebSocket<Socket>, query: String, ctx: Arc<Context>) {
     let limits = ctx.config.limits.clone();
+    // The reader is fastwebsockets'; the writer writes frames itself, many
+    // to one buffer.
+    let (read, write) = tokio::io::split(ws.into_inner());
+    let (mut read, _) =
+        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     // Per frame; the reader bounds whole messages.
-    ws.set_max_message_size(limits.max_message_bytes.saturating_add(1));
-    ws.set_auto_close(true);
-    ws.set_auto_pong(true);
-    // Frames go through a buffer that is flushed when nothing more is
-    // queued: under load, many frames per write system call.
-    let (read, write) = ws.split(|socket| {
-        let (read, write) = tokio::io::split(socket);
-        (read, BufWriter::with_capacity(WRITE_BUFFER, write))
-    });
+    read.set_max_message_size(limits.max_message_bytes.saturating_add(1));
+    read.set_auto_close(true);
+    read.set_auto_pong(true);
     // Room for the control frames a client may leave unread, and one more
     // for the proxy's own close.
     let (ctl_tx, ctl_rx) = mpsc::channel(limits.max_control_frames.max(1) + 1);
-    let (out_tx, out_rx) = mpsc::channel(ctx.config.backpressure.max(1) + 8);
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let (back_tx, back_rx) = mpsc::channel(1);
     let (in_tx, in_rx) = mpsc::channel(64);
     let transport = transport(&query);
     let compression = *transport.as_ref().unwrap_or(&Compression::None);
@@ -141,6 +204,11 @@ pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Con
             compression,
             encoder: None,
             prelude_sent: 0,
+            follow: None,
+            back: back_tx,
+            buffer: Vec::new(),
+            scratch: Vec::new(),
+            events: Vec::new(),
             ctx: ctx.clone(),
         }
         .run(out_rx, ctl_rx),
@@ -164,10 +232,10 @@ pub(crate) async fn serve(mut ws: WebSocket<Socket>, query: String, ctx: Arc<Con
                 transport: compression,
                 attached: None,
             };
-            driver.run(in_rx).await;
+            driver.run(in_rx, back_rx).await;
         }
         Err(close) => {
-            let _ = ctl_tx.try_send(Frame::close(close.code, close.reason.as_bytes()));
+            let _ = ctl_tx.try_send(Control::close(&close));
             drop((out_tx, ctl_tx));
         }
     }
@@ -269,14 +337,14 @@ impl Assembler {
 async fn read_loop(
     mut read: WebSocketRead<ReadHalf<Socket>>,
     tx: mpsc::Sender<In>,
-    ctl: mpsc::Sender<Frame<'static>>,
+    ctl: mpsc::Sender<Control>,
     max_message: usize,
 ) {
     let mut assembler = Assembler::new(max_message);
     loop {
         let frame = read
             .read_frame::<_, Flooded>(&mut |frame| {
-                let queued = ctl.try_send(owned(&frame)).map_err(|_| Flooded);
+                let queued = ctl.try_send(control(&frame)).map_err(|_| Flooded);
                 std::future::ready(queued)
             })
             .await;
@@ -318,43 +386,72 @@ async fn read_loop(
     }
 }
 
-fn owned(frame: &Frame<'_>) -> Frame<'static> {
-    Frame::new(
-        frame.fin,
-        frame.opcode,
-        None,
-        Payload::Owned(frame.payload.to_vec()),
-    )
+/// The answer fastwebsockets asks to send for a control frame, owned.
+fn control(frame: &Frame<'_>) -> Control {
+    let payload = frame.payload.to_vec();
+    match frame.opcode {
+        OpCode::Close => Control::Close(payload),
+        _ => Control::Pong(payload),
+    }
 }
 
-/// The write half of a connection and its compression.
+/// Appends a server frame's header (final, unmasked) to `out`.
+fn frame_header(opcode: OpCode, len: usize, out: &mut Vec<u8>) {
+    out.push(0x80 | opcode as u8);
+    if len < 126 {
+        // Below 126.
+        #[allow(clippy::cast_possible_truncation)]
+        out.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// The write half of a connection, its compression and its stream.
 struct Writer {
-    write: WebSocketWrite<BufWriter<WriteHalf<Socket>>>,
+    write: WriteHalf<Socket>,
     compression: Compression,
     /// The connection's own context, made at its first message that is not
     /// in the prelude.
     encoder: Option<Encoder>,
     /// Prelude messages sent so far (while `encoder` is `None`).
     prelude_sent: usize,
+    /// The session's stream, once the client is served.
+    follow: Option<Box<Follow>>,
+    back: mpsc::Sender<Back>,
+    /// Frames waiting for the next write.
+    buffer: Vec<u8>,
+    /// One payload, before it is compressed.
+    scratch: Vec<u8>,
+    /// Events taken from the ring for one write.
+    events: Vec<ShardEvent>,
     ctx: Arc<Context>,
 }
 
+/// The writer cannot go on: the client did not take a write in time, or
+/// compression failed.
+#[derive(Debug)]
+struct Stop;
+
 impl Writer {
-    async fn run(mut self, mut out: mpsc::Receiver<Out>, mut ctl: mpsc::Receiver<Frame<'static>>) {
-        let timeout = self.ctx.config.limits.write_timeout;
-        let mut text = Vec::with_capacity(4096);
-        let mut compressed = Vec::with_capacity(4096);
+    async fn run(mut self, mut out: mpsc::Receiver<Out>, mut ctl: mpsc::Receiver<Control>) {
         loop {
-            let message = tokio::select! {
+            let following = self.follow.is_some();
+            tokio::select! {
                 biased;
-                Some(frame) = ctl.recv() => {
-                    let close = frame.opcode == OpCode::Close;
-                    let written = tokio::time::timeout(timeout, async {
-                        self.write.write_frame(frame).await?;
-                        self.write.flush().await
-                    })
-                    .await;
-                    if !matches!(written, Ok(Ok(()))) {
+                Some(control) = ctl.recv() => {
+                    let close = matches!(control, Control::Close(_));
+                    let (opcode, payload) = match control {
+                        Control::Pong(payload) => (OpCode::Pong, payload),
+                        Control::Close(payload) => (OpCode::Close, payload),
+                    };
+                    frame_header(opcode, payload.len(), &mut self.buffer);
+                    self.buffer.extend_from_slice(&payload);
+                    if self.flush().await.is_err() {
                         return;
                     }
                     if close {
@@ -366,55 +463,231 @@ impl Writer {
                     }
                     continue;
                 }
-                message = out.recv() => message,
-            };
-            let Some(message) = message else {
-                let _ = tokio::time::timeout(timeout, self.write.flush()).await;
-                return;
-            };
-            text.clear();
-            // Released once the payload is written.
-            let mut _owned = None;
-            match message {
-                Out::Payload(payload) => text.extend_from_slice(&payload),
-                Out::Owned(payload, permit) => {
-                    text.extend_from_slice(&payload);
-                    _owned = Some(permit);
+                message = out.recv() => {
+                    let Some(message) = message else {
+                        let _ = self.flush().await;
+                        return;
+                    };
+                    if self.message(message).is_err() {
+                        return;
+                    }
+                    // What else is queued goes in the same write.
+                    while let Ok(message) = out.try_recv() {
+                        if self.message(message).is_err() {
+                            return;
+                        }
+                    }
                 }
-                Out::Event { payload, scan, seq } => {
-                    scan.envelope(&payload, seq).write_to(&mut text);
-                }
-                Out::Compression(next) => {
-                    self.compression = next;
-                    self.encoder = None;
-                    self.prelude_sent = 0;
-                    continue;
-                }
+                () = changed(&mut self.follow), if following => {}
             }
-            let frame = if self.compression.is_binary() {
-                compressed.clear();
-                if self.encode(&text, &mut compressed).is_err() {
-                    return;
-                }
-                Frame::binary(Payload::Borrowed(&compressed))
-            } else {
-                Frame::text(Payload::Borrowed(&text))
-            };
-            self.ctx
-                .counters
-                .bytes(self.compression, frame.payload.len());
-            let written = tokio::time::timeout(timeout, async {
-                self.write.write_frame(frame).await?;
-                if out.is_empty() {
-                    self.write.flush().await?;
-                }
-                Ok::<(), WebSocketError>(())
-            })
-            .await;
-            if !matches!(written, Ok(Ok(()))) {
+            if self.pump().is_err() || self.flush().await.is_err() {
                 return;
             }
         }
+    }
+
+    /// Handles one message of the driver's, adding to the write buffer.
+    fn message(&mut self, message: Out) -> Result<(), Stop> {
+        match message {
+            Out::Payload(payload) => self.frame(&payload),
+            // The permit is released once the payload is in the buffer.
+            Out::Owned(payload, _permit) => self.frame(&payload),
+            Out::Compression(next) => {
+                self.compression = next;
+                self.encoder = None;
+                self.prelude_sent = 0;
+                Ok(())
+            }
+            Out::Follow(follow) => {
+                self.follow = Some(follow);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes what the shard has after the cursor (one batch) into the write
+    /// buffer, numbering each dispatch for this session.
+    fn pump(&mut self) -> Result<(), Stop> {
+        let Some(mut follow) = self.follow.take() else {
+            return Ok(());
+        };
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        let taken = follow.events.take(BATCH_BYTES, &mut events);
+        let mut end = None;
+        if taken.is_err() {
+            end = Some(Back::TooSlow);
+        }
+        let mut progress = lock(&follow.progress);
+        // A resume whose replay is empty is answered at once.
+        if follow.resumed_at.is_some_and(|at| progress.index >= at) {
+            follow.resumed_at = None;
+            self.resumed(&mut progress)?;
+        }
+        for event in events.drain(..) {
+            let dispatch = match event {
+                ShardEvent::Dispatch(dispatch) => dispatch,
+                ShardEvent::Reset { .. } => {
+                    end = Some(Back::Reset);
+                    break;
+                }
+                ShardEvent::Closed { code, .. } => {
+                    end = Some(Back::Closed(code));
+                    break;
+                }
+            };
+            if dispatch.index() <= progress.index {
+                continue;
+            }
+            progress.index = dispatch.index();
+            if for_session(&self.ctx, &dispatch, &follow.session_id) {
+                progress.seq += 1;
+                let seq = progress.seq;
+                progress.map.record(seq, dispatch.index());
+                self.dispatch(&dispatch, seq)?;
+            }
+            if follow.resumed_at.is_some_and(|at| progress.index >= at) {
+                follow.resumed_at = None;
+                self.resumed(&mut progress)?;
+            }
+        }
+        self.events = events;
+        let index = progress.index;
+        drop(progress);
+        if end.is_none() && self.too_slow(&mut follow, index) {
+            end = Some(Back::TooSlow);
+        }
+        match end {
+            Some(end) => {
+                // The driver answers (op 9, a close); this stream is over.
+                let _ = self.back.try_send(end);
+            }
+            None => self.follow = Some(follow),
+        }
+        Ok(())
+    }
+
+    /// Whether a client whose cursor is at `index` is too slow to keep:
+    /// more than `backpressure` events behind for [`SLOW_GRACE`] without
+    /// catching up (a resume's replay catches up), or at once when what it
+    /// has not taken nears the end of what the ring holds.
+    fn too_slow(&self, follow: &mut Follow, index: u64) -> bool {
+        let lag = follow.shard.head().saturating_sub(index);
+        if follow.shard.behind(index, u64::MAX) {
+            return true;
+        }
+        let max_lag = u64::try_from(self.ctx.config.backpressure).unwrap_or(u64::MAX);
+        if lag <= max_lag {
+            follow.over = None;
+            return false;
+        }
+        let now = Instant::now();
+        match follow.over {
+            None => {
+                follow.over = Some((now, lag));
+                false
+            }
+            Some((since, _)) if now.duration_since(since) < SLOW_GRACE => false,
+            // Caught up some over the last while: a fresh grace.
+            Some((_, then)) if lag < then => {
+                follow.over = Some((now, lag));
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// RESUMED, numbered after what was replayed.
+    fn resumed(&mut self, progress: &mut Progress) -> Result<(), Stop> {
+        progress.seq += 1;
+        let seq = progress.seq;
+        progress.map.record(seq, progress.index);
+        let resumed = format!(r#"{{"t":"RESUMED","s":{seq},"op":0,"d":{{}}}}"#);
+        self.frame(resumed.as_bytes())
+    }
+
+    /// One of the shard's dispatches, as `seq`, into the write buffer.
+    fn dispatch(&mut self, dispatch: &Dispatch, seq: u64) -> Result<(), Stop> {
+        if self.compression.is_binary() {
+            let mut text = std::mem::take(&mut self.scratch);
+            text.clear();
+            dispatch.write(seq, &mut text);
+            let framed = self.frame(&text);
+            self.scratch = text;
+            return framed;
+        }
+        let (head, tail) = dispatch.parts();
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(seq).as_bytes();
+        let len = head.len() + digits.len() + tail.len();
+        frame_header(OpCode::Text, len, &mut self.buffer);
+        self.buffer.extend_from_slice(head);
+        self.buffer.extend_from_slice(digits);
+        self.buffer.extend_from_slice(tail);
+        self.ctx.counters.bytes(self.compression, len);
+        Ok(())
+    }
+
+    /// One payload, compressed as the connection asks, into the write
+    /// buffer as one frame.
+    fn frame(&mut self, text: &[u8]) -> Result<(), Stop> {
+        if !self.compression.is_binary() {
+            frame_header(OpCode::Text, text.len(), &mut self.buffer);
+            self.buffer.extend_from_slice(text);
+            self.ctx.counters.bytes(self.compression, text.len());
+            return Ok(());
+        }
+        let mut compressed = std::mem::take(&mut self.buffer);
+        let start = compressed.len();
+        let encoded = self.encode(text, &mut compressed);
+        let len = compressed.len() - start;
+        // The header goes before the bytes: move them once (they are few
+        // beside what compressing them cost).
+        let mut header = Vec::with_capacity(10);
+        frame_header(OpCode::Binary, len, &mut header);
+        compressed.splice(start..start, header);
+        self.buffer = compressed;
+        self.ctx.counters.bytes(self.compression, len);
+        encoded.map_err(|error| {
+            tracing::warn!(%error, "compression failed; closing the connection");
+            Stop
+        })
+    }
+
+    /// Writes the buffer, within `write_timeout`. A write that waits on the
+    /// client is given up early, dropping the connection, if the client's
+    /// cursor nears the end of what the ring holds: its session can still
+    /// resume then, a moment later it could not.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.ctx.config.limits.write_timeout;
+        let written = {
+            let write = self.write.write_all(&self.buffer);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    written = &mut write => break written.is_ok(),
+                    () = tokio::time::sleep(SLOW_GRACE) => {
+                        let near_the_end = self.follow.as_ref().is_some_and(|follow| {
+                            follow.shard.behind(follow.events.index(), u64::MAX)
+                        });
+                        if near_the_end || Instant::now() >= deadline {
+                            break false;
+                        }
+                    }
+                }
+            }
+        };
+        self.buffer.clear();
+        if self.buffer.capacity() > KEEP_BUFFER
+            && !self.follow.as_ref().is_some_and(|f| f.events.has_news())
+        {
+            self.buffer = Vec::new();
+            self.scratch = Vec::new();
+        }
+        if written { Ok(()) } else { Err(Stop) }
     }
 
     /// Compresses one message: from the prelude while the connection says
@@ -439,12 +712,33 @@ impl Writer {
     }
 }
 
+/// Resolves when the followed shard has news.
+async fn changed(follow: &mut Option<Box<Follow>>) {
+    match follow {
+        Some(follow) => follow.events.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A served session on this connection.
 struct Attached {
     id: String,
     session: Session,
     shard: ShardHandle,
-    events: broadcast::Receiver<ShardEvent>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl Attached {
+    /// The session with what was sent in it.
+    fn saved(self) -> (String, Session) {
+        let mut session = self.session;
+        let progress = lock(&self.progress);
+        session.seq = progress.seq;
+        session.index = progress.index;
+        session.map = progress.map.clone();
+        drop(progress);
+        (self.id, session)
+    }
 }
 
 struct Driver {
@@ -455,7 +749,7 @@ struct Driver {
     id: u64,
     out: mpsc::Sender<Out>,
     /// Frames that go before anything queued: close frames.
-    ctl: mpsc::Sender<Frame<'static>>,
+    ctl: mpsc::Sender<Control>,
     protocol: Protocol,
     transport: Compression,
     attached: Option<Attached>,
@@ -470,7 +764,7 @@ enum End {
 }
 
 impl Driver {
-    async fn run(&mut self, mut incoming: mpsc::Receiver<In>) {
+    async fn run(&mut self, mut incoming: mpsc::Receiver<In>, mut back: mpsc::Receiver<Back>) {
         if self.send(self.ctx.hello.clone()).await.is_err() {
             return;
         }
@@ -493,8 +787,8 @@ impl Driver {
                 }
                 // The writer stopped: the client did not read in time.
                 () = self.out.closed() => Err(End::Resumable),
+                Some(end) = back.recv() => self.stream_ended(end).await,
                 message = incoming.recv() => self.incoming(message).await,
-                event = next_event(&mut self.attached) => self.event(event).await,
                 () = tokio::time::sleep_until(deadline) => {
                     let close = self.protocol.timed_out(Instant::now());
                     if close.code == Close::NOT_AUTHENTICATED {
@@ -510,9 +804,10 @@ impl Driver {
         if let Some(attached) = self.attached.take() {
             self.ctx.counters.client(attached.shard.id(), -1);
             let resumable = matches!(end, End::Resumable);
+            let (id, session) = attached.saved();
             self.ctx
                 .sessions
-                .detach(&attached.id, attached.session, resumable, Instant::now());
+                .detach(&id, session, resumable, Instant::now());
         }
     }
 
@@ -521,9 +816,7 @@ impl Driver {
     fn close(&mut self, close: Close) -> End {
         // A full queue means a client that does not read: it will not read
         // this either.
-        let _ = self
-            .ctl
-            .try_send(Frame::close(close.code, close.reason.as_bytes()));
+        let _ = self.ctl.try_send(Control::close(&close));
         match close.code {
             Close::AUTHENTICATION_FAILED | 4010..=4014 => End::Final,
             _ => End::Resumable,
@@ -672,13 +965,8 @@ impl Driver {
             .insert(session_id.clone(), session.clone());
         self.ctx.counters.client(id, 1);
         self.protocol.authenticated();
-        self.attached = Some(Attached {
-            id: session_id,
-            session,
-            shard: shard.clone(),
-            events: snapshot.events,
-        });
-        Ok(())
+        self.follow(session_id, session, shard.clone(), snapshot.events, None)
+            .await
     }
 
     async fn resume(&mut self, resume: Resume) -> Result<(), End> {
@@ -719,10 +1007,10 @@ impl Driver {
         let replay = pool.shard(session.shard).and_then(|shard| {
             let seq = resume.seq?;
             let index = session.map.index_of(seq, session.seq)?;
-            let (missed, events) = shard.subscribe_from(index)?;
-            Some((shard.clone(), seq, index, missed, events))
+            let (events, head) = shard.subscribe_from(index)?;
+            Some((shard.clone(), seq, index, events, head))
         });
-        let Some((shard, seq, index, missed, events)) = replay else {
+        let Some((shard, seq, index, events, head)) = replay else {
             // Past the ring, the ttl or what was sent: a new session.
             self.ctx
                 .sessions
@@ -735,30 +1023,43 @@ impl Driver {
         session.map.record(seq, index);
         self.ctx.counters.client(session.shard, 1);
         self.protocol.authenticated();
-        self.attached = Some(Attached {
-            id: resume.session_id,
-            session,
-            shard,
-            events,
-        });
-        let mut replayed = 0u64;
-        for dispatch in missed {
-            if self.deliver(&dispatch, true).await? {
-                replayed += 1;
-            }
-        }
         self.ctx
             .counters
             .replayed
-            .fetch_add(replayed, std::sync::atomic::Ordering::Relaxed);
-        let Some(attached) = self.attached.as_mut() else {
-            return Ok(());
-        };
-        attached.session.seq += 1;
-        let seq = attached.session.seq;
-        attached.session.map.record(seq, attached.session.index);
-        let resumed = format!(r#"{{"t":"RESUMED","s":{seq},"op":0,"d":{{}}}}"#);
-        self.send(Bytes::from(resumed)).await
+            .fetch_add(head - index, std::sync::atomic::Ordering::Relaxed);
+        self.follow(resume.session_id, session, shard, events, Some(head))
+            .await
+    }
+
+    /// Hands the session's stream to the writer.
+    async fn follow(
+        &mut self,
+        id: String,
+        session: Session,
+        shard: ShardHandle,
+        events: Follower,
+        resumed_at: Option<u64>,
+    ) -> Result<(), End> {
+        let progress = Arc::new(Mutex::new(Progress {
+            seq: session.seq,
+            index: session.index,
+            map: session.map.clone(),
+        }));
+        self.attached = Some(Attached {
+            id: id.clone(),
+            session,
+            shard: shard.clone(),
+            progress: progress.clone(),
+        });
+        self.push(Out::Follow(Box::new(Follow {
+            events,
+            shard,
+            session_id: id,
+            over: None,
+            progress,
+            resumed_at,
+        })))
+        .await
     }
 
     /// Forwards a command to the shard of its guild, within the shard's
@@ -815,86 +1116,25 @@ impl Driver {
         Ok(())
     }
 
-    async fn event(
-        &mut self,
-        event: Result<ShardEvent, broadcast::error::RecvError>,
-    ) -> Result<(), End> {
-        match event {
-            Ok(ShardEvent::Dispatch(dispatch)) => self.deliver(&dispatch, false).await.map(|_| ()),
-            Ok(ShardEvent::Reset { .. }) => {
+    /// The writer's stream of the shard ended for this client.
+    async fn stream_ended(&mut self, end: Back) -> Result<(), End> {
+        match end {
+            Back::Reset => {
                 // The upstream session was replaced: this one cannot be
                 // brought up to date. The client identifies again.
                 if let Some(attached) = self.attached.take() {
                     self.ctx.counters.client(attached.shard.id(), -1);
+                    let (id, session) = attached.saved();
                     self.ctx
                         .sessions
-                        .detach(&attached.id, attached.session, false, Instant::now());
+                        .detach(&id, session, false, Instant::now());
                 }
                 self.protocol.unauthenticated(Instant::now());
                 self.send(Bytes::from_static(INVALID_SESSION)).await
             }
-            Ok(ShardEvent::Closed { code, .. }) => Err(self.fatal(code)),
-            Err(broadcast::error::RecvError::Lagged(_)) => Err(self.too_slow()),
-            Err(broadcast::error::RecvError::Closed) => {
-                Err(self.close(Close::new(Close::UNKNOWN_ERROR, "the shard stopped")))
-            }
+            Back::Closed(code) => Err(self.fatal(code)),
+            Back::TooSlow => Err(self.too_slow()),
         }
-    }
-
-    /// Sends a dispatch to this client, if it is for it; returns whether it
-    /// was sent. A replay (`wait`) waits for room in the client's queue; a
-    /// live event finds a full queue a sign of a client too slow, which is
-    /// closed (resumable).
-    async fn deliver(&mut self, dispatch: &Dispatch, wait: bool) -> Result<bool, End> {
-        let Some(attached) = self.attached.as_mut() else {
-            return Ok(false);
-        };
-        if dispatch.index <= attached.session.index {
-            return Ok(false);
-        }
-        attached.session.index = dispatch.index;
-        if !for_session(&self.ctx, dispatch, &attached.id) {
-            return Ok(false);
-        }
-        attached.session.seq += 1;
-        let seq = attached.session.seq;
-        attached.session.map.record(seq, dispatch.index);
-        let event = Out::Event {
-            payload: dispatch.payload.clone(),
-            scan: dispatch.scan,
-            seq,
-        };
-        if wait {
-            return self.push(event).await.map(|()| true);
-        }
-        let sent = match self.out.try_send(event) {
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                // A burst, or a resume's replay still draining: a moment's
-                // grace before the client counts as too slow.
-                match tokio::time::timeout(SLOW_GRACE, self.out.send(event)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => return Err(End::Resumable),
-                    Err(_) => Err(()),
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Resumable),
-            Ok(()) => Ok(()),
-        };
-        let Some(attached) = self.attached.as_mut() else {
-            return Ok(false);
-        };
-        if sent.is_ok() {
-            if attached.shard.behind(attached.session.index) {
-                // Sent, but the ring would soon lose what follows.
-                return Err(self.too_slow());
-            }
-            return Ok(true);
-        }
-        // Too slow: the session keeps what it was sent, less this event, and
-        // can resume to get the rest.
-        attached.session.seq -= 1;
-        attached.session.index = dispatch.index - 1;
-        Err(self.too_slow())
     }
 
     /// Closes a client that fell behind, resumably, and counts it.
@@ -941,7 +1181,7 @@ fn for_session(ctx: &Context, dispatch: &Dispatch, id: &str) -> bool {
 
 /// A string field of a dispatch's `d`.
 fn d_str(dispatch: &Dispatch, key: &str) -> Option<String> {
-    let d = dispatch.scan.d(&dispatch.payload)?;
+    let d = dispatch.scan().d(dispatch.payload())?;
     let value = sonic_rs::get(d, [key]).ok()?;
     value.as_str().map(str::to_owned)
 }
@@ -950,15 +1190,6 @@ fn d_str(dispatch: &Dispatch, key: &str) -> Option<String> {
 async fn kicked(kick: Option<Arc<Notify>>) {
     match kick {
         Some(kick) => kick.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_event(
-    attached: &mut Option<Attached>,
-) -> Result<ShardEvent, broadcast::error::RecvError> {
-    match attached {
-        Some(attached) => attached.events.recv().await,
         None => std::future::pending().await,
     }
 }

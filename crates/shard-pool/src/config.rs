@@ -48,14 +48,20 @@ pub struct PoolConfig {
     /// guild READY named before it counts as ready anyway (discord.js waits
     /// 15 s as well).
     pub guild_load_timeout: Duration,
-    /// The most dispatches each shard's replay ring keeps. A subscriber
-    /// that falls a quarter of this behind is dropped by the channel (and
-    /// clients are closed resumably then, see
-    /// [`ShardHandle::behind`](crate::ShardHandle::behind)), so that what it
-    /// missed is still in the ring when it resumes.
+    /// The most dispatches each shard's ring keeps for followers that fall
+    /// behind and for resumes (a cap per shard; bytes and age bound it
+    /// too).
     pub replay_max_events: usize,
-    /// The most payload bytes each shard's replay ring keeps.
+    /// The most bytes the rings of every shard of the pool keep together:
+    /// one budget, shared. A ring that needs room past it makes room from
+    /// its own oldest events. Packed dispatches count compressed.
     pub replay_max_bytes: usize,
+    /// The most bytes one shard's ring keeps, as a cap under the shared
+    /// budget; `None`: the budget alone.
+    pub replay_shard_max_bytes: Option<usize>,
+    /// The longest a ring keeps an event: the longest a client session
+    /// may wait to resume.
+    pub replay_max_age: Duration,
     /// Identify pacing shared with other processes; `None` paces within
     /// this pool by `max_concurrency` and `identify_window`.
     pub queue: Option<Arc<dyn Queue + Send + Sync>>,
@@ -79,6 +85,8 @@ impl fmt::Debug for PoolConfig {
             .field("guild_load_timeout", &self.guild_load_timeout)
             .field("replay_max_events", &self.replay_max_events)
             .field("replay_max_bytes", &self.replay_max_bytes)
+            .field("replay_shard_max_bytes", &self.replay_shard_max_bytes)
+            .field("replay_max_age", &self.replay_max_age)
             .field("queue", &self.queue.as_ref().map(|_| "shared"))
             .finish()
     }
@@ -102,8 +110,10 @@ impl PoolConfig {
             cache: Flags::default(),
             identify_window: Duration::from_secs(5),
             guild_load_timeout: Duration::from_secs(15),
-            replay_max_events: 16_384,
-            replay_max_bytes: 32 << 20,
+            replay_max_events: 1 << 20,
+            replay_max_bytes: 256 << 20,
+            replay_shard_max_bytes: None,
+            replay_max_age: Duration::from_mins(5),
             queue: None,
         }
     }

@@ -36,7 +36,7 @@
 //! println!("{} guilds, state at event {}", snapshot.value, snapshot.index);
 //! while let Ok(event) = snapshot.events.recv().await {
 //!     if let ShardEvent::Dispatch(dispatch) = event {
-//!         println!("{} {:?}", dispatch.index, dispatch.event_type());
+//!         println!("{} {:?}", dispatch.index(), dispatch.event_type());
 //!     }
 //! }
 //! # Ok(()) }
@@ -57,6 +57,7 @@
 
 mod config;
 mod error;
+mod follow;
 mod pipeline;
 mod pool;
 mod queue;
@@ -67,6 +68,7 @@ mod token;
 
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
 pub use crate::error::{Error, ErrorKind};
+pub use crate::follow::{Follower, Gone};
 pub use crate::pipeline::{Dispatch, Pipeline, ShardEvent};
 pub use crate::pool::Pool;
 pub use crate::queue::{PacedQueue, Queue};

@@ -5,12 +5,11 @@
 //! it is exactly the state before the next event.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use seqpatch::Scan;
 use state_cache::{Cache, Flags};
-
-use crate::ring::Ring;
 
 /// What subscribers of a shard receive, in upstream order. Each carries the
 /// shard's event index, which only ever increases, one by one.
@@ -47,30 +46,107 @@ impl ShardEvent {
     #[must_use]
     pub fn index(&self) -> u64 {
         match self {
-            Self::Dispatch(dispatch) => dispatch.index,
+            Self::Dispatch(dispatch) => dispatch.index(),
             Self::Reset { index } | Self::Closed { index, .. } => *index,
         }
     }
 }
 
-/// One upstream dispatch.
+/// One upstream dispatch, in Discord's envelope (`{"t":…,"s":…,"op":0,"d":…}`,
+/// compact, in that order: rewritten once if upstream sent another shape),
+/// shared: cloning it is one reference count.
 #[derive(Clone, Debug)]
-pub struct Dispatch {
-    /// The shard's event index.
-    pub index: u64,
-    /// The payload, byte for byte as received (after transport
-    /// decompression).
-    pub payload: Bytes,
-    /// Where its `op`, `t`, `s` and `d` are.
-    pub scan: Scan,
+pub struct Dispatch(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    index: u64,
+    payload: Bytes,
+    scan: Scan,
 }
 
 impl Dispatch {
+    /// A dispatch from a payload already in Discord's envelope; `None` if it
+    /// is not a gateway payload with `s`.
+    #[must_use]
+    pub fn new(index: u64, payload: Bytes) -> Option<Self> {
+        let scan = seqpatch::scan(&payload).ok()?;
+        Self::scanned(index, payload, scan)
+    }
+
+    fn scanned(index: u64, payload: Bytes, scan: Scan) -> Option<Self> {
+        scan.seq_range()?;
+        Some(Self(Arc::new(Inner {
+            index,
+            payload,
+            scan,
+        })))
+    }
+
+    /// The shard's event index.
+    #[must_use]
+    pub fn index(&self) -> u64 {
+        self.0.index
+    }
+
+    /// The payload, in Discord's envelope, with upstream's `s`.
+    #[must_use]
+    pub fn payload(&self) -> &Bytes {
+        &self.0.payload
+    }
+
+    /// Where its `op`, `t`, `s` and `d` are.
+    #[must_use]
+    pub fn scan(&self) -> &Scan {
+        &self.0.scan
+    }
+
     /// The event name.
     #[must_use]
     pub fn event_type(&self) -> Option<&str> {
-        self.scan.event_type(&self.payload)
+        self.0.scan.event_type(&self.0.payload)
     }
+
+    /// The payload around the digits of `s`: what every client of the
+    /// shard gets, its own `s` between the two.
+    #[must_use]
+    pub fn parts(&self) -> (&[u8], &[u8]) {
+        let payload = &self.0.payload[..];
+        match self.0.scan.seq_range() {
+            Some(s) => (&payload[..s.start], &payload[s.end..]),
+            // `new` checks there is an `s`.
+            None => (payload, &[]),
+        }
+    }
+
+    /// Writes the payload with `s` set to `seq` into `out`.
+    pub fn write(&self, seq: u64, out: &mut Vec<u8>) {
+        let (head, tail) = self.parts();
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(seq).as_bytes();
+        out.reserve(head.len() + digits.len() + tail.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(digits);
+        out.extend_from_slice(tail);
+    }
+}
+
+/// The payload rewritten in Discord's envelope, or `None` when it already
+/// is (Discord always sends that).
+fn canonical(payload: &Bytes, scan: &Scan) -> Option<Bytes> {
+    let envelope = scan.envelope(payload, scan.seq().unwrap_or(0));
+    let mut at = 0;
+    let same = envelope.slices().iter().all(|part| {
+        let same = payload.get(at..at + part.len()) == Some(part);
+        at += part.len();
+        same
+    });
+    if same && at == payload.len() && scan.seq_range().is_some() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(envelope.len());
+    envelope.write_to(&mut out);
+    Some(Bytes::from(out))
 }
 
 /// One shard's pipeline, without I/O: payloads in, [`ShardEvent`]s out,
@@ -85,17 +161,11 @@ impl Dispatch {
 /// assert!(pipeline.handle(ack).is_none(), "only dispatches are handed on");
 /// let message = Bytes::from_static(br#"{"t":"MESSAGE_CREATE","s":2,"op":0,"d":{"content":"hi"}}"#);
 /// let Some(ShardEvent::Dispatch(dispatch)) = pipeline.handle(message) else { panic!() };
-/// assert_eq!((dispatch.index, dispatch.event_type()), (1, Some("MESSAGE_CREATE")));
+/// assert_eq!((dispatch.index(), dispatch.event_type()), (1, Some("MESSAGE_CREATE")));
 /// ```
 #[derive(Debug)]
 pub struct Pipeline {
     pub(crate) cache: Cache,
-    /// The latest dispatches, for resumes.
-    pub(crate) ring: Ring,
-    /// Whether a client has been served since the last READY: until then no
-    /// session can resume, so the ring keeps nothing (at start-up it would
-    /// otherwise hold every guild's `GUILD_CREATE`, raw).
-    served: bool,
     /// The index of the last event handed on.
     pub(crate) index: u64,
     /// The upstream `s` of the last dispatch of this session.
@@ -111,21 +181,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline whose state cache keeps what `flags` says, with a replay
-    /// ring of the default bounds (see [`Pipeline::with_ring`]).
+    /// A pipeline whose state cache keeps what `flags` says.
     #[must_use]
     pub fn new(flags: Flags) -> Self {
-        Self::with_ring(flags, 16_384, 32 << 20)
-    }
-
-    /// A pipeline whose replay ring keeps at most `max_events` dispatches
-    /// and `max_bytes` of payload.
-    #[must_use]
-    pub fn with_ring(flags: Flags, max_events: usize, max_bytes: usize) -> Self {
         Self {
             cache: Cache::new(flags),
-            ring: Ring::new(max_events, max_bytes),
-            served: false,
             index: 0,
             last_seq: None,
             events: BTreeMap::new(),
@@ -163,8 +223,6 @@ impl Pipeline {
             self.last_seq = seq;
             self.apply(t, &scan, &payload);
             self.index += 1;
-            self.ring.reset(self.index);
-            self.served = false;
             return Some(ShardEvent::Reset { index: self.index });
         }
         // A resume replays from the last `s` twilight saw; anything at or
@@ -187,25 +245,18 @@ impl Pipeline {
         if self.cache.wants(t) {
             self.apply(t, &scan, &payload);
         }
-        self.index += 1;
-        let dispatch = Dispatch {
-            index: self.index,
-            payload,
-            scan,
+        let index = self.index + 1;
+        let dispatch = match canonical(&payload, &scan) {
+            None => Dispatch::scanned(index, payload, scan),
+            Some(rewritten) => Dispatch::new(index, rewritten),
         };
-        if self.served {
-            self.ring.push(dispatch.clone());
-        }
+        let Some(dispatch) = dispatch else {
+            // A dispatch without `s`, which Discord never sends.
+            self.malformed += 1;
+            return None;
+        };
+        self.index += 1;
         Some(ShardEvent::Dispatch(dispatch))
-    }
-
-    /// Marks that a client is being served from the state at the current
-    /// index: from here on the ring keeps dispatches for its resumes.
-    pub(crate) fn serve(&mut self) {
-        if !self.served {
-            self.ring.reset(self.index);
-            self.served = true;
-        }
     }
 
     /// The shard's state cache.
@@ -255,8 +306,8 @@ mod tests {
         let Some(ShardEvent::Dispatch(d)) = handle(&mut core, &guild) else {
             panic!("a dispatch")
         };
-        assert_eq!((d.index, d.event_type()), (2, Some("GUILD_CREATE")));
-        assert_eq!(d.payload, guild.as_bytes(), "byte for byte");
+        assert_eq!((d.index(), d.event_type()), (2, Some("GUILD_CREATE")));
+        assert_eq!(d.payload(), guild.as_bytes(), "byte for byte");
         assert_eq!(core.cache.pending_guilds(), 0, "the cache saw it");
         let message = dispatch("MESSAGE_CREATE", 3, r#"{"content":"hi"}"#);
         assert_eq!(handle(&mut core, &message).map(|e| e.index()), Some(3));
@@ -282,28 +333,25 @@ mod tests {
     }
 
     #[test]
-    fn the_ring_keeps_nothing_until_a_client_is_served() {
+    fn dispatches_leave_in_discords_envelope() {
         let mut core = Pipeline::new(Flags::default());
         handle(&mut core, READY);
-        let guild = dispatch("GUILD_CREATE", 2, r#"{"id":"20","name":"g","roles":[]}"#);
-        handle(&mut core, &guild);
+        let canonical = dispatch("TYPING_START", 2, r#"{"a":1}"#);
+        let Some(ShardEvent::Dispatch(d)) = handle(&mut core, &canonical) else {
+            panic!("a dispatch")
+        };
+        assert_eq!(d.payload(), canonical.as_bytes(), "kept as it came");
+        let other = r#"{ "op": 0, "d": {"a":2}, "s": 3, "extra": 1, "t": "TYPING_START" }"#;
+        let Some(ShardEvent::Dispatch(d)) = handle(&mut core, other) else {
+            panic!("a dispatch")
+        };
+        assert_eq!(d.payload(), &dispatch("TYPING_START", 3, r#"{"a":2}"#)[..]);
+        let mut out = Vec::new();
+        d.write(123_456, &mut out);
         assert_eq!(
-            core.ring.len_bytes().0,
-            0,
-            "start-up guilds are in the cache, not the ring"
+            out,
+            dispatch("TYPING_START", 123_456, r#"{"a":2}"#).as_bytes()
         );
-        core.serve();
-        assert_eq!(
-            core.ring.since(1).map(|v| v.len()),
-            None,
-            "nothing before the first client"
-        );
-        handle(&mut core, &dispatch("TYPING_START", 3, "{}"));
-        assert_eq!(core.ring.since(2).map(|v| v.len()), Some(1));
-        // A new session upstream: the ring stops until a client is served again.
-        handle(&mut core, READY);
-        handle(&mut core, &dispatch("TYPING_START", 2, "{}"));
-        assert_eq!(core.ring.len_bytes().0, 0);
     }
 
     #[test]

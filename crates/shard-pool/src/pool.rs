@@ -13,6 +13,23 @@ use crate::error::{Error, ErrorKind};
 use crate::pipeline::Pipeline;
 use crate::queue::{PacedQueue, Queue, SharedQueue};
 use crate::rest::{self, GatewayInfo};
+use crate::ring::{ReplayBudget, RingLimits};
+
+/// What bounds each shard's ring.
+fn ring_limits(config: &PoolConfig, budget: &Arc<ReplayBudget>) -> RingLimits {
+    RingLimits {
+        max_events: config.replay_max_events,
+        max_bytes: config.replay_shard_max_bytes.unwrap_or(usize::MAX),
+        max_age: config.replay_max_age,
+        raw_events: RAW_EVENTS,
+        budget: budget.clone(),
+    }
+}
+
+/// The newest dispatches each ring keeps as they came: what a live client
+/// reads; older ones are packed. A few hundred milliseconds of a busy
+/// shard.
+const RAW_EVENTS: usize = 256;
 use crate::shard::{ShardHandle, ShardStatus};
 
 /// Every shard of `shard_start..shard_end`, each with its own connection,
@@ -25,6 +42,8 @@ pub struct Pool {
     gateway: GatewayInfo,
     /// The pool's own pacing, when no shared queue was given.
     paced: Option<PacedQueue>,
+    /// The bytes every shard's ring shares.
+    budget: Arc<ReplayBudget>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -93,6 +112,7 @@ impl Pool {
         let gateway_url = gateway_url.trim_end_matches('/').to_owned();
         let intents = Intents::from_bits_retain(config.intents);
         let mut shards = Vec::new();
+        let budget = ReplayBudget::new(config.replay_max_bytes);
         let mut tasks = Vec::new();
         for id in range.clone() {
             let presence = UpdatePresencePayload {
@@ -122,11 +142,8 @@ impl Pool {
             let shard = Shard::with_config(ShardId::new(id, total), shard_config);
             let handle = ShardHandle::new(
                 id,
-                Pipeline::with_ring(
-                    config.cache,
-                    config.replay_max_events,
-                    config.replay_max_bytes,
-                ),
+                Pipeline::new(config.cache),
+                ring_limits(&config, &budget),
                 shard.sender(),
                 config.intents,
                 config.guild_load_timeout,
@@ -147,8 +164,15 @@ impl Pool {
             start: range.start,
             gateway,
             paced,
+            budget,
             tasks: std::sync::Mutex::new(tasks),
         })
+    }
+
+    /// The rings' shared budget: bytes held and the most allowed.
+    #[must_use]
+    pub fn replay_bytes(&self) -> (usize, usize) {
+        (self.budget.used(), self.budget.max())
     }
 
     /// The bot's total shard count (clients identify with it).

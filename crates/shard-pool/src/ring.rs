@@ -1,128 +1,661 @@
-//! A shard's replay ring: its latest dispatches, bounded by count and
-//! bytes, for clients that resume.
+//! A shard's ring: every dispatch a client of the shard may still need, in
+//! upstream order, for live delivery and for resumes alike.
+//!
+//! Clients do not get events pushed to them: each holds a cursor (the index
+//! of the last event it took, see [`Follower`](crate::Follower)) and reads
+//! from the ring what came after it. So a live client, a client behind by a
+//! burst and a client that resumes read the same way, and an event costs
+//! the ring one entry whatever the number of clients.
+//!
+//! The newest dispatches are kept as they came (shared `Bytes`); older ones
+//! are packed into blocks of [`BLOCK_EVENTS`], compressed with zstd, which a
+//! reader that far behind (a resume) unpacks. What the ring keeps is bounded
+//! by age (the longest a client session may wait to resume), by a cap per
+//! shard (events and bytes) and by one byte budget shared by every ring of
+//! the process: a ring that pushes past the budget makes room from its own
+//! oldest events.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crate::pipeline::Dispatch;
+use bytes::Bytes;
+use tokio::time::Instant;
 
-/// The latest dispatches of a shard, oldest first.
+use crate::pipeline::{Dispatch, ShardEvent};
+
+/// Dispatches per compressed block.
+pub(crate) const BLOCK_EVENTS: usize = 32;
+
+/// The zstd level of compressed blocks: level 1 packs a block of the sim's
+/// mix about 5× (see `docs/performance.md`) at a few hundred MB/s.
+const BLOCK_LEVEL: i32 = 1;
+
+/// What one raw dispatch costs the budget beyond its payload: its shared
+/// allocation and its slot.
+const RAW_OVERHEAD: usize = 128;
+
+/// What one block costs the budget beyond its compressed bytes: the block
+/// itself and the end offset of each dispatch.
+const BLOCK_OVERHEAD: usize = 96 + 4 * BLOCK_EVENTS;
+
+/// The byte budget every ring of a process shares.
+#[derive(Debug)]
+pub(crate) struct ReplayBudget {
+    max: usize,
+    used: AtomicUsize,
+}
+
+impl ReplayBudget {
+    /// A budget of `max` bytes, for every ring that shares it.
+    #[must_use]
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// The bytes every ring holds now.
+    #[must_use]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The budget.
+    #[must_use]
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    fn over(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.max
+    }
+}
+
+/// What bounds one ring.
+#[derive(Clone, Debug)]
+pub(crate) struct RingLimits {
+    /// The most dispatches it keeps.
+    pub(crate) max_events: usize,
+    /// The most bytes it keeps.
+    pub(crate) max_bytes: usize,
+    /// How long it keeps a dispatch: the longest a session may wait to
+    /// resume.
+    pub(crate) max_age: Duration,
+    /// The newest dispatches it keeps as they came (older ones are packed).
+    pub(crate) raw_events: usize,
+    /// The budget it shares with the other rings.
+    pub(crate) budget: Arc<ReplayBudget>,
+}
+
+impl RingLimits {
+    /// Limits for a ring of its own (tests).
+    #[cfg(test)]
+    pub(crate) fn alone(max_events: usize, max_bytes: usize) -> Self {
+        Self {
+            max_events,
+            max_bytes,
+            max_age: Duration::from_mins(5),
+            raw_events: 64,
+            budget: ReplayBudget::new(usize::MAX),
+        }
+    }
+}
+
+/// Dispatches packed together: their payloads, concatenated and
+/// compressed. Cheap to clone, so that a reader unpacks it outside the
+/// ring's lock.
+#[derive(Clone, Debug)]
+pub(crate) struct Block {
+    /// The index of its first dispatch; the others follow one by one.
+    first: u64,
+    /// The zstd frame.
+    data: Bytes,
+    /// Where each payload ends in the unpacked bytes.
+    ends: Arc<[u32]>,
+    /// When its newest dispatch came.
+    newest: Instant,
+}
+
+impl Block {
+    fn pack(dispatches: &[Dispatch], newest: Instant) -> Option<Self> {
+        let first = dispatches.first()?.index();
+        let mut raw = Vec::with_capacity(dispatches.iter().map(|d| d.payload().len()).sum());
+        let mut ends = Vec::with_capacity(dispatches.len());
+        for dispatch in dispatches {
+            raw.extend_from_slice(dispatch.payload());
+            ends.push(u32::try_from(raw.len()).ok()?);
+        }
+        let data = with_compressor(|c| c.compress(&raw)).ok()?;
+        Some(Self {
+            first,
+            data: Bytes::from(data),
+            ends: ends.into(),
+            newest,
+        })
+    }
+
+    /// The dispatches again, each a slice of one unpacked buffer.
+    pub(crate) fn unpack(&self) -> Option<Vec<Dispatch>> {
+        let len = usize::try_from(*self.ends.last()?).ok()?;
+        let raw = Bytes::from(with_decompressor(|d| d.decompress(&self.data, len)).ok()?);
+        let mut start = 0;
+        let mut out = Vec::with_capacity(self.ends.len());
+        for (index, &end) in (self.first..).zip(self.ends.iter()) {
+            let end = usize::try_from(end).ok()?;
+            out.push(Dispatch::new(
+                index,
+                raw.get(start..end).map(|_| raw.slice(start..end))?,
+            )?);
+            start = end;
+        }
+        Some(out)
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn cost(&self) -> usize {
+        self.data.len() + BLOCK_OVERHEAD
+    }
+
+    /// The index of its last dispatch.
+    fn last(&self) -> u64 {
+        self.first + self.len() as u64 - 1
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's compressor (one context per thread, not per
+/// shard: an idle shard holds none).
+fn with_compressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    COMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(compressor) => compressor,
+            None => slot.insert(zstd::bulk::Compressor::new(BLOCK_LEVEL)?),
+        };
+        f(compressor)
+    })
+}
+
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    DECOMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let decompressor = match slot.as_mut() {
+            Some(decompressor) => decompressor,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        f(decompressor)
+    })
+}
+
+/// A stretch of the ring handed to a reader: dispatches as they came, or a
+/// block it unpacks itself.
+#[derive(Debug)]
+pub(crate) enum Piece {
+    Raw(Dispatch),
+    Packed(Block),
+}
+
+/// What a reader finds after its cursor.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// Pieces were appended (or nothing is new yet).
+    Events,
+    /// A new upstream session began at this index.
+    Reset(u64),
+    /// Discord closed the shard for good with this code; nothing follows.
+    Closed(u64, u16),
+    /// What comes after the cursor is no longer held.
+    Gone,
+}
+
+/// The ring of one shard; see the module's documentation.
 #[derive(Debug)]
 pub(crate) struct Ring {
-    events: VecDeque<Dispatch>,
-    bytes: usize,
-    max_events: usize,
-    max_bytes: usize,
-    /// Every dispatch after this index is in the ring (until the newest).
+    limits: RingLimits,
+    /// Packed dispatches, oldest first, then `raw` follows them.
+    blocks: VecDeque<Block>,
+    /// The newest dispatches, as they came, with when each came.
+    raw: VecDeque<(Dispatch, Instant)>,
+    /// The index of the newest event.
+    head: u64,
+    /// Every dispatch after this index is held, up to `head`.
     floor: u64,
-    /// Whether a dispatch has been dropped for room since the last reset.
+    /// The index of the `Reset` that began the current upstream session,
+    /// for a reader that was exactly up to date before it.
+    reset: Option<u64>,
+    /// The shard was closed for good: after this index, with this code.
+    closed: Option<(u64, u16)>,
+    /// Dispatches and bytes held (as the budget counts them).
+    events: usize,
+    bytes: usize,
+    /// Whether dispatches were dropped for room since the last reset.
     dropping: bool,
+    /// Whether a client has been served since the last reset: until then
+    /// nobody can need a dispatch later, so none is kept (at start-up the
+    /// ring would otherwise hold every guild's `GUILD_CREATE`).
+    served: bool,
 }
 
 impl Ring {
-    pub(crate) fn new(max_events: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(limits: RingLimits) -> Self {
         Self {
-            events: VecDeque::new(),
-            bytes: 0,
-            max_events,
-            max_bytes,
+            limits,
+            blocks: VecDeque::new(),
+            raw: VecDeque::new(),
+            head: 0,
             floor: 0,
+            reset: None,
+            closed: None,
+            events: 0,
+            bytes: 0,
             dropping: false,
+            served: false,
         }
     }
 
-    pub(crate) fn push(&mut self, dispatch: Dispatch) {
-        self.bytes += dispatch.payload.len();
-        self.events.push_back(dispatch);
-        while self.events.len() > self.max_events || self.bytes > self.max_bytes {
-            let Some(old) = self.events.pop_front() else {
-                break;
+    /// Appends the pipeline's next event.
+    pub(crate) fn push(&mut self, event: &ShardEvent, now: Instant) {
+        match event {
+            ShardEvent::Dispatch(dispatch) => {
+                self.head = dispatch.index();
+                if !self.served {
+                    self.floor = self.head;
+                    return;
+                }
+                self.add(dispatch.payload().len() + RAW_OVERHEAD, 1);
+                self.raw.push_back((dispatch.clone(), now));
+                self.expire(now);
+            }
+            ShardEvent::Reset { index } => {
+                self.clear();
+                self.head = *index;
+                self.floor = *index;
+                self.reset = Some(*index);
+                self.served = false;
+            }
+            ShardEvent::Closed { index, code } => self.closed = Some((*index, *code)),
+        }
+    }
+
+    /// A client is being served from the state at the head: from here on
+    /// the ring keeps what it will need.
+    pub(crate) fn serve(&mut self) {
+        self.served = true;
+    }
+
+    /// The oldest raw dispatches to pack into a block, if enough are older
+    /// than what stays raw. The caller packs them (outside any lock) and
+    /// hands the block to [`Ring::replace`].
+    pub(crate) fn to_pack(&self) -> Option<(Vec<Dispatch>, Instant)> {
+        if self.raw.len() < self.limits.raw_events + BLOCK_EVENTS {
+            return None;
+        }
+        let dispatches = self
+            .raw
+            .range(..BLOCK_EVENTS)
+            .map(|(d, _)| d.clone())
+            .collect();
+        let newest = self.raw.get(BLOCK_EVENTS - 1)?.1;
+        Some((dispatches, newest))
+    }
+
+    /// Packs the oldest raw dispatches, if there are enough; for callers
+    /// that need not leave a lock to do it (tests, benchmarks).
+    #[cfg(test)]
+    pub(crate) fn pack(&mut self) {
+        if let Some((dispatches, newest)) = self.to_pack()
+            && let Some(block) = Block::pack(&dispatches, newest)
+        {
+            self.replace(block);
+        }
+    }
+
+    /// Puts a block in place of the raw dispatches it packs, if they are
+    /// still the oldest raw ones (a reset or the bounds may have taken them
+    /// meanwhile).
+    pub(crate) fn replace(&mut self, block: Block) {
+        let first = self.raw.front().map(|(d, _)| d.index());
+        if first != Some(block.first) || self.raw.len() < block.len() {
+            return;
+        }
+        let mut freed = 0;
+        for (dispatch, _) in self.raw.drain(..block.len()) {
+            freed += dispatch.payload().len() + RAW_OVERHEAD;
+        }
+        self.sub(freed, 0);
+        self.add(block.cost(), 0);
+        self.blocks.push_back(block);
+    }
+
+    /// Drops what is too old, and the oldest while over a bound.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        loop {
+            let newest_of_oldest = match (self.blocks.front(), self.raw.front()) {
+                (Some(block), _) => block.newest,
+                (None, Some((_, at))) => *at,
+                (None, None) => return,
             };
-            self.bytes -= old.payload.len();
-            self.floor = old.index;
-            self.dropping = true;
+            let over = self.events > self.limits.max_events
+                || self.bytes > self.limits.max_bytes
+                || self.limits.budget.over()
+                || now.saturating_duration_since(newest_of_oldest) > self.limits.max_age;
+            if !over {
+                return;
+            }
+            self.drop_oldest();
         }
     }
 
-    /// A new session upstream: nothing before `index` can be replayed.
-    pub(crate) fn reset(&mut self, index: u64) {
-        self.events.clear();
-        self.bytes = 0;
-        self.floor = index;
+    fn drop_oldest(&mut self) {
+        if let Some(block) = self.blocks.pop_front() {
+            self.floor = block.last();
+            self.sub(block.cost(), block.len());
+        } else if let Some((dispatch, _)) = self.raw.pop_front() {
+            self.floor = dispatch.index();
+            self.sub(dispatch.payload().len() + RAW_OVERHEAD, 1);
+        }
+        self.dropping = true;
+        self.reset = None;
+    }
+
+    fn add(&mut self, bytes: usize, events: usize) {
+        self.bytes += bytes;
+        self.events += events;
+        self.limits.budget.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&mut self, bytes: usize, events: usize) {
+        self.bytes -= bytes;
+        self.events -= events;
+        self.limits.budget.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn clear(&mut self) {
+        let (bytes, events) = (self.bytes, self.events);
+        self.sub(bytes, events);
+        self.blocks.clear();
+        self.raw.clear();
         self.dropping = false;
     }
 
-    /// The floor (every dispatch after it is held) and whether the ring
-    /// has dropped dispatches for room since its last reset.
-    pub(crate) fn window(&self) -> (u64, bool) {
-        (self.floor, self.dropping)
-    }
-
-    /// The most dispatches it keeps.
-    pub(crate) fn max_events(&self) -> usize {
-        self.max_events
-    }
-
-    /// The dispatches after `index`, or `None` if some of them are gone.
-    pub(crate) fn since(&self, index: u64) -> Option<Vec<Dispatch>> {
-        if index < self.floor {
-            return None;
+    /// Appends to `out` what comes after `after`, up to about `max_bytes`
+    /// of payload (at least one piece); says what was found.
+    pub(crate) fn read(&self, after: u64, max_bytes: usize, out: &mut Vec<Piece>) -> Found {
+        if after < self.floor {
+            return match self.reset {
+                Some(reset) if after + 1 == reset => Found::Reset(reset),
+                _ => Found::Gone,
+            };
         }
-        let start = self.events.partition_point(|d| d.index <= index);
-        Some(self.events.range(start..).cloned().collect())
+        if after >= self.head {
+            return match self.closed {
+                Some((index, code)) if after >= index => Found::Closed(index, code),
+                _ => Found::Events,
+            };
+        }
+        let mut next = after + 1;
+        let mut bytes = 0;
+        let raw_first = self.raw.front().map_or(self.head + 1, |(d, _)| d.index());
+        if next < raw_first {
+            let start = self.blocks.partition_point(|b| b.last() < next);
+            for block in self.blocks.range(start..) {
+                out.push(Piece::Packed(block.clone()));
+                next = block.last() + 1;
+                bytes += block.cost() * 4;
+                if bytes >= max_bytes {
+                    return Found::Events;
+                }
+            }
+        }
+        let skip = usize::try_from(next.saturating_sub(raw_first)).unwrap_or(usize::MAX);
+        for (dispatch, _) in self.raw.range(skip.min(self.raw.len())..) {
+            out.push(Piece::Raw(dispatch.clone()));
+            bytes += dispatch.payload().len();
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Found::Events
     }
 
-    /// Dispatches and payload bytes held.
-    pub(crate) fn len_bytes(&self) -> (usize, usize) {
-        (self.events.len(), self.bytes)
+    /// The floor (every dispatch after it is held) and the head.
+    pub(crate) fn window(&self) -> (u64, u64) {
+        (self.floor, self.head)
     }
+
+    /// Whether dispatches were dropped for room or age since the last
+    /// reset.
+    pub(crate) fn dropping(&self) -> bool {
+        self.dropping
+    }
+
+    /// Dispatches and bytes held (payloads, compressed where packed, and
+    /// what holding each costs).
+    pub(crate) fn len_bytes(&self) -> (usize, usize) {
+        (self.events, self.bytes)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Packs `dispatches` into a block (the caller holds no lock).
+pub(crate) fn pack(dispatches: &[Dispatch], newest: Instant) -> Option<Block> {
+    Block::pack(dispatches, newest)
 }
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
+    // Indexes of a few hundred events.
+    #![allow(clippy::cast_possible_truncation)]
 
     use super::*;
 
-    fn dispatch(index: u64, size: usize) -> Dispatch {
+    fn dispatch(index: u64, size: usize) -> ShardEvent {
         let payload = Bytes::from(format!(
             r#"{{"t":"X","s":{index},"op":0,"d":"{}"}}"#,
             "x".repeat(size)
         ));
-        let scan = seqpatch::scan(&payload).unwrap();
-        Dispatch {
-            index,
-            payload,
-            scan,
+        ShardEvent::Dispatch(Dispatch::new(index, payload).unwrap())
+    }
+
+    /// What a reader after `after` gets: indexes, or what it found instead.
+    fn read(ring: &Ring, after: u64) -> Result<Vec<u64>, Found> {
+        let mut pieces = Vec::new();
+        match ring.read(after, usize::MAX, &mut pieces) {
+            Found::Events => {}
+            other => return Err(other),
         }
+        let mut indexes = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Raw(d) => indexes.push(d.index()),
+                Piece::Packed(block) => {
+                    indexes.extend(block.unpack().unwrap().iter().map(Dispatch::index));
+                }
+            }
+        }
+        indexes.retain(|&i| i > after);
+        Ok(indexes)
+    }
+
+    fn served(limits: RingLimits) -> Ring {
+        let mut ring = Ring::new(limits);
+        ring.serve();
+        ring
     }
 
     #[test]
     fn it_replays_what_it_still_holds_and_says_when_it_does_not() {
-        let mut ring = Ring::new(3, usize::MAX);
+        let mut ring = served(RingLimits::alone(3, usize::MAX));
+        let now = Instant::now();
         for i in 1..=5 {
-            ring.push(dispatch(i, 1));
+            ring.push(&dispatch(i, 1), now);
         }
-        let indexes =
-            |v: Option<Vec<Dispatch>>| v.map(|v| v.iter().map(|d| d.index).collect::<Vec<_>>());
-        assert_eq!(indexes(ring.since(2)), Some(vec![3, 4, 5]));
-        assert_eq!(indexes(ring.since(4)), Some(vec![5]));
-        assert_eq!(indexes(ring.since(5)), Some(vec![]));
-        assert_eq!(indexes(ring.since(1)), None, "2 is gone");
-        ring.reset(6);
-        assert_eq!(indexes(ring.since(5)), None, "across a reset");
-        assert_eq!(indexes(ring.since(6)), Some(vec![]));
+        assert_eq!(read(&ring, 2), Ok(vec![3, 4, 5]));
+        assert_eq!(read(&ring, 4), Ok(vec![5]));
+        assert_eq!(read(&ring, 5), Ok(vec![]));
+        assert_eq!(read(&ring, 1), Err(Found::Gone), "2 is gone");
+        ring.push(&ShardEvent::Reset { index: 6 }, now);
+        assert_eq!(
+            read(&ring, 5),
+            Err(Found::Reset(6)),
+            "up to date: the reset"
+        );
+        assert_eq!(read(&ring, 4), Err(Found::Gone), "behind across a reset");
+        assert_eq!(read(&ring, 6), Ok(vec![]));
+        assert_eq!(ring.len_bytes(), (0, 0), "a reset empties it");
+    }
+
+    #[test]
+    fn it_keeps_nothing_until_a_client_is_served() {
+        let mut ring = Ring::new(RingLimits::alone(100, usize::MAX));
+        let now = Instant::now();
+        ring.push(&dispatch(1, 10), now);
+        assert_eq!(ring.len_bytes().0, 0);
+        assert_eq!(read(&ring, 0), Err(Found::Gone));
+        ring.serve();
+        ring.push(&dispatch(2, 10), now);
+        assert_eq!(read(&ring, 1), Ok(vec![2]));
+    }
+
+    #[test]
+    fn a_close_for_good_comes_after_every_event_before_it() {
+        let mut ring = served(RingLimits::alone(100, usize::MAX));
+        let now = Instant::now();
+        ring.push(&dispatch(1, 1), now);
+        ring.push(
+            &ShardEvent::Closed {
+                index: 1,
+                code: 4014,
+            },
+            now,
+        );
+        assert_eq!(read(&ring, 0), Ok(vec![1]));
+        assert_eq!(read(&ring, 1), Err(Found::Closed(1, 4014)));
     }
 
     #[test]
     fn bytes_bound_it_too() {
-        let mut ring = Ring::new(usize::MAX, 200);
-        for i in 1..=10 {
-            ring.push(dispatch(i, 50));
+        let mut ring = served(RingLimits::alone(usize::MAX, 10 * (50 + RAW_OVERHEAD)));
+        let now = Instant::now();
+        for i in 1..=100 {
+            ring.push(&dispatch(i, 50), now);
         }
         let (events, bytes) = ring.len_bytes();
+        assert!(bytes <= 10 * (50 + RAW_OVERHEAD), "{bytes} bytes");
+        assert!(events >= 8, "{events} events");
+        assert_eq!(
+            read(&ring, 100 - events as u64).map(|v| v.len()),
+            Ok(events)
+        );
+    }
+
+    #[test]
+    fn age_bounds_it() {
+        let mut limits = RingLimits::alone(usize::MAX, usize::MAX);
+        limits.max_age = Duration::from_secs(10);
+        let mut ring = served(limits);
+        let start = Instant::now();
+        for i in 1..=5 {
+            ring.push(&dispatch(i, 1), start);
+        }
+        ring.push(&dispatch(6, 1), start + Duration::from_secs(5));
+        ring.expire(start + Duration::from_secs(11));
+        assert_eq!(read(&ring, 5), Ok(vec![6]), "the last is 6 s old");
+        assert_eq!(
+            read(&ring, 4),
+            Err(Found::Gone),
+            "the first five are 11 s old"
+        );
+        ring.expire(start + Duration::from_secs(16));
+        assert_eq!(ring.len_bytes(), (0, 0));
+        assert_eq!(read(&ring, 6), Ok(vec![]), "empty, but up to date");
+    }
+
+    #[test]
+    fn packed_blocks_are_read_back_exactly() {
+        let mut limits = RingLimits::alone(usize::MAX, usize::MAX);
+        limits.raw_events = 8;
+        let mut ring = served(limits);
+        let now = Instant::now();
+        let mut payloads = vec![Bytes::new()];
+        for i in 1..=200 {
+            let event = dispatch(i, (i as usize * 7) % 300);
+            if let ShardEvent::Dispatch(d) = &event {
+                payloads.push(d.payload().clone());
+            }
+            ring.push(&event, now);
+            ring.pack();
+        }
+        assert!(ring.blocks.len() >= 5, "{} blocks", ring.blocks.len());
+        assert!(ring.raw.len() < 8 + BLOCK_EVENTS);
+        for after in [0, 1, 31, 32, 33, 100, 150, 199, 200] {
+            let mut pieces = Vec::new();
+            assert_eq!(ring.read(after, usize::MAX, &mut pieces), Found::Events);
+            let mut got = Vec::new();
+            for piece in pieces {
+                match piece {
+                    Piece::Raw(d) => got.push(d),
+                    Piece::Packed(block) => got.extend(block.unpack().unwrap()),
+                }
+            }
+            got.retain(|d| d.index() > after);
+            assert_eq!(got.len() as u64, 200 - after);
+            for d in got {
+                assert_eq!(d.payload(), &payloads[d.index() as usize], "{}", d.index());
+                assert_eq!(d.scan().seq(), Some(d.index()));
+            }
+        }
+    }
+
+    #[test]
+    fn one_budget_is_shared_and_the_ring_that_pushes_makes_room() {
+        let budget = ReplayBudget::new(40 * (100 + RAW_OVERHEAD));
+        let limits = |budget: &Arc<ReplayBudget>| RingLimits {
+            budget: budget.clone(),
+            ..RingLimits::alone(usize::MAX, usize::MAX)
+        };
+        let (mut quiet, mut busy) = (served(limits(&budget)), served(limits(&budget)));
+        let now = Instant::now();
+        for i in 1..=10 {
+            quiet.push(&dispatch(i, 100), now);
+        }
+        for i in 1..=1000 {
+            busy.push(&dispatch(i, 100), now);
+            assert!(budget.used() <= budget.max(), "{} at {i}", budget.used());
+        }
+        assert_eq!(quiet.len_bytes().0, 10, "the quiet ring keeps its own");
+        let one = 100 + 40 + RAW_OVERHEAD;
         assert!(
-            bytes <= 200 && events == 2,
-            "{events} events, {bytes} bytes"
+            budget.max() - budget.used() < one,
+            "the busy one has the rest: {} of {}",
+            budget.used(),
+            budget.max()
+        );
+        drop(busy);
+        assert_eq!(
+            budget.used(),
+            quiet.len_bytes().1,
+            "a dropped ring gives back"
         );
     }
 }

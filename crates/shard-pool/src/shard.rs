@@ -11,14 +11,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_core::Stream;
 use state_cache::{Cache, Stats};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use twilight_gateway::error::ReceiveMessageErrorType;
 use twilight_gateway::{Message, MessageSender, Shard};
 
 use crate::error::{Error, ErrorKind};
-use crate::pipeline::{Dispatch, Pipeline, ShardEvent};
+use crate::follow::Follower;
+use crate::pipeline::{Pipeline, ShardEvent};
 use crate::queue::SharedQueue;
+use crate::ring::{self, Ring};
 
 /// Where a shard's upstream connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +99,8 @@ pub struct ShardStatus {
     pub cache_errors: u64,
     /// What the state cache holds.
     pub cache: Stats,
-    /// Dispatches and payload bytes in the replay ring.
+    /// Dispatches and bytes in the shard's ring (payloads, packed where
+    /// they are, and what holding each costs).
     pub ring: (usize, usize),
     /// Guilds READY named that have not arrived yet.
     pub pending_guilds: usize,
@@ -127,9 +130,13 @@ enum Readiness {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    id: u32,
+    pub(crate) id: u32,
     core: Mutex<Pipeline>,
-    events: broadcast::Sender<ShardEvent>,
+    /// Taken after `core` when both are: the shard task pushes under both,
+    /// followers read under this one alone.
+    pub(crate) ring: Mutex<Ring>,
+    /// Changes when an event is pushed: followers wake.
+    pub(crate) news: watch::Sender<()>,
     sampled: Mutex<Sampled>,
     ready: watch::Sender<Readiness>,
     sender: MessageSender,
@@ -139,18 +146,17 @@ pub(crate) struct Shared {
     intents: u64,
     /// Set by [`ShardHandle::close`]: the next close ends the task.
     closing: AtomicBool,
-    /// The index of the last event handed on, readable without the lock.
-    head: AtomicU64,
-    /// The replay ring's floor (every dispatch after it is held) and
-    /// whether the ring has had to drop dispatches since its last reset.
+    /// The index of the last event handed on, readable without a lock.
+    pub(crate) head: AtomicU64,
+    /// Whether Discord closed the shard for good (the ring's last event).
+    pub(crate) closed: AtomicBool,
+    /// The ring's floor (every dispatch after it is held), and whether the
+    /// ring has dropped dispatches for room or age since its last reset.
     ring_floor: AtomicU64,
     ring_dropping: AtomicBool,
-    /// A quarter of the ring's event bound (rounded up to a power of two):
-    /// how far a subscriber may fall behind, and the channel's capacity.
-    lag_limit: u64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -169,7 +175,7 @@ pub struct Snapshot<T> {
     /// The index of the last event the state includes.
     pub index: u64,
     /// Every event after `index`.
-    pub events: broadcast::Receiver<ShardEvent>,
+    pub events: Follower,
 }
 
 /// A shard of the pool: its events, its state, its status, its commands.
@@ -180,23 +186,21 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
-    /// A handle for shard `id`. Subscribers may fall a quarter of the
-    /// replay ring behind (rounded up to a power of two) before the channel
-    /// drops events for them; see [`ShardHandle::behind`].
+    /// A handle for shard `id`, whose ring keeps what `ring` allows.
     pub(crate) fn new(
         id: u32,
         core: Pipeline,
+        ring: ring::RingLimits,
         sender: MessageSender,
         intents: u64,
         load_timeout: Duration,
     ) -> Self {
-        // tokio's channel rounds its capacity up to a power of two.
-        let capacity = (core.ring.max_events() / 4).max(1).next_power_of_two();
         Self {
             shared: Arc::new(Shared {
                 id,
                 core: Mutex::new(core),
-                events: broadcast::Sender::new(capacity),
+                ring: Mutex::new(Ring::new(ring)),
+                news: watch::Sender::new(()),
                 sampled: Mutex::new(Sampled {
                     state: ShardState::Connecting,
                     latency: None,
@@ -209,9 +213,9 @@ impl ShardHandle {
                 intents,
                 closing: AtomicBool::new(false),
                 head: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
                 ring_floor: AtomicU64::new(0),
                 ring_dropping: AtomicBool::new(false),
-                lag_limit: u64::try_from(capacity).unwrap_or(u64::MAX),
             }),
         }
     }
@@ -222,43 +226,40 @@ impl ShardHandle {
         self.shared.id
     }
 
-    /// Runs `f` on the shard's state and subscribes to the events after it,
-    /// atomically: events are applied and handed on under the same lock, so
-    /// the receiver starts exactly after the state `f` saw.
+    /// Runs `f` on the shard's state and follows the events after it,
+    /// atomically: events are applied and pushed to the ring under the same
+    /// lock, so the follower starts exactly after the state `f` saw.
     pub fn snapshot<T>(&self, f: impl FnOnce(&Cache) -> T) -> Snapshot<T> {
-        let mut core = lock(&self.shared.core);
-        core.serve();
+        let core = lock(&self.shared.core);
+        lock(&self.shared.ring).serve();
         let value = f(&core.cache);
         Snapshot {
             value,
             index: core.index,
-            events: self.shared.events.subscribe(),
+            events: Follower::new(self.shared.clone(), core.index),
         }
     }
 
-    /// The dispatches after `index` that the replay ring still holds, and a
-    /// subscription to every event after them, atomically: for a client that
-    /// resumes. `None` when some of them are gone (past the ring, or before
-    /// a reset).
+    /// A follower from `index` on, if the ring still holds every event
+    /// after it (for a client that resumes), and the index of the newest
+    /// event now (what the client missed ends there).
     #[must_use]
-    pub fn subscribe_from(
-        &self,
-        index: u64,
-    ) -> Option<(Vec<Dispatch>, broadcast::Receiver<ShardEvent>)> {
-        let core = lock(&self.shared.core);
-        if index > core.index {
+    pub fn subscribe_from(&self, index: u64) -> Option<(Follower, u64)> {
+        let mut ring = lock(&self.shared.ring);
+        let (floor, head) = ring.window();
+        if index > head || index < floor {
             return None;
         }
-        let replay = core.ring.since(index)?;
-        Some((replay, self.shared.events.subscribe()))
+        ring.serve();
+        Some((Follower::new(self.shared.clone(), index), head))
     }
 
-    /// Subscribes to the events after the current one; returns the index
-    /// of the current one.
+    /// A follower of the events after the current one.
     #[must_use]
-    pub fn subscribe(&self) -> (u64, broadcast::Receiver<ShardEvent>) {
+    pub fn subscribe(&self) -> Follower {
         let core = lock(&self.shared.core);
-        (core.index, self.shared.events.subscribe())
+        lock(&self.shared.ring).serve();
+        Follower::new(self.shared.clone(), core.index)
     }
 
     /// Whether clients can be served now; see [`ShardStatus::ready`].
@@ -308,27 +309,25 @@ impl ShardHandle {
         })
     }
 
-    /// Whether a subscriber whose last event is `index` has fallen too far
-    /// behind to keep being served live: more than a quarter of the replay
-    /// ring's event bound behind the newest (where the channel gives up on
-    /// it too), or, once the ring drops dispatches for room (its byte bound
-    /// may hold fewer), more than a quarter of what it holds. What it
-    /// missed is then still in the ring, and the other three quarters are
-    /// the headroom for what a client has not read yet although it was
-    /// written (its queue, socket buffers: megabytes) and for its
-    /// reconnect, so a client closed for this can resume.
+    /// Whether a follower whose last event is `index` has fallen too far
+    /// behind to keep being served live: more than `max_lag` events behind
+    /// the newest, or, once the ring drops dispatches for room or age, more
+    /// than half of what it holds. What it missed is then still in the
+    /// ring, and the rest is the headroom for what a client has not read
+    /// although it was written (socket buffers) and for its reconnect, so a
+    /// client closed for this can resume.
     #[must_use]
-    pub fn behind(&self, index: u64) -> bool {
+    pub fn behind(&self, index: u64, max_lag: u64) -> bool {
         let head = self.shared.head.load(Ordering::Acquire);
         let lag = head.saturating_sub(index);
-        if lag > self.shared.lag_limit {
+        if lag > max_lag {
             return true;
         }
         if !self.shared.ring_dropping.load(Ordering::Acquire) {
             return false;
         }
         let floor = self.shared.ring_floor.load(Ordering::Acquire);
-        lag > head.saturating_sub(floor) / 4
+        lag > head.saturating_sub(floor) / 2
     }
 
     /// The index of the last event handed on.
@@ -386,36 +385,65 @@ impl ShardHandle {
             malformed: core.malformed,
             cache_errors: core.cache_errors,
             cache: core.cache.stats(),
-            ring: core.ring.len_bytes(),
+            ring: lock(&self.shared.ring).len_bytes(),
             pending_guilds: core.cache.pending_guilds(),
         }
     }
 
-    /// Takes one upstream payload through the pipeline and hands on what
-    /// comes out, under the lock snapshots take; returns the guilds still
-    /// pending, read under the same lock.
+    /// Takes one upstream payload through the pipeline and pushes what
+    /// comes out to the ring, under the lock snapshots take; returns the
+    /// guilds still pending, read under the same lock. Followers are woken
+    /// after, and dispatches old enough are packed outside both locks.
     fn handle(&self, payload: Bytes) -> usize {
-        let mut core = lock(&self.shared.core);
-        if let Some(event) = core.handle(payload) {
-            if matches!(event, ShardEvent::Reset { .. }) {
-                lock(&self.shared.sampled).ready_at = Some(Instant::now());
+        let now = Instant::now();
+        let (pending, pushed, to_pack) = {
+            let mut core = lock(&self.shared.core);
+            let event = core.handle(payload);
+            if matches!(event, Some(ShardEvent::Reset { .. })) {
+                lock(&self.shared.sampled).ready_at = Some(now);
             }
-            let (floor, dropping) = core.ring.window();
-            self.shared.ring_floor.store(floor, Ordering::Release);
-            self.shared.ring_dropping.store(dropping, Ordering::Release);
-            self.shared.head.store(event.index(), Ordering::Release);
-            // No subscriber is fine: nobody is listening yet.
-            let _ = self.shared.events.send(event);
+            let mut ring = lock(&self.shared.ring);
+            match &event {
+                Some(event) => ring.push(event, now),
+                None => ring.expire(now),
+            }
+            self.publish(&ring);
+            (core.cache.pending_guilds(), event.is_some(), ring.to_pack())
+        };
+        if pushed {
+            self.shared.news.send_replace(());
         }
-        core.cache.pending_guilds()
+        if let Some((dispatches, newest)) = to_pack
+            && let Some(block) = ring::pack(&dispatches, newest)
+        {
+            let mut ring = lock(&self.shared.ring);
+            ring.replace(block);
+            self.publish(&ring);
+        }
+        pending
+    }
+
+    /// What followers read without the ring's lock.
+    fn publish(&self, ring: &Ring) {
+        let (floor, head) = ring.window();
+        self.shared.ring_floor.store(floor, Ordering::Release);
+        self.shared
+            .ring_dropping
+            .store(ring.dropping(), Ordering::Release);
+        self.shared.head.store(head, Ordering::Release);
     }
 
     /// Discord closed the shard for good: clients learn it at once, and
     /// whoever waits for the shard to be ready is told.
     fn stopped(&self, code: u16) {
         self.shared.ready.send_replace(Readiness::Fatal(code));
-        let index = self.head();
-        let _ = self.shared.events.send(ShardEvent::Closed { index, code });
+        {
+            let _core = lock(&self.shared.core);
+            let index = self.head();
+            lock(&self.shared.ring).push(&ShardEvent::Closed { index, code }, Instant::now());
+            self.shared.closed.store(true, Ordering::Release);
+        }
+        self.shared.news.send_replace(());
     }
 
     /// Records what twilight's shard says now, and whether that makes the

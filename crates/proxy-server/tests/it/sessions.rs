@@ -127,7 +127,7 @@ async fn a_session_past_its_ttl_cannot_resume() {
 }
 
 #[tokio::test]
-async fn a_slow_client_is_closed_resumably_and_its_resume_loses_nothing() {
+async fn a_client_that_pauses_catches_up_and_one_that_stays_slow_resumes_losing_nothing() {
     let setup = Setup::new(
         |c| c.events_per_sec = 4000,
         |_, server| server.backpressure = 20,
@@ -136,10 +136,31 @@ async fn a_slow_client_is_closed_resumably_and_its_resume_loses_nothing() {
     let (mut client, ready, creates) = setup.identified(0, 1).await;
     let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
     let mut seen = marked(&mut client, 1 + creates.len() as u64, 10).await;
-    // Stop reading: the socket buffers fill, then the client's queue.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Stop reading for a while (thousands of events behind), then read:
+    // what it missed is read back from the ring, and it catches up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = seen.last().unwrap().0;
+    seen.extend(marked(&mut client, after, 12_000).await);
+    // Then read at a third of the shard's rate: steadily further behind,
+    // it is closed, resumably.
     let mut last = seen.last().unwrap().0;
-    let code = until_close(&mut client, &mut last, &mut seen).await;
+    let code = loop {
+        match client.recv().await.unwrap() {
+            Received::Close(code) => break code,
+            Received::Payload(payload) => {
+                let s = payload["s"].as_u64().unwrap();
+                assert_eq!(s, last + 1, "{payload}");
+                last = s;
+                if let Some(n) = super::marker(&payload) {
+                    seen.push((s, n));
+                }
+                if s % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(8)).await;
+                }
+            }
+            _ => unreachable!(),
+        }
+    };
     assert_eq!(code, Some(4000), "closed as too slow, resumable");
     let (mut client, s) = resumed(&setup, &session, last, &mut seen).await;
     seen.extend(marked(&mut client, s, 50).await);

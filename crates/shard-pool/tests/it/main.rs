@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
 use serde_json::Value;
-use shard_pool::{Dispatch, Pool, PoolConfig, ShardEvent};
-use tokio::sync::broadcast;
+use shard_pool::{Dispatch, Follower, Pool, PoolConfig, ShardEvent};
 
 /// A sim with quick identify buckets and a steady stream.
 async fn sim(configure: impl FnOnce(&mut SimConfig)) -> Sim {
@@ -41,14 +40,14 @@ async fn ready(pool: &Pool, seconds: u64) {
 
 /// The `_sim` marker of a dispatch: (shard, n).
 fn marker(dispatch: &Dispatch) -> Option<(u64, u64)> {
-    let d: Value = serde_json::from_slice(dispatch.scan.d(&dispatch.payload)?).ok()?;
+    let d: Value = serde_json::from_slice(dispatch.scan().d(dispatch.payload())?).ok()?;
     let marker = d.get("_sim")?;
     Some((marker["shard"].as_u64()?, marker["n"].as_u64()?))
 }
 
 /// Receives the shard's next `count` dispatches that carry a marker; panics
 /// on a reset, a lag or a wait over 10 s.
-async fn marked(events: &mut broadcast::Receiver<ShardEvent>, count: usize) -> Vec<(u64, u64)> {
+async fn marked(events: &mut Follower, count: usize) -> Vec<(u64, u64)> {
     let mut seen = Vec::with_capacity(count);
     let mut last_index = None;
     while seen.len() < count {
