@@ -3,7 +3,7 @@
 //! path (the same clients connected straight to the sim).
 //!
 //! ```text
-//! cargo run --release -p benches --bin e2e                 # everything (~10 min)
+//! cargo run --release -p benches --bin e2e                 # everything (~13 min)
 //! cargo run --release -p benches --bin e2e -- --quick      # a smoke run (< 1 min)
 //! cargo run --release -p benches --bin e2e -- --only latency,memory --runs 5
 //! cargo run --release -p benches --bin e2e -- --proxy-cmd "sh my-proxy.sh"
@@ -11,10 +11,11 @@
 //!
 //! `--help` lists every option. It measures throughput, added latency, the
 //! proxy's CPU per delivered event, its RSS per shard, guild and member
-//! for three cache presets, and a reconnect storm, and prints Markdown
-//! tables (progress goes to stderr). `docs/performance.md` explains the
-//! method and holds the results; `docs/BENCHMARKING.md` the contract for
-//! driving another proxy with `--proxy-cmd`.
+//! for three cache presets, its RSS in steady state (a client per shard,
+//! the stream running) and per idle shard, and a reconnect storm, and
+//! prints Markdown tables (progress goes to stderr). `docs/performance.md`
+//! explains the method and holds the results; `docs/BENCHMARKING.md` the
+//! contract for driving another proxy with `--proxy-cmd`.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -53,7 +54,8 @@ const USAGE: &str = "usage: e2e [options]
 
   --quick                 a smoke run: small sizes, one run, no search (< 1 min)
   --runs N                runs of each measurement, medians reported (default 3)
-  --only LIST             comma-separated: throughput,latency,memory,storm (default all)
+  --only LIST             comma-separated: throughput,latency,memory,steady,storm
+                          (default all)
   --proxy-cmd CMD         the proxy under test, started with `sh -c CMD` and the
                           environment of the contract (docs/BENCHMARKING.md);
                           repeat to compare proxies; default: this repository's
@@ -78,6 +80,16 @@ const USAGE: &str = "usage: e2e [options]
   --mem-shards S --mem-guilds G --mem-members M
                           the world: S shards, G guilds in all, M members each
                           (default 4, 1000, 100)
+ steady (memory as deployments run: a client per shard, the stream running):
+  --steady-shards S       shards, one client each (default 4)
+  --steady-rate R         the sim's events/s per shard (default 1500; the intents
+                          let through about 46 % of them)
+  --steady-secs T         seconds of stream, RSS sampled every second (default 60)
+  --steady-compression C  the clients' compression (default zlib-stream)
+  --steady-guilds G --steady-members M
+                          guilds per shard, members each (default 100, 10)
+  --idle-shards N         the idle cost: 1 shard against 1+N shards with no guild
+                          (default 64)
  storm:
   --storm-clients N       clients connecting at once (default 100)
   --storm-procs N         processes they are spread over (default 4)
@@ -104,6 +116,13 @@ struct Args {
     mem_shards: u32,
     mem_guilds: u32,
     mem_members: u32,
+    steady_shards: u32,
+    steady_rate: u32,
+    steady_secs: u32,
+    steady_compression: String,
+    steady_guilds: u32,
+    steady_members: u32,
+    idle_shards: u32,
     storm_clients: usize,
     storm_procs: usize,
     storm_guilds: u32,
@@ -144,6 +163,13 @@ fn parse_args() -> Result<Args, String> {
         mem_shards: 4,
         mem_guilds: 1000,
         mem_members: 100,
+        steady_shards: 4,
+        steady_rate: 1500,
+        steady_secs: 60,
+        steady_compression: "zlib-stream".to_owned(),
+        steady_guilds: 100,
+        steady_members: 10,
+        idle_shards: 64,
         storm_clients: 100,
         storm_procs: 4,
         storm_guilds: 100,
@@ -196,6 +222,13 @@ fn parse_args() -> Result<Args, String> {
             "--mem-shards" => args.mem_shards = int()?.max(1),
             "--mem-guilds" => args.mem_guilds = int()?,
             "--mem-members" => args.mem_members = int()?,
+            "--steady-shards" => args.steady_shards = int()?.max(1),
+            "--steady-rate" => args.steady_rate = int()?,
+            "--steady-secs" => args.steady_secs = int()?.max(1),
+            "--steady-compression" => args.steady_compression.clone_from(&value),
+            "--steady-guilds" => args.steady_guilds = int()?,
+            "--steady-members" => args.steady_members = int()?,
+            "--idle-shards" => args.idle_shards = int()?.max(1),
             "--storm-clients" => args.storm_clients = int()?.max(1) as usize,
             "--storm-procs" => args.storm_procs = int()?.max(1) as usize,
             "--storm-guilds" => args.storm_guilds = int()?,
@@ -203,7 +236,15 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown option {other}\n\n{USAGE}")),
         }
     }
-    for c in &args.tp_compression {
+    for o in &args.only {
+        if !matches!(
+            o.as_str(),
+            "throughput" | "latency" | "memory" | "steady" | "storm"
+        ) {
+            return Err(format!("--only: unknown section {o:?}\n\n{USAGE}"));
+        }
+    }
+    for c in args.tp_compression.iter().chain([&args.steady_compression]) {
         if !matches!(c.as_str(), "none" | "zlib-stream" | "zstd-stream") {
             return Err(format!("unknown compression {c:?}"));
         }
@@ -231,6 +272,15 @@ fn parse_args() -> Result<Args, String> {
         }
         if !set("--mem-shards") {
             args.mem_shards = 2;
+        }
+        if !set("--steady-secs") {
+            args.steady_secs = 10;
+        }
+        if !set("--steady-shards") {
+            args.steady_shards = 2;
+        }
+        if !set("--idle-shards") {
+            args.idle_shards = 8;
         }
         if !set("--storm-clients") {
             args.storm_clients = 20;
@@ -1507,7 +1557,439 @@ fn memory(args: &Args, bins: &Bins, report: &mut String) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------
-// 5: reconnect storm.
+// 5: memory as deployments run: a client per shard with the stream running,
+// and what an idle shard costs.
+
+/// A request to the sim's admin routes (`/_sim/...`, on its gateway port):
+/// the body of a 200 answer.
+fn sim_admin(sim: &SimProc, method: &str, path: &str) -> Result<String, String> {
+    let fail = |e: std::io::Error| format!("{method} {path} to the sim: {e}");
+    let mut tcp = TcpStream::connect_timeout(&sim.addr, Duration::from_secs(2)).map_err(fail)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(fail)?;
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+        sim.addr
+    )
+    .map_err(fail)?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).map_err(fail)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    if head.split_whitespace().nth(1) != Some("200") {
+        return Err(format!(
+            "{method} {path} to the sim: {}",
+            head.lines().next().unwrap_or("no answer")
+        ));
+    }
+    Ok(body.to_owned())
+}
+
+/// The sim's world, from `GET /_sim/guilds`: what the proxy's cache
+/// follows.
+#[derive(Clone, Copy, Debug, Default)]
+struct WorldCounts {
+    guilds: u64,
+    /// The fewest and the most guilds of one shard.
+    per_shard: (u64, u64),
+    members: u64,
+    channels: u64,
+    threads: u64,
+    roles: u64,
+}
+
+fn world_counts(sim: &SimProc, shards: u32) -> Result<WorldCounts, String> {
+    let body = sim_admin(sim, "GET", "/_sim/guilds")?;
+    let guilds: Value =
+        serde_json::from_str(&body).map_err(|e| format!("/_sim/guilds is not JSON: {e}"))?;
+    let guilds = guilds.as_array().ok_or("/_sim/guilds is not a list")?;
+    let sum = |key: &str| guilds.iter().map(|g| g[key].as_u64().unwrap_or(0)).sum();
+    let mut per_shard = vec![0u64; shards as usize];
+    for guild in guilds {
+        let shard = guild["shard"].as_u64().unwrap_or(0) as usize;
+        if let Some(n) = per_shard.get_mut(shard) {
+            *n += 1;
+        }
+    }
+    Ok(WorldCounts {
+        guilds: guilds.len() as u64,
+        per_shard: (
+            per_shard.iter().copied().min().unwrap_or(0),
+            per_shard.iter().copied().max().unwrap_or(0),
+        ),
+        members: sum("member_count"),
+        channels: sum("channels"),
+        threads: sum("threads"),
+        roles: sum("roles"),
+    })
+}
+
+/// One steady-state run of one proxy.
+#[derive(Clone, Debug, Default)]
+struct SteadyRun {
+    /// RSS in KiB once ready, with no client and the stream stopped.
+    baseline_kb: u64,
+    /// RSS in KiB each second of the stream: `[0]` with the clients in,
+    /// just before the stream starts, `[k]` after `k` seconds.
+    series_kb: Vec<u64>,
+    /// Dispatches delivered, summed over the clients.
+    deliveries: u64,
+    /// The sim's dispatches per second per shard (from its markers).
+    made_rate: f64,
+    /// The world before and after the stream.
+    world: (WorldCounts, WorldCounts),
+    /// Why the run is not clean (a client lost events or was closed).
+    failure: Option<String>,
+}
+
+fn steady_run(args: &Args, bins: &Bins, spec: &ProxySpec) -> Result<SteadyRun, String> {
+    let s = args.steady_shards;
+    let secs = u64::from(args.steady_secs);
+    let sim = start_sim(
+        bins,
+        World {
+            shards: s,
+            guilds: args.steady_guilds * s,
+            members: args.steady_members,
+            rate: args.steady_rate,
+        },
+    )?;
+    // Stopped until every client is in: the baseline is the cache alone,
+    // and every client sees the whole stream.
+    sim_admin(&sim, "POST", "/_sim/pause")?;
+    let proxy = start_proxy(bins, spec, &sim, s, args.intents, Preset::Minimal)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut run = SteadyRun {
+        baseline_kb: tree_stat(proxy.proc.pid).rss_kb,
+        ..SteadyRun::default()
+    };
+    let before = world_counts(&sim, s)?;
+    let start = now_us() + 2_000_000 + 100_000 * u64::from(s);
+    let end = start + secs * 1_000_000;
+    let procs: Vec<(u32, usize)> = (0..s).map(|shard| (shard, 1)).collect();
+    let clients = spawn_clients(
+        bins,
+        &ClientSpec {
+            addr: proxy.addr,
+            token: sim.token.clone(),
+            query: query(&args.steady_compression),
+            shards: s,
+            intents: args.intents,
+            start_at_us: 0,
+            window: Some((start, end)),
+            deadline_us: end + 15_000_000,
+        },
+        &procs,
+    )?;
+    sleep_until(start);
+    run.series_kb.push(tree_stat(proxy.proc.pid).rss_kb);
+    sim_admin(&sim, "POST", "/_sim/resume")?;
+    for k in 1..=secs {
+        sleep_until(start + k * 1_000_000);
+        let rss = tree_stat(proxy.proc.pid).rss_kb;
+        run.series_kb.push(rss);
+        if k % 10 == 0 || k == secs {
+            eprintln!(
+                "    {}: {k} s of stream, RSS {}",
+                spec.name,
+                bytes(rss as f64 * 1024.0)
+            );
+        }
+    }
+    let outs = collect(clients, end + 20_000_000);
+    let after = world_counts(&sim, s)?;
+    drop(proxy);
+    drop(sim);
+    run.world = (before, after);
+    let conns: Vec<&ConnOut> = outs.iter().flat_map(|o| &o.connections).collect();
+    run.deliveries = conns.iter().map(|c| c.window_events).sum();
+    run.made_rate = conns
+        .iter()
+        .map(|c| (c.window_last_n.saturating_sub(c.window_first_n) + 1) as f64 / secs as f64)
+        .sum::<f64>()
+        / conns.len().max(1) as f64;
+    run.failure = if let Some(e) = conns.iter().find_map(|c| c.error.clone()) {
+        Some(format!("a client failed: {e}"))
+    } else if conns.len() != s as usize {
+        Some(format!("{} of {s} clients reported", conns.len()))
+    } else if let Some(c) = conns.iter().find(|c| !c.completed) {
+        Some(format!("the client of shard {} did not finish", c.shard))
+    } else if let Some(c) = conns.iter().find(|c| c.s_gaps > 0 || c.n_back > 0) {
+        Some(format!(
+            "the client of shard {}: {} gaps in s, {} markers repeated or reordered",
+            c.shard, c.s_gaps, c.n_back
+        ))
+    } else if let Some(c) = conns.iter().find(|c| c.guilds_us > start) {
+        Some(format!(
+            "the client of shard {} had its guilds only after the stream started",
+            c.shard
+        ))
+    } else if run.deliveries == 0 {
+        Some("nothing delivered".to_owned())
+    } else {
+        None
+    };
+    Ok(run)
+}
+
+/// RSS in KiB of a proxy once ready with `shards` shards and no guild, no
+/// client, no stream.
+fn idle_rss(args: &Args, bins: &Bins, spec: &ProxySpec, shards: u32) -> Result<u64, String> {
+    let world = World {
+        shards,
+        guilds: 0,
+        members: 0,
+        rate: 0,
+    };
+    let sim = start_sim(bins, world)?;
+    let proxy = start_proxy(bins, spec, &sim, shards, args.intents, Preset::Minimal)?;
+    // Let start-up's transient buffers go.
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = tree_stat(proxy.proc.pid).rss_kb;
+    drop(proxy);
+    drop(sim);
+    Ok(rss)
+}
+
+/// The variables of this program's environment that name a replay bound
+/// (they reach the proxy): `GATEWAY_PROXY_REPLAY_MAX_BYTES=…`, or
+/// "default".
+fn replay_budget() -> String {
+    let mut set: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.to_string_lossy().into_owned();
+            k.to_ascii_uppercase()
+                .contains("REPLAY")
+                .then(|| format!("`{k}={}`", v.to_string_lossy()))
+        })
+        .collect();
+    set.sort();
+    if set.is_empty() {
+        "default".to_owned()
+    } else {
+        set.join(", ")
+    }
+}
+
+fn steady(args: &Args, bins: &Bins, report: &mut String) -> Result<(), String> {
+    let s = args.steady_shards;
+    let n = args.idle_shards;
+    let secs = args.steady_secs;
+    let mut runs: Vec<Vec<SteadyRun>> = vec![vec![]; args.proxies.len()];
+    // [proxy] -> (RSS with 1 shard, with 1 + N), KiB, per run.
+    let mut idle: Vec<Vec<(f64, f64)>> = vec![vec![]; args.proxies.len()];
+    for run in 0..args.runs {
+        for (pi, spec) in args.proxies.iter().enumerate() {
+            eprintln!(
+                "  steady run {} {}: {s} shards, {} events/s per shard, {secs} s, {}",
+                run + 1,
+                spec.name,
+                args.steady_rate,
+                args.steady_compression
+            );
+            let out = steady_run(args, bins, spec)?;
+            eprintln!(
+                "  steady run {} {}: baseline {}, clients in {}, at the end {}, {} delivered{}",
+                run + 1,
+                spec.name,
+                bytes(out.baseline_kb as f64 * 1024.0),
+                bytes(out.series_kb[0] as f64 * 1024.0),
+                bytes(out.series_kb.last().copied().unwrap_or(0) as f64 * 1024.0),
+                count(out.deliveries as f64),
+                out.failure
+                    .as_deref()
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default()
+            );
+            if args.quick
+                && let Some(failure) = &out.failure
+            {
+                return Err(format!("{}: {failure}", spec.name));
+            }
+            runs[pi].push(out);
+            let one = idle_rss(args, bins, spec, 1)?;
+            let many = idle_rss(args, bins, spec, 1 + n)?;
+            eprintln!(
+                "  idle run {} {}: 1 shard {} KiB, {} shards {} KiB",
+                run + 1,
+                spec.name,
+                one,
+                1 + n,
+                many
+            );
+            idle[pi].push((one as f64, many as f64));
+        }
+    }
+
+    // Steady state.
+    let marks: Vec<u32> = {
+        let mut marks: Vec<u32> = [10, 30, secs].into_iter().filter(|&k| k <= secs).collect();
+        marks.dedup();
+        marks
+    };
+    let world = runs
+        .iter()
+        .flatten()
+        .next()
+        .map(|r| r.world)
+        .unwrap_or_default();
+    let (w0, w1) = world;
+    let _ = writeln!(
+        report,
+        "\n### Steady state under load: {s} shards, a {} client each, {} events/s per shard for {secs} s\n\n\
+         `VmRSS` of the proxy's processes: once `/ready` answers 200 (and 0.5 s more) with the \
+         sim's stream stopped and no client (the baseline: the cache); with one {} client \
+         per shard connected, just before the stream starts; then every second of a {secs} s \
+         stream of {} events/s per shard made by the sim, of which the clients' intents ({}) \
+         let through about 46 % (delivered below). Growth per shard = (RSS at {secs} s − \
+         baseline) / {s}. Every client checks that `s` never skips and the sim's markers \
+         never go back; a run is clean if no client lost an event, was closed or fell behind \
+         the stream's start. World: {} guilds ({}–{} per shard), {} members, {} channels, {} \
+         threads, {} roles at the start; after the stream {} members, {} channels, {} threads, \
+         {} roles (the stream adds and removes them; the proxy caches channels, roles and \
+         threads). Default cache flags. Medians over {} run(s).\n",
+        args.steady_compression,
+        count(f64::from(args.steady_rate)),
+        args.steady_compression,
+        count(f64::from(args.steady_rate)),
+        args.intents,
+        w0.guilds,
+        w0.per_shard.0,
+        w0.per_shard.1,
+        count(w0.members as f64),
+        count(w0.channels as f64),
+        count(w0.threads as f64),
+        count(w0.roles as f64),
+        count(w1.members as f64),
+        count(w1.channels as f64),
+        count(w1.threads as f64),
+        count(w1.roles as f64),
+        args.runs,
+    );
+    let budget = replay_budget();
+    let mib = |kb: f64| bytes(kb * 1024.0);
+    let mut rows = Vec::new();
+    for (pi, proxy) in args.proxies.iter().enumerate() {
+        let v = &runs[pi];
+        let med = |f: &dyn Fn(&SteadyRun) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+        let at = |k: u32| {
+            med(&|r| {
+                r.series_kb
+                    .get(k as usize)
+                    .map_or(f64::NAN, |&kb| kb as f64)
+            })
+        };
+        let mut row = vec![
+            proxy.name.clone(),
+            mib(med(&|r| r.baseline_kb as f64)),
+            mib(at(0)),
+        ];
+        row.extend(marks.iter().map(|&k| mib(at(k))));
+        row.push(mib(med(&|r| {
+            r.series_kb.iter().copied().max().unwrap_or(0) as f64
+        })));
+        row.push(mib(med(&|r| {
+            (r.series_kb.get(secs as usize).copied().unwrap_or(0) as f64 - r.baseline_kb as f64)
+                / f64::from(s)
+        })));
+        row.push(count(med(&|r| r.deliveries as f64)));
+        row.push(count(med(&|r| {
+            r.deliveries as f64 / f64::from(s) / f64::from(secs)
+        })));
+        row.push(count(med(&|r| r.made_rate)));
+        row.push(budget.clone());
+        row.push(format!(
+            "{}/{}",
+            v.iter().filter(|r| r.failure.is_none()).count(),
+            v.len()
+        ));
+        rows.push(row);
+    }
+    let mark_names: Vec<String> = marks.iter().map(|k| format!("at {k} s")).collect();
+    let mut header = vec![
+        "proxy",
+        "baseline (ready, no client)",
+        "clients in, no stream",
+    ];
+    header.extend(mark_names.iter().map(String::as_str));
+    header.extend([
+        "max",
+        "growth per shard",
+        "events delivered",
+        "delivered/s per client",
+        "sim made/s per shard",
+        "replay budget",
+        "runs clean",
+    ]);
+    report.push_str(&table(&header, 1, &rows));
+    // The series, to see whether RSS levels off.
+    let step = (secs / 6).max(1) as usize;
+    for (pi, proxy) in args.proxies.iter().enumerate() {
+        for (ri, r) in runs[pi].iter().enumerate() {
+            let _ = writeln!(
+                report,
+                "\n{} run {}, RSS every {step} s of the stream: {}.{}",
+                proxy.name,
+                ri + 1,
+                r.series_kb
+                    .iter()
+                    .step_by(step)
+                    .map(|&kb| format!("{:.1}", kb as f64 / 1024.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + " MiB",
+                r.failure
+                    .as_deref()
+                    .map(|f| format!(" Not clean: {f}."))
+                    .unwrap_or_default()
+            );
+        }
+    }
+
+    // Idle shards.
+    let _ = writeln!(
+        report,
+        "\n### Idle cost per shard: 1 shard against {} shards, no guild\n\n\
+         `VmRSS` of the proxy's processes once `/ready` answers 200 (and 0.5 s more), the sim \
+         with no guild at all (every shard's READY lists none), no client, no stream; per \
+         shard = the difference / {n}. Intents {}, default cache flags, replay budget {} \
+         (a shard's ring may take memory before any event). Medians over {} run(s).\n",
+        1 + n,
+        args.intents,
+        replay_budget(),
+        args.runs
+    );
+    let rows: Vec<Vec<String>> = args
+        .proxies
+        .iter()
+        .enumerate()
+        .map(|(pi, p)| {
+            let one = median(&idle[pi].iter().map(|t| t.0).collect::<Vec<_>>());
+            let many = median(&idle[pi].iter().map(|t| t.1).collect::<Vec<_>>());
+            let per = median(
+                &idle[pi]
+                    .iter()
+                    .map(|t| (t.1 - t.0) / f64::from(n))
+                    .collect::<Vec<_>>(),
+            );
+            vec![p.name.clone(), mib(one), mib(many), format!("{per:.0} KiB")]
+        })
+        .collect();
+    report.push_str(&table(
+        &[
+            "proxy",
+            "1 shard",
+            &format!("{} shards", 1 + n),
+            "per shard",
+        ],
+        1,
+        &rows,
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 6: reconnect storm.
 
 fn storm(args: &Args, bins: &Bins, report: &mut String) -> Result<(), String> {
     let n = args.storm_clients;
@@ -1753,9 +2235,10 @@ fn main() {
         }
     );
     let started = now_us();
-    let sections: [(&str, &Section<'_>); 4] = [
+    let sections: [(&str, &Section<'_>); 5] = [
         ("latency", &|r| latency(&args, &bins, hz, r)),
         ("memory", &|r| memory(&args, &bins, r)),
+        ("steady", &|r| steady(&args, &bins, r)),
         ("storm", &|r| storm(&args, &bins, r)),
         ("throughput", &|r| throughput(&args, &bins, hz, r)),
     ];
