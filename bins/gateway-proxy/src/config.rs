@@ -143,12 +143,16 @@ pub struct Config {
     /// resumed.
     #[serde(default = "default_session_ttl_secs")]
     pub session_ttl_secs: u64,
-    /// The most dispatches each shard's replay ring keeps.
+    /// The most dispatches each shard's ring keeps (a cap per shard).
     #[serde(default = "default_replay_max_events")]
     pub replay_max_events: usize,
-    /// The most payload bytes each shard's replay ring keeps.
+    /// The most bytes the rings of all shards keep together: one budget.
     #[serde(default = "default_replay_max_bytes")]
     pub replay_max_bytes: usize,
+    /// The most bytes one shard's ring keeps, under the shared budget;
+    /// absent: the budget alone.
+    #[serde(default)]
+    pub replay_shard_max_bytes: Option<usize>,
     /// IDENTIFY's `large_threshold`, 50 to 250: guilds with more members
     /// come without their offline members.
     #[serde(default = "default_large_threshold")]
@@ -343,11 +347,11 @@ const fn default_session_ttl_secs() -> u64 {
 }
 
 const fn default_replay_max_events() -> usize {
-    16_384
+    1 << 20
 }
 
 const fn default_replay_max_bytes() -> usize {
-    32 << 20
+    256 << 20
 }
 
 const fn default_large_threshold() -> u64 {
@@ -388,6 +392,7 @@ impl fmt::Debug for Config {
             .field("session_ttl_secs", &self.session_ttl_secs)
             .field("replay_max_events", &self.replay_max_events)
             .field("replay_max_bytes", &self.replay_max_bytes)
+            .field("replay_shard_max_bytes", &self.replay_shard_max_bytes)
             .field("large_threshold", &self.large_threshold)
             .field("limits", &self.limits)
             .finish()
@@ -466,10 +471,7 @@ impl Config {
         if self.replay_max_events < 4 {
             return invalid(
                 "replay_max_events",
-                format!(
-                    "expected at least 4 (a client may fall a quarter of it behind), found {}",
-                    self.replay_max_events
-                ),
+                format!("expected at least 4, found {}", self.replay_max_events),
             );
         }
         self.validate_limits()?;
@@ -636,6 +638,9 @@ impl Config {
         pool.cache = self.cache.into();
         pool.replay_max_events = self.replay_max_events;
         pool.replay_max_bytes = self.replay_max_bytes;
+        pool.replay_shard_max_bytes = self.replay_shard_max_bytes;
+        // Nothing older can be asked for: a session resumes within its ttl.
+        pool.replay_max_age = Duration::from_secs(self.session_ttl_secs);
         pool
     }
 

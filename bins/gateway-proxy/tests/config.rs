@@ -84,8 +84,9 @@ fn defaults() {
     assert_eq!(config.api_base, None);
     assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert_eq!(config.session_ttl_secs, 300);
-    assert_eq!(config.replay_max_events, 16_384);
-    assert_eq!(config.replay_max_bytes, 33_554_432);
+    assert_eq!(config.replay_max_events, 1_048_576);
+    assert_eq!(config.replay_max_bytes, 268_435_456);
+    assert_eq!(config.replay_shard_max_bytes, None);
     assert_eq!(config.large_threshold, 250);
 }
 
@@ -432,6 +433,7 @@ fn mapping_to_the_pool_and_the_server() {
             "cache": {"members": true, "roles": false, "soundboard_sounds": true},
             "gateway_url": "ws://127.0.0.1:9001", "api_base": "http://127.0.0.1:9002/api",
             "session_ttl_secs": 90, "replay_max_events": 100, "replay_max_bytes": 4096,
+            "replay_shard_max_bytes": 2048,
             "large_threshold": 50
         }"#,
         &[],
@@ -472,6 +474,12 @@ fn mapping_to_the_pool_and_the_server() {
     assert_eq!(server.session_ttl, Duration::from_secs(90));
     assert_eq!(pool.replay_max_events, 100, "the ring lives in the pool");
     assert_eq!(pool.replay_max_bytes, 4096);
+    assert_eq!(pool.replay_shard_max_bytes, Some(2048));
+    assert_eq!(
+        pool.replay_max_age,
+        Duration::from_secs(90),
+        "the ring keeps what a session may still resume for"
+    );
     assert_eq!(server.heartbeat_interval, Duration::from_millis(41_250));
 }
 
