@@ -82,12 +82,27 @@ pub(crate) fn describe() {
     );
     describe_gauge!(
         "gateway_replay_ring_events",
-        "Dispatches in the shard's replay ring."
+        "Dispatches in the shard's ring (what a client behind or resuming can still get)."
     );
     describe_gauge!(
         "gateway_replay_ring_bytes",
         Unit::Bytes,
-        "Payload bytes in the shard's replay ring."
+        "Bytes the shard's ring holds, as the replay budget counts them (packed dispatches compressed)."
+    );
+    describe_gauge!(
+        "gateway_replay_bytes",
+        Unit::Bytes,
+        "Bytes every shard's ring holds together, against replay_max_bytes."
+    );
+    describe_gauge!(
+        "gateway_replay_budget_bytes",
+        Unit::Bytes,
+        "The rings' shared budget (replay_max_bytes)."
+    );
+    describe_gauge!(
+        "gateway_replay_ring_payload_bytes",
+        Unit::Bytes,
+        "What the dispatches of the shard's ring would take as they came."
     );
     describe_gauge!(
         "gateway_sessions",
@@ -153,6 +168,9 @@ pub(crate) fn record(ctx: &Context) {
         let connected = clients.get(&status.id).copied().unwrap_or_default();
         gauge!("gateway_clients", "shard" => shard).set(connected as f64);
     }
+    let (used, budget) = ctx.pool.replay_bytes();
+    gauge!("gateway_replay_bytes").set(used as f64);
+    gauge!("gateway_replay_budget_bytes").set(budget as f64);
     counter!("gateway_replayed_events_total")
         .absolute(ctx.counters.replayed.load(Ordering::Relaxed));
     counter!("gateway_lagging_clients_closed_total")
@@ -237,9 +255,11 @@ fn shard_metrics(ctx: &Context, shard: &str, status: &ShardStatus) {
     ] {
         gauge!(name, "shard" => shard.to_owned()).set(value as f64);
     }
-    let (events, bytes) = status.ring;
-    gauge!("gateway_replay_ring_events", "shard" => shard.to_owned()).set(events as f64);
-    gauge!("gateway_replay_ring_bytes", "shard" => shard.to_owned()).set(bytes as f64);
+    let ring = status.ring;
+    gauge!("gateway_replay_ring_events", "shard" => shard.to_owned()).set(ring.events as f64);
+    gauge!("gateway_replay_ring_bytes", "shard" => shard.to_owned()).set(ring.bytes as f64);
+    gauge!("gateway_replay_ring_payload_bytes", "shard" => shard.to_owned())
+        .set(ring.payload_bytes as f64);
     gauge!("gateway_shard_index", "shard" => shard.to_owned()).set(status.index as f64);
     let fatal = match status.state {
         ShardState::FatallyClosed => status.close_code.unwrap_or(0),

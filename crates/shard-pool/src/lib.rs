@@ -73,6 +73,7 @@ pub use crate::pipeline::{Dispatch, Pipeline, ShardEvent};
 pub use crate::pool::Pool;
 pub use crate::queue::{PacedQueue, Queue};
 pub use crate::rest::GatewayInfo;
+pub use crate::ring::RingStats;
 pub use crate::shard::{ShardHandle, ShardState, ShardStatus, Snapshot};
 pub use crate::token::Token;
 pub use state_cache::{Cache, Flags, Session};

@@ -26,6 +26,20 @@ use tokio::time::Instant;
 
 use crate::pipeline::{Dispatch, ShardEvent};
 
+/// What a shard's ring holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RingStats {
+    /// Dispatches.
+    pub events: usize,
+    /// Bytes, as the budget counts them: payloads (compressed where they
+    /// are packed) and what holding each costs.
+    pub bytes: usize,
+    /// What the payloads would take as they came: `payload_bytes / bytes`
+    /// is what packing gains.
+    pub payload_bytes: usize,
+}
+
 /// Dispatches per compressed block.
 pub(crate) const BLOCK_EVENTS: usize = 32;
 
@@ -159,6 +173,11 @@ impl Block {
         self.ends.len()
     }
 
+    /// The bytes of its payloads, unpacked.
+    fn payload_len(&self) -> usize {
+        self.ends.last().map_or(0, |&end| end as usize)
+    }
+
     fn cost(&self) -> usize {
         self.data.len() + BLOCK_OVERHEAD
     }
@@ -243,6 +262,8 @@ pub(crate) struct Ring {
     /// Dispatches and bytes held (as the budget counts them).
     events: usize,
     bytes: usize,
+    /// What the payloads held would take unpacked.
+    payload_bytes: usize,
     /// Whether dispatches were dropped for room since the last reset.
     dropping: bool,
     /// Whether a client has been served since the last reset: until then
@@ -263,6 +284,7 @@ impl Ring {
             closed: None,
             events: 0,
             bytes: 0,
+            payload_bytes: 0,
             dropping: false,
             served: false,
         }
@@ -278,6 +300,7 @@ impl Ring {
                     return;
                 }
                 self.add(dispatch.payload().len() + RAW_OVERHEAD, 1);
+                self.payload_bytes += dispatch.payload().len();
                 self.raw.push_back((dispatch.clone(), now));
                 self.expire(now);
             }
@@ -365,9 +388,11 @@ impl Ring {
         if let Some(block) = self.blocks.pop_front() {
             self.floor = block.last();
             self.sub(block.cost(), block.len());
+            self.payload_bytes -= block.payload_len();
         } else if let Some((dispatch, _)) = self.raw.pop_front() {
             self.floor = dispatch.index();
             self.sub(dispatch.payload().len() + RAW_OVERHEAD, 1);
+            self.payload_bytes -= dispatch.payload().len();
         }
         self.dropping = true;
         self.reset = None;
@@ -390,6 +415,7 @@ impl Ring {
         self.sub(bytes, events);
         self.blocks.clear();
         self.raw.clear();
+        self.payload_bytes = 0;
         self.dropping = false;
     }
 
@@ -446,8 +472,18 @@ impl Ring {
 
     /// Dispatches and bytes held (payloads, compressed where packed, and
     /// what holding each costs).
+    #[cfg(test)]
     pub(crate) fn len_bytes(&self) -> (usize, usize) {
         (self.events, self.bytes)
+    }
+
+    /// What the ring holds, for metrics.
+    pub(crate) fn stats(&self) -> RingStats {
+        RingStats {
+            events: self.events,
+            bytes: self.bytes,
+            payload_bytes: self.payload_bytes,
+        }
     }
 }
 
@@ -607,6 +643,16 @@ mod tests {
             ring.pack();
         }
         assert!(ring.blocks.len() >= 5, "{} blocks", ring.blocks.len());
+        let stats = ring.stats();
+        assert_eq!(stats.events, 200);
+        assert_eq!(
+            stats.payload_bytes,
+            payloads.iter().map(Bytes::len).sum::<usize>()
+        );
+        assert!(
+            stats.bytes < stats.payload_bytes,
+            "{stats:?}: packed is smaller"
+        );
         assert!(ring.raw.len() < 8 + BLOCK_EVENTS);
         for after in [0, 1, 31, 32, 33, 100, 150, 199, 200] {
             let mut pieces = Vec::new();

@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind};
 use crate::follow::Follower;
 use crate::pipeline::{Pipeline, ShardEvent};
 use crate::queue::SharedQueue;
-use crate::ring::{self, Ring};
+use crate::ring::{self, Ring, RingStats};
 
 /// Where a shard's upstream connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,9 +99,8 @@ pub struct ShardStatus {
     pub cache_errors: u64,
     /// What the state cache holds.
     pub cache: Stats,
-    /// Dispatches and bytes in the shard's ring (payloads, packed where
-    /// they are, and what holding each costs).
-    pub ring: (usize, usize),
+    /// What the shard's ring holds.
+    pub ring: RingStats,
     /// Guilds READY named that have not arrived yet.
     pub pending_guilds: usize,
 }
@@ -385,7 +384,7 @@ impl ShardHandle {
             malformed: core.malformed,
             cache_errors: core.cache_errors,
             cache: core.cache.stats(),
-            ring: lock(&self.shared.ring).len_bytes(),
+            ring: lock(&self.shared.ring).stats(),
             pending_guilds: core.cache.pending_guilds(),
         }
     }
