@@ -143,10 +143,13 @@ impl Block {
             raw.extend_from_slice(dispatch.payload());
             ends.push(u32::try_from(raw.len()).ok()?);
         }
-        let data = with_compressor(|c| c.compress(&raw)).ok()?;
+        // Into a buffer of the worst case, then copied to one of the exact
+        // size: the budget counts what is held.
+        let mut packed = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+        with_compressor(|c| c.compress_to_buffer(&raw, &mut packed)).ok()?;
         Some(Self {
             first,
-            data: Bytes::from(data),
+            data: Bytes::copy_from_slice(&packed),
             ends: ends.into(),
             newest,
         })

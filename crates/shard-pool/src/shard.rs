@@ -165,6 +165,13 @@ fn prefix(text: &str) -> &str {
     &text[..text.floor_char_boundary(40)]
 }
 
+/// A payload as shared bytes that hold no more than its length: the ring
+/// keeps it, and its budget counts lengths.
+fn exact(mut text: String) -> Bytes {
+    text.shrink_to_fit();
+    Bytes::from(text)
+}
+
 /// A state snapshot and the events after it.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -503,7 +510,7 @@ impl ShardHandle {
                     reason = ?source.map(|s| s.to_string()),
                     "twilight could not read a payload; the pipeline takes it"
                 );
-                Some(self.handle(Bytes::from(event)))
+                Some(self.handle(exact(event)))
             }
             other => {
                 let source = source.map(|s| s.to_string());
@@ -530,7 +537,7 @@ impl ShardHandle {
             };
             let mut pending = None;
             match message {
-                Some(Ok(Message::Text(text))) => pending = Some(self.handle(Bytes::from(text))),
+                Some(Ok(Message::Text(text))) => pending = Some(self.handle(exact(text))),
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map(|f| f.code);
                     tracing::info!(shard = id, ?code, "upstream closed");
