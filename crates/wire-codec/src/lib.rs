@@ -40,19 +40,58 @@
 //! [`Encoder::encode_parts`] compresses a payload given as several slices,
 //! such as `seqpatch`'s patched payload, without joining them first.
 //!
+//! # Shared bodies
+//!
+//! A proxy sends each event to many clients, identical but for the digits
+//! of `s`. [`SharedCompressor`] compresses the parts around the digits once
+//! per event into a [`SharedBody`]; each zlib client's message is then a
+//! copy with its digits in between ([`SharedBody::write_stream`],
+//! [`SharedBody::write_payload`]), instead of a compression of its own. A
+//! zlib-stream connection that gets them compresses its own messages with
+//! [`Encoder::set_independent`] on, so that they never refer to the shared
+//! ones. zstd-stream has no such thing: a zstd frame cannot take blocks
+//! made elsewhere.
+//!
+//! ```
+//! use wire_codec::{Compression, Decoder, Encoder, SharedCompressor};
+//!
+//! let mut encoder = Encoder::new(Compression::ZlibStream)?;
+//! let mut decoder = Decoder::new(Compression::ZlibStream, 1 << 20)?;
+//! let (mut message, mut payload) = (Vec::new(), Vec::new());
+//! let hello = br#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#;
+//! encoder.encode(hello, &mut message)?; // starts the stream: zlib header
+//! decoder.decode(&message, &mut payload)?;
+//! encoder.set_independent();
+//!
+//! // Once per event, for every client:
+//! let mut shared = SharedCompressor::new(6);
+//! let body = shared.compress(br#"{"t":"TYPING_START","s":"#, br#","op":0,"d":{}}"#)?;
+//! for seq in [b"41", b"42"] {
+//!     message.clear();
+//!     body.write_stream(seq, &mut message);
+//!     payload.clear();
+//!     decoder.decode(&message, &mut payload)?;
+//!     assert_eq!(payload, [&br#"{"t":"TYPING_START","s":"#[..], seq, br#","op":0,"d":{}}"#].concat());
+//! }
+//! # Ok::<(), wire_codec::Error>(())
+//! ```
+//!
 //! # Choices
 //!
 //! zlib uses flate2 with the zlib-rs backend at level 6 (Discord's); zstd uses
 //! level 1 with Discord's 256 KiB window. `docs/performance.md` has the
 //! measurements behind both.
 
+mod adler32;
 mod compression;
 mod error;
+mod shared;
 mod zlib;
 mod zstd;
 
 pub use crate::compression::Compression;
 pub use crate::error::Error;
+pub use crate::shared::{SharedBody, SharedCompressor};
 
 /// One connection's compression context, server to client.
 #[derive(Debug)]
@@ -137,6 +176,42 @@ impl Encoder {
             }
             EncoderInner::Zlib(encoder) => encoder.encode(parts, out),
             EncoderInner::Zstd(encoder) => encoder.encode(parts, out),
+        }
+    }
+
+    /// From the next message on, every message refers to nothing written
+    /// before it, so that [`SharedBody`] messages, which this encoder never
+    /// sees, can be sent in between on a zlib-stream connection.
+    ///
+    /// zlib-stream: each message ends with a full flush (still
+    /// `00 00 ff ff`) instead of a sync flush, which also empties the
+    /// compressor's window; the first message after this call starts with
+    /// one (five bytes) if anything was written before, so that it cannot
+    /// refer to earlier messages either. Turn it on after priming the
+    /// encoder with the messages the client has already read, and before
+    /// the first shared body is sent. Messages cost a little more, as each
+    /// is compressed without the previous ones.
+    ///
+    /// Payload compression is always independent (each message is its own
+    /// stream), and plain text trivially; zstd-stream is left as it is,
+    /// since shared bodies are for zlib only. The mode stays on across
+    /// [`reset`](Self::reset).
+    pub fn set_independent(&mut self) {
+        if let EncoderInner::Zlib(encoder) = &mut self.inner {
+            encoder.set_independent();
+        }
+    }
+
+    /// Whether each message refers to nothing written before it: always
+    /// for plain text and payload compression, after
+    /// [`set_independent`](Self::set_independent) for zlib-stream, never
+    /// for zstd-stream.
+    #[must_use]
+    pub fn is_independent(&self) -> bool {
+        match &self.inner {
+            EncoderInner::Plain => true,
+            EncoderInner::Zlib(encoder) => encoder.is_independent(),
+            EncoderInner::Zstd(_) => false,
         }
     }
 

@@ -13,7 +13,7 @@ pub(crate) const SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// An empty stored block at a byte boundary: what a sync flush writes, for a
 /// message with nothing in it. zlib writes nothing at all for a flush with
 /// no new input, which would be an empty message without the suffix.
-const EMPTY_FLUSH: [u8; 5] = [0x00, 0x00, 0x00, 0xff, 0xff];
+pub(crate) const EMPTY_FLUSH: [u8; 5] = [0x00, 0x00, 0x00, 0xff, 0xff];
 
 /// Discord's level: its first message starts `78 9c`, zlib's default.
 pub(crate) const DEFAULT_LEVEL: u32 = 6;
@@ -23,6 +23,12 @@ pub(crate) const DEFAULT_LEVEL: u32 = 6;
 pub(crate) struct Encoder {
     ctx: Compress,
     per_message: bool,
+    /// Every message ends with a full flush, so that it refers to nothing
+    /// written before it.
+    independent: bool,
+    /// The next message starts with a full flush: independence was turned
+    /// on after messages that may be referred to.
+    cut_history: bool,
 }
 
 impl Encoder {
@@ -30,6 +36,8 @@ impl Encoder {
         Self {
             ctx: Compress::new(flate2::Compression::new(level.min(9)), true),
             per_message,
+            independent: false,
+            cut_history: false,
         }
     }
 
@@ -39,47 +47,91 @@ impl Encoder {
             self.ctx.reset();
         }
         let start = out.len();
-        for &part in parts {
-            let mut input = part;
-            while !input.is_empty() {
-                out.reserve(input.len() / 2 + 64);
-                let before = self.ctx.total_in();
-                self.ctx
-                    .compress_vec(input, out, FlushCompress::None)
-                    .map_err(|e| Error::codec("zlib", e))?;
-                input = &input[consumed(before, self.ctx.total_in())..];
-            }
+        if self.cut_history {
+            // An empty block that empties the window: nothing after it can
+            // refer to what came before.
+            flush(&mut self.ctx, out, FlushCompress::Full)?;
+            self.cut_history = false;
         }
-        let flush = if self.per_message {
+        for &part in parts {
+            deflate(&mut self.ctx, part, out)?;
+        }
+        let end = if self.per_message {
             FlushCompress::Finish
+        } else if self.independent {
+            FlushCompress::Full
         } else {
             FlushCompress::Sync
         };
-        loop {
-            // zlib asks for more than six bytes of room when flushing, or it
-            // may emit repeated flush markers.
-            out.reserve(64);
-            let status = self
-                .ctx
-                .compress_vec(&[], out, flush)
-                .map_err(|e| Error::codec("zlib", e))?;
-            let done = match flush {
-                FlushCompress::Finish => status == Status::StreamEnd,
-                // A sync flush is complete once it leaves output room unused.
-                _ => out.len() < out.capacity(),
-            };
-            if done {
-                if out.len() == start {
-                    // Only after a flush, so the stream is at a byte boundary.
-                    out.extend_from_slice(&EMPTY_FLUSH);
-                }
-                return Ok(());
-            }
+        flush(&mut self.ctx, out, end)?;
+        if out.len() == start {
+            // Only after a flush, so the stream is at a byte boundary.
+            out.extend_from_slice(&EMPTY_FLUSH);
         }
+        Ok(())
+    }
+
+    /// From the next message on, every message refers to nothing written
+    /// before it (zlib-stream; payload compression always does).
+    pub(crate) fn set_independent(&mut self) {
+        if self.per_message || self.independent {
+            return;
+        }
+        self.independent = true;
+        // Before the first message, there is nothing to cut off (and the
+        // zlib header is still to come).
+        self.cut_history = self.ctx.total_out() > 0;
+    }
+
+    pub(crate) fn is_independent(&self) -> bool {
+        self.per_message || self.independent
     }
 
     pub(crate) fn reset(&mut self) {
         self.ctx.reset();
+        self.cut_history = false;
+    }
+}
+
+/// Compresses all of `input` into `out`, without flushing.
+pub(crate) fn deflate(
+    ctx: &mut Compress,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    while !input.is_empty() {
+        out.reserve(input.len() / 2 + 64);
+        let before = ctx.total_in();
+        ctx.compress_vec(input, out, FlushCompress::None)
+            .map_err(|e| Error::codec("zlib", e))?;
+        input = &input[consumed(before, ctx.total_in())..];
+    }
+    Ok(())
+}
+
+/// Flushes `ctx` into `out`: for a sync or full flush, up to a byte
+/// boundary; for `Finish`, to the end of the stream.
+pub(crate) fn flush(
+    ctx: &mut Compress,
+    out: &mut Vec<u8>,
+    flush: FlushCompress,
+) -> Result<(), Error> {
+    loop {
+        // zlib asks for more than six bytes of room when flushing, or it
+        // may emit repeated flush markers.
+        out.reserve(64);
+        let status = ctx
+            .compress_vec(&[], out, flush)
+            .map_err(|e| Error::codec("zlib", e))?;
+        let done = match flush {
+            FlushCompress::Finish => status == Status::StreamEnd,
+            // A sync or full flush is complete once it leaves output room
+            // unused.
+            _ => out.len() < out.capacity(),
+        };
+        if done {
+            return Ok(());
+        }
     }
 }
 
