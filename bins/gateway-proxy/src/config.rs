@@ -23,7 +23,7 @@ use figment::error::{Actual, Kind};
 use figment::providers::{Format, Json};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use proxy_server::{Limits, ServerConfig};
+use proxy_server::{ClientCompression, Limits, ServerConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 use shard_pool::{Activity, Flags, PoolConfig, Presence};
 
@@ -160,6 +160,42 @@ pub struct Config {
     /// What a peer can make the proxy hold, and for how long.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How clients that ask for compression get it.
+    #[serde(default)]
+    pub client_compression: ClientCompressionConfig,
+}
+
+/// The `client_compression` key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientCompressionConfig {
+    /// zlib level, 0–9, of zlib-stream and payload compression.
+    pub zlib_level: u32,
+    /// Compress each dispatch once for all zlib clients of its shard.
+    pub zlib_shared: bool,
+    /// zstd level, 1–22, of zstd-stream.
+    pub zstd_level: i32,
+}
+
+impl Default for ClientCompressionConfig {
+    fn default() -> Self {
+        let defaults = ClientCompression::default();
+        Self {
+            zlib_level: defaults.zlib_level,
+            zlib_shared: defaults.zlib_shared,
+            zstd_level: defaults.zstd_level,
+        }
+    }
+}
+
+impl From<ClientCompressionConfig> for ClientCompression {
+    fn from(config: ClientCompressionConfig) -> Self {
+        let mut compression = Self::default();
+        compression.zlib_level = config.zlib_level;
+        compression.zlib_shared = config.zlib_shared;
+        compression.zstd_level = config.zstd_level;
+        compression
+    }
 }
 
 /// The `limits` key: every bound on what a peer can make the proxy hold.
@@ -393,6 +429,7 @@ impl fmt::Debug for Config {
             .field("replay_max_events", &self.replay_max_events)
             .field("replay_max_bytes", &self.replay_max_bytes)
             .field("replay_shard_max_bytes", &self.replay_shard_max_bytes)
+            .field("client_compression", &self.client_compression)
             .field("large_threshold", &self.large_threshold)
             .field("limits", &self.limits)
             .finish()
@@ -475,6 +512,19 @@ impl Config {
             );
         }
         self.validate_limits()?;
+        let compression = &self.client_compression;
+        if compression.zlib_level > 9 {
+            return invalid(
+                "client_compression.zlib_level",
+                format!("expected 0 to 9, found {}", compression.zlib_level),
+            );
+        }
+        if !(1..=22).contains(&compression.zstd_level) {
+            return invalid(
+                "client_compression.zstd_level",
+                format!("expected 1 to 22, found {}", compression.zstd_level),
+            );
+        }
         self.validate_shards()
     }
 
@@ -656,6 +706,7 @@ impl Config {
         server.backpressure = self.backpressure;
         server.session_ttl = Duration::from_secs(self.session_ttl_secs);
         server.limits = self.limits.into();
+        server.client_compression = self.client_compression.into();
         server
     }
 }

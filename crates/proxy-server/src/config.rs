@@ -18,8 +18,9 @@ pub struct ServerConfig {
     /// READY's `resume_gateway_url`: where clients reconnect to resume;
     /// empty for `ws://` and the address the proxy listens on.
     pub externally_accessible_url: String,
-    /// Events that may wait for one client before it counts as too slow and
-    /// is closed (resumable).
+    /// How many events a client may be behind its shard for a second
+    /// without catching up before it counts as too slow and is closed
+    /// (resumable).
     pub backpressure: usize,
     /// How long a disconnected client's session can still be resumed.
     pub session_ttl: Duration,
@@ -27,6 +28,46 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// What a peer can make the proxy hold, and for how long.
     pub limits: Limits,
+    /// How what clients get is compressed, for those that ask.
+    pub client_compression: ClientCompression,
+}
+
+/// How the proxy compresses what it sends to clients that ask for
+/// compression. `docs/performance.md` has the measurements behind the
+/// defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientCompression {
+    /// The zlib level (0–9) of zlib-stream and of payload compression.
+    pub zlib_level: u32,
+    /// Whether each dispatch is compressed once for every zlib client of
+    /// its shard (shared deflate bodies: each client's copy is a copy with
+    /// its own `s`), rather than in each client's own stream, which
+    /// compresses better and costs a compression per client.
+    pub zlib_shared: bool,
+    /// The zstd level (1–22) of zstd-stream.
+    pub zstd_level: i32,
+}
+
+impl Default for ClientCompression {
+    fn default() -> Self {
+        Self {
+            zlib_level: 6,
+            zlib_shared: true,
+            zstd_level: 1,
+        }
+    }
+}
+
+impl ClientCompression {
+    /// The level of an encoder of `compression`.
+    #[must_use]
+    pub fn level(&self, compression: wire_codec::Compression) -> i32 {
+        match compression {
+            wire_codec::Compression::ZstdStream => self.zstd_level,
+            _ => i32::try_from(self.zlib_level).unwrap_or(9),
+        }
+    }
 }
 
 /// Everything a peer can make the proxy hold is bounded by one of these.
@@ -94,6 +135,7 @@ impl ServerConfig {
             session_ttl: Duration::from_mins(5),
             heartbeat_interval: Duration::from_millis(41_250),
             limits: Limits::default(),
+            client_compression: ClientCompression::default(),
         }
     }
 }

@@ -37,7 +37,7 @@ use sonic_rs::JsonValueTrait;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
-use wire_codec::{Compression, Encoder};
+use wire_codec::{Compression, Encoder, SharedBody, SharedCompressor};
 
 use crate::context::{Context, HEARTBEAT_ACK, lock};
 use crate::limits::Spend;
@@ -606,26 +606,56 @@ impl Writer {
         self.frame(resumed.as_bytes())
     }
 
-    /// One of the shard's dispatches, as `seq`, into the write buffer.
+    /// One of the shard's dispatches, as `seq`, into the write buffer:
+    /// uncompressed, a copy with the client's `s`; with zlib and shared
+    /// bodies, the dispatch's body compressed once for every client, a copy
+    /// with the client's `s` between its parts; otherwise through the
+    /// connection's own context.
     fn dispatch(&mut self, dispatch: &Dispatch, seq: u64) -> Result<(), Stop> {
-        if self.compression.is_binary() {
-            let mut text = std::mem::take(&mut self.scratch);
-            text.clear();
-            dispatch.write(seq, &mut text);
-            let framed = self.frame(&text);
-            self.scratch = text;
-            return framed;
-        }
-        let (head, tail) = dispatch.parts();
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(seq).as_bytes();
-        let len = head.len() + digits.len() + tail.len();
-        frame_header(OpCode::Text, len, &mut self.buffer);
-        self.buffer.extend_from_slice(head);
-        self.buffer.extend_from_slice(digits);
-        self.buffer.extend_from_slice(tail);
-        self.ctx.counters.bytes(self.compression, len);
-        Ok(())
+        let settings = self.ctx.config.client_compression;
+        match self.compression {
+            Compression::None => {
+                let (head, tail) = dispatch.parts();
+                let len = head.len() + digits.len() + tail.len();
+                frame_header(OpCode::Text, len, &mut self.buffer);
+                self.buffer.extend_from_slice(head);
+                self.buffer.extend_from_slice(digits);
+                self.buffer.extend_from_slice(tail);
+                self.ctx.counters.bytes(self.compression, len);
+                return Ok(());
+            }
+            Compression::ZlibStream | Compression::ZlibPayload if settings.zlib_shared => {
+                let level = settings.zlib_level;
+                if let Some(body) = dispatch.deflated(|head, tail| deflate(level, head, tail)) {
+                    // Nothing the connection's context writes later may
+                    // refer back past this message.
+                    if self.compression == Compression::ZlibStream {
+                        self.own_encoder().map_err(|_| Stop)?;
+                    }
+                    let mut message = std::mem::take(&mut self.scratch);
+                    message.clear();
+                    if self.compression == Compression::ZlibStream {
+                        body.write_stream(digits, &mut message);
+                    } else {
+                        body.write_payload(digits, &mut message);
+                    }
+                    frame_header(OpCode::Binary, message.len(), &mut self.buffer);
+                    self.buffer.extend_from_slice(&message);
+                    self.ctx.counters.bytes(self.compression, message.len());
+                    self.scratch = message;
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        let mut text = std::mem::take(&mut self.scratch);
+        text.clear();
+        dispatch.write(seq, &mut text);
+        let framed = self.frame(&text);
+        self.scratch = text;
+        framed
     }
 
     /// One payload, compressed as the connection asks, into the write
@@ -693,23 +723,61 @@ impl Writer {
     /// Compresses one message: from the prelude while the connection says
     /// what every connection says, else with its own context.
     fn encode(&mut self, text: &[u8], out: &mut Vec<u8>) -> Result<(), wire_codec::Error> {
-        let encoder = match &mut self.encoder {
-            Some(encoder) => encoder,
-            slot @ None => {
-                let prelude = self.ctx.prelude(self.compression);
-                if let Some(frame) = prelude.and_then(|p| p.frame(self.prelude_sent, text)) {
-                    self.prelude_sent += 1;
-                    out.extend_from_slice(frame);
-                    return Ok(());
-                }
-                slot.insert(match prelude {
-                    Some(prelude) => prelude.encoder(self.prelude_sent)?,
-                    None => Encoder::new(self.compression)?,
-                })
-            }
-        };
-        encoder.encode(text, out)
+        if self.encoder.is_none()
+            && let Some(frame) = self
+                .ctx
+                .prelude(self.compression)
+                .and_then(|p| p.frame(self.prelude_sent, text))
+        {
+            self.prelude_sent += 1;
+            out.extend_from_slice(frame);
+            return Ok(());
+        }
+        self.own_encoder()?.encode(text, out)
     }
+
+    /// The connection's own context, made (where the prelude left the
+    /// client's decoder) if it was not yet. With shared zlib bodies in the
+    /// stream, each of its messages refers to nothing before it.
+    fn own_encoder(&mut self) -> Result<&mut Encoder, wire_codec::Error> {
+        match &mut self.encoder {
+            Some(encoder) => Ok(encoder),
+            slot @ None => {
+                let settings = self.ctx.config.client_compression;
+                let mut encoder = match self.ctx.prelude(self.compression) {
+                    Some(prelude) => prelude.encoder(self.prelude_sent)?,
+                    None => {
+                        Encoder::with_level(self.compression, settings.level(self.compression))?
+                    }
+                };
+                if settings.zlib_shared {
+                    encoder.set_independent();
+                }
+                Ok(slot.insert(encoder))
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each runtime thread's deflate context for shared bodies.
+    static DEFLATE: std::cell::RefCell<Option<SharedCompressor>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A dispatch's parts compressed once, for every zlib client.
+fn deflate(level: u32, head: &[u8], tail: &[u8]) -> Option<SharedBody> {
+    DEFLATE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(compressor) if compressor.level() == level => compressor,
+            _ => slot.insert(SharedCompressor::new(level)),
+        };
+        compressor
+            .compress(head, tail)
+            .map_err(|error| tracing::warn!(%error, "a shared body could not be compressed"))
+            .ok()
+    })
 }
 
 /// Resolves when the followed shard has news.

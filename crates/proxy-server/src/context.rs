@@ -158,6 +158,7 @@ impl Context {
         let prelude = |compression| {
             Prelude::new(
                 compression,
+                config.client_compression.level(compression),
                 &hello,
                 HEARTBEAT_ACK,
                 protocol.max_early_heartbeats,

@@ -39,7 +39,7 @@ mod protocol;
 mod server;
 mod session;
 
-pub use crate::config::{Limits, ServerConfig};
+pub use crate::config::{ClientCompression, Limits, ServerConfig};
 pub use crate::server::Proxy;
 
 /// The client side's state machines on arbitrary input, for the fuzz

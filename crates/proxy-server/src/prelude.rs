@@ -19,6 +19,7 @@ use wire_codec::{Compression, Encoder, Error};
 #[derive(Debug)]
 pub(crate) struct Prelude {
     compression: Compression,
+    level: i32,
     /// HELLO, then ACKs.
     plain: Vec<Bytes>,
     /// The same, each as the websocket message a fresh context writes.
@@ -26,9 +27,10 @@ pub(crate) struct Prelude {
 }
 
 impl Prelude {
-    /// HELLO and `acks` ACKs, compressed with `compression`.
+    /// HELLO and `acks` ACKs, compressed with `compression` at `level`.
     pub(crate) fn new(
         compression: Compression,
+        level: i32,
         hello: &Bytes,
         ack: &'static [u8],
         acks: usize,
@@ -36,7 +38,7 @@ impl Prelude {
         let mut plain = Vec::with_capacity(acks + 1);
         plain.push(hello.clone());
         plain.extend(std::iter::repeat_n(Bytes::from_static(ack), acks));
-        let mut encoder = Encoder::new(compression)?;
+        let mut encoder = Encoder::with_level(compression, level)?;
         let mut frames = Vec::with_capacity(plain.len());
         for message in &plain {
             let mut frame = Vec::new();
@@ -45,6 +47,7 @@ impl Prelude {
         }
         Ok(Self {
             compression,
+            level,
             plain,
             frames,
         })
@@ -59,7 +62,7 @@ impl Prelude {
     /// A context that has written the first `sent` prelude messages: the
     /// client's decoder has read those.
     pub(crate) fn encoder(&self, sent: usize) -> Result<Encoder, Error> {
-        let mut encoder = Encoder::new(self.compression)?;
+        let mut encoder = Encoder::with_level(self.compression, self.level)?;
         let mut scratch = Vec::new();
         for message in &self.plain[..sent.min(self.plain.len())] {
             scratch.clear();
@@ -82,7 +85,7 @@ mod tests {
         let hello =
             Bytes::from_static(br#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#);
         for compression in [Compression::ZlibStream, Compression::ZstdStream] {
-            let prelude = Prelude::new(compression, &hello, ACK, 3).unwrap();
+            let prelude = Prelude::new(compression, 6, &hello, ACK, 3).unwrap();
             for sent in 0..=3 {
                 let mut decoder = Decoder::new(compression, 1 << 20).unwrap();
                 let mut out = Vec::new();

@@ -5,11 +5,12 @@
 //! it is exactly the state before the next event.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use seqpatch::Scan;
 use state_cache::{Cache, Flags};
+use wire_codec::SharedBody;
 
 /// What subscribers of a shard receive, in upstream order. Each carries the
 /// shard's event index, which only ever increases, one by one.
@@ -63,6 +64,8 @@ struct Inner {
     index: u64,
     payload: Bytes,
     scan: Scan,
+    /// [`Dispatch::parts`] compressed once, for every zlib client.
+    deflated: OnceLock<Option<SharedBody>>,
 }
 
 impl Dispatch {
@@ -80,6 +83,7 @@ impl Dispatch {
             index,
             payload,
             scan,
+            deflated: OnceLock::new(),
         })))
     }
 
@@ -128,6 +132,25 @@ impl Dispatch {
         out.extend_from_slice(head);
         out.extend_from_slice(digits);
         out.extend_from_slice(tail);
+    }
+}
+
+impl Dispatch {
+    /// [`parts`](Self::parts), compressed once for every zlib client of
+    /// the shard: the first caller runs `compress`, the others get what it
+    /// made (`None` if it failed). A dispatch read back from a packed block
+    /// of the ring is a new one, compressed again if a client needs it.
+    pub fn deflated(
+        &self,
+        compress: impl FnOnce(&[u8], &[u8]) -> Option<SharedBody>,
+    ) -> Option<&SharedBody> {
+        self.0
+            .deflated
+            .get_or_init(|| {
+                let (head, tail) = self.parts();
+                compress(head, tail)
+            })
+            .as_ref()
     }
 }
 

@@ -320,3 +320,111 @@ async fn voice_servers_go_to_the_client_that_asked_and_op_31_is_answered() {
         "{names:?}"
     );
 }
+
+/// Reads `count` marked dispatches, sending a heartbeat after every tenth
+/// payload (its ACK comes between dispatches, through the connection's own
+/// context); returns each dispatch by marker, with `s` taken out, and the
+/// last `s`.
+async fn dispatches_by_marker(
+    client: &mut discord_sim::GatewayClient,
+    mut last: u64,
+    count: usize,
+) -> (std::collections::BTreeMap<u64, Value>, u64) {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut payloads = 0;
+    while seen.len() < count {
+        let mut payload = client.payload().await.unwrap();
+        payloads += 1;
+        if payloads % 10 == 0 {
+            client.send(r#"{"op":1,"d":null}"#).await.unwrap();
+        }
+        if payload["op"] == 11 {
+            continue;
+        }
+        let s = payload["s"].as_u64().unwrap();
+        assert_eq!(s, last + 1, "{payload}");
+        last = s;
+        if let Some(n) = super::marker(&payload) {
+            payload.as_object_mut().unwrap().remove("s");
+            seen.insert(n, payload);
+        }
+    }
+    (seen, last)
+}
+
+#[tokio::test]
+async fn zlib_clients_read_what_a_plain_client_reads_shared_bodies_or_not() {
+    for shared in [true, false] {
+        let setup = Setup::new(
+            |c| c.events_per_sec = 300,
+            |_, server| {
+                server.client_compression.zlib_shared = shared;
+                server.client_compression.zlib_level = 1;
+            },
+        )
+        .await;
+        let mut clients = Vec::new();
+        for (query, compress) in [
+            ("v=10&encoding=json", false),
+            ("v=10&encoding=json&compress=zlib-stream", false),
+            ("v=10&encoding=json", true),
+        ] {
+            let mut client = setup.client(query).await;
+            let identify = format!(
+                r#"{{"op":2,"d":{{"token":"{}","intents":{KNOWN_INTENTS},"properties":{{}},"compress":{compress}}}}}"#,
+                setup.sim.token()
+            );
+            client.send(&identify).await.unwrap();
+            let ready = client.payload().await.unwrap();
+            let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+            let guilds = ready["d"]["guilds"].as_array().unwrap().len() as u64;
+            for _ in 0..guilds {
+                client.payload().await.unwrap();
+            }
+            clients.push((query, client, session, 1 + guilds));
+        }
+        let mut read = Vec::new();
+        for (query, client, session, last) in &mut clients {
+            let (seen, s) = dispatches_by_marker(client, *last, 200).await;
+            *last = s;
+            read.push((*query, seen, session.clone(), s));
+        }
+        // The zlib-stream client drops and resumes: its replay comes before
+        // its connection has a context of its own.
+        let (_, client, session, last) = &mut clients[1];
+        let mut resumed = setup
+            .client("v=10&encoding=json&compress=zlib-stream")
+            .await;
+        client.close(4000).await.ok();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        resumed
+            .resume(setup.sim.token(), session, *last)
+            .await
+            .unwrap();
+        let (again, _) = dispatches_by_marker(&mut resumed, *last, 100).await;
+        let (_, plain_client, _, _) = &mut clients[0];
+        let (later, _) = dispatches_by_marker(plain_client, read[0].3, 200).await;
+        read[0].1.extend(later);
+        let plain = &read[0].1;
+        for (query, seen, _, _) in read.iter().skip(1).chain(std::iter::once(&(
+            "zlib-stream, resumed",
+            again,
+            String::new(),
+            0,
+        ))) {
+            let common: Vec<u64> = seen
+                .keys()
+                .filter(|n| plain.contains_key(n))
+                .copied()
+                .collect();
+            assert!(
+                common.len() > 50,
+                "{query} (shared {shared}): {} in common",
+                common.len()
+            );
+            for n in common {
+                assert_eq!(seen[&n], plain[&n], "{query} (shared {shared}), event {n}");
+            }
+        }
+    }
+}
