@@ -20,8 +20,8 @@
 //! the digits and their length. The tail's flush stays: its `00 00 ff ff` is
 //! what zlib-stream clients wait for.
 //!
-//! A head shorter than [`STORE_BELOW`] (Discord's key order makes it ~25
-//! bytes) is not compressed but put in the stored block with the digits:
+//! A head shorter than 64 bytes (Discord's key order makes it ~25 bytes)
+//! is not compressed but put in the stored block, before the digits:
 //! deflate gains nothing on so few bytes, and each compressed part costs a
 //! reset of zlib's 128 KiB hash table, which is more than compressing a
 //! kilobyte at level 1.
@@ -65,7 +65,6 @@ const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
 
 /// Compresses the head and tail of events into [`SharedBody`]s, reusing one
 /// raw deflate context and one buffer.
-#[derive(Debug)]
 pub struct SharedCompressor {
     ctx: Compress,
     level: u32,
@@ -102,16 +101,15 @@ impl SharedCompressor {
     /// short of running out of memory.
     pub fn compress(&mut self, head: &[u8], tail: &[u8]) -> Result<SharedBody, Error> {
         self.scratch.clear();
-        if head.len() < STORE_BELOW {
+        let stored_head = if head.len() < STORE_BELOW {
             self.scratch.push(STORED_HEADER);
+            self.scratch.extend_from_slice(head);
+            1
         } else {
             self.compress_part(head)?;
             open_stored(&mut self.scratch, 0);
-        }
-        let stored_head = self.scratch.len();
-        if head.len() < STORE_BELOW {
-            self.scratch.extend_from_slice(head);
-        }
+            self.scratch.len()
+        };
         let tail_start = self.scratch.len();
         self.compress_part(tail)?;
         end_tail(&mut self.scratch, tail_start);
@@ -163,9 +161,9 @@ impl SharedBody {
     /// tail, ending with `00 00 ff ff`. There is no zlib header: the message
     /// continues a connection's stream, whose first message had it.
     ///
-    /// `middle` may be any bytes of any length; past 65,535 bytes (with a
-    /// stored head) it takes several stored blocks, five bytes more for
-    /// each.
+    /// `middle` may be any bytes of any length; past 65,535 bytes (counting
+    /// a head shorter than 64 bytes, stored with it) it takes several
+    /// stored blocks, five bytes more for each.
     pub fn write_stream(&self, middle: &[u8], out: &mut Vec<u8>) {
         let before = &self.bytes[..self.stored_head];
         let head = &self.bytes[self.stored_head..self.tail_start];
@@ -198,6 +196,14 @@ impl SharedBody {
     #[must_use]
     pub fn compressed_len(&self) -> usize {
         self.bytes.len()
+    }
+}
+
+impl fmt::Debug for SharedCompressor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedCompressor")
+            .field("level", &self.level)
+            .finish_non_exhaustive()
     }
 }
 

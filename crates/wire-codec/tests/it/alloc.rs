@@ -3,7 +3,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use wire_codec::{Compression, Decoder, Encoder};
+use wire_codec::{Compression, Decoder, Encoder, SharedCompressor};
 
 use super::{COMPRESSED, frames};
 
@@ -83,6 +83,40 @@ fn steady_state_allocates_nothing_per_message() {
         });
         assert_eq!(n, 0, "{compression:?}: {n} allocations in 50 rounds");
     }
+}
+
+#[test]
+fn shared_bodies_allocate_once_per_event_and_never_per_client() {
+    let payloads = frames();
+    let mut compressor = SharedCompressor::new(6);
+    let mut encoder = Encoder::new(Compression::ZlibStream).unwrap();
+    encoder.set_independent();
+    let mut message = Vec::new();
+    let mut round = |compressor: &mut SharedCompressor, encoder: &mut Encoder| {
+        for p in &payloads {
+            let body = compressor.compress(b"{\"t\":\"X\",\"s\":", p).unwrap();
+            for seq in [&b"1"[..], b"18446744073709551615"] {
+                message.clear();
+                body.write_stream(seq, &mut message);
+                message.clear();
+                body.write_payload(seq, &mut message);
+            }
+            message.clear();
+            encoder.encode(p, &mut message).unwrap();
+        }
+    };
+    round(&mut compressor, &mut encoder);
+    round(&mut compressor, &mut encoder);
+    let n = allocations(|| {
+        for _ in 0..50 {
+            round(&mut compressor, &mut encoder);
+        }
+    });
+    assert_eq!(
+        n,
+        50 * payloads.len(),
+        "one allocation per body (its bytes), none per client or own message"
+    );
 }
 
 #[test]

@@ -42,7 +42,7 @@ while data:
 "#;
 
 /// Runs the Python decoder; `None` if it says its module is missing.
-fn python_decode(mode: &str, messages: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+pub(super) fn python_decode(mode: &str, messages: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
     let mut child = Command::new("python3")
         .args(["-c", DECODER, mode])
         .stdin(Stdio::piped())

@@ -10,6 +10,7 @@ mod alloc;
 mod interop;
 mod limits;
 mod roundtrip;
+mod shared;
 
 use wire_codec::{Compression, Decoded, Decoder, Encoder};
 

@@ -10,7 +10,7 @@ use super::{COMPRESSED, decode_all, encode_all, frames};
 
 /// A zlib-stream client: one `Decompress` for the connection, sync flush
 /// per message (twilight, discord.py).
-fn reference_zlib_stream(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+pub(super) fn reference_zlib_stream(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut ctx = Decompress::new(true);
     messages
         .iter()
@@ -46,7 +46,7 @@ fn reference_zstd_stream(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
 }
 
 /// A payload-compression client: each message on its own (`zlib.inflate`).
-fn reference_zlib_payload(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+pub(super) fn reference_zlib_payload(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
     messages
         .iter()
         .map(|m| {
