@@ -114,22 +114,8 @@ impl Follower {
             return Ok(());
         }
         // Packed dispatches unpacked before, first.
-        while self
-            .unpacked
-            .front()
-            .is_some_and(|d| d.index() <= self.index)
-        {
-            self.unpacked.pop_front();
-        }
         let mut bytes = 0;
-        while let Some(dispatch) = self.unpacked.front() {
-            if dispatch.index() != self.index + 1 || bytes >= max_bytes {
-                break;
-            }
-            bytes += dispatch.payload().len();
-            self.index += 1;
-            out.extend(self.unpacked.pop_front().map(ShardEvent::Dispatch));
-        }
+        self.take_unpacked(&mut bytes, max_bytes, out);
         if bytes >= max_bytes {
             return Ok(());
         }
@@ -149,7 +135,10 @@ impl Follower {
             }
             Found::Gone => return Err(Gone),
         }
-        for piece in self.pieces.drain(..) {
+        // Taken out while the cursor moves; its room is kept for next time.
+        let mut pieces = std::mem::take(&mut self.pieces);
+        let mut unpacked = Ok(());
+        for piece in pieces.drain(..) {
             match piece {
                 Piece::Raw(dispatch) => {
                     if dispatch.index() == self.index + 1 {
@@ -160,20 +149,11 @@ impl Follower {
                 Piece::Packed(block) => {
                     let Some(dispatches) = block.unpack() else {
                         tracing::error!(shard = self.shared.id, "a packed block did not unpack");
-                        return Err(Gone);
+                        unpacked = Err(Gone);
+                        break;
                     };
                     self.unpacked = dispatches.into();
-                    while let Some(dispatch) = self.unpacked.front() {
-                        if dispatch.index() <= self.index {
-                            self.unpacked.pop_front();
-                        } else if dispatch.index() == self.index + 1 && bytes < max_bytes {
-                            bytes += dispatch.payload().len();
-                            self.index += 1;
-                            out.extend(self.unpacked.pop_front().map(ShardEvent::Dispatch));
-                        } else {
-                            break;
-                        }
-                    }
+                    self.take_unpacked(&mut bytes, max_bytes, out);
                     if bytes >= max_bytes {
                         // The rest of this block is kept unpacked; later
                         // pieces are read again next time.
@@ -182,7 +162,24 @@ impl Follower {
                 }
             }
         }
-        Ok(())
+        self.pieces = pieces;
+        unpacked
+    }
+
+    /// Moves the cursor over the unpacked dispatches that follow it, while
+    /// `bytes` is under `max_bytes`; drops those already past.
+    fn take_unpacked(&mut self, bytes: &mut usize, max_bytes: usize, out: &mut Vec<ShardEvent>) {
+        while let Some(dispatch) = self.unpacked.front() {
+            if dispatch.index() <= self.index {
+                self.unpacked.pop_front();
+            } else if dispatch.index() == self.index + 1 && *bytes < max_bytes {
+                *bytes += dispatch.payload().len();
+                self.index += 1;
+                out.extend(self.unpacked.pop_front().map(ShardEvent::Dispatch));
+            } else {
+                break;
+            }
+        }
     }
 
     /// The next event, waiting for it: a convenience over

@@ -135,7 +135,9 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    fn pack(dispatches: &[Dispatch], newest: Instant) -> Option<Self> {
+    /// Packs `dispatches`, the newest of which came at `newest` (the caller
+    /// holds no lock).
+    pub(crate) fn pack(dispatches: &[Dispatch], newest: Instant) -> Option<Self> {
         let first = dispatches.first()?.index();
         let mut raw = Vec::with_capacity(dispatches.iter().map(|d| d.payload().len()).sum());
         let mut ends = Vec::with_capacity(dispatches.len());
@@ -494,11 +496,6 @@ impl Drop for Ring {
     fn drop(&mut self) {
         self.clear();
     }
-}
-
-/// Packs `dispatches` into a block (the caller holds no lock).
-pub(crate) fn pack(dispatches: &[Dispatch], newest: Instant) -> Option<Block> {
-    Block::pack(dispatches, newest)
 }
 
 #[cfg(test)]

@@ -420,7 +420,7 @@ impl ShardHandle {
             self.shared.news.send_replace(());
         }
         if let Some((dispatches, newest)) = to_pack
-            && let Some(block) = ring::pack(&dispatches, newest)
+            && let Some(block) = ring::Block::pack(&dispatches, newest)
         {
             let mut ring = lock(&self.shared.ring);
             ring.replace(block);
