@@ -173,6 +173,8 @@ pub struct ClientCompressionConfig {
     pub zlib_level: u32,
     /// Compress each dispatch once for all zlib clients of its shard.
     pub zlib_shared: bool,
+    /// zlib-stream clients of a shard from which they share bodies.
+    pub zlib_shared_min_clients: usize,
     /// zstd level, 1–22, of zstd-stream.
     pub zstd_level: i32,
 }
@@ -183,6 +185,7 @@ impl Default for ClientCompressionConfig {
         Self {
             zlib_level: defaults.zlib_level,
             zlib_shared: defaults.zlib_shared,
+            zlib_shared_min_clients: defaults.zlib_shared_min_clients,
             zstd_level: defaults.zstd_level,
         }
     }
@@ -193,6 +196,7 @@ impl From<ClientCompressionConfig> for ClientCompression {
         let mut compression = Self::default();
         compression.zlib_level = config.zlib_level;
         compression.zlib_shared = config.zlib_shared;
+        compression.zlib_shared_min_clients = config.zlib_shared_min_clients;
         compression.zstd_level = config.zstd_level;
         compression
     }
@@ -517,6 +521,12 @@ impl Config {
             return invalid(
                 "client_compression.zlib_level",
                 format!("expected 0 to 9, found {}", compression.zlib_level),
+            );
+        }
+        if compression.zlib_shared_min_clients == 0 {
+            return invalid(
+                "client_compression.zlib_shared_min_clients",
+                "expected at least 1, found 0".to_owned(),
             );
         }
         if !(1..=22).contains(&compression.zstd_level) {

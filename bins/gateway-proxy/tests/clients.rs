@@ -54,6 +54,11 @@ struct Stack {
 }
 
 async fn stack(shards: u32) -> Stack {
+    stack_with(shards, |_| {}).await
+}
+
+/// A stack whose proxy's configuration `tweak` changes first.
+async fn stack_with(shards: u32, tweak: impl FnOnce(&mut ServerConfig)) -> Stack {
     let mut config = SimConfig::default();
     config.shards = shards;
     config.guilds = 3 * shards;
@@ -73,12 +78,9 @@ async fn stack(shards: u32) -> Stack {
         .await
         .unwrap()
         .unwrap();
-    let proxy = Proxy::start(
-        ServerConfig::new(([127, 0, 0, 1], 0).into(), sim.token()),
-        pool,
-    )
-    .await
-    .unwrap();
+    let mut server = ServerConfig::new(([127, 0, 0, 1], 0).into(), sim.token());
+    tweak(&mut server);
+    let proxy = Proxy::start(server, pool).await.unwrap();
     sim.advertise_gateway(format!("ws://{}", proxy.addr()));
     Stack { sim, proxy }
 }
@@ -168,7 +170,20 @@ async fn drive(stack: &Stack, mut command: Command) {
     eprintln!("{output}");
 }
 
-async fn discord_py(zlib: bool) {
+/// How discord.py's connections are compressed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dpy {
+    ZstdStream,
+    /// zlib-stream, each client its own stream (one client per shard is
+    /// below `zlib_shared_min_clients`).
+    ZlibStream,
+    /// zlib-stream with shared bodies from the first client on, mixed
+    /// with the connection's own messages (HELLO, ACKs, READY).
+    ZlibShared,
+}
+
+async fn discord_py(mode: Dpy) {
+    let zlib = mode != Dpy::ZstdStream;
     let probe = ["-c", "import discord, zstandard"];
     if !available("python3", &probe).await {
         assert!(
@@ -180,8 +195,18 @@ async fn discord_py(zlib: bool) {
         );
         return;
     }
-    let stack = stack(2).await;
-    let run = run_file(&stack, if zlib { "dpy-zlib" } else { "dpy-zstd" }).await;
+    let stack = stack_with(2, |config| {
+        if mode == Dpy::ZlibShared {
+            config.client_compression.zlib_shared_min_clients = 1;
+        }
+    })
+    .await;
+    let name = match mode {
+        Dpy::ZstdStream => "dpy-zstd",
+        Dpy::ZlibStream => "dpy-zlib",
+        Dpy::ZlibShared => "dpy-zlib-shared",
+    };
+    let run = run_file(&stack, name).await;
     let mut command = Command::new("python3");
     command.arg("tests/clients/discordpy/bot.py").arg(&run);
     if zlib {
@@ -218,12 +243,17 @@ async fn bytes_out(stack: &Stack, compression: &str) -> u64 {
 
 #[tokio::test]
 async fn discord_py_with_zstd_stream() {
-    discord_py(false).await;
+    discord_py(Dpy::ZstdStream).await;
 }
 
 #[tokio::test]
 async fn discord_py_with_zlib_stream() {
-    discord_py(true).await;
+    discord_py(Dpy::ZlibStream).await;
+}
+
+#[tokio::test]
+async fn discord_py_with_zlib_stream_shared_bodies() {
+    discord_py(Dpy::ZlibShared).await;
 }
 
 /// Whether `node` runs and the npm packages of `tests/clients/js` are

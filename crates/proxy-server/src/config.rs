@@ -40,11 +40,18 @@ pub struct ServerConfig {
 pub struct ClientCompression {
     /// The zlib level (0–9) of zlib-stream and of payload compression.
     pub zlib_level: u32,
-    /// Whether each dispatch is compressed once for every zlib client of
-    /// its shard (shared deflate bodies: each client's copy is a copy with
-    /// its own `s`), rather than in each client's own stream, which
-    /// compresses better and costs a compression per client.
+    /// Whether each dispatch may be compressed once for every zlib client
+    /// of its shard (shared deflate bodies: each client's message is a
+    /// copy with its own `s`), rather than in each client's own stream,
+    /// which compresses better and costs a compression per client.
+    /// Payload-compressed clients always share then (a message of their
+    /// own compresses no better); zlib-stream clients share from
+    /// [`zlib_shared_min_clients`](Self::zlib_shared_min_clients) on.
     pub zlib_shared: bool,
+    /// How many zlib-stream clients a shard must have before they get
+    /// shared bodies; with fewer, each client's own stream costs less
+    /// per delivery than compressing a shared body from an empty window.
+    pub zlib_shared_min_clients: usize,
     /// The zstd level (1–22) of zstd-stream.
     pub zstd_level: i32,
 }
@@ -52,8 +59,9 @@ pub struct ClientCompression {
 impl Default for ClientCompression {
     fn default() -> Self {
         Self {
-            zlib_level: 6,
+            zlib_level: 1,
             zlib_shared: true,
+            zlib_shared_min_clients: 3,
             zstd_level: 1,
         }
     }

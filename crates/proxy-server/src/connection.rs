@@ -39,7 +39,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use wire_codec::{Compression, Encoder, SharedBody, SharedCompressor};
 
-use crate::context::{Context, HEARTBEAT_ACK, lock};
+use crate::context::{Context, HEARTBEAT_ACK, ZlibStream, lock};
 use crate::limits::Spend;
 use crate::protocol::{Close, Command, Identify, Protocol, Request, Resume};
 use crate::session::{Attach, SeqMap, Session};
@@ -127,6 +127,9 @@ struct Follow {
     /// Since when the client has been more than `backpressure` events
     /// behind, and how far behind it was then.
     over: Option<(Instant, u64)>,
+    /// On a zlib-stream connection: counted among its shard's zlib-stream
+    /// clients (they share bodies when they are enough).
+    zlib_stream: Option<ZlibStream>,
 }
 
 const INVALID_SESSION: &[u8] = br#"{"t":null,"s":null,"op":9,"d":false}"#;
@@ -498,7 +501,10 @@ impl Writer {
                 self.prelude_sent = 0;
                 Ok(())
             }
-            Out::Follow(follow) => {
+            Out::Follow(mut follow) => {
+                if self.compression == Compression::ZlibStream {
+                    follow.zlib_stream = Some(self.ctx.zlib_streams.join(follow.shard.id()));
+                }
                 self.follow = Some(follow);
                 Ok(())
             }
@@ -518,6 +524,16 @@ impl Writer {
         if taken.is_err() {
             end = Some(Back::TooSlow);
         }
+        let settings = self.ctx.config.client_compression;
+        let share = settings.zlib_shared
+            && match self.compression {
+                Compression::ZlibPayload => true,
+                Compression::ZlibStream => follow
+                    .zlib_stream
+                    .as_ref()
+                    .is_some_and(|z| z.clients() >= settings.zlib_shared_min_clients),
+                _ => false,
+            };
         let mut progress = lock(&follow.progress);
         // A resume whose replay is empty is answered at once.
         if follow.resumed_at.is_some_and(|at| progress.index >= at) {
@@ -544,7 +560,7 @@ impl Writer {
                 progress.seq += 1;
                 let seq = progress.seq;
                 progress.map.record(seq, dispatch.index());
-                self.dispatch(&dispatch, seq)?;
+                self.dispatch(&dispatch, seq, share)?;
             }
             if follow.resumed_at.is_some_and(|at| progress.index >= at) {
                 follow.resumed_at = None;
@@ -607,11 +623,11 @@ impl Writer {
     }
 
     /// One of the shard's dispatches, as `seq`, into the write buffer:
-    /// uncompressed, a copy with the client's `s`; with zlib and shared
-    /// bodies, the dispatch's body compressed once for every client, a copy
-    /// with the client's `s` between its parts; otherwise through the
+    /// uncompressed, a copy with the client's `s`; with zlib when `share`,
+    /// the dispatch's body compressed once for every client, a copy with
+    /// the client's `s` between its parts; otherwise through the
     /// connection's own context.
-    fn dispatch(&mut self, dispatch: &Dispatch, seq: u64) -> Result<(), Stop> {
+    fn dispatch(&mut self, dispatch: &Dispatch, seq: u64, share: bool) -> Result<(), Stop> {
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(seq).as_bytes();
         let settings = self.ctx.config.client_compression;
@@ -626,13 +642,13 @@ impl Writer {
                 self.ctx.counters.bytes(self.compression, len);
                 return Ok(());
             }
-            Compression::ZlibStream | Compression::ZlibPayload if settings.zlib_shared => {
+            Compression::ZlibStream | Compression::ZlibPayload if share => {
                 let level = settings.zlib_level;
                 if let Some(body) = dispatch.deflated(|head, tail| deflate(level, head, tail)) {
-                    // Nothing the connection's context writes later may
-                    // refer back past this message.
+                    // What the connection's context writes next may not
+                    // refer back past this message (which it never saw).
                     if self.compression == Compression::ZlibStream {
-                        self.own_encoder().map_err(|_| Stop)?;
+                        self.own_encoder().map_err(|_| Stop)?.cut_history();
                     }
                     let mut message = std::mem::take(&mut self.scratch);
                     message.clear();
@@ -737,22 +753,18 @@ impl Writer {
     }
 
     /// The connection's own context, made (where the prelude left the
-    /// client's decoder) if it was not yet. With shared zlib bodies in the
-    /// stream, each of its messages refers to nothing before it.
+    /// client's decoder) if it was not yet.
     fn own_encoder(&mut self) -> Result<&mut Encoder, wire_codec::Error> {
         match &mut self.encoder {
             Some(encoder) => Ok(encoder),
             slot @ None => {
                 let settings = self.ctx.config.client_compression;
-                let mut encoder = match self.ctx.prelude(self.compression) {
+                let encoder = match self.ctx.prelude(self.compression) {
                     Some(prelude) => prelude.encoder(self.prelude_sent)?,
                     None => {
                         Encoder::with_level(self.compression, settings.level(self.compression))?
                     }
                 };
-                if settings.zlib_shared {
-                    encoder.set_independent();
-                }
                 Ok(slot.insert(encoder))
             }
         }
@@ -1126,6 +1138,7 @@ impl Driver {
             over: None,
             progress,
             resumed_at,
+            zlib_stream: None,
         })))
         .await
     }

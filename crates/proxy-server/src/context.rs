@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -115,6 +115,38 @@ pub(crate) fn compression_slot(compression: Compression) -> usize {
 pub(crate) const COMPRESSION_NAMES: [&str; 4] =
     ["none", "zlib-stream", "zstd-stream", "zlib-payload"];
 
+/// zlib-stream clients following each shard: whether they get shared
+/// bodies depends on how many there are.
+#[derive(Debug, Default)]
+pub(crate) struct ZlibStreams(Mutex<HashMap<u32, Arc<AtomicUsize>>>);
+
+impl ZlibStreams {
+    /// Counts a zlib-stream client of `shard` for as long as the result
+    /// lives.
+    pub(crate) fn join(&self, shard: u32) -> ZlibStream {
+        let count = lock(&self.0).entry(shard).or_default().clone();
+        count.fetch_add(1, Ordering::Relaxed);
+        ZlibStream(count)
+    }
+}
+
+/// One zlib-stream client of a shard, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct ZlibStream(Arc<AtomicUsize>);
+
+impl ZlibStream {
+    /// The shard's zlib-stream clients now, this one included.
+    pub(crate) fn clients(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ZlibStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Everything a connection needs.
 #[derive(Debug)]
 pub(crate) struct Context {
@@ -123,6 +155,7 @@ pub(crate) struct Context {
     pub(crate) sessions: Sessions,
     pub(crate) routes: Routes,
     pub(crate) counters: Counters,
+    pub(crate) zlib_streams: ZlibStreams,
     /// Connections open, in all and per address.
     pub(crate) admission: Arc<Admission>,
     /// Each shard's command budget.
@@ -181,6 +214,7 @@ impl Context {
             sessions: Sessions::default(),
             routes: Routes::default(),
             counters: Counters::default(),
+            zlib_streams: ZlibStreams::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             disconnect: tokio::sync::watch::Sender::new(0),
             next_session: AtomicU64::new(1),

@@ -202,6 +202,22 @@ impl Encoder {
         }
     }
 
+    /// The next message (only) refers to nothing written before it: call
+    /// it after sending a [`SharedBody`] message, which this encoder never
+    /// saw, so that what it writes next does not point into a window the
+    /// client's decoder no longer has. Later messages may refer to that one
+    /// and to each other again.
+    ///
+    /// zlib-stream: the next message starts with a full flush (five bytes)
+    /// if anything was written before; nothing else changes. A no-op for
+    /// the other compressions (payload compression is always
+    /// independent; shared bodies are for zlib only).
+    pub fn cut_history(&mut self) {
+        if let EncoderInner::Zlib(encoder) = &mut self.inner {
+            encoder.cut_history();
+        }
+    }
+
     /// Whether each message refers to nothing written before it: always
     /// for plain text and payload compression, after
     /// [`set_independent`](Self::set_independent) for zlib-stream, never

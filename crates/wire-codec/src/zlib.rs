@@ -83,6 +83,14 @@ impl Encoder {
         self.cut_history = self.ctx.total_out() > 0;
     }
 
+    /// The next message refers to nothing written before it (zlib-stream;
+    /// payload compression always does).
+    pub(crate) fn cut_history(&mut self) {
+        if !self.per_message && self.ctx.total_out() > 0 {
+            self.cut_history = true;
+        }
+    }
+
     pub(crate) fn is_independent(&self) -> bool {
         self.per_message || self.independent
     }

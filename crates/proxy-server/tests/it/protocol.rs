@@ -352,13 +352,19 @@ async fn dispatches_by_marker(
     (seen, last)
 }
 
+/// A plain client, a zlib-stream one and a payload-compressed one read
+/// the same dispatches: with shared bodies from the first zlib-stream
+/// client on, from the second (the zlib-stream client switches to shared
+/// bodies when a second one comes and back to its own stream when it
+/// goes), and without shared bodies; then the zlib-stream client resumes.
 #[tokio::test]
 async fn zlib_clients_read_what_a_plain_client_reads_shared_bodies_or_not() {
-    for shared in [true, false] {
+    for (shared, min_clients) in [(true, 1), (true, 2), (false, 1)] {
         let setup = Setup::new(
             |c| c.events_per_sec = 300,
             |_, server| {
                 server.client_compression.zlib_shared = shared;
+                server.client_compression.zlib_shared_min_clients = min_clients;
                 server.client_compression.zlib_level = 1;
             },
         )
@@ -368,6 +374,8 @@ async fn zlib_clients_read_what_a_plain_client_reads_shared_bodies_or_not() {
             ("v=10&encoding=json", false),
             ("v=10&encoding=json&compress=zlib-stream", false),
             ("v=10&encoding=json", true),
+            // A second zlib-stream client, for the first round only.
+            ("v=10&encoding=json&compress=zlib-stream", false),
         ] {
             let mut client = setup.client(query).await;
             let identify = format!(
@@ -389,6 +397,14 @@ async fn zlib_clients_read_what_a_plain_client_reads_shared_bodies_or_not() {
             *last = s;
             read.push((*query, seen, session.clone(), s));
         }
+        let (_, mut second, _, _) = clients.pop().unwrap();
+        read.pop();
+        second.close(1000).await.ok();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (_, client, _, last) = &mut clients[1];
+        let (more, s) = dispatches_by_marker(client, *last, 200).await;
+        *last = s;
+        read[1].1.extend(more);
         // The zlib-stream client drops and resumes: its replay comes before
         // its connection has a context of its own.
         let (_, client, session, last) = &mut clients[1];
@@ -403,7 +419,7 @@ async fn zlib_clients_read_what_a_plain_client_reads_shared_bodies_or_not() {
             .unwrap();
         let (again, _) = dispatches_by_marker(&mut resumed, *last, 100).await;
         let (_, plain_client, _, _) = &mut clients[0];
-        let (later, _) = dispatches_by_marker(plain_client, read[0].3, 200).await;
+        let (later, _) = dispatches_by_marker(plain_client, read[0].3, 500).await;
         read[0].1.extend(later);
         let plain = &read[0].1;
         for (query, seen, _, _) in read.iter().skip(1).chain(std::iter::once(&(

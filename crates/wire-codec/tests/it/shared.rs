@@ -136,6 +136,7 @@ fn edge_events() -> Vec<Event> {
 }
 
 /// One message of a mixed stream.
+#[derive(Clone, Copy)]
 enum Step<'a> {
     /// The connection's own message, through its encoder.
     Own(&'a [u8]),
@@ -311,6 +312,69 @@ fn edge_cases_in_a_zlib_stream() {
         let (messages, payloads) = zlib_stream(6, 1, &bodies, &steps);
         assert_zlib_stream_reads(&messages, &payloads, 2);
     }
+}
+
+/// The other way to mix: the encoder keeps its history, and only the
+/// message after each shared body is cut from it (`cut_history`). Every
+/// reader reads it right, and own messages in a row still refer to each
+/// other (so they are smaller than independent ones).
+#[test]
+fn cutting_history_after_each_shared_body_reads_as_the_plain_payloads() {
+    let events = events();
+    let (seqs, own) = (seqs(), own_messages());
+    for level in [1i32, 6] {
+        let bodies = compress_all(level.cast_unsigned(), &events);
+        let steps = mixed_steps(bodies.len(), &seqs, &own);
+        let mut encoder = Encoder::with_level(Compression::ZlibStream, level).unwrap();
+        let (mut messages, mut payloads) = (Vec::new(), Vec::new());
+        for step in std::iter::once(Step::Own(HELLO)).chain(steps.iter().copied()) {
+            let mut message = Vec::new();
+            match step {
+                Step::Own(payload) => {
+                    encoder.encode(payload, &mut message).unwrap();
+                    payloads.push(payload.to_vec());
+                }
+                Step::Shared(i, middle) => {
+                    let (event, body) = &bodies[i];
+                    body.write_stream(middle, &mut message);
+                    payloads.push(event.payload(middle));
+                    encoder.cut_history();
+                }
+            }
+            messages.push(message);
+        }
+        assert!(!encoder.is_independent());
+        assert_zlib_stream_reads(&messages, &payloads, messages.len());
+    }
+    // Own messages in a row keep referring to each other: the second of
+    // two equal frames is a few bytes, not a second compression.
+    let mut encoder = Encoder::with_level(Compression::ZlibStream, 1).unwrap();
+    let frame = &own[0];
+    let mut first = Vec::new();
+    encoder.encode(frame, &mut first).unwrap();
+    encoder.cut_history();
+    let mut cut = Vec::new();
+    encoder.encode(frame, &mut cut).unwrap();
+    let mut again = Vec::new();
+    encoder.encode(frame, &mut again).unwrap();
+    assert!(
+        again.len() * 3 < cut.len(),
+        "{} against {}",
+        again.len(),
+        cut.len()
+    );
+    let mut decoder = Decoder::new(Compression::ZlibStream, 1 << 20).unwrap();
+    for message in [&first, &cut, &again] {
+        let mut out = Vec::new();
+        decoder.decode(message, &mut out).unwrap();
+        assert_eq!(&out, frame);
+    }
+    // Cut before anything was written: nothing to cut, the header stays.
+    let mut fresh = Encoder::new(Compression::ZlibStream).unwrap();
+    fresh.cut_history();
+    let mut message = Vec::new();
+    fresh.encode(HELLO, &mut message).unwrap();
+    assert_eq!(message[..2], zlib_header(6));
 }
 
 /// The negative control: the same mix, but the encoder left in its
