@@ -36,8 +36,9 @@ pub struct Follower {
     /// The index of the last event taken.
     index: u64,
     news: watch::Receiver<()>,
-    /// The last packed block unpacked, for a reader that takes it in parts.
-    unpacked: VecDeque<Dispatch>,
+    /// The last packed block unpacked, for a reader that takes it in parts
+    /// (shared with other readers of the block while they hold it).
+    unpacked: Option<Arc<[Dispatch]>>,
     pieces: Vec<Piece>,
     /// Events taken but not yet handed out by [`Follower::recv`].
     buffered: VecDeque<ShardEvent>,
@@ -52,7 +53,7 @@ impl Follower {
             shared,
             index,
             news,
-            unpacked: VecDeque::new(),
+            unpacked: None,
             pieces: Vec::new(),
             buffered: VecDeque::new(),
             ended: false,
@@ -152,7 +153,7 @@ impl Follower {
                         unpacked = Err(Gone);
                         break;
                     };
-                    self.unpacked = dispatches.into();
+                    self.unpacked = Some(dispatches);
                     self.take_unpacked(&mut bytes, max_bytes, out);
                     if bytes >= max_bytes {
                         // The rest of this block is kept unpacked; later
@@ -167,17 +168,27 @@ impl Follower {
     }
 
     /// Moves the cursor over the unpacked dispatches that follow it, while
-    /// `bytes` is under `max_bytes`; drops those already past.
+    /// `bytes` is under `max_bytes`; lets the block go once past it.
     fn take_unpacked(&mut self, bytes: &mut usize, max_bytes: usize, out: &mut Vec<ShardEvent>) {
-        while let Some(dispatch) = self.unpacked.front() {
-            if dispatch.index() <= self.index {
-                self.unpacked.pop_front();
-            } else if dispatch.index() == self.index + 1 && *bytes < max_bytes {
-                *bytes += dispatch.payload().len();
-                self.index += 1;
-                out.extend(self.unpacked.pop_front().map(ShardEvent::Dispatch));
-            } else {
-                break;
+        let Some(block) = self.unpacked.clone() else {
+            return;
+        };
+        let first = block.first().map_or(0, Dispatch::index);
+        while *bytes < max_bytes {
+            // The cursor before the block: what is between is not here.
+            let Some(offset) = (self.index + 1).checked_sub(first) else {
+                return;
+            };
+            let Some(dispatch) = usize::try_from(offset).ok().and_then(|o| block.get(o)) else {
+                self.unpacked = None;
+                return;
+            };
+            *bytes += dispatch.payload().len();
+            self.index += 1;
+            out.push(ShardEvent::Dispatch(dispatch.clone()));
+            if self.index >= block.last().map_or(0, Dispatch::index) {
+                self.unpacked = None;
+                return;
             }
         }
     }

@@ -26,10 +26,10 @@ fn ring_limits(config: &PoolConfig, budget: &Arc<ReplayBudget>) -> RingLimits {
     }
 }
 
-/// The newest dispatches each ring keeps as they came: what a live client
-/// reads; older ones are packed. A few hundred milliseconds of a busy
-/// shard.
-const RAW_EVENTS: usize = 256;
+/// The newest dispatches each ring keeps as they came, at least (see
+/// `ring::RAW_AGE` for the rest of what stays raw): what a live client
+/// reads; older ones are packed.
+const RAW_EVENTS: usize = 32;
 use crate::shard::{ShardHandle, ShardStatus};
 
 /// Every shard of `shard_start..shard_end`, each with its own connection,

@@ -414,7 +414,11 @@ impl ShardHandle {
                 None => ring.expire(now),
             }
             self.publish(&ring);
-            (core.cache.pending_guilds(), event.is_some(), ring.to_pack())
+            (
+                core.cache.pending_guilds(),
+                event.is_some(),
+                ring.to_pack(now),
+            )
         };
         if pushed {
             self.shared.news.send_replace(());
