@@ -1,7 +1,8 @@
 //! `wire-codec` shared deflate bodies: any events (head and tail), any
 //! middles, interleaved any way with the connection's own messages from an
-//! encoder made independent after a prelude, at any levels, decode as the
-//! plain payloads in a zlib-stream connection; and every body written for
+//! encoder made independent after a prelude, or one whose history is cut
+//! after each shared body (as the proxy does), at any levels, decode as
+//! the plain payloads in a zlib-stream connection; and every body written for
 //! payload compression is a complete zlib stream of its payload, checksum
 //! included.
 #![no_main]
@@ -22,6 +23,9 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Input {
     encoder_level: u8,
+    /// The encoder cuts its history after each shared body
+    /// (`Encoder::cut_history`) instead of being made independent.
+    cut: bool,
     shared_level: u8,
     /// Messages written before the encoder is made independent, after
     /// HELLO (the prelude: ACKs, here any payloads).
@@ -70,7 +74,9 @@ fuzz_target!(|input: Input| {
             .expect("encoding never fails");
         read(&mut stream, &message, &[plain]);
     }
-    encoder.set_independent();
+    if !input.cut {
+        encoder.set_independent();
+    }
     for op in &input.ops {
         message.clear();
         match op {
@@ -88,6 +94,9 @@ fuzz_target!(|input: Input| {
                 message.clear();
                 bodies[i].write_payload(middle, &mut message);
                 read(&mut payload, &message, &[head, middle, tail]);
+                if input.cut {
+                    encoder.cut_history();
+                }
             }
         }
     }

@@ -328,6 +328,31 @@ fn missing_and_malformed() {
 }
 
 #[test]
+fn client_compression_values_are_checked() {
+    for (key, value, expected) in [
+        ("zlib_level", "10", "expected 0 to 9, found 10"),
+        ("zstd_level", "0", "expected 1 to 22, found 0"),
+        (
+            "zlib_shared_min_clients",
+            "0",
+            "expected at least 1, found 0",
+        ),
+    ] {
+        let (error, path) = load_err(
+            &format!("bad-{key}"),
+            &format!(
+                r#"{{"token": "t", "intents": 1, "client_compression": {{"{key}": {value}}}}}"#
+            ),
+            &[],
+        );
+        assert_eq!(
+            error,
+            format!("{path}: key \"client_compression.{key}\": {expected}")
+        );
+    }
+}
+
+#[test]
 fn validation_errors_name_key_and_source() {
     let (error, path) = load_err(
         "bad-status",
@@ -351,28 +376,6 @@ fn validation_errors_name_key_and_source() {
         error.starts_with("environment variable GATEWAY_PROXY_STATUS: key \"status\": "),
         "{error}"
     );
-
-    for (key, value, expected) in [
-        ("zlib_level", "10", "expected 0 to 9, found 10"),
-        ("zstd_level", "0", "expected 1 to 22, found 0"),
-        (
-            "zlib_shared_min_clients",
-            "0",
-            "expected at least 1, found 0",
-        ),
-    ] {
-        let (error, path) = load_err(
-            &format!("bad-{key}"),
-            &format!(
-                r#"{{"token": "t", "intents": 1, "client_compression": {{"{key}": {value}}}}}"#
-            ),
-            &[],
-        );
-        assert_eq!(
-            error,
-            format!("{path}: key \"client_compression.{key}\": {expected}")
-        );
-    }
 
     let (error, path) = load_err(
         "bad-range",
