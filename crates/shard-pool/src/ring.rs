@@ -308,6 +308,9 @@ pub(crate) struct Ring {
     /// nobody can need a dispatch later, so none is kept (at start-up the
     /// ring would otherwise hold every guild's `GUILD_CREATE`).
     served: bool,
+    /// A block handed out by [`Ring::to_pack`] is being packed: nothing
+    /// more is handed out until it is back ([`Ring::replace`]).
+    packing: bool,
 }
 
 impl Ring {
@@ -325,6 +328,7 @@ impl Ring {
             payload_bytes: 0,
             dropping: false,
             served: false,
+            packing: false,
         }
     }
 
@@ -362,9 +366,13 @@ impl Ring {
     /// The oldest raw dispatches to pack into a block at `now`, if enough
     /// are past what stays raw (the newest `raw_events`, and those younger
     /// than [`RAW_AGE`]): a full block, or a smaller one on a quiet shard.
-    /// The caller packs them (outside any lock) and hands the block to
-    /// [`Ring::replace`].
-    pub(crate) fn to_pack(&self, now: Instant) -> Option<(Vec<Dispatch>, Instant)> {
+    /// The caller packs them (outside any lock) and hands the block, or
+    /// `None` if packing failed, to [`Ring::replace`]; until then nothing
+    /// more is handed out.
+    pub(crate) fn to_pack(&mut self, now: Instant) -> Option<(Vec<Dispatch>, Instant)> {
+        if self.packing {
+            return None;
+        }
         let candidates = self
             .raw
             .len()
@@ -384,6 +392,7 @@ impl Ring {
         }
         let dispatches = self.raw.range(..old).map(|(d, _)| d.clone()).collect();
         let newest = self.raw.get(old - 1)?.1;
+        self.packing = true;
         Some((dispatches, newest))
     }
 
@@ -391,17 +400,19 @@ impl Ring {
     /// callers that need not leave a lock to do it (tests).
     #[cfg(test)]
     pub(crate) fn pack(&mut self, now: Instant) {
-        if let Some((dispatches, newest)) = self.to_pack(now)
-            && let Some(block) = Block::pack(&dispatches, newest)
-        {
-            self.replace(block);
+        if let Some((dispatches, newest)) = self.to_pack(now) {
+            self.replace(Block::pack(&dispatches, newest));
         }
     }
 
     /// Puts a block in place of the raw dispatches it packs, if they are
     /// still the oldest raw ones (a reset or the bounds may have taken them
-    /// meanwhile).
-    pub(crate) fn replace(&mut self, block: Block) {
+    /// meanwhile); `None` (packing failed) leaves them raw.
+    pub(crate) fn replace(&mut self, block: Option<Block>) {
+        self.packing = false;
+        let Some(block) = block else {
+            return;
+        };
         let first = self.raw.front().map(|(d, _)| d.index());
         if first != Some(block.first) || self.raw.len() < block.len() {
             return;
@@ -743,6 +754,12 @@ mod tests {
         let (block, _) = ring.to_pack(now + RAW_AGE).unwrap();
         assert_eq!(block.len(), BLOCK_EVENTS, "a full block once old enough");
         assert_eq!(block[0].index(), 1);
+        ring.replace(None);
+        assert_eq!(
+            ring.to_pack(now + RAW_AGE).map(|(b, _)| b[0].index()),
+            Some(1),
+            "a block that failed to pack leaves them raw, to be packed again"
+        );
 
         // A quiet shard: a few events, never a full block.
         let mut quiet = served(RingLimits {
@@ -757,14 +774,19 @@ mod tests {
             quiet.to_pack(now + RAW_AGE).is_none(),
             "too few for a block"
         );
-        let (block, _) = quiet.to_pack(now + QUIET_AGE).unwrap();
+        let (block, newest) = quiet.to_pack(now + QUIET_AGE).unwrap();
         assert_eq!(
             block.len(),
             MIN_BLOCK_EVENTS,
             "all but the newest raw_events, once quiet"
         );
-        quiet.pack(now + QUIET_AGE);
+        assert!(
+            quiet.to_pack(now + QUIET_AGE).is_none(),
+            "one block in flight at a time"
+        );
+        quiet.replace(Block::pack(&block, newest));
         assert_eq!(quiet.raw.len(), 4);
+        assert_eq!(quiet.blocks.len(), 1);
         assert!(
             quiet.to_pack(now + 10 * QUIET_AGE).is_none(),
             "the newest raw_events stay raw"

@@ -399,7 +399,7 @@ impl ShardHandle {
     /// Takes one upstream payload through the pipeline and pushes what
     /// comes out to the ring, under the lock snapshots take; returns the
     /// guilds still pending, read under the same lock. Followers are woken
-    /// after, and dispatches old enough are packed outside both locks.
+    /// after, and dispatches old enough are packed on a blocking thread.
     fn handle(&self, payload: Bytes) -> usize {
         let now = Instant::now();
         let (pending, pushed, to_pack) = {
@@ -423,12 +423,15 @@ impl ShardHandle {
         if pushed {
             self.shared.news.send_replace(());
         }
-        if let Some((dispatches, newest)) = to_pack
-            && let Some(block) = ring::Block::pack(&dispatches, newest)
-        {
-            let mut ring = lock(&self.shared.ring);
-            ring.replace(block);
-            self.publish(&ring);
+        if let Some((dispatches, newest)) = to_pack {
+            // On a blocking thread: the next events need not wait for it.
+            let shard = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let block = ring::Block::pack(&dispatches, newest);
+                let mut ring = lock(&shard.shared.ring);
+                ring.replace(block);
+                shard.publish(&ring);
+            });
         }
         pending
     }
