@@ -308,7 +308,7 @@ pub(crate) struct Ring {
     /// nobody can need a dispatch later, so none is kept (at start-up the
     /// ring would otherwise hold every guild's `GUILD_CREATE`).
     served: bool,
-    /// A block handed out by [`Ring::to_pack`] is being packed: nothing
+    /// A block handed out by [`Ring::start_packing`] is being packed: nothing
     /// more is handed out until it is back ([`Ring::replace`]).
     packing: bool,
 }
@@ -369,7 +369,7 @@ impl Ring {
     /// The caller packs them (outside any lock) and hands the block, or
     /// `None` if packing failed, to [`Ring::replace`]; until then nothing
     /// more is handed out.
-    pub(crate) fn to_pack(&mut self, now: Instant) -> Option<(Vec<Dispatch>, Instant)> {
+    pub(crate) fn start_packing(&mut self, now: Instant) -> Option<(Vec<Dispatch>, Instant)> {
         if self.packing {
             return None;
         }
@@ -400,7 +400,7 @@ impl Ring {
     /// callers that need not leave a lock to do it (tests).
     #[cfg(test)]
     pub(crate) fn pack(&mut self, now: Instant) {
-        if let Some((dispatches, newest)) = self.to_pack(now) {
+        if let Some((dispatches, newest)) = self.start_packing(now) {
             self.replace(Block::pack(&dispatches, newest));
         }
     }
@@ -750,13 +750,13 @@ mod tests {
         for i in 1..=many {
             ring.push(&dispatch(i, 40), now);
         }
-        assert!(ring.to_pack(now).is_none(), "younger than RAW_AGE");
-        let (block, _) = ring.to_pack(now + RAW_AGE).unwrap();
+        assert!(ring.start_packing(now).is_none(), "younger than RAW_AGE");
+        let (block, _) = ring.start_packing(now + RAW_AGE).unwrap();
         assert_eq!(block.len(), BLOCK_EVENTS, "a full block once old enough");
         assert_eq!(block[0].index(), 1);
         ring.replace(None);
         assert_eq!(
-            ring.to_pack(now + RAW_AGE).map(|(b, _)| b[0].index()),
+            ring.start_packing(now + RAW_AGE).map(|(b, _)| b[0].index()),
             Some(1),
             "a block that failed to pack leaves them raw, to be packed again"
         );
@@ -771,24 +771,24 @@ mod tests {
             quiet.push(&dispatch(i, 40), now);
         }
         assert!(
-            quiet.to_pack(now + RAW_AGE).is_none(),
+            quiet.start_packing(now + RAW_AGE).is_none(),
             "too few for a block"
         );
-        let (block, newest) = quiet.to_pack(now + QUIET_AGE).unwrap();
+        let (block, newest) = quiet.start_packing(now + QUIET_AGE).unwrap();
         assert_eq!(
             block.len(),
             MIN_BLOCK_EVENTS,
             "all but the newest raw_events, once quiet"
         );
         assert!(
-            quiet.to_pack(now + QUIET_AGE).is_none(),
+            quiet.start_packing(now + QUIET_AGE).is_none(),
             "one block in flight at a time"
         );
         quiet.replace(Block::pack(&block, newest));
         assert_eq!(quiet.raw.len(), 4);
         assert_eq!(quiet.blocks.len(), 1);
         assert!(
-            quiet.to_pack(now + 10 * QUIET_AGE).is_none(),
+            quiet.start_packing(now + 10 * QUIET_AGE).is_none(),
             "the newest raw_events stay raw"
         );
     }

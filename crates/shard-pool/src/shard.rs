@@ -417,7 +417,7 @@ impl ShardHandle {
             (
                 core.cache.pending_guilds(),
                 event.is_some(),
-                ring.to_pack(now),
+                ring.start_packing(now),
             )
         };
         if pushed {
