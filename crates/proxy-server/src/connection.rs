@@ -636,9 +636,7 @@ impl Writer {
                 let (head, tail) = dispatch.parts();
                 let len = head.len() + digits.len() + tail.len();
                 frame_header(OpCode::Text, len, &mut self.buffer);
-                self.buffer.extend_from_slice(head);
-                self.buffer.extend_from_slice(digits);
-                self.buffer.extend_from_slice(tail);
+                dispatch.write(seq, &mut self.buffer);
                 self.ctx.counters.bytes(self.compression, len);
                 return Ok(());
             }

@@ -224,9 +224,21 @@ impl Scan {
     }
 
     /// Appends the payload with `s` set to `seq` to `out`; see
-    /// [`patch`](Self::patch).
+    /// [`patch`](Self::patch). Where the new number is as wide as the old
+    /// one (the usual case: a client's `s` is near the shard's), the
+    /// payload is copied once and the digits are written over in place.
     pub fn rewrite(&self, payload: &[u8], seq: u64, out: &mut Vec<u8>) {
-        self.patch(payload, seq).write_to(out);
+        let patched = self.patch(payload, seq);
+        if let Some(value) = self.seq_range() {
+            let digits = patched.middle.as_bytes();
+            if digits.len() == value.len() {
+                let start = out.len();
+                out.extend_from_slice(payload);
+                out[start + value.start..start + value.end].copy_from_slice(digits);
+                return;
+            }
+        }
+        patched.write_to(out);
     }
 }
 

@@ -123,15 +123,11 @@ impl Dispatch {
         }
     }
 
-    /// Writes the payload with `s` set to `seq` into `out`.
+    /// Appends the payload with `s` set to `seq` to `out`: one copy, the
+    /// digits written over in place when they are as wide as the shard's
+    /// (see `seqpatch::Scan::rewrite`).
     pub fn write(&self, seq: u64, out: &mut Vec<u8>) {
-        let (head, tail) = self.parts();
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(seq).as_bytes();
-        out.reserve(head.len() + digits.len() + tail.len());
-        out.extend_from_slice(head);
-        out.extend_from_slice(digits);
-        out.extend_from_slice(tail);
+        self.0.scan.rewrite(&self.0.payload, seq, out);
     }
 }
 

@@ -46,6 +46,27 @@ fn d_first_with_nested_and_quoted_s_keys() {
 }
 
 #[test]
+fn a_number_as_wide_is_written_over_in_place_and_any_other_width_spliced() {
+    let payload = br#"{"t":"MESSAGE_CREATE","s":4521,"op":0,"d":{"s":1,"content":"x"}}"#;
+    let scan = scan(payload).unwrap();
+    for (seq, want) in [
+        (1234, "1234"),
+        (9999, "9999"),
+        (7, "7"),
+        (123_456, "123456"),
+        (u64::MAX, "18446744073709551615"),
+    ] {
+        // Appended after what the buffer already holds.
+        let mut out = b"[frame]".to_vec();
+        scan.rewrite(payload, seq, &mut out);
+        let want = format!(
+            r#"[frame]{{"t":"MESSAGE_CREATE","s":{want},"op":0,"d":{{"s":1,"content":"x"}}}}"#
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+}
+
+#[test]
 fn null_and_missing_s_are_rewritten() {
     assert_eq!(
         rewritten(br#"{"t":null,"s":null,"op":0,"d":{}}"#, 5),
