@@ -11,7 +11,11 @@
 //! - `scan_patch`: `scan` plus the patched payload as three slices, ready
 //!   for a vectored write (no copy);
 //! - `scan_rewrite`: `scan` plus writing the patched payload into a reused
-//!   buffer, which is what the proxy does per client;
+//!   buffer, with a new `s` of another width (three copies);
+//! - `scan_rewrite_same_width`: the same with a new `s` as wide as the old
+//!   (one copy, the digits written over in place), which is what the proxy
+//!   does per uncompressed client in the usual case (without the scan,
+//!   made once per event);
 //! - `naive_rewrite`: the rewrite at the first `"s":` in the text;
 //! - `sonic_lookup`: finding `s` with sonic-rs's checked object iterator;
 //! - `serde_rewrite`: a full `serde_json` parse and re-serialisation.
@@ -30,11 +34,12 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use seqpatch::{Isa, Scanner};
 
 const ORDERS: [&str; 2] = ["discord_order", "d_first"];
-const METHODS: [&str; 7] = [
+const METHODS: [&str; 8] = [
     "memcpy",
     "scan",
     "scan_patch",
     "scan_rewrite",
+    "scan_rewrite_same_width",
     "naive_rewrite",
     "sonic_lookup",
     "serde_rewrite",
@@ -75,6 +80,21 @@ fn baselines(c: &mut Criterion) {
                     out.clear();
                     if let Ok(scan) = seqpatch::scan(black_box(bytes)) {
                         scan.rewrite(bytes, black_box(1_000_000), &mut out);
+                    }
+                    black_box(&out);
+                });
+            });
+            // A new `s` as wide as the payload's: one copy, the digits
+            // written over in place.
+            let same_width = seqpatch::scan(bytes)
+                .ok()
+                .and_then(|scan| scan.seq())
+                .map_or(1, |s| if s % 10 == 9 { s - 1 } else { s + 1 });
+            group.bench_function(BenchmarkId::new("scan_rewrite_same_width", order), |b| {
+                b.iter(|| {
+                    out.clear();
+                    if let Ok(scan) = seqpatch::scan(black_box(bytes)) {
+                        scan.rewrite(bytes, black_box(same_width), &mut out);
                     }
                     black_box(&out);
                 });

@@ -636,7 +636,7 @@ impl Writer {
                 let (head, tail) = dispatch.parts();
                 let len = head.len() + digits.len() + tail.len();
                 frame_header(OpCode::Text, len, &mut self.buffer);
-                dispatch.write(seq, &mut self.buffer);
+                dispatch.write_digits(digits, &mut self.buffer);
                 self.ctx.counters.bytes(self.compression, len);
                 return Ok(());
             }

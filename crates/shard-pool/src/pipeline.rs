@@ -123,11 +123,29 @@ impl Dispatch {
         }
     }
 
-    /// Appends the payload with `s` set to `seq` to `out`: one copy, the
-    /// digits written over in place when they are as wide as the shard's
-    /// (see `seqpatch::Scan::rewrite`).
+    /// Appends the payload with `s` set to `seq` to `out`.
     pub fn write(&self, seq: u64, out: &mut Vec<u8>) {
-        self.0.scan.rewrite(&self.0.payload, seq, out);
+        let mut digits = itoa::Buffer::new();
+        self.write_digits(digits.format(seq).as_bytes(), out);
+    }
+
+    /// Appends the payload with `digits` (a client's `s`, formatted) as
+    /// its `s` to `out`: one copy, the digits written over the shard's in
+    /// place when they are as wide (the usual case), else the parts around
+    /// them and the digits between.
+    pub fn write_digits(&self, digits: &[u8], out: &mut Vec<u8>) {
+        let payload = &self.0.payload[..];
+        let (head, tail) = self.parts();
+        if head.len() + digits.len() + tail.len() == payload.len() {
+            let at = out.len() + head.len();
+            out.extend_from_slice(payload);
+            out[at..at + digits.len()].copy_from_slice(digits);
+        } else {
+            out.reserve(head.len() + digits.len() + tail.len());
+            out.extend_from_slice(head);
+            out.extend_from_slice(digits);
+            out.extend_from_slice(tail);
+        }
     }
 }
 
@@ -370,6 +388,19 @@ mod tests {
         assert_eq!(
             out,
             dispatch("TYPING_START", 123_456, r#"{"a":2}"#).as_bytes()
+        );
+        // As wide as the shard's `s` (written over in place), and after
+        // what the buffer holds.
+        out.clear();
+        out.extend_from_slice(b"head");
+        d.write(7, &mut out);
+        assert_eq!(
+            out,
+            [
+                &b"head"[..],
+                dispatch("TYPING_START", 7, r#"{"a":2}"#).as_bytes()
+            ]
+            .concat()
         );
     }
 
