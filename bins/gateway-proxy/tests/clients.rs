@@ -283,19 +283,38 @@ async fn discord_js() {
     drive(&stack, command).await;
 }
 
-#[tokio::test]
-async fn discordjs_ws() {
+/// @discordjs/ws in `mode` (see `ws.js`), whose bytes go out as
+/// `compression` (a `/metrics` label). zlib-stream clients get shared
+/// bodies from the first one on.
+async fn discordjs_ws(mode: &str, compression: &str) {
     if !node_ready().await {
         return;
     }
-    let stack = stack(2).await;
-    let run = run_file(&stack, "discordjs-ws").await;
+    let stack = stack_with(2, |config| {
+        config.client_compression.zlib_shared_min_clients = 1;
+    })
+    .await;
+    let run = run_file(&stack, &format!("discordjs-ws-{mode}")).await;
     let mut command = Command::new("node");
-    command.arg("tests/clients/js/ws.js").arg(&run);
+    command.arg("tests/clients/js/ws.js").arg(&run).arg(mode);
     drive(&stack, command).await;
-    // The run used payload compression (IDENTIFY `compress: true`).
     assert!(
-        bytes_out(&stack, "zlib-payload").await > 0,
-        "no bytes went out zlib-payload"
+        bytes_out(&stack, compression).await > 0,
+        "no bytes went out {compression}"
     );
+}
+
+#[tokio::test]
+async fn discordjs_ws_with_payload_compression() {
+    discordjs_ws("payload", "zlib-payload").await;
+}
+
+#[tokio::test]
+async fn discordjs_ws_with_zlib_stream_read_by_node_zlib() {
+    discordjs_ws("zlib-native", "zlib-stream").await;
+}
+
+#[tokio::test]
+async fn discordjs_ws_with_zlib_stream_read_by_zlib_sync() {
+    discordjs_ws("zlib-sync", "zlib-stream").await;
 }

@@ -1,6 +1,7 @@
 'use strict';
-// @discordjs/ws 2 (with payload compression: IDENTIFY `compress: true`),
-// unmodified, through gateway-proxy to discord-sim.
+// @discordjs/ws 2, unmodified, through gateway-proxy to discord-sim: with
+// payload compression (IDENTIFY `compress: true`), or zlib-stream inflated
+// by Node's zlib or by zlib-sync.
 //
 // Run by bins/gateway-proxy/tests/clients.rs with the path of a JSON file
 // that describes the run (the proxy's URL, the sim's REST base, the token,
@@ -20,10 +21,10 @@
 // 4. Op 8 with a nonce on each shard gets GUILD_MEMBERS_CHUNKs with that
 //    nonce: about the guild's member count.
 //
-// Usage: node ws.js RUN.json
+// Usage: node ws.js RUN.json [payload|zlib-native|zlib-sync]
 
 const { REST } = require('@discordjs/rest');
-const { WebSocketManager, WebSocketShardEvents } = require('@discordjs/ws');
+const { CompressionMethod, WebSocketManager, WebSocketShardEvents } = require('@discordjs/ws');
 const {
   RUN, check, debug, fail, failures, progress, readyThenResumed, sawDispatch, sawResume, shardOf, waiter,
 } = require('./common');
@@ -58,8 +59,13 @@ const manager = new WebSocketManager({
   intents,
   rest,
   shardCount: RUN.shards,
-  // Payload compression: each payload zlib-compressed on its own.
-  useIdentifyCompression: true,
+  // Payload compression: each payload zlib-compressed on its own; or a
+  // zlib-stream (`?compress=zlib-stream`) and the decoder it names.
+  ...({
+    payload: { useIdentifyCompression: true },
+    'zlib-native': { compression: CompressionMethod.ZlibNative },
+    'zlib-sync': { compression: CompressionMethod.ZlibSync },
+  }[process.argv[3] ?? 'payload'] ?? fail(`unknown mode ${process.argv[3]}`)),
   // The sim's identify buckets are short; no 5 s waits.
   buildIdentifyThrottler: () => ({ waitForIdentify: async () => {} }),
 });
