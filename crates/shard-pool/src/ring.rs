@@ -363,6 +363,17 @@ impl Ring {
         self.served = true;
     }
 
+    /// Whether [`Ring::start_packing`] may find something to pack at `now`
+    /// (a cheap check, made before taking a packer).
+    pub(crate) fn may_pack(&self, now: Instant) -> bool {
+        !self.packing
+            && self.raw.len() > self.limits.raw_events
+            && self
+                .raw
+                .front()
+                .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= RAW_AGE)
+    }
+
     /// The oldest raw dispatches to pack into a block at `now`, if enough
     /// are past what stays raw (the newest `raw_events`, and those younger
     /// than [`RAW_AGE`]): a full block, or a smaller one on a quiet shard.
@@ -750,7 +761,11 @@ mod tests {
         for i in 1..=many {
             ring.push(&dispatch(i, 40), now);
         }
-        assert!(ring.start_packing(now).is_none(), "younger than RAW_AGE");
+        assert!(
+            ring.start_packing(now).is_none() && !ring.may_pack(now),
+            "younger than RAW_AGE"
+        );
+        assert!(ring.may_pack(now + RAW_AGE));
         let (block, _) = ring.start_packing(now + RAW_AGE).unwrap();
         assert_eq!(block.len(), BLOCK_EVENTS, "a full block once old enough");
         assert_eq!(block[0].index(), 1);
@@ -774,6 +789,7 @@ mod tests {
             quiet.start_packing(now + RAW_AGE).is_none(),
             "too few for a block"
         );
+        assert!(quiet.may_pack(now + QUIET_AGE));
         let (block, newest) = quiet.start_packing(now + QUIET_AGE).unwrap();
         assert_eq!(
             block.len(),
@@ -781,7 +797,7 @@ mod tests {
             "all but the newest raw_events, once quiet"
         );
         assert!(
-            quiet.start_packing(now + QUIET_AGE).is_none(),
+            quiet.start_packing(now + QUIET_AGE).is_none() && !quiet.may_pack(now + QUIET_AGE),
             "one block in flight at a time"
         );
         quiet.replace(Block::pack(&block, newest));

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
 use state_cache::{Cache, Stats};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::time::Instant;
 use twilight_gateway::error::ReceiveMessageErrorType;
 use twilight_gateway::{Message, MessageSender, Shard};
@@ -182,6 +182,20 @@ pub struct Snapshot<T> {
     pub index: u64,
     /// Every event after `index`.
     pub events: Follower,
+}
+
+/// One of the process's packers, if one is free: as many blocks are packed
+/// at once as there are cores, so that a burst over a thousand shards holds
+/// that many blocking threads (and zstd contexts), not a thousand.
+fn packer() -> Option<SemaphorePermit<'static>> {
+    static PACKERS: OnceLock<Semaphore> = OnceLock::new();
+    PACKERS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            Semaphore::new(cores)
+        })
+        .try_acquire()
+        .ok()
 }
 
 /// A shard of the pool: its events, its state, its status, its commands.
@@ -399,7 +413,8 @@ impl ShardHandle {
     /// Takes one upstream payload through the pipeline and pushes what
     /// comes out to the ring, under the lock snapshots take; returns the
     /// guilds still pending, read under the same lock. Followers are woken
-    /// after, and dispatches old enough are packed on a blocking thread.
+    /// after, and dispatches old enough are packed on a blocking thread
+    /// (when one of the process's packers is free; else at a later event).
     fn handle(&self, payload: Bytes) -> usize {
         let now = Instant::now();
         let (pending, pushed, to_pack) = {
@@ -414,16 +429,19 @@ impl ShardHandle {
                 None => ring.expire(now),
             }
             self.publish(&ring);
-            (
-                core.cache.pending_guilds(),
-                event.is_some(),
-                ring.start_packing(now),
-            )
+            let to_pack = if ring.may_pack(now)
+                && let Some(packer) = packer()
+            {
+                ring.start_packing(now).map(|block| (block, packer))
+            } else {
+                None
+            };
+            (core.cache.pending_guilds(), event.is_some(), to_pack)
         };
         if pushed {
             self.shared.news.send_replace(());
         }
-        if let Some((dispatches, newest)) = to_pack {
+        if let Some(((dispatches, newest), packer)) = to_pack {
             // On a blocking thread: the next events need not wait for it.
             let shard = self.clone();
             tokio::task::spawn_blocking(move || {
@@ -431,6 +449,7 @@ impl ShardHandle {
                 let mut ring = lock(&shard.shared.ring);
                 ring.replace(block);
                 shard.publish(&ring);
+                drop(packer);
             });
         }
         pending
