@@ -52,8 +52,10 @@
 //! # Compression
 //!
 //! Upstream uses zstd-stream by default; build with
-//! `--no-default-features --features zlib` for zlib-stream (twilight
-//! chooses at compile time, and zstd wins when both are on).
+//! `--no-default-features --features zlib` for zlib-stream, or with
+//! `--no-default-features` for none (plain JSON: no decoder per shard, six
+//! times the bytes). twilight chooses at compile time, and zstd wins when
+//! both are on; `gateway-proxy`'s features choose for the binary.
 
 mod config;
 mod error;

@@ -47,10 +47,12 @@
 //! per event into a [`SharedBody`]; each zlib client's message is then a
 //! copy with its digits in between ([`SharedBody::write_stream`],
 //! [`SharedBody::write_payload`]), instead of a compression of its own. A
-//! zlib-stream connection that gets them compresses its own messages with
-//! [`Encoder::set_independent`] on, so that they never refer to the shared
-//! ones. zstd-stream has no such thing: a zstd frame cannot take blocks
-//! made elsewhere.
+//! zlib-stream connection that gets them compresses its own messages so
+//! that they never refer to the shared ones: with
+//! [`Encoder::cut_history`] after each shared body (only the next own
+//! message is cut from what came before), or with
+//! [`Encoder::set_independent`] on (every own message). zstd-stream has no
+//! such thing: a zstd frame cannot take blocks made elsewhere.
 //!
 //! ```
 //! use wire_codec::{Compression, Decoder, Encoder, SharedCompressor};
