@@ -66,6 +66,7 @@ mod queue;
 mod rest;
 mod ring;
 mod shard;
+mod store;
 mod token;
 
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
@@ -77,5 +78,8 @@ pub use crate::queue::{PacedQueue, Queue};
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;
 pub use crate::shard::{ShardHandle, ShardState, ShardStatus, Snapshot};
+pub use crate::store::{
+    DirStore, MAX_NAME, Store, StoreError, StoreErrorKind, StoreFuture, check_name,
+};
 pub use crate::token::Token;
 pub use state_cache::{Cache, Flags, Session};
