@@ -463,6 +463,7 @@ impl Connection {
                 &d,
             );
         }
+        self.shared.sessions_started.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(feed(self.shared.clone(), session, intents, events));
         Ok(())
     }
@@ -482,24 +483,24 @@ impl Connection {
         let resumed = session.as_ref().map_or(Err(ResumeError::Invalid), |s| {
             s.resume(self.id, outbox.clone(), after)
         });
-        match (session, resumed) {
-            (Some(session), Ok(_)) => {
-                if let Some(previous) = self.session.replace(session.clone()) {
-                    previous.detach(self.id);
-                }
-                self.record_session(&session);
-                *control = Some(
-                    self.shared.shards[session.shard as usize]
-                        .control
-                        .subscribe(),
-                );
-                Ok(())
-            }
-            _ => self
+        let (Some(session), Ok(_)) = (session, resumed) else {
+            self.shared.resumes[1].fetch_add(1, Ordering::Relaxed);
+            return self
                 .send(br#"{"t":null,"s":null,"op":9,"d":false}"#)
                 .await
-                .map_err(|_| End::Quiet),
+                .map_err(|_| End::Quiet);
+        };
+        if let Some(previous) = self.session.replace(session.clone()) {
+            previous.detach(self.id);
         }
+        self.record_session(&session);
+        self.shared.resumes[0].fetch_add(1, Ordering::Relaxed);
+        *control = Some(
+            self.shared.shards[session.shard as usize]
+                .control
+                .subscribe(),
+        );
+        Ok(())
     }
 
     fn voice_state(&self, session: &Session, d: &Value) {

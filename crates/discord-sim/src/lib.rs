@@ -192,6 +192,8 @@ impl Sim {
             next_connection: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
             lagged: AtomicU64::new(0),
+            sessions_started: AtomicU64::new(0),
+            resumes: [AtomicU64::new(0), AtomicU64::new(0)],
             refuse_identify: std::sync::atomic::AtomicU16::new(0),
         });
         let mut tasks = vec![
@@ -321,6 +323,25 @@ impl Sim {
         self.shared.identify_state().0
     }
 
+    /// Identifies that started a session (READY sent), for any shard.
+    #[must_use]
+    pub fn identifies(&self) -> u64 {
+        self.shared.sessions_started.load(Ordering::Relaxed)
+    }
+
+    /// RESUMEs accepted (the missed events replayed, then RESUMED).
+    #[must_use]
+    pub fn resumes(&self) -> u64 {
+        self.shared.resumes[0].load(Ordering::Relaxed)
+    }
+
+    /// RESUMEs refused with op 9 `false`: an unknown, ended or expired
+    /// session, or a `seq` the session no longer holds events after.
+    #[must_use]
+    pub fn resumes_refused(&self) -> u64 {
+        self.shared.resumes[1].load(Ordering::Relaxed)
+    }
+
     /// Identifies refused with `INVALID_SESSION`: sent within
     /// `identify_interval` of another in the same bucket
     /// (`shard % max_concurrency`), or with none left today. A client that
@@ -353,6 +374,11 @@ pub(crate) struct Shared {
     next_connection: AtomicU64,
     next_session: AtomicU64,
     lagged: AtomicU64,
+    /// Identifies that started a session (READY sent).
+    pub(crate) sessions_started: AtomicU64,
+    /// RESUMEs accepted (the missed events, then RESUMED), and refused
+    /// (op 9 `false`).
+    pub(crate) resumes: [AtomicU64; 2],
     /// When not 0, every IDENTIFY is closed with this code.
     refuse_identify: std::sync::atomic::AtomicU16,
 }

@@ -240,6 +240,10 @@ async fn resume_replays_missed_events_then_resumed() {
     let resumed = client.payload().await.unwrap();
     assert_eq!(resumed["t"], "RESUMED");
     assert_eq!(resumed["s"], seq + 4);
+    assert_eq!(
+        (sim.identifies(), sim.resumes(), sim.resumes_refused()),
+        (1, 1, 0)
+    );
 }
 
 #[tokio::test]
@@ -257,6 +261,10 @@ async fn resume_of_an_unknown_or_invalidated_session_is_op_9_false() {
     let (mut again, _) = Client::connect(sim.addr(), QUERIES[0]).await.unwrap();
     again.resume(sim.token(), &session, 1).await.unwrap();
     assert_eq!(again.payload().await.unwrap()["d"], false);
+    assert_eq!(
+        (sim.identifies(), sim.resumes(), sim.resumes_refused()),
+        (1, 0, 2)
+    );
 }
 
 #[tokio::test]

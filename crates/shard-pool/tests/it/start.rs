@@ -32,6 +32,11 @@ async fn every_shard_becomes_ready_with_its_guilds_and_hands_on_events_in_order(
         assert_contiguous(&markers);
     }
     assert_eq!(sim.identifies_refused(), 0);
+    assert_eq!(
+        (sim.identifies(), sim.resumes()),
+        (2, 0),
+        "one session each"
+    );
     // zstd-stream by default; zlib-stream when built with only `zlib`;
     // none at all without either.
     let expected = if cfg!(feature = "zstd") {
