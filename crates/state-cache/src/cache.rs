@@ -23,26 +23,26 @@ const SCRATCH_KEEP: usize = 1 << 20;
 /// cache.
 #[derive(Debug)]
 pub struct Cache {
-    flags: Flags,
+    pub(crate) flags: Flags,
     /// Shared with snapshots; copied when a key is new to it and a
     /// snapshot still holds it.
-    keys: Arc<Keys>,
+    pub(crate) keys: Arc<Keys>,
     /// READY's `d`, packed, without `guilds`.
-    ready: Option<Arc<[u8]>>,
+    pub(crate) ready: Option<Arc<[u8]>>,
     /// The bot's user id, from READY.
-    bot_id: Option<u64>,
+    pub(crate) bot_id: Option<u64>,
     /// Every guild of the shard by id; `None` while it is unavailable.
     /// Shared with snapshots; a guild a snapshot holds is copied when it
     /// is changed.
-    guilds: BTreeMap<u64, Option<Arc<Guild>>>,
+    pub(crate) guilds: BTreeMap<u64, Option<Arc<Guild>>>,
     /// What the available guilds hold, summed; kept up to date with every
     /// change so that [`stats`](Self::stats) walks nothing.
-    totals: Counts,
+    pub(crate) totals: Counts,
     /// How many of `guilds` are unavailable.
-    unavailable: usize,
+    pub(crate) unavailable: usize,
     /// Guilds READY named that have had neither `GUILD_CREATE` nor
     /// `GUILD_DELETE` since.
-    pending: BTreeSet<u64>,
+    pub(crate) pending: BTreeSet<u64>,
     /// The dispatch being applied, packed.
     scratch: Vec<u8>,
 }

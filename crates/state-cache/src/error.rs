@@ -22,6 +22,10 @@ pub enum ErrorKind {
     Shape(&'static str),
     /// A READY was asked for before the cache saw one.
     NoReady,
+    /// A checkpoint could not be read back ([`Cache::restore`]): why.
+    ///
+    /// [`Cache::restore`]: crate::Cache::restore
+    Checkpoint(String),
 }
 
 impl Error {
@@ -36,6 +40,13 @@ impl Error {
         Self {
             event,
             kind: ErrorKind::Shape(expected),
+        }
+    }
+
+    pub(crate) fn checkpoint(why: String) -> Self {
+        Self {
+            event: "checkpoint",
+            kind: ErrorKind::Checkpoint(why),
         }
     }
 
@@ -67,6 +78,7 @@ impl fmt::Display for Error {
             }
             ErrorKind::Shape(expected) => write!(f, "{}: expected {expected}", self.event),
             ErrorKind::NoReady => f.write_str("no READY has been cached yet"),
+            ErrorKind::Checkpoint(why) => write!(f, "cache checkpoint: {why}"),
         }
     }
 }

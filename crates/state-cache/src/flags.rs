@@ -66,6 +66,29 @@ impl Default for Flags {
 }
 
 impl Flags {
+    /// The flags as bits, in the order of the fields: for a checkpoint to
+    /// say which flags it was made with.
+    pub(crate) fn bits(self) -> u32 {
+        [
+            self.channels,
+            self.threads,
+            self.roles,
+            self.emojis,
+            self.stickers,
+            self.soundboard_sounds,
+            self.members,
+            self.current_member,
+            self.presences,
+            self.users,
+            self.voice_states,
+            self.stage_instances,
+            self.scheduled_events,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0, |bits, (i, &on)| bits | (u32::from(on) << i))
+    }
+
     /// Nothing but the guilds themselves (and `@everyone`).
     pub const NONE: Self = Self {
         channels: false,

@@ -136,6 +136,11 @@ impl List {
         self.items.iter().map(|(_, v)| &**v)
     }
 
+    /// The items, in order: (id, packed value).
+    pub(crate) fn items(&self) -> impl ExactSizeIterator<Item = (u64, &[u8])> {
+        self.items.iter().map(|(id, v)| (*id, &**v))
+    }
+
     /// The heap bytes the list holds: its slots and its items.
     fn heap_bytes(&self) -> usize {
         self.items.capacity() * size_of::<(u64, Box<[u8]>)>() + self.value_bytes

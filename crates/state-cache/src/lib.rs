@@ -46,6 +46,17 @@
 //!     guild.write(seq, &mut from_snapshot); // and this guild is let go
 //!     assert_eq!(from_snapshot, out, "still \"lobby\"");
 //! }
+//!
+//! // Written out whole (its packed form, copied) and read back, as a
+//! // proxy's restart would: the same cache.
+//! let mut checkpoint = Vec::new();
+//! cache.checkpoint(&mut checkpoint);
+//! let restored = Cache::restore(Flags::default(), &checkpoint)?;
+//! let mut again = Vec::new();
+//! restored.write_ready(1, session, &mut again)?;
+//! let mut before = Vec::new();
+//! cache.write_ready(1, session, &mut before)?;
+//! assert_eq!(again, before);
 //! # Ok::<(), state_cache::Error>(())
 //! ```
 //!
@@ -94,6 +105,7 @@
 //! the figures, side by side with twilight-cache-inmemory.
 
 mod cache;
+mod checkpoint;
 mod error;
 mod flags;
 mod guild;

@@ -135,9 +135,40 @@ impl Keys {
     }
 
     /// How many keys are numbered.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.written.len()
+    }
+
+    /// Every key's name, in number order.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        let mut names = vec![""; self.written.len()];
+        for (name, &n) in &self.numbers {
+            if let Some(slot) = names.get_mut(n as usize) {
+                *slot = name;
+            }
+        }
+        names
+    }
+
+    /// The table that numbers `names` in order, if it starts with the
+    /// fixed keys and names no key twice, and is not too long.
+    pub(crate) fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let mut keys = Self {
+            numbers: HashMap::new(),
+            written: Vec::new(),
+            bytes: 0,
+        };
+        for name in names {
+            if keys.written.len() >= MAX_KEYS || keys.numbers.contains_key(name) {
+                return None;
+            }
+            keys.intern(name);
+        }
+        let fixed = key::NAMES
+            .iter()
+            .enumerate()
+            .all(|(n, name)| keys.numbers.get(*name) == u32::try_from(n).ok().as_ref());
+        fixed.then_some(keys)
     }
 
     /// The heap bytes of the table, roughly. Constant time.
@@ -528,7 +559,7 @@ fn escape_into(s: &str, out: &mut Vec<u8>) {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(low_byte(v) | 0x80);
         v >>= 7;
@@ -567,6 +598,115 @@ fn get_u64(buf: &[u8], pos: &mut usize) -> u64 {
 
 fn get_len(buf: &[u8], pos: &mut usize) -> usize {
     usize::try_from(get_varint(buf, pos)).unwrap_or(usize::MAX)
+}
+
+/// How deep packed values may nest to be read back from a checkpoint
+/// (sonic-rs refuses JSON deeper than this anyway).
+const MAX_DEPTH: usize = 128;
+
+/// Whether `buf` is exactly one well-formed packed value whose numbered
+/// keys are all among the first `keys` of a table: every tag known, every
+/// length within `buf`, every string valid UTF-8 without raw control
+/// characters, nothing nested deeper than [`MAX_DEPTH`]. For values read
+/// back from outside (a checkpoint), never for the cache's own.
+pub(crate) fn is_valid(buf: &[u8], keys: usize) -> bool {
+    let mut pos = 0;
+    check_value(buf, &mut pos, keys, 0).is_some() && pos == buf.len()
+}
+
+fn check_value(buf: &[u8], pos: &mut usize, keys: usize, depth: usize) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let tag = *buf.get(*pos)?;
+    *pos += 1;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let bytes = buf.get(*pos..pos.checked_add(n)?)?;
+        *pos += n;
+        Some(bytes)
+    };
+    match tag {
+        NULL | FALSE | TRUE => {}
+        UINT | NEG | DIGITS => {
+            strict_varint(buf, pos)?;
+        }
+        FLOAT | DIGITS_WIDE | TIME_MICROS | TIME_SECS => {
+            take(8)?;
+        }
+        HASH | HASH_ANIMATED => {
+            take(16)?;
+        }
+        STR => {
+            let len = usize::try_from(strict_varint(buf, pos)?).ok()?;
+            check_text(buf.get(*pos..pos.checked_add(len)?)?)?;
+            *pos += len;
+        }
+        ARRAY => loop {
+            if *buf.get(*pos)? == END {
+                *pos += 1;
+                break;
+            }
+            check_value(buf, pos, keys, depth + 1)?;
+        },
+        OBJECT => loop {
+            let key = strict_varint(buf, pos)?;
+            if key == u64::from(KEY_END) {
+                break;
+            }
+            if key == u64::from(KEY_INLINE) {
+                let len = usize::try_from(strict_varint(buf, pos)?).ok()?;
+                check_text(buf.get(*pos..pos.checked_add(len)?)?)?;
+                *pos += len;
+            } else if usize::try_from(key - u64::from(KEY_BASE)).ok()? >= keys {
+                return None;
+            }
+            check_value(buf, pos, keys, depth + 1)?;
+        },
+        _ => return None,
+    }
+    Some(())
+}
+
+/// A varint that ends within `buf` and fits in 64 bits.
+fn strict_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        // The tenth byte holds bit 63 alone.
+        if shift == 63 && b > 1 {
+            return None;
+        }
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Stored text: what goes between the quotes of a JSON string as it is
+/// written, so UTF-8 with every quote, backslash and control character
+/// escaped as JSON escapes them.
+fn check_text(text: &[u8]) -> Option<()> {
+    std::str::from_utf8(text).ok()?;
+    let mut bytes = text.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'"' | 0..0x20 => return None,
+            b'\\' => match bytes.next()? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                b'u' => {
+                    for _ in 0..4 {
+                        bytes.next().filter(|h| h.is_ascii_hexdigit())?;
+                    }
+                }
+                _ => return None,
+            },
+            _ => {}
+        }
+    }
+    Some(())
 }
 
 /// The length of the packed value at the start of `buf`.
@@ -1076,9 +1216,45 @@ mod tests {
         let mut packed = Vec::new();
         pack(json.as_bytes(), &mut keys, &mut packed).unwrap();
         assert_eq!(value_len(&packed), packed.len(), "{json}");
+        assert!(
+            is_valid(&packed, keys.len()),
+            "{json}: what pack writes is valid"
+        );
         let mut out = Vec::new();
         write_json(&packed, &keys, &mut out);
         (String::from_utf8(out).unwrap(), packed.len())
+    }
+
+    #[test]
+    fn only_well_formed_values_over_their_table_are_valid() {
+        let mut keys = Arc::new(Keys::default());
+        let mut packed = Vec::new();
+        let json = r#"{"id":"1","brand_new_key":[1,-2,3.5,"a\"b\u00e9",null,true,{"x":{}}]}"#;
+        pack(json.as_bytes(), &mut keys, &mut packed).unwrap();
+        assert!(is_valid(&packed, keys.len()));
+        assert!(!is_valid(&packed, keys.len() - 1), "a key the table lacks");
+        assert!(
+            !is_valid(&packed[..packed.len() - 1], keys.len()),
+            "cut short"
+        );
+        let mut longer = packed.clone();
+        longer.push(NULL);
+        assert!(!is_valid(&longer, keys.len()), "something after the value");
+        assert!(!is_valid(&[99], keys.len()), "an unknown tag");
+        for text in [&br#"a"b"#[..], br"a\q", br"\u12", b"\x01", b"\xff"] {
+            let mut value = vec![STR];
+            put_varint(&mut value, text.len() as u64);
+            value.extend_from_slice(text);
+            assert!(!is_valid(&value, keys.len()), "{text:?}");
+        }
+        let deep: Vec<u8> = std::iter::repeat_n(ARRAY, MAX_DEPTH + 2)
+            .chain(std::iter::repeat_n(END, MAX_DEPTH + 2))
+            .collect();
+        assert!(!is_valid(&deep, keys.len()), "too deep");
+        let varint_too_long = [
+            UINT, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ];
+        assert!(!is_valid(&varint_too_long, keys.len()));
     }
 
     fn same_value(json: &str) {
