@@ -407,6 +407,51 @@ fn snapshot_table(shard: &Shard, runs: usize) {
     }
 }
 
+/// `Cache::checkpoint` and `Cache::restore` on the shard: time, size, and
+/// the size per guild and per cached member.
+fn checkpoint_table(shard: &Shard, runs: usize) {
+    let guilds = shard.creates.len();
+    println!(
+        "\n## state-cache: a checkpoint of a {guilds}-guild shard, written and read back (median of {runs} runs)\n"
+    );
+    println!(
+        "| flags | size | per guild | per member (over the default's) | write | read back (checked) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut base = None;
+    for (name, level) in [
+        ("default (members off)", 0),
+        ("+ members", 1),
+        ("+ members, presences", 2),
+    ] {
+        let flags = flags_at(level);
+        let cache = ours(shard, flags);
+        let mut out = Vec::new();
+        let write = median_ms(runs, || {
+            out.clear();
+            cache.checkpoint(&mut out);
+            black_box(&out);
+        });
+        let read = median_ms(runs, || {
+            black_box(Cache::restore(flags, &out).unwrap());
+        });
+        // Per member: what members (and presences) add over the default
+        // flags' checkpoint, per cached member.
+        let members = cache.stats().members;
+        let without = *base.get_or_insert(out.len());
+        let per_member = if level == 0 || members == 0 {
+            "–".to_owned()
+        } else {
+            format!("{:.0} B", per(out.len().saturating_sub(without), members))
+        };
+        println!(
+            "| {name} | {:.2} MB | {:.0} B | {per_member} | {write:.1} ms | {read:.1} ms |",
+            out.len() as f64 / 1e6,
+            per(out.len(), guilds),
+        );
+    }
+}
+
 fn main() {
     // `cargo bench -- --test` (CI) checks that the bench runs: a small shard.
     let smoke = std::env::args().any(|a| a == "--test");
@@ -415,4 +460,5 @@ fn main() {
     memory_table(&shard);
     speed_table(&shard, runs);
     snapshot_table(&shard, runs);
+    checkpoint_table(&shard, runs);
 }
