@@ -30,6 +30,8 @@ pub enum ErrorKind {
     UnknownShard(u32),
     /// The shard's task has ended (the pool is shutting down).
     Closed(u32),
+    /// A checkpoint could not be read back: why.
+    Checkpoint(String),
     /// Discord closed a shard with a code that forbids reconnecting.
     FatallyClosed {
         /// The shard.
@@ -82,6 +84,7 @@ impl fmt::Display for Error {
             ),
             ErrorKind::UnknownShard(id) => write!(f, "shard {id} is not in this pool"),
             ErrorKind::Closed(id) => write!(f, "shard {id} has stopped"),
+            ErrorKind::Checkpoint(why) => write!(f, "checkpoint: {why}"),
             ErrorKind::FatallyClosed {
                 shard,
                 code,

@@ -217,6 +217,9 @@ pub struct Pipeline {
     pub(crate) cache_errors: u64,
 }
 
+/// The layout of [`Pipeline::checkpoint`].
+const PIPELINE_VERSION: u8 = 1;
+
 impl Pipeline {
     /// A pipeline whose state cache keeps what `flags` says.
     #[must_use]
@@ -296,6 +299,67 @@ impl Pipeline {
         Some(ShardEvent::Dispatch(dispatch))
     }
 
+    /// Appends the pipeline's state to `out`: where its numbering stands
+    /// (the last index handed on, the last upstream `s`) and its cache, in
+    /// the cache's packed form. A pipeline restored from it
+    /// ([`Pipeline::restore`]) and fed what upstream sends after a RESUME
+    /// from that `s` hands on the same events with the same indices as
+    /// this one.
+    pub fn checkpoint(&self, out: &mut Vec<u8>) {
+        out.push(PIPELINE_VERSION);
+        out.extend_from_slice(&self.index.to_le_bytes());
+        match self.last_seq {
+            Some(seq) => {
+                out.push(1);
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        self.cache.checkpoint(out);
+    }
+
+    /// The pipeline [`checkpoint`](Self::checkpoint) wrote, for a shard
+    /// whose cache keeps what `flags` says. Its counters of events,
+    /// duplicates and errors start again from zero.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Checkpoint`](crate::ErrorKind::Checkpoint) for another
+    /// layout version or flags, or damaged bytes.
+    pub fn restore(flags: Flags, bytes: &[u8]) -> Result<Self, crate::Error> {
+        let damaged = |why: &str| crate::Error::new(crate::ErrorKind::Checkpoint(why.to_owned()));
+        let (&version, rest) = bytes.split_first().ok_or_else(|| damaged("empty"))?;
+        if version != PIPELINE_VERSION {
+            return Err(damaged(&format!(
+                "pipeline layout version {version}, this build reads {PIPELINE_VERSION}"
+            )));
+        }
+        let (index, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| damaged("cut short in the pipeline's index"))?;
+        let (last_seq, rest) = match rest.split_first() {
+            Some((0, rest)) => (None, rest),
+            Some((1, rest)) => {
+                let (seq, rest) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| damaged("cut short in the pipeline's last s"))?;
+                (Some(u64::from_le_bytes(*seq)), rest)
+            }
+            _ => {
+                return Err(damaged(
+                    "the pipeline's last s is neither absent nor present",
+                ));
+            }
+        };
+        let cache = Cache::restore(flags, rest).map_err(|error| damaged(&error.to_string()))?;
+        Ok(Self {
+            cache,
+            index: u64::from_le_bytes(*index),
+            last_seq,
+            ..Self::new(flags)
+        })
+    }
+
     /// The shard's state cache.
     #[must_use]
     pub fn cache(&self) -> &Cache {
@@ -329,6 +393,77 @@ mod tests {
 
     fn dispatch(t: &str, s: u64, d: &str) -> String {
         format!(r#"{{"t":"{t}","s":{s},"op":0,"d":{d}}}"#)
+    }
+
+    /// The index and payload of what `core` hands on for `payload`.
+    fn handed_on(core: &mut Pipeline, payload: &str) -> Option<(u64, Bytes)> {
+        match handle(core, payload)? {
+            ShardEvent::Dispatch(d) => Some((d.index(), d.payload().clone())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_restored_pipeline_numbers_what_a_resume_replays_as_the_original() {
+        let guild = r#"{"id":"20","name":"g","unavailable":false,"roles":[],"channels":[{"id":"30","type":0,"name":"a"}]}"#;
+        let update = |s: u64| {
+            dispatch(
+                "CHANNEL_UPDATE",
+                s,
+                &format!(r#"{{"id":"30","type":0,"name":"n{s}","guild_id":"20"}}"#),
+            )
+        };
+        let mut original = Pipeline::new(Flags::default());
+        handle(&mut original, READY);
+        handle(&mut original, &dispatch("GUILD_CREATE", 2, guild));
+        for s in 3..=30 {
+            handled(&mut original, &update(s));
+        }
+        let mut checkpoint = Vec::new();
+        original.checkpoint(&mut checkpoint);
+        let mut restored = Pipeline::restore(Flags::default(), &checkpoint).unwrap();
+        assert_eq!(restored.index(), original.index());
+
+        // Discord replays from the last `s` the checkpoint had (a little
+        // earlier here: those are repeats), then says RESUMED.
+        for s in 27..=30 {
+            assert_eq!(handed_on(&mut restored, &update(s)), None, "a repeat");
+        }
+        assert!(handle(&mut restored, &dispatch("RESUMED", 31, "{}")).is_none());
+        for s in 32..=60 {
+            let payload = update(s);
+            assert_eq!(
+                handed_on(&mut restored, &payload),
+                handed_on(&mut original, &payload)
+            );
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        original.cache().write_guild(20, 1, &mut a);
+        restored.cache().write_guild(20, 1, &mut b);
+        assert_eq!(a, b);
+        assert!(String::from_utf8(b).unwrap().contains(r#""name":"n60""#));
+
+        // Another cache's flags, a cut, another version: errors.
+        let refused = |bytes: &[u8], flags: Flags| {
+            let error = Pipeline::restore(flags, bytes).unwrap_err();
+            assert!(
+                matches!(error.kind(), crate::ErrorKind::Checkpoint(_)),
+                "{error}"
+            );
+            assert!(error.to_string().starts_with("checkpoint: "), "{error}");
+        };
+        refused(&checkpoint, Flags::ALL);
+        for n in [0, 1, 9, 10, 17, 18, checkpoint.len() - 1] {
+            refused(&checkpoint[..n], Flags::default());
+        }
+        let mut version = checkpoint.clone();
+        version[0] = 9;
+        refused(&version, Flags::default());
+    }
+
+    /// Hands `payload` on and checks that it was a dispatch.
+    fn handled(core: &mut Pipeline, payload: &str) {
+        assert!(handed_on(core, payload).is_some(), "{payload}");
     }
 
     #[test]
