@@ -236,26 +236,29 @@ thread_local! {
 fn with_compressor<T>(
     f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> std::io::Result<T>,
 ) -> std::io::Result<T> {
-    COMPRESSOR.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        let compressor = match slot.as_mut() {
-            Some(compressor) => compressor,
-            None => slot.insert(zstd::bulk::Compressor::new(BLOCK_LEVEL)?),
-        };
-        f(compressor)
-    })
+    with_local(&COMPRESSOR, || zstd::bulk::Compressor::new(BLOCK_LEVEL), f)
 }
 
 fn with_decompressor<T>(
     f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
 ) -> std::io::Result<T> {
-    DECOMPRESSOR.with(|slot| {
+    with_local(&DECOMPRESSOR, zstd::bulk::Decompressor::new, f)
+}
+
+/// Runs `f` with the context in this thread's `slot`, made by `make` the
+/// first time.
+fn with_local<C: 'static, T>(
+    slot: &'static std::thread::LocalKey<RefCell<Option<C>>>,
+    make: impl FnOnce() -> std::io::Result<C>,
+    f: impl FnOnce(&mut C) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    slot.with(|slot| {
         let mut slot = slot.borrow_mut();
-        let decompressor = match slot.as_mut() {
-            Some(decompressor) => decompressor,
-            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        let context = match slot.as_mut() {
+            Some(context) => context,
+            None => slot.insert(make()?),
         };
-        f(decompressor)
+        f(context)
     })
 }
 

@@ -225,19 +225,7 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            // The tenth byte holds bit 63 alone.
-            if shift == 63 && b > 1 {
-                return None;
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
+        packed::strict_varint(self.bytes, &mut self.pos)
     }
 
     /// A count or a length: never more than what is left to read, so a

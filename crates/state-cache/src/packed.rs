@@ -668,7 +668,7 @@ fn check_value(buf: &[u8], pos: &mut usize, keys: usize, depth: usize) -> Option
 }
 
 /// A varint that ends within `buf` and fits in 64 bits.
-fn strict_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+pub(crate) fn strict_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *buf.get(*pos)?;

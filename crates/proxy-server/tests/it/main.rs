@@ -75,6 +75,31 @@ impl Setup {
         }
         (client, ready, creates)
     }
+
+    /// A client connected with `query` and identified with `intents` and
+    /// IDENTIFY's `compress` flag, past READY; returns it, READY, and the
+    /// guild payloads that followed.
+    async fn identified_with(
+        &self,
+        query: &str,
+        intents: u64,
+        compress: bool,
+    ) -> (GatewayClient, Value, Vec<Value>) {
+        let mut client = self.client(query).await;
+        let identify = format!(
+            r#"{{"op":2,"d":{{"token":"{}","intents":{intents},"properties":{{}},"compress":{compress}}}}}"#,
+            self.sim.token()
+        );
+        client.send(&identify).await.unwrap();
+        let ready = client.payload().await.unwrap();
+        assert_eq!(ready["t"], "READY", "{query}: {ready}");
+        let guilds = ready["d"]["guilds"].as_array().unwrap().len();
+        let mut creates = Vec::new();
+        for _ in 0..guilds {
+            creates.push(client.payload().await.unwrap());
+        }
+        (client, ready, creates)
+    }
 }
 
 /// The `_sim` marker number of a dispatch, if it has one.

@@ -86,17 +86,10 @@ async fn every_compression_gives_the_same_payloads() {
         // The query's transport compression wins over IDENTIFY's flag.
         ("v=10&encoding=json&compress=zstd-stream", true),
     ] {
-        let mut client = setup.client(query).await;
-        let identify = format!(
-            r#"{{"op":2,"d":{{"token":"{}","intents":1,"properties":{{}},"compress":{compress}}}}}"#,
-            setup.sim.token()
-        );
-        client.send(&identify).await.unwrap();
-        let ready = client.payload().await.unwrap();
-        assert_eq!(ready["t"], "READY", "{query}");
-        let guilds = ready["d"]["guilds"].as_array().unwrap().len() as u64;
-        for _ in 0..guilds {
-            assert_eq!(client.payload().await.unwrap()["op"], 0);
+        let (mut client, _, creates) = setup.identified_with(query, 1, compress).await;
+        let guilds = creates.len() as u64;
+        for create in creates {
+            assert_eq!(create["op"], 0);
         }
         assert_contiguous(&marked(&mut client, 1 + guilds, 50).await);
     }
@@ -377,19 +370,10 @@ async fn zlib_clients_read_what_a_plain_client_reads_shared_bodies_or_not() {
             // A second zlib-stream client, for the first round only.
             ("v=10&encoding=json&compress=zlib-stream", false),
         ] {
-            let mut client = setup.client(query).await;
-            let identify = format!(
-                r#"{{"op":2,"d":{{"token":"{}","intents":{KNOWN_INTENTS},"properties":{{}},"compress":{compress}}}}}"#,
-                setup.sim.token()
-            );
-            client.send(&identify).await.unwrap();
-            let ready = client.payload().await.unwrap();
+            let (client, ready, creates) =
+                setup.identified_with(query, KNOWN_INTENTS, compress).await;
             let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
-            let guilds = ready["d"]["guilds"].as_array().unwrap().len() as u64;
-            for _ in 0..guilds {
-                client.payload().await.unwrap();
-            }
-            clients.push((query, client, session, 1 + guilds));
+            clients.push((query, client, session, 1 + creates.len() as u64));
         }
         let mut read = Vec::new();
         for (query, client, session, last) in &mut clients {
