@@ -62,6 +62,7 @@ const STRING_KEYS: &[&str] = &[
     "bind",
     "activity.name",
     "activity.url",
+    "state_dir",
 ];
 
 /// The name of the metadata of the environment layers, to tell them from
@@ -163,6 +164,20 @@ pub struct Config {
     /// How clients that ask for compression get it.
     #[serde(default)]
     pub client_compression: ClientCompressionConfig,
+    /// The directory where each shard's checkpoint is kept, so that a
+    /// restart (or a crash) of the proxy RESUMEs every upstream session
+    /// and keeps every client session; absent: none, a restart
+    /// identifies every shard again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// How often, in seconds, checkpoints are written while running (with
+    /// `state_dir`); 0: only at shutdown.
+    #[serde(default = "default_checkpoint_interval_secs")]
+    pub checkpoint_interval_secs: u64,
+    /// The oldest checkpoint, in seconds, a shard starts from; an older
+    /// one is passed over and the shard identifies.
+    #[serde(default = "default_checkpoint_max_age_secs")]
+    pub checkpoint_max_age_secs: u64,
 }
 
 /// The `client_compression` key.
@@ -386,6 +401,14 @@ const fn default_session_ttl_secs() -> u64 {
     300
 }
 
+const fn default_checkpoint_interval_secs() -> u64 {
+    30
+}
+
+const fn default_checkpoint_max_age_secs() -> u64 {
+    120
+}
+
 const fn default_replay_max_events() -> usize {
     1 << 20
 }
@@ -436,6 +459,9 @@ impl fmt::Debug for Config {
             .field("client_compression", &self.client_compression)
             .field("large_threshold", &self.large_threshold)
             .field("limits", &self.limits)
+            .field("state_dir", &self.state_dir)
+            .field("checkpoint_interval_secs", &self.checkpoint_interval_secs)
+            .field("checkpoint_max_age_secs", &self.checkpoint_max_age_secs)
             .finish()
     }
 }
@@ -515,6 +541,7 @@ impl Config {
                 format!("expected at least 4, found {}", self.replay_max_events),
             );
         }
+        self.validate_checkpoints()?;
         self.validate_limits()?;
         let compression = &self.client_compression;
         if compression.zlib_level > 9 {
@@ -536,6 +563,27 @@ impl Config {
             );
         }
         self.validate_shards()
+    }
+
+    fn validate_checkpoints(&self) -> Result<(), ConfigError> {
+        if self.checkpoint_max_age_secs == 0 {
+            return Err(ConfigError::invalid(
+                "checkpoint_max_age_secs",
+                "expected at least 1 second, found 0".to_owned(),
+            ));
+        }
+        if self
+            .state_dir
+            .as_deref()
+            .is_some_and(|dir| dir.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "state_dir",
+                "expected a directory, found an empty string (leave the key out for none)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
@@ -701,6 +749,7 @@ impl Config {
         pool.replay_shard_max_bytes = self.replay_shard_max_bytes;
         // Nothing older can be asked for: a session resumes within its ttl.
         pool.replay_max_age = Duration::from_secs(self.session_ttl_secs);
+        pool.checkpoint_max_age = Duration::from_secs(self.checkpoint_max_age_secs);
         pool
     }
 
@@ -717,6 +766,7 @@ impl Config {
         server.session_ttl = Duration::from_secs(self.session_ttl_secs);
         server.limits = self.limits.into();
         server.client_compression = self.client_compression.into();
+        server.checkpoint_interval = Duration::from_secs(self.checkpoint_interval_secs);
         server
     }
 }

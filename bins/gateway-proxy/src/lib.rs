@@ -23,7 +23,9 @@ use std::future::Future;
 
 use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
 use proxy_server::Proxy;
-use shard_pool::{Pool, Token};
+use std::sync::Arc;
+
+use shard_pool::{DirStore, Pool, Token};
 
 use crate::config::EXIT_CONFIG;
 
@@ -200,14 +202,29 @@ pub async fn start_until(
     } else {
         None
     };
-    let config = config::load(options.config.as_deref(), env).map_err(|e| RunError {
+    let mut config = config::load(options.config.as_deref(), env).map_err(|e| RunError {
         code: EXIT_CONFIG,
         message: e.to_string(),
     })?;
+    if options.simulate && config.state_dir.is_none() {
+        config.state_dir = Some(
+            std::env::temp_dir()
+                .join("gateway-proxy-simulate")
+                .display()
+                .to_string(),
+        );
+    }
     init_logging(&config.log_level);
     let mut pool_config = config.pool_config();
     if let Some(sim) = &sim {
         pool_config.identify_window = sim.config().identify_interval;
+    }
+    if let Some(dir) = &config.state_dir {
+        let store = DirStore::open(dir).map_err(|e| RunError {
+            code: EXIT_CONFIG,
+            message: format!("state_dir {dir:?} cannot hold checkpoints: {e}"),
+        })?;
+        pool_config.store = Some(Arc::new(store));
     }
     let pool = tokio::select! {
         pool = Pool::start(pool_config) => {
@@ -224,8 +241,7 @@ pub async fn start_until(
             }
         }
         () = &mut stop => {
-            tracing::info!("stopped during start-up; closing the upstream sessions");
-            pool.shutdown().await;
+            stop_starting(&pool).await;
             return Ok(None);
         }
     }
@@ -237,6 +253,27 @@ pub async fn start_until(
         sim,
         token: Token::new(config.token),
     }))
+}
+
+/// Stops a pool whose shards are still starting: with checkpoints, as a
+/// shutdown does (every shard's checkpoint, with the client sessions it
+/// started from, then a resumable close); without, every upstream session
+/// ends.
+async fn stop_starting(pool: &Pool) {
+    if !pool.keeps_checkpoints() {
+        tracing::info!("stopped during start-up; closing the upstream sessions");
+        pool.shutdown().await;
+        return;
+    }
+    tracing::info!("stopped during start-up; writing checkpoints");
+    pool.freeze();
+    let sessions = |id| {
+        pool.shard(id)
+            .and_then(shard_pool::ShardHandle::restored_sessions)
+            .unwrap_or_default()
+    };
+    pool.checkpoint(&sessions).await;
+    pool.shutdown_resumable().await;
 }
 
 /// Sets up logging at `level` (a tracing filter such as `info` or

@@ -353,6 +353,53 @@ fn client_compression_values_are_checked() {
 }
 
 #[test]
+fn checkpoint_keys_are_mapped_and_checked() {
+    let config = load_json(
+        "checkpoints",
+        r#"{"token": "t", "intents": 1, "state_dir": "/var/lib/gp",
+            "checkpoint_interval_secs": 0, "checkpoint_max_age_secs": 45}"#,
+        &[("GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS", "15")],
+    )
+    .unwrap();
+    assert_eq!(config.state_dir.as_deref(), Some("/var/lib/gp"));
+    assert_eq!(
+        config.server_config().checkpoint_interval,
+        Duration::from_secs(15),
+        "the environment wins"
+    );
+    assert_eq!(
+        config.pool_config().checkpoint_max_age,
+        Duration::from_secs(45)
+    );
+    let defaults = load_json(
+        "checkpoint-defaults",
+        r#"{"token": "t", "intents": 1}"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(defaults.state_dir, None, "off unless asked for");
+    assert_eq!(defaults.checkpoint_interval_secs, 30);
+    assert_eq!(defaults.checkpoint_max_age_secs, 120);
+    for (json, expected) in [
+        (
+            r#""checkpoint_max_age_secs": 0"#,
+            "key \"checkpoint_max_age_secs\": expected at least 1 second, found 0",
+        ),
+        (
+            r#""state_dir": " ""#,
+            "key \"state_dir\": expected a directory, found an empty string",
+        ),
+    ] {
+        let (error, path) = load_err(
+            "bad-checkpoint",
+            &format!(r#"{{"token": "t", "intents": 1, {json}}}"#),
+            &[],
+        );
+        assert!(error.starts_with(&format!("{path}: {expected}")), "{error}");
+    }
+}
+
+#[test]
 fn validation_errors_name_key_and_source() {
     let (error, path) = load_err(
         "bad-status",

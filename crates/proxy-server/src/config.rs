@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How what clients get is compressed, for those that ask.
     pub client_compression: ClientCompression,
+    /// How often every shard's checkpoint is written, when the pool keeps
+    /// checkpoints (`shard_pool::PoolConfig::store`): after a crash the
+    /// next process resumes from the last one. Zero: only at shutdown.
+    pub checkpoint_interval: Duration,
 }
 
 /// How the proxy compresses what it sends to clients that ask for
@@ -144,6 +148,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_millis(41_250),
             limits: Limits::default(),
             client_compression: ClientCompression::default(),
+            checkpoint_interval: Duration::from_secs(30),
         }
     }
 }

@@ -39,10 +39,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use wire_codec::{Compression, Encoder, SharedBody, SharedCompressor};
 
-use crate::context::{Context, HEARTBEAT_ACK, ZlibStream, lock};
+use crate::context::{Context, HEARTBEAT_ACK, SHUTDOWN, ZlibStream, lock};
 use crate::limits::Spend;
 use crate::protocol::{Close, Command, Identify, Protocol, Request, Resume};
-use crate::session::{Attach, SeqMap, Session};
+use crate::session::{Attach, Progress, SeqMap, Session};
 
 type Socket = TokioIo<Upgraded>;
 
@@ -100,18 +100,6 @@ enum Back {
     Closed(u16),
     /// The client fell too far behind (or past what the ring holds).
     TooSlow,
-}
-
-/// What a session has been sent: written by the writer as it numbers the
-/// shard's events, read by the driver when it saves the session.
-#[derive(Debug)]
-struct Progress {
-    /// The last `s` sent.
-    seq: u64,
-    /// The shard index of the last event accounted for (sent, or for
-    /// another client).
-    index: u64,
-    map: SeqMap,
 }
 
 /// A session's stream, handed to the writer.
@@ -853,9 +841,11 @@ impl Driver {
             let kick = self.attached.as_ref().map(|a| a.session.kick.clone());
             let step = tokio::select! {
                 biased;
-                // The only change is to `true`: the proxy is shutting down.
+                // The only change is to `Some`: the proxy is shutting down,
+                // with this close.
                 Ok(()) = shutdown.changed() => {
-                    Err(self.close(Close::new(1001, "the proxy is shutting down")))
+                    let (code, reason) = shutdown.borrow().unwrap_or(SHUTDOWN);
+                    Err(self.close(Close::new(code, reason)))
                 }
                 Ok(()) = disconnect.changed() => {
                     Err(self.close(Close::new(Close::UNKNOWN_ERROR, "the proxy asked every client to reconnect")))
@@ -1037,6 +1027,7 @@ impl Driver {
             attached: true,
             detached_at: None,
             kick: Arc::new(Notify::new()),
+            live: None,
         };
         self.ctx
             .sessions
@@ -1123,6 +1114,7 @@ impl Driver {
             index: session.index,
             map: session.map.clone(),
         }));
+        self.ctx.sessions.watch(&id, &progress);
         self.attached = Some(Attached {
             id: id.clone(),
             session,

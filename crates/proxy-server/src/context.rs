@@ -21,6 +21,14 @@ use crate::session::Sessions;
 /// The answer to a heartbeat.
 pub(crate) const HEARTBEAT_ACK: &[u8] = br#"{"t":null,"s":null,"op":11,"d":null}"#;
 
+/// The close of a shutdown whose sessions end with the process: 1001,
+/// going away.
+pub(crate) const SHUTDOWN: (u16, &str) = (1001, "the proxy is shutting down");
+
+/// The close of a shutdown whose sessions a checkpoint keeps: 4000, which
+/// clients answer by resuming (against the next process).
+pub(crate) const RESTART: (u16, &str) = (4000, "the proxy is restarting; resume");
+
 /// How long a nonce or a voice request routes its answers.
 const ROUTE_TTL: Duration = Duration::from_mins(5);
 
@@ -166,8 +174,12 @@ pub(crate) struct Context {
     /// What every connection's protocol is bounded by.
     pub(crate) protocol: ProtocolLimits,
     pub(crate) hello: Bytes,
-    /// Turns true when the proxy shuts down: every connection closes.
-    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// Set when the proxy shuts down, to the close every connection gets:
+    /// [`SHUTDOWN`], or [`RESTART`] when a checkpoint keeps the sessions.
+    pub(crate) shutdown: tokio::sync::watch::Sender<Option<(u16, &'static str)>>,
+    /// Held by whoever writes checkpoints: one at a time, and none after
+    /// the last one, at shutdown.
+    pub(crate) checkpointing: tokio::sync::Mutex<()>,
     /// Counts requests to disconnect every client (resumable).
     pub(crate) disconnect: tokio::sync::watch::Sender<u64>,
     next_session: AtomicU64,
@@ -215,7 +227,8 @@ impl Context {
             routes: Routes::default(),
             counters: Counters::default(),
             zlib_streams: ZlibStreams::default(),
-            shutdown: tokio::sync::watch::Sender::new(false),
+            shutdown: tokio::sync::watch::Sender::new(None),
+            checkpointing: tokio::sync::Mutex::new(()),
             disconnect: tokio::sync::watch::Sender::new(0),
             next_session: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),

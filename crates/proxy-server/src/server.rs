@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::ServerConfig;
 use crate::connection;
-use crate::context::Context;
+use crate::context::{Context, RESTART, SHUTDOWN};
 use crate::limits::{Permit, Refused};
 use crate::metrics;
 
@@ -63,6 +63,7 @@ impl Proxy {
             config.externally_accessible_url = format!("ws://{public}");
         }
         let ctx = Arc::new(Context::new(config, Arc::new(pool)));
+        restore_sessions(&ctx);
         let recorder = PrometheusBuilder::new()
             .set_buckets(metrics::LATENCY_BUCKETS)
             .and_then(|b| {
@@ -74,10 +75,13 @@ impl Proxy {
             .map_err(io::Error::other)?
             .build_recorder();
         let handle = recorder.handle();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(accept(listener, ctx.clone(), handle.clone())),
             tokio::spawn(upkeep(ctx.clone(), recorder)),
         ];
+        if ctx.pool.keeps_checkpoints() && !ctx.config.checkpoint_interval.is_zero() {
+            tasks.push(tokio::spawn(checkpoints(ctx.clone())));
+        }
         tracing::info!(%addr, "listening for clients");
         Ok(Self { addr, ctx, tasks })
     }
@@ -88,16 +92,43 @@ impl Proxy {
         self.addr
     }
 
-    /// Shuts down: stops accepting, closes every client with 1001 (going
-    /// away), then ends every upstream session normally.
+    /// Shuts down. Without checkpoints: stops accepting, closes every
+    /// client with 1001 (going away), then ends every upstream session
+    /// normally. With them: stops accepting, stops taking upstream events
+    /// in, closes every client with 4000 (they resume against the next
+    /// process), writes every shard's checkpoint with its client sessions,
+    /// then closes upstream so that Discord keeps the sessions for the
+    /// next process to RESUME.
     pub async fn shutdown(self) {
         if let Some(accept) = self.tasks.first() {
             accept.abort();
         }
-        self.ctx.shutdown.send_replace(true);
-        // Let the connections write their close frames.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        self.ctx.pool.shutdown().await;
+        if !self.ctx.pool.keeps_checkpoints() {
+            self.ctx.shutdown.send_replace(Some(SHUTDOWN));
+            // Let the connections write their close frames.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.ctx.pool.shutdown().await;
+            return;
+        }
+        // A periodic checkpoint under way ends first; none starts after.
+        let _last = self.ctx.checkpointing.lock().await;
+        self.ctx.pool.freeze();
+        self.ctx.shutdown.send_replace(Some(RESTART));
+        // Each connection saves its session as it closes.
+        let deadline = Instant::now() + SESSIONS_SAVED;
+        while self.ctx.sessions.attached() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = Instant::now();
+        let done = write_checkpoints(&self.ctx).await;
+        tracing::info!(
+            written = done.written,
+            skipped = done.skipped,
+            failed = done.failed,
+            ms = started.elapsed().as_millis(),
+            "checkpoints written; closing upstream resumably"
+        );
+        self.ctx.pool.shutdown_resumable().await;
     }
 
     /// Closes every client connection with 4000, which clients answer by
@@ -111,6 +142,55 @@ impl Proxy {
     #[must_use]
     pub fn pool(&self) -> &Pool {
         &self.ctx.pool
+    }
+}
+
+/// How long a shutdown waits for connections to save their sessions
+/// before it writes the checkpoints without the stragglers' last events.
+const SESSIONS_SAVED: Duration = Duration::from_secs(2);
+
+/// Puts back the client sessions each shard's checkpoint kept.
+fn restore_sessions(ctx: &Context) {
+    let now = Instant::now();
+    for shard in ctx.pool.shards() {
+        let Some(bytes) = shard.restored_sessions() else {
+            continue;
+        };
+        match ctx.sessions.restore(shard.id(), &bytes, now) {
+            Ok(count) => tracing::info!(shard = shard.id(), count, "client sessions restored"),
+            Err(error) => tracing::warn!(
+                shard = shard.id(),
+                %error,
+                "client sessions not restored: their clients identify again"
+            ),
+        }
+    }
+}
+
+/// Every shard's checkpoint, with its client sessions.
+async fn write_checkpoints(ctx: &Context) -> shard_pool::Checkpointed {
+    let sessions = |shard| ctx.sessions.checkpoint(shard, Instant::now());
+    ctx.pool.checkpoint(&sessions).await
+}
+
+/// Every `checkpoint_interval`: every shard's checkpoint, so that a crash
+/// costs what came after the last one (Discord replays it on RESUME).
+async fn checkpoints(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(ctx.config.checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let _one = ctx.checkpointing.lock().await;
+        let started = Instant::now();
+        let done = write_checkpoints(&ctx).await;
+        tracing::debug!(
+            written = done.written,
+            skipped = done.skipped,
+            failed = done.failed,
+            ms = started.elapsed().as_millis(),
+            "checkpoints written"
+        );
     }
 }
 

@@ -64,6 +64,19 @@ impl SeqMap {
     }
 }
 
+/// What a session has been sent: written by the writer as it numbers the
+/// shard's events, read by the driver when it saves the session (and by a
+/// checkpoint while it is served).
+#[derive(Debug)]
+pub(crate) struct Progress {
+    /// The last `s` sent.
+    pub(crate) seq: u64,
+    /// The shard index of the last event accounted for (sent, or for
+    /// another client).
+    pub(crate) index: u64,
+    pub(crate) map: SeqMap,
+}
+
 /// One client session.
 #[derive(Clone, Debug)]
 pub(crate) struct Session {
@@ -81,7 +94,15 @@ pub(crate) struct Session {
     /// Tells the connection serving it to let go: the client has resumed
     /// on another connection (the old one may not know it is dead yet).
     pub(crate) kick: Arc<Notify>,
+    /// While it is served: what it has been sent, as it is sent.
+    pub(crate) live: Option<Arc<Mutex<Progress>>>,
 }
+
+/// The layout of [`Sessions::checkpoint`].
+const SESSIONS_VERSION: u8 = 1;
+
+/// The longest session id a checkpoint gives back (the proxy's are 32).
+const MAX_ID: usize = 64;
 
 /// What a RESUME finds.
 #[derive(Debug)]
@@ -142,12 +163,136 @@ impl Sessions {
                 Session {
                     attached: false,
                     detached_at: Some(now),
+                    live: None,
                     ..session
                 },
             );
         } else {
             sessions.remove(id);
         }
+    }
+
+    /// Lets a checkpoint read what the connection serving session `id`
+    /// has sent, as it sends it.
+    pub(crate) fn watch(&self, id: &str, progress: &Arc<Mutex<Progress>>) {
+        if let Some(session) = lock(&self.sessions).get_mut(id) {
+            session.live = Some(progress.clone());
+        }
+    }
+
+    /// Sessions served by a connection now.
+    pub(crate) fn attached(&self) -> usize {
+        lock(&self.sessions).values().filter(|s| s.attached).count()
+    }
+
+    /// The sessions of `shard`, for its checkpoint: each with where its
+    /// `s` stands against the shard's index, and how long ago it lost its
+    /// connection (a served one counts as losing it now: a new process
+    /// serves none of them until they resume).
+    pub(crate) fn checkpoint(&self, shard: u32, now: Instant) -> Vec<u8> {
+        let sessions = lock(&self.sessions);
+        let mut out = vec![SESSIONS_VERSION];
+        let mine: Vec<_> = sessions.iter().filter(|(_, s)| s.shard == shard).collect();
+        out.extend_from_slice(&u32::try_from(mine.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for (id, session) in mine {
+            shard_pool::put_str(&mut out, id);
+            let live = session.live.as_ref().filter(|_| session.attached);
+            let live = live.map(|progress| lock(progress));
+            let (seq, index, map) = match &live {
+                Some(progress) => (progress.seq, progress.index, &progress.map),
+                None => (session.seq, session.index, &session.map),
+            };
+            for n in [seq, index, map.snapshot.0, map.snapshot.1] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            out.extend_from_slice(
+                &u32::try_from(map.runs.len())
+                    .unwrap_or(u32::MAX)
+                    .to_le_bytes(),
+            );
+            for &(s, i) in &map.runs {
+                out.extend_from_slice(&s.to_le_bytes());
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            let detached = session
+                .detached_at
+                .filter(|_| !session.attached)
+                .map_or(0, |at| now.saturating_duration_since(at).as_millis());
+            out.extend_from_slice(&u64::try_from(detached).unwrap_or(u64::MAX).to_le_bytes());
+        }
+        out
+    }
+
+    /// Puts back the sessions of `shard` a checkpoint held, each detached
+    /// as long as it was then, so that its client can RESUME within what
+    /// is left of its ttl; returns how many. A session id already in use
+    /// is left alone.
+    ///
+    /// # Errors
+    ///
+    /// If the bytes are not what [`Sessions::checkpoint`] writes (nothing
+    /// is put back then).
+    pub(crate) fn restore(
+        &self,
+        shard: u32,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<usize, shard_pool::Error> {
+        if bytes.is_empty() {
+            return Ok(0);
+        }
+        let mut reader = shard_pool::CheckpointReader::new(bytes, "the client sessions");
+        let version = reader.u8()?;
+        if version != SESSIONS_VERSION {
+            return Err(shard_pool::Error::checkpoint(format!(
+                "client sessions layout version {version}, this build reads {SESSIONS_VERSION}"
+            )));
+        }
+        let count = reader.count(2 + 5 * 8 + 4)?;
+        let mut restored = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = reader.str()?;
+            if id.is_empty() || id.len() > MAX_ID {
+                return Err(shard_pool::Error::checkpoint(format!(
+                    "a client session id of {} bytes",
+                    id.len()
+                )));
+            }
+            let (seq, index) = (reader.u64()?, reader.u64()?);
+            let snapshot = (reader.u64()?, reader.u64()?);
+            let runs = reader.count(16)?;
+            let mut map = SeqMap {
+                snapshot,
+                runs: Vec::with_capacity(runs),
+            };
+            for _ in 0..runs {
+                map.runs.push((reader.u64()?, reader.u64()?));
+            }
+            let detached = Duration::from_millis(reader.u64()?);
+            restored.push((
+                id.to_owned(),
+                Session {
+                    shard,
+                    seq,
+                    index,
+                    map,
+                    attached: false,
+                    detached_at: Some(now.checked_sub(detached).unwrap_or(now)),
+                    kick: Arc::new(Notify::new()),
+                    live: None,
+                },
+            ));
+        }
+        reader.finish()?;
+        let mut sessions = lock(&self.sessions);
+        let mut added = 0;
+        for (id, session) in restored {
+            if let std::collections::hash_map::Entry::Vacant(entry) = sessions.entry(id) {
+                entry.insert(session);
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     /// Removes the sessions whose ttl has passed; returns how many remain.
@@ -220,6 +365,7 @@ mod tests {
             attached: true,
             detached_at: None,
             kick: Arc::new(Notify::new()),
+            live: None,
         };
         let kicked = session.kick.clone();
         sessions.insert("a".to_owned(), session.clone());
@@ -260,5 +406,101 @@ mod tests {
             0,
             "expired sessions go"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_gives_back_every_session_of_its_shard_as_it_stood() {
+        let sessions = Sessions::default();
+        let now = Instant::now();
+        let mut map = SeqMap::new(4, 10);
+        for (seq, index) in [(5, 11), (6, 12), (7, 14)] {
+            map.record(seq, index);
+        }
+        let session = |shard, seq, index, map: &SeqMap| Session {
+            shard,
+            seq,
+            index,
+            map: map.clone(),
+            attached: false,
+            detached_at: Some(now),
+            kick: Arc::new(Notify::new()),
+            live: None,
+        };
+        sessions.insert("gone".to_owned(), session(0, 7, 14, &map));
+        sessions.detach("gone", session(0, 7, 14, &map), true, now);
+        sessions.insert("other shard".to_owned(), session(1, 7, 14, &map));
+        // A served session: its connection's progress is what counts.
+        let served = Session {
+            attached: true,
+            detached_at: None,
+            ..session(0, 4, 10, &SeqMap::new(4, 10))
+        };
+        sessions.insert("served".to_owned(), served);
+        let mut live = SeqMap::new(4, 10);
+        live.record(5, 11);
+        live.record(6, 12);
+        let progress = Arc::new(Mutex::new(Progress {
+            seq: 6,
+            index: 12,
+            map: live,
+        }));
+        sessions.watch("served", &progress);
+
+        let later = now + Duration::from_secs(3);
+        let bytes = sessions.checkpoint(0, later);
+        let restored = Sessions::default();
+        let start = Instant::now() + Duration::from_mins(1);
+        assert_eq!(restored.restore(0, &bytes, start).unwrap(), 2);
+        let ttl = Duration::from_secs(10);
+        let Attach::Taken(gone) = restored.attach("gone", ttl, start + Duration::from_secs(6))
+        else {
+            panic!("gone resumes within what is left of its ttl");
+        };
+        assert_eq!((gone.seq, gone.index), (7, 14));
+        assert_eq!(gone.map.index_of(6, 7), Some(12));
+        assert_eq!(gone.map.index_of(7, 7), Some(14));
+        assert!(
+            matches!(
+                restored.attach("gone", ttl, start + Duration::from_secs(8)),
+                Attach::Busy
+            ),
+            "taken"
+        );
+        let Attach::Taken(served) = restored.attach("served", ttl, start + Duration::from_secs(9))
+        else {
+            panic!("a served session counts as detached at the checkpoint");
+        };
+        assert_eq!((served.seq, served.index), (6, 12), "its live progress");
+        assert_eq!(served.map.index_of(5, 6), Some(11));
+        assert!(matches!(
+            restored.attach("other shard", ttl, start),
+            Attach::Gone
+        ));
+        let Attach::Gone = Sessions::default().attach("gone", ttl, start) else {
+            panic!()
+        };
+        let expired = Sessions::default();
+        expired.restore(0, &bytes, start).unwrap();
+        assert!(
+            matches!(
+                expired.attach("gone", ttl, start + Duration::from_secs(7)),
+                Attach::Gone
+            ),
+            "3 s gone at the checkpoint, 7 s since: past 10"
+        );
+
+        // Empty is none; damaged is an error, and nothing is put back.
+        assert_eq!(Sessions::default().restore(0, &[], start).unwrap(), 0);
+        for n in 1..bytes.len() {
+            let partial = Sessions::default();
+            assert!(
+                partial.restore(0, &bytes[..n], start).is_err(),
+                "cut at {n}"
+            );
+            assert_eq!(partial.sweep(ttl, start), 0);
+        }
+        let mut version = bytes.clone();
+        version[0] = 9;
+        assert!(Sessions::default().restore(0, &version, start).is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use state_cache::Flags;
 
+use crate::store::Store;
 use crate::token::Token;
 use twilight_gateway::queue::Queue;
 
@@ -65,6 +66,15 @@ pub struct PoolConfig {
     /// Identify pacing shared with other processes; `None` paces within
     /// this pool by `max_concurrency` and `identify_window`.
     pub queue: Option<Arc<dyn Queue + Send + Sync>>,
+    /// Where checkpoints are kept: at start each shard with a fresh one
+    /// of this bot and configuration RESUMEs its upstream session instead
+    /// of identifying, and [`Pool::checkpoint`](crate::Pool::checkpoint)
+    /// writes them. `None`: no checkpoints.
+    pub store: Option<Arc<dyn Store>>,
+    /// The oldest checkpoint a shard starts from; an older one is passed
+    /// over (Discord would most likely refuse its RESUME) and the shard
+    /// identifies.
+    pub checkpoint_max_age: Duration,
 }
 
 impl fmt::Debug for PoolConfig {
@@ -88,6 +98,8 @@ impl fmt::Debug for PoolConfig {
             .field("replay_shard_max_bytes", &self.replay_shard_max_bytes)
             .field("replay_max_age", &self.replay_max_age)
             .field("queue", &self.queue.as_ref().map(|_| "shared"))
+            .field("store", &self.store)
+            .field("checkpoint_max_age", &self.checkpoint_max_age)
             .finish()
     }
 }
@@ -115,6 +127,8 @@ impl PoolConfig {
             replay_shard_max_bytes: None,
             replay_max_age: Duration::from_mins(5),
             queue: None,
+            store: None,
+            checkpoint_max_age: Duration::from_mins(2),
         }
     }
 }

@@ -56,6 +56,16 @@ impl Error {
         }
     }
 
+    /// A damaged checkpoint: why. For layers above the pool that keep
+    /// their own part in a shard's checkpoint (read with
+    /// [`CheckpointReader`](crate::CheckpointReader)).
+    #[must_use]
+    pub fn checkpoint(why: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Checkpoint(why.into()),
+        }
+    }
+
     pub(crate) fn new(kind: ErrorKind) -> Self {
         Self { kind }
     }

@@ -57,6 +57,7 @@
 //! times the bytes). twilight chooses at compile time, and zstd wins when
 //! both are on; `gateway-proxy`'s features choose for the binary.
 
+mod checkpoint;
 mod config;
 mod error;
 mod follow;
@@ -69,11 +70,12 @@ mod shard;
 mod store;
 mod token;
 
+pub use crate::checkpoint::{Reader as CheckpointReader, put_bytes, put_str};
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::follow::{Follower, Gone};
-pub use crate::pipeline::{Dispatch, Pipeline, ShardEvent};
-pub use crate::pool::Pool;
+pub use crate::pipeline::{Dispatch, Pipeline, ShardEvent, Upstream};
+pub use crate::pool::{Checkpointed, Pool};
 pub use crate::queue::{PacedQueue, Queue};
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;

@@ -12,6 +12,8 @@ use seqpatch::Scan;
 use state_cache::{Cache, Flags};
 use wire_codec::SharedBody;
 
+use crate::checkpoint::{Reader, put_str};
+
 /// What subscribers of a shard receive, in upstream order. Each carries the
 /// shard's event index, which only ever increases, one by one.
 #[derive(Clone, Debug)]
@@ -207,6 +209,8 @@ pub struct Pipeline {
     pub(crate) index: u64,
     /// The upstream `s` of the last dispatch of this session.
     last_seq: Option<u64>,
+    /// The upstream session READY began, to RESUME after a restart.
+    upstream: Option<Upstream>,
     /// Dispatches received, by name.
     pub(crate) events: BTreeMap<Box<str>, u64>,
     /// Dispatches received again after a resume (and dropped).
@@ -218,7 +222,32 @@ pub struct Pipeline {
 }
 
 /// The layout of [`Pipeline::checkpoint`].
-const PIPELINE_VERSION: u8 = 1;
+const PIPELINE_VERSION: u8 = 2;
+
+/// An upstream session, as READY named it: what a RESUME needs besides the
+/// last `s`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Upstream {
+    /// READY's `session_id`.
+    pub session_id: String,
+    /// READY's `resume_gateway_url`.
+    pub resume_url: String,
+}
+
+impl Upstream {
+    /// The session of a READY's `d`, if it names one.
+    fn of_ready(d: &[u8]) -> Option<Self> {
+        let field = |key: &str| {
+            let value = sonic_rs::get(d, [key]).ok()?;
+            sonic_rs::JsonValueTrait::as_str(&value).map(str::to_owned)
+        };
+        Some(Self {
+            session_id: field("session_id")?,
+            resume_url: field("resume_gateway_url")?,
+        })
+    }
+}
 
 impl Pipeline {
     /// A pipeline whose state cache keeps what `flags` says.
@@ -228,6 +257,7 @@ impl Pipeline {
             cache: Cache::new(flags),
             index: 0,
             last_seq: None,
+            upstream: None,
             events: BTreeMap::new(),
             duplicates: 0,
             malformed: 0,
@@ -261,6 +291,7 @@ impl Pipeline {
         let seq = scan.seq();
         if t == "READY" {
             self.last_seq = seq;
+            self.upstream = scan.d(&payload).and_then(Upstream::of_ready);
             self.apply(t, &scan, &payload);
             self.index += 1;
             return Some(ShardEvent::Reset { index: self.index });
@@ -300,8 +331,8 @@ impl Pipeline {
     }
 
     /// Appends the pipeline's state to `out`: where its numbering stands
-    /// (the last index handed on, the last upstream `s`) and its cache, in
-    /// the cache's packed form. A pipeline restored from it
+    /// (the last index handed on, the last upstream `s`), the upstream
+    /// session, and its cache, in the cache's packed form. A pipeline restored from it
     /// ([`Pipeline::restore`]) and fed what upstream sends after a RESUME
     /// from that `s` hands on the same events with the same indices as
     /// this one.
@@ -312,6 +343,14 @@ impl Pipeline {
             Some(seq) => {
                 out.push(1);
                 out.extend_from_slice(&seq.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        match &self.upstream {
+            Some(upstream) => {
+                out.push(1);
+                put_str(out, &upstream.session_id);
+                put_str(out, &upstream.resume_url);
             }
             None => out.push(0),
         }
@@ -327,37 +366,37 @@ impl Pipeline {
     /// [`ErrorKind::Checkpoint`](crate::ErrorKind::Checkpoint) for another
     /// layout version or flags, or damaged bytes.
     pub fn restore(flags: Flags, bytes: &[u8]) -> Result<Self, crate::Error> {
-        let damaged = |why: &str| crate::Error::new(crate::ErrorKind::Checkpoint(why.to_owned()));
-        let (&version, rest) = bytes.split_first().ok_or_else(|| damaged("empty"))?;
+        let mut reader = Reader::new(bytes, "the pipeline");
+        let version = reader.u8()?;
         if version != PIPELINE_VERSION {
-            return Err(damaged(&format!(
+            return Err(crate::Error::checkpoint(format!(
                 "pipeline layout version {version}, this build reads {PIPELINE_VERSION}"
             )));
         }
-        let (index, rest) = rest
-            .split_first_chunk::<8>()
-            .ok_or_else(|| damaged("cut short in the pipeline's index"))?;
-        let (last_seq, rest) = match rest.split_first() {
-            Some((0, rest)) => (None, rest),
-            Some((1, rest)) => {
-                let (seq, rest) = rest
-                    .split_first_chunk::<8>()
-                    .ok_or_else(|| damaged("cut short in the pipeline's last s"))?;
-                (Some(u64::from_le_bytes(*seq)), rest)
-            }
-            _ => {
-                return Err(damaged(
-                    "the pipeline's last s is neither absent nor present",
-                ));
-            }
-        };
-        let cache = Cache::restore(flags, rest).map_err(|error| damaged(&error.to_string()))?;
+        let index = reader.u64()?;
+        let last_seq = reader.option(Reader::u64)?;
+        let upstream = reader.option(|reader| {
+            Ok(Upstream {
+                session_id: reader.str()?.to_owned(),
+                resume_url: reader.str()?.to_owned(),
+            })
+        })?;
+        let cache = Cache::restore(flags, reader.rest())
+            .map_err(|error| crate::Error::checkpoint(error.to_string()))?;
         Ok(Self {
             cache,
-            index: u64::from_le_bytes(*index),
+            index,
             last_seq,
+            upstream,
             ..Self::new(flags)
         })
+    }
+
+    /// The upstream session and the last `s` of it handed on: what a
+    /// RESUME needs. `None` before READY.
+    #[must_use]
+    pub fn upstream(&self) -> Option<(&Upstream, u64)> {
+        Some((self.upstream.as_ref()?, self.last_seq?))
     }
 
     /// The shard's state cache.
@@ -423,6 +462,15 @@ mod tests {
         original.checkpoint(&mut checkpoint);
         let mut restored = Pipeline::restore(Flags::default(), &checkpoint).unwrap();
         assert_eq!(restored.index(), original.index());
+        let upstream = Upstream {
+            session_id: "x".to_owned(),
+            resume_url: "ws://x".to_owned(),
+        };
+        assert_eq!(
+            restored.upstream(),
+            Some((&upstream, 30)),
+            "what RESUME needs"
+        );
 
         // Discord replays from the last `s` the checkpoint had (a little
         // earlier here: those are repeats), then says RESUMED.

@@ -8,12 +8,19 @@ use twilight_gateway::{ConfigBuilder, Intents, Shard, ShardId};
 use twilight_model::gateway::payload::outgoing::update_presence::UpdatePresencePayload;
 use twilight_model::gateway::presence::{ActivityType, MinimalActivity, Status};
 
+use std::collections::HashMap;
+
+use tokio::time::Instant;
+use twilight_gateway::Session;
+
+use crate::checkpoint::{self, Identity, Refused};
 use crate::config::{PoolConfig, Presence};
 use crate::error::{Error, ErrorKind};
 use crate::pipeline::Pipeline;
 use crate::queue::{PacedQueue, Queue, SharedQueue};
 use crate::rest::{self, GatewayInfo};
-use crate::ring::{ReplayBudget, RingLimits};
+use crate::ring::{ReplayBudget, Ring, RingLimits};
+use crate::store::Store;
 
 /// What bounds each shard's ring.
 fn ring_limits(config: &PoolConfig, budget: &Arc<ReplayBudget>) -> RingLimits {
@@ -44,7 +51,22 @@ pub struct Pool {
     paced: Option<PacedQueue>,
     /// The bytes every shard's ring shares.
     budget: Arc<ReplayBudget>,
+    /// Where checkpoints go, and whom they are for.
+    store: Option<Arc<dyn Store>>,
+    identity: Identity,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What [`Pool::checkpoint`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Checkpointed {
+    /// Shards whose checkpoint was written.
+    pub written: usize,
+    /// Shards with nothing to resume (no READY yet, or closed for good).
+    pub skipped: usize,
+    /// Shards whose checkpoint could not be written (logged).
+    pub failed: usize,
 }
 
 impl Drop for Pool {
@@ -114,39 +136,39 @@ impl Pool {
         let mut shards = Vec::new();
         let budget = ReplayBudget::new(config.replay_max_bytes);
         let mut tasks = Vec::new();
+        let identity = Identity::new(&config.token, total, config.intents, config.cache);
+        let mut restored = match &config.store {
+            Some(store) => restore_all(store, &identity, range.clone(), &config).await,
+            None => HashMap::new(),
+        };
         for id in range.clone() {
-            let presence = UpdatePresencePayload {
-                activities: config
-                    .presence
-                    .activity
-                    .iter()
-                    .map(|activity| {
-                        MinimalActivity {
-                            kind: ActivityType::from(activity.kind),
-                            name: activity.name.replace("{{shard}}", &id.to_string()),
-                            url: activity.url.clone(),
-                        }
-                        .into()
-                    })
-                    .collect(),
-                afk: false,
-                since: None,
-                status,
-            };
-            let shard_config = ConfigBuilder::new(config.token.expose().to_owned(), intents)
+            let mut shard_config = ConfigBuilder::new(config.token.expose().to_owned(), intents)
                 .proxy_url(gateway_url.clone())
                 .large_threshold(config.large_threshold)
-                .presence(presence)
-                .queue(queue.clone())
-                .build();
-            let shard = Shard::with_config(ShardId::new(id, total), shard_config);
+                .presence(presence(&config.presence, status, id))
+                .queue(queue.clone());
+            let limits = ring_limits(&config, &budget);
+            let (pipeline, ring, sessions) = match restored.remove(&id) {
+                Some(restored) => {
+                    if let Some((upstream, seq)) = restored.pipeline.upstream() {
+                        shard_config = shard_config
+                            .session(Session::new(seq, upstream.session_id.clone()))
+                            .resume_url(upstream.resume_url.clone());
+                    }
+                    let ring = Ring::restored(limits, restored.ring, Instant::now());
+                    (restored.pipeline, ring, Some(restored.sessions))
+                }
+                None => (Pipeline::new(config.cache), Ring::new(limits), None),
+            };
+            let shard = Shard::with_config(ShardId::new(id, total), shard_config.build());
             let handle = ShardHandle::new(
                 id,
-                Pipeline::new(config.cache),
-                ring_limits(&config, &budget),
+                pipeline,
+                ring,
                 shard.sender(),
                 config.intents,
                 config.guild_load_timeout,
+                sessions,
             );
             tasks.push(tokio::spawn(handle.clone().run(shard)));
             shards.push(handle);
@@ -165,8 +187,84 @@ impl Pool {
             gateway,
             paced,
             budget,
+            store: config.store.clone(),
+            identity,
             tasks: std::sync::Mutex::new(tasks),
         })
+    }
+
+    /// Whether checkpoints are kept ([`PoolConfig::store`]).
+    #[must_use]
+    pub fn keeps_checkpoints(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Writes every shard's checkpoint to the store, one shard at a time:
+    /// each shard's state is copied at one index under its locks (on a
+    /// blocking thread; its events wait only for the copy), written out
+    /// with what `sessions` gives for the shard (the server's client
+    /// sessions), and put whole. A failure is logged and counted; the
+    /// other shards go on. Nothing is written without a store.
+    pub async fn checkpoint(&self, sessions: &(dyn Fn(u32) -> Vec<u8> + Sync)) -> Checkpointed {
+        let mut done = Checkpointed::default();
+        let Some(store) = &self.store else {
+            return done;
+        };
+        let manifest = checkpoint::manifest(&self.identity, self.range(), checkpoint::wall_clock());
+        if let Err(error) = store.put(checkpoint::MANIFEST, manifest.into()).await {
+            tracing::warn!(%error, "checkpoint manifest not written");
+            done.failed = self.shards.len();
+            return done;
+        }
+        for shard in &self.shards {
+            let started = Instant::now();
+            let name = checkpoint::shard_name(shard.id());
+            let taken = {
+                let shard = shard.clone();
+                tokio::task::spawn_blocking(move || shard.take()).await
+            };
+            let Ok(Some(taken)) = taken else {
+                done.skipped += 1;
+                // An older checkpoint must not stand in for this shard.
+                if let Err(error) = store.delete(&name).await {
+                    tracing::warn!(shard = shard.id(), %error, "old checkpoint not deleted");
+                }
+                continue;
+            };
+            let sessions = sessions(shard.id());
+            let identity = self.identity.clone();
+            let written = checkpoint::wall_clock();
+            let blob =
+                tokio::task::spawn_blocking(move || taken.encode(&identity, written, &sessions))
+                    .await;
+            let result = match blob {
+                Ok(blob) => store
+                    .put(&name, blob.into())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match result {
+                Ok(()) => {
+                    done.written += 1;
+                    shard.checkpointed(written, started.elapsed());
+                }
+                Err(error) => {
+                    done.failed += 1;
+                    tracing::warn!(shard = shard.id(), %error, "checkpoint not written");
+                }
+            }
+        }
+        done
+    }
+
+    /// Stops every shard taking upstream payloads in, so that a
+    /// checkpoint taken next is where the shards stop: see
+    /// [`ShardHandle::freeze`]. For shutting down.
+    pub fn freeze(&self) {
+        for shard in &self.shards {
+            shard.freeze();
+        }
     }
 
     /// The rings' shared budget: bytes held and the most allowed.
@@ -238,6 +336,20 @@ impl Pool {
         for shard in &self.shards {
             shard.close();
         }
+        self.join().await;
+    }
+
+    /// Closes every upstream connection so that Discord keeps its session
+    /// for a new process to RESUME ([`ShardHandle::close_resumable`]), and
+    /// waits (up to five seconds) for the shards' tasks to end.
+    pub async fn shutdown_resumable(&self) {
+        for shard in &self.shards {
+            shard.close_resumable();
+        }
+        self.join().await;
+    }
+
+    async fn join(&self) {
         let tasks = std::mem::take(
             &mut *self
                 .tasks
@@ -276,6 +388,76 @@ impl Pool {
     }
 }
 
+/// Reads the checkpoint of every shard of `range` that has a usable one;
+/// the others identify, each with one log line that says why.
+async fn restore_all(
+    store: &Arc<dyn Store>,
+    identity: &Identity,
+    range: Range<u32>,
+    config: &PoolConfig,
+) -> HashMap<u32, checkpoint::Restored> {
+    let mut restored = HashMap::new();
+    match store.get(checkpoint::MANIFEST).await {
+        Ok(Some(manifest)) => {
+            if let Err(refused) = checkpoint::check_manifest(&manifest, identity) {
+                tracing::warn!("checkpoints not used, every shard identifies: {refused}");
+                return restored;
+            }
+        }
+        Ok(None) => {
+            tracing::info!("no checkpoints yet: every shard identifies");
+            return restored;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "checkpoints not used, every shard identifies");
+            return restored;
+        }
+    }
+    let mut reads = tokio::task::JoinSet::new();
+    for id in range {
+        let store = store.clone();
+        let identity = identity.clone();
+        let (flags, max_age) = (config.cache, config.checkpoint_max_age);
+        reads.spawn(async move {
+            let blob = match store.get(&checkpoint::shard_name(id)).await {
+                Ok(Some(blob)) => blob,
+                Ok(None) => return (id, Err(Refused::Missing)),
+                Err(error) => return (id, Err(Refused::Corrupt(error.to_string()))),
+            };
+            let read = tokio::task::spawn_blocking(move || {
+                checkpoint::restore(
+                    &blob,
+                    &identity,
+                    id,
+                    flags,
+                    max_age,
+                    checkpoint::wall_clock(),
+                )
+            })
+            .await
+            .unwrap_or_else(|error| Err(Refused::Corrupt(error.to_string())));
+            (id, read)
+        });
+    }
+    while let Some(read) = reads.join_next().await {
+        let Ok((id, read)) = read else { continue };
+        match read {
+            Ok(shard) => {
+                tracing::info!(
+                    shard = id,
+                    age_ms = u64::try_from(shard.age.as_millis()).unwrap_or(u64::MAX),
+                    index = shard.pipeline.index(),
+                    "resuming the upstream session of a checkpoint"
+                );
+                restored.insert(id, shard);
+            }
+            Err(Refused::Missing) => tracing::info!(shard = id, "no checkpoint: identifying"),
+            Err(refused) => tracing::warn!(shard = id, "{refused}: identifying"),
+        }
+    }
+    restored
+}
+
 fn shard_range(config: &PoolConfig, total: u32) -> Result<Range<u32>, Error> {
     let end = config.shard_end.unwrap_or(total);
     if total == 0 {
@@ -288,6 +470,28 @@ fn shard_range(config: &PoolConfig, total: u32) -> Result<Range<u32>, Error> {
         )));
     }
     Ok(config.shard_start..end)
+}
+
+/// The presence shard `id` identifies with: `{{shard}}` in the
+/// activity's name is its id.
+fn presence(presence: &Presence, status: Status, id: u32) -> UpdatePresencePayload {
+    UpdatePresencePayload {
+        activities: presence
+            .activity
+            .iter()
+            .map(|activity| {
+                MinimalActivity {
+                    kind: ActivityType::from(activity.kind),
+                    name: activity.name.replace("{{shard}}", &id.to_string()),
+                    url: activity.url.clone(),
+                }
+                .into()
+            })
+            .collect(),
+        afk: false,
+        since: None,
+        status,
+    }
 }
 
 fn status_of(presence: &Presence) -> Result<Status, Error> {

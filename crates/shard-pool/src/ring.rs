@@ -24,6 +24,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::checkpoint::{Reader, put_bytes};
+use crate::error::Error;
 use crate::pipeline::{Dispatch, ShardEvent};
 
 /// What a shard's ring holds.
@@ -559,6 +561,178 @@ impl Ring {
             bytes: self.bytes,
             payload_bytes: self.payload_bytes,
         }
+    }
+}
+
+/// The most one block's dispatches may take unpacked, read back from a
+/// checkpoint (what the ring packs is far less: 128 dispatches).
+const MAX_BLOCK_PAYLOAD: usize = 256 << 20;
+
+/// What a ring holds at one moment, for a checkpoint: its window and its
+/// dispatches, packed and raw.
+#[derive(Debug)]
+pub(crate) struct RingImage {
+    floor: u64,
+    head: u64,
+    served: bool,
+    blocks: Vec<Block>,
+    raw: Vec<(Dispatch, Instant)>,
+}
+
+impl RingImage {
+    /// The index of the newest event.
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// About how many bytes [`RingImage::write`] takes.
+    pub(crate) fn len_hint(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| b.data.len() + 4 * b.len() + 24)
+            .sum();
+        let raw: usize = self.raw.iter().map(|(d, _)| d.payload().len() + 12).sum();
+        blocks + raw + 32
+    }
+
+    /// Appends the image, ages counted back from `at`.
+    pub(crate) fn write(&self, at: Instant, out: &mut Vec<u8>) {
+        let age = |then: Instant| {
+            u64::try_from(at.saturating_duration_since(then).as_millis()).unwrap_or(u64::MAX)
+        };
+        out.extend_from_slice(&self.floor.to_le_bytes());
+        out.extend_from_slice(&self.head.to_le_bytes());
+        out.push(u8::from(self.served));
+        out.extend_from_slice(&count(self.blocks.len()).to_le_bytes());
+        for block in &self.blocks {
+            out.extend_from_slice(&block.first.to_le_bytes());
+            out.extend_from_slice(&age(block.newest).to_le_bytes());
+            out.extend_from_slice(&count(block.ends.len()).to_le_bytes());
+            for end in block.ends.iter() {
+                out.extend_from_slice(&end.to_le_bytes());
+            }
+            put_bytes(out, &block.data);
+        }
+        out.extend_from_slice(&count(self.raw.len()).to_le_bytes());
+        for (dispatch, then) in &self.raw {
+            out.extend_from_slice(&age(*then).to_le_bytes());
+            put_bytes(out, dispatch.payload());
+        }
+    }
+
+    /// Reads an image written `written_age` ago; checks that it holds every
+    /// dispatch after its floor up to its head, one by one, each a gateway
+    /// payload, and blocks within bounds (a block is unpacked only when
+    /// read, and checked then).
+    pub(crate) fn read(reader: &mut Reader<'_>, written_age: Duration) -> Result<Self, Error> {
+        let now = Instant::now();
+        let at = |age_ms: u64| {
+            now.checked_sub(written_age + Duration::from_millis(age_ms))
+                .unwrap_or(now)
+        };
+        let floor = reader.u64()?;
+        let head = reader.u64()?;
+        let served = match reader.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(Error::checkpoint(format!("ring served flag {other}"))),
+        };
+        let mut next = floor
+            .checked_add(1)
+            .ok_or_else(|| Error::checkpoint("ring floor"))?;
+        let blocks_count = reader.count(24)?;
+        let mut blocks = Vec::with_capacity(blocks_count);
+        for _ in 0..blocks_count {
+            let first = reader.u64()?;
+            let newest = at(reader.u64()?);
+            let len = reader.count(4)?;
+            if first != next || len == 0 || len > BLOCK_EVENTS {
+                return Err(Error::checkpoint(format!(
+                    "a ring block of {len} from {first} where {next} was due"
+                )));
+            }
+            let mut ends = Vec::with_capacity(len);
+            let mut last = 0;
+            for _ in 0..len {
+                let end = reader.u32()?;
+                if end <= last || end as usize > MAX_BLOCK_PAYLOAD {
+                    return Err(Error::checkpoint("a ring block's offsets"));
+                }
+                ends.push(end);
+                last = end;
+            }
+            let data = Bytes::copy_from_slice(reader.bytes()?);
+            next = next.saturating_add(len as u64);
+            blocks.push(Block {
+                first,
+                data,
+                ends: ends.into(),
+                newest,
+                unpacked: Arc::default(),
+            });
+        }
+        let raw_count = reader.count(12)?;
+        let mut raw = Vec::with_capacity(raw_count);
+        for _ in 0..raw_count {
+            let then = at(reader.u64()?);
+            let payload = Bytes::copy_from_slice(reader.bytes()?);
+            let dispatch = Dispatch::new(next, payload)
+                .ok_or_else(|| Error::checkpoint(format!("ring dispatch {next} is not one")))?;
+            raw.push((dispatch, then));
+            next = next.saturating_add(1);
+        }
+        if next - 1 != head || (!served && next - 1 != floor) {
+            return Err(Error::checkpoint(format!(
+                "the ring holds up to {}, its head is {head}",
+                next - 1
+            )));
+        }
+        Ok(Self {
+            floor,
+            head,
+            served,
+            blocks,
+            raw,
+        })
+    }
+}
+
+/// A count as a checkpoint writes it.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Ring {
+    /// What the ring holds now, for a checkpoint (shared copies: cheap).
+    pub(crate) fn image(&self) -> RingImage {
+        RingImage {
+            floor: self.floor,
+            head: self.head,
+            served: self.served,
+            blocks: self.blocks.iter().cloned().collect(),
+            raw: self.raw.iter().cloned().collect(),
+        }
+    }
+
+    /// A ring holding what `image` held, within `limits` at `now`.
+    pub(crate) fn restored(limits: RingLimits, image: RingImage, now: Instant) -> Self {
+        let mut ring = Self::new(limits);
+        ring.floor = image.floor;
+        ring.head = image.head;
+        ring.served = image.served;
+        for block in image.blocks {
+            ring.add(block.cost(), block.len());
+            ring.payload_bytes += block.payload_len();
+            ring.blocks.push_back(block);
+        }
+        for (dispatch, at) in image.raw {
+            ring.add(dispatch.payload().len() + RAW_OVERHEAD, 1);
+            ring.payload_bytes += dispatch.payload().len();
+            ring.raw.push_back((dispatch, at));
+        }
+        ring.expire(now);
+        ring
     }
 }
 

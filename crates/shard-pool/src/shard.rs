@@ -6,7 +6,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use twilight_gateway::error::ReceiveMessageErrorType;
 use twilight_gateway::{Message, MessageSender, Shard};
 
+use crate::checkpoint::Taken;
 use crate::error::{Error, ErrorKind};
 use crate::follow::Follower;
 use crate::pipeline::{Pipeline, ShardEvent};
@@ -103,6 +104,12 @@ pub struct ShardStatus {
     pub ring: RingStats,
     /// Guilds READY named that have not arrived yet.
     pub pending_guilds: usize,
+    /// Whether the upstream session was carried over from a checkpoint
+    /// (resumed after a restart) rather than identified by this process.
+    pub restored: bool,
+    /// When the shard's last checkpoint was written, and how long taking
+    /// and writing it took.
+    pub checkpoint: Option<(SystemTime, Duration)>,
 }
 
 /// What the shard task last saw of twilight's shard.
@@ -153,6 +160,16 @@ pub(crate) struct Shared {
     /// ring has dropped dispatches for room or age since its last reset.
     ring_floor: AtomicU64,
     ring_dropping: AtomicBool,
+    /// Set by [`ShardHandle::freeze`]: upstream payloads are dropped, so
+    /// the state stays where a checkpoint takes it.
+    frozen: AtomicBool,
+    /// The upstream session came from a checkpoint, and no READY since.
+    restored: AtomicBool,
+    /// What the layer above kept with the checkpoint this shard started
+    /// from, until it takes it.
+    restored_sessions: Mutex<Option<Vec<u8>>>,
+    /// The last checkpoint written: when, and how long it took.
+    checkpointed: Mutex<Option<(SystemTime, Duration)>>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -206,36 +223,45 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
-    /// A handle for shard `id`, whose ring keeps what `ring` allows.
+    /// A handle for shard `id`, which starts from `core` and `ring`: new,
+    /// or restored from a checkpoint with the sessions kept with it.
     pub(crate) fn new(
         id: u32,
         core: Pipeline,
-        ring: ring::RingLimits,
+        ring: Ring,
         sender: MessageSender,
         intents: u64,
         load_timeout: Duration,
+        restored: Option<Vec<u8>>,
     ) -> Self {
+        let (floor, head) = ring.window();
         Self {
             shared: Arc::new(Shared {
                 id,
                 core: Mutex::new(core),
-                ring: Mutex::new(Ring::new(ring)),
+                ring: Mutex::new(ring),
                 news: watch::Sender::new(()),
                 sampled: Mutex::new(Sampled {
                     state: ShardState::Connecting,
                     latency: None,
                     close_code: None,
-                    ready_at: None,
+                    // A restored session is as good as one whose READY came
+                    // now: RESUMED makes it active.
+                    ready_at: restored.is_some().then(Instant::now),
                 }),
                 ready: watch::Sender::new(Readiness::Loading),
                 sender,
                 load_timeout,
                 intents,
                 closing: AtomicBool::new(false),
-                head: AtomicU64::new(0),
+                head: AtomicU64::new(head),
                 closed: AtomicBool::new(false),
-                ring_floor: AtomicU64::new(0),
+                ring_floor: AtomicU64::new(floor),
                 ring_dropping: AtomicBool::new(false),
+                frozen: AtomicBool::new(false),
+                restored: AtomicBool::new(restored.is_some()),
+                restored_sessions: Mutex::new(restored),
+                checkpointed: Mutex::new(None),
             }),
         }
     }
@@ -379,6 +405,60 @@ impl ShardHandle {
             .close(twilight_gateway::CloseFrame::NORMAL);
     }
 
+    /// Closes the upstream connection so that Discord keeps the session
+    /// (code 4000, not 1000 or 1001), for a new process to RESUME; the
+    /// shard's task ends.
+    pub fn close_resumable(&self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
+        let _ = self
+            .shared
+            .sender
+            .close(twilight_gateway::CloseFrame::RESUME);
+    }
+
+    /// Stops taking upstream payloads in: from now on they are dropped
+    /// (Discord sends them again to whoever RESUMEs from the last `s`
+    /// taken), so the state stays where a checkpoint will find it. For
+    /// shutting down; there is no thaw.
+    pub fn freeze(&self) {
+        let _core = lock(&self.shared.core);
+        self.shared.frozen.store(true, Ordering::Release);
+    }
+
+    /// What the layer above kept with the checkpoint this shard started
+    /// from (the server's client sessions); `None` when the shard did not
+    /// start from one.
+    #[must_use]
+    pub fn restored_sessions(&self) -> Option<Vec<u8>> {
+        lock(&self.shared.restored_sessions).clone()
+    }
+
+    /// The shard's state at one index (pipeline, upstream session, ring),
+    /// copied under its locks; `None` before the first READY (nothing to
+    /// resume) or once Discord closed the shard for good.
+    pub(crate) fn take(&self) -> Option<Taken> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let core = lock(&self.shared.core);
+        core.upstream()?;
+        let mut pipeline = Vec::with_capacity(64 << 10);
+        core.checkpoint(&mut pipeline);
+        let ring = lock(&self.shared.ring).image();
+        drop(core);
+        Some(Taken {
+            shard: self.shared.id,
+            pipeline,
+            ring,
+            at: Instant::now(),
+        })
+    }
+
+    /// Records a checkpoint written at `at` in `took`.
+    pub(crate) fn checkpointed(&self, at: SystemTime, took: Duration) {
+        *lock(&self.shared.checkpointed) = Some((at, took));
+    }
+
     /// The shard's connection state now (cheap: no walk of the cache).
     #[must_use]
     pub fn state(&self) -> ShardState {
@@ -407,6 +487,8 @@ impl ShardHandle {
             cache: core.cache.stats(),
             ring: lock(&self.shared.ring).stats(),
             pending_guilds: core.cache.pending_guilds(),
+            restored: self.shared.restored.load(Ordering::Relaxed),
+            checkpoint: *lock(&self.shared.checkpointed),
         }
     }
 
@@ -419,9 +501,13 @@ impl ShardHandle {
         let now = Instant::now();
         let (pending, pushed, to_pack) = {
             let mut core = lock(&self.shared.core);
+            if self.shared.frozen.load(Ordering::Acquire) {
+                return core.cache.pending_guilds();
+            }
             let event = core.handle(payload);
             if matches!(event, Some(ShardEvent::Reset { .. })) {
                 lock(&self.shared.sampled).ready_at = Some(now);
+                self.shared.restored.store(false, Ordering::Relaxed);
             }
             let mut ring = lock(&self.shared.ring);
             match &event {

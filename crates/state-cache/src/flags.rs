@@ -68,7 +68,8 @@ impl Default for Flags {
 impl Flags {
     /// The flags as bits, in the order of the fields: for a checkpoint to
     /// say which flags it was made with.
-    pub(crate) fn bits(self) -> u32 {
+    #[must_use]
+    pub fn bits(self) -> u32 {
         [
             self.channels,
             self.threads,

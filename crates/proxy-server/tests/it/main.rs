@@ -8,6 +8,7 @@ mod hardening;
 mod http;
 mod promtool;
 mod protocol;
+mod restart;
 mod sessions;
 mod twilight;
 
@@ -29,10 +30,7 @@ impl Setup {
         sim_config: impl FnOnce(&mut SimConfig),
         configure: impl FnOnce(&mut PoolConfig, &mut ServerConfig),
     ) -> Self {
-        let mut config = SimConfig::default();
-        config.identify_interval = Duration::from_millis(100);
-        sim_config(&mut config);
-        let sim = Sim::start(config).await.unwrap();
+        let sim = Self::sim(sim_config).await;
         let mut pool = PoolConfig::new(sim.token(), KNOWN_INTENTS);
         pool.api_base = Some(sim.api_base());
         pool.identify_window = sim.config().identify_interval;
@@ -46,6 +44,14 @@ impl Setup {
             .unwrap();
         let proxy = Proxy::start(server, pool).await.unwrap();
         Self { sim, proxy }
+    }
+
+    /// A sim with quick identify buckets, as `sim_config` changes it.
+    async fn sim(sim_config: impl FnOnce(&mut SimConfig)) -> Sim {
+        let mut config = SimConfig::default();
+        config.identify_interval = Duration::from_millis(100);
+        sim_config(&mut config);
+        Sim::start(config).await.unwrap()
     }
 
     /// A client connected to the proxy with `query`, past HELLO.

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod faults;
+mod restart;
 mod start;
 
 use std::time::Duration;
