@@ -39,11 +39,16 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home \
-      --shell /usr/sbin/nologin gateway-proxy
+      --shell /usr/sbin/nologin gateway-proxy \
+ && mkdir /state && chown gateway-proxy:gateway-proxy /state
 
 COPY --from=build /usr/local/bin/gateway-proxy /usr/local/bin/gateway-proxy
 
 USER gateway-proxy
+# Checkpoints: a restart or a new image RESUMEs every shard and keeps every
+# client session (docs/operations.md). Keep the volume across containers.
+ENV GATEWAY_PROXY_STATE_DIR=/state
+VOLUME /state
 # Clients' websockets and /metrics, /ready, /health, /shard-count (`port`).
 EXPOSE 7878
 ENTRYPOINT ["/usr/local/bin/gateway-proxy"]

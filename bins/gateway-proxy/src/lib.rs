@@ -104,6 +104,8 @@ pub struct Running {
     proxy: Proxy,
     sim: Option<Sim>,
     token: Token,
+    /// `--simulate`'s own checkpoint directory, removed at shutdown.
+    simulated_state: Option<PathBuf>,
 }
 
 impl Running {
@@ -131,10 +133,13 @@ impl Running {
         &self.proxy
     }
 
-    /// Shuts down gracefully: clients are closed with 1001 (going away) and
-    /// upstream sessions end normally.
+    /// Shuts down gracefully: see [`Proxy::shutdown`] (with `state_dir`,
+    /// checkpoints are written and every session stays resumable).
     pub async fn shutdown(self) {
         self.proxy.shutdown().await;
+        if let Some(dir) = self.simulated_state {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -206,13 +211,14 @@ pub async fn start_until(
         code: EXIT_CONFIG,
         message: e.to_string(),
     })?;
-    if options.simulate && config.state_dir.is_none() {
-        config.state_dir = Some(
-            std::env::temp_dir()
-                .join("gateway-proxy-simulate")
-                .display()
-                .to_string(),
-        );
+    // The simulated Discord ends with the process, and its sessions with
+    // it: `--simulate` keeps checkpoints (to show them in /metrics) in a
+    // directory of its own, which no later run could resume from.
+    let simulated_state = (options.simulate && config.state_dir.is_none()).then(|| {
+        std::env::temp_dir().join(format!("gateway-proxy-simulate-{}", std::process::id()))
+    });
+    if let Some(dir) = &simulated_state {
+        config.state_dir = Some(dir.display().to_string());
     }
     init_logging(&config.log_level);
     let mut pool_config = config.pool_config();
@@ -252,13 +258,14 @@ pub async fn start_until(
         proxy,
         sim,
         token: Token::new(config.token),
+        simulated_state,
     }))
 }
 
 /// Stops a pool whose shards are still starting: with checkpoints, as a
-/// shutdown does (every shard's checkpoint, with the client sessions it
-/// started from, then a resumable close); without, every upstream session
-/// ends.
+/// shutdown does (every shard's checkpoint, then a resumable close; the
+/// client sessions kept beside them stay as they are); without, every
+/// upstream session ends.
 async fn stop_starting(pool: &Pool) {
     if !pool.keeps_checkpoints() {
         tracing::info!("stopped during start-up; closing the upstream sessions");
@@ -267,12 +274,7 @@ async fn stop_starting(pool: &Pool) {
     }
     tracing::info!("stopped during start-up; writing checkpoints");
     pool.freeze();
-    let sessions = |id| {
-        pool.shard(id)
-            .and_then(shard_pool::ShardHandle::restored_sessions)
-            .unwrap_or_default()
-    };
-    pool.checkpoint(&sessions).await;
+    pool.checkpoint().await;
     pool.shutdown_resumable().await;
 }
 

@@ -109,9 +109,6 @@ struct Follow {
     shard: ShardHandle,
     session_id: String,
     progress: Arc<Mutex<Progress>>,
-    /// For a RESUME: RESUMED goes out once the cursor has passed this index
-    /// (what the client missed ends there).
-    resumed_at: Option<u64>,
     /// Since when the client has been more than `backpressure` events
     /// behind, and how far behind it was then.
     over: Option<(Instant, u64)>,
@@ -524,8 +521,7 @@ impl Writer {
             };
         let mut progress = lock(&follow.progress);
         // A resume whose replay is empty is answered at once.
-        if follow.resumed_at.is_some_and(|at| progress.index >= at) {
-            follow.resumed_at = None;
+        if progress.resumed_at.is_some_and(|at| progress.index >= at) {
             self.resumed(&mut progress)?;
         }
         for event in events.drain(..) {
@@ -550,8 +546,7 @@ impl Writer {
                 progress.map.record(seq, dispatch.index());
                 self.dispatch(&dispatch, seq, share)?;
             }
-            if follow.resumed_at.is_some_and(|at| progress.index >= at) {
-                follow.resumed_at = None;
+            if progress.resumed_at.is_some_and(|at| progress.index >= at) {
                 self.resumed(&mut progress)?;
             }
         }
@@ -603,6 +598,7 @@ impl Writer {
 
     /// RESUMED, numbered after what was replayed.
     fn resumed(&mut self, progress: &mut Progress) -> Result<(), Stop> {
+        progress.resumed_at = None;
         progress.seq += 1;
         let seq = progress.seq;
         progress.map.record(seq, progress.index);
@@ -1028,6 +1024,7 @@ impl Driver {
             detached_at: None,
             kick: Arc::new(Notify::new()),
             live: None,
+            ahead: None,
         };
         self.ctx
             .sessions
@@ -1073,12 +1070,27 @@ impl Driver {
                 .detach(&resume.session_id, session, false, now);
             return Err(self.fatal(code));
         }
-        let replay = pool.shard(session.shard).and_then(|shard| {
-            let seq = resume.seq?;
-            let index = session.map.index_of(seq, session.seq)?;
-            let (events, head) = shard.subscribe_from(index)?;
-            Some((shard.clone(), seq, index, events, head))
-        });
+        let replay = match (pool.shard(session.shard), resume.seq) {
+            (Some(shard), Some(seq)) => {
+                let index = session.map.index_of(seq, session.seq).or_else(|| {
+                    let index = ahead(shard, &session, seq);
+                    if let Some(index) = index {
+                        tracing::info!(
+                            shard = session.shard,
+                            seq,
+                            index,
+                            "a session resumed from past its checkpoint"
+                        );
+                    }
+                    index
+                });
+                index.and_then(|index| {
+                    let (events, head) = shard.subscribe_from(index)?;
+                    Some((shard.clone(), seq, index, events, head))
+                })
+            }
+            _ => None,
+        };
         let Some((shard, seq, index, events, head)) = replay else {
             // Past the ring, the ttl or what was sent: a new session.
             self.ctx
@@ -1100,7 +1112,9 @@ impl Driver {
             .await
     }
 
-    /// Hands the session's stream to the writer.
+    /// Hands the session's stream to the writer, once the session is kept
+    /// where the next process finds it (with checkpoints): a client never
+    /// gets an event of a session a crash would forget.
     async fn follow(
         &mut self,
         id: String,
@@ -1113,6 +1127,7 @@ impl Driver {
             seq: session.seq,
             index: session.index,
             map: session.map.clone(),
+            resumed_at,
         }));
         self.ctx.sessions.watch(&id, &progress);
         self.attached = Some(Attached {
@@ -1121,13 +1136,13 @@ impl Driver {
             shard: shard.clone(),
             progress: progress.clone(),
         });
+        self.ctx.kept.keep(&self.ctx.sessions, &shard).await;
         self.push(Out::Follow(Box::new(Follow {
             events,
             shard,
             session_id: id,
             over: None,
             progress,
-            resumed_at,
             zlib_stream: None,
         })))
         .await
@@ -1257,10 +1272,141 @@ fn d_str(dispatch: &Dispatch, key: &str) -> Option<String> {
     value.as_str().map(str::to_owned)
 }
 
+/// The shard index a restored session's client stands at with `seq`, when
+/// it was served as the checkpoint was written and so may have been sent
+/// more than the checkpoint says: the events after it, one `s` each, and
+/// RESUMED once the index reached the pending resume's end. `None` when
+/// that cannot be told for sure (a member chunk or voice server update on
+/// the way may have gone to another client), or `seq` is past what the
+/// shard holds: the client identifies again.
+fn ahead(shard: &ShardHandle, session: &Session, seq: u64) -> Option<u64> {
+    let ahead = session.ahead?;
+    let (mut events, _) = shard.subscribe_from(session.index)?;
+    let (mut s, mut index) = (session.seq, session.index);
+    let mut resumed_at = ahead.resumed_at;
+    let mut taken = Vec::new();
+    loop {
+        if s == seq {
+            return Some(index);
+        }
+        if resumed_at.is_some_and(|at| index >= at) {
+            resumed_at = None;
+            s += 1;
+            continue;
+        }
+        if s > seq {
+            return None;
+        }
+        if taken.is_empty() {
+            events.take(BATCH_BYTES, &mut taken).ok()?;
+            if taken.is_empty() {
+                return None;
+            }
+            taken.reverse();
+        }
+        let ShardEvent::Dispatch(dispatch) = taken.pop()? else {
+            return None;
+        };
+        if matches!(
+            dispatch.event_type(),
+            Some("GUILD_MEMBERS_CHUNK" | "VOICE_SERVER_UPDATE")
+        ) {
+            return None;
+        }
+        index = dispatch.index();
+        s += 1;
+    }
+}
+
 /// Resolves when this connection's session is resumed elsewhere.
 async fn kicked(kick: Option<Arc<Notify>>) {
     match kick {
         Some(kick) => kick.notified().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
+    use shard_pool::{Pool, PoolConfig};
+
+    use super::*;
+    use crate::session::Ahead;
+
+    /// Waits until `shard` has handed on event `index`.
+    async fn head(shard: &ShardHandle, index: u64) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while shard.head() < index {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_ahead_of_its_checkpoint_is_placed_only_when_certain() {
+        let mut config = SimConfig::default();
+        config.identify_interval = Duration::from_millis(100);
+        let sim = Sim::start(config).await.unwrap();
+        sim.pause_stream();
+        let mut pool = PoolConfig::new(sim.token(), KNOWN_INTENTS);
+        pool.api_base = Some(sim.api_base());
+        pool.identify_window = sim.config().identify_interval;
+        let pool = Pool::start(pool).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), pool.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let shard = &pool.shards()[0];
+        let _served = shard.subscribe();
+        let start = shard.head();
+        for _ in 0..5 {
+            sim.emit(0, "TYPING_START", r#"{"channel_id":"1"}"#)
+                .unwrap();
+        }
+        head(shard, start + 5).await;
+        // Served at a checkpoint at s 10, index `start`.
+        let session = Session {
+            shard: 0,
+            seq: 10,
+            index: start,
+            map: SeqMap::new(10, start),
+            attached: false,
+            detached_at: None,
+            kick: Arc::new(Notify::new()),
+            live: None,
+            ahead: Some(Ahead { resumed_at: None }),
+        };
+        assert_eq!(ahead(shard, &session, 13), Some(start + 3));
+        assert_eq!(ahead(shard, &session, 15), Some(start + 5));
+        assert_eq!(ahead(shard, &session, 16), None, "past the head");
+        // Its RESUMED was due at start + 2: it took s 13.
+        let resuming = Session {
+            ahead: Some(Ahead {
+                resumed_at: Some(start + 2),
+            }),
+            ..session.clone()
+        };
+        assert_eq!(ahead(shard, &resuming, 12), Some(start + 2));
+        assert_eq!(ahead(shard, &resuming, 13), Some(start + 2));
+        assert_eq!(ahead(shard, &resuming, 14), Some(start + 3));
+        // Not served then: nothing past what the checkpoint says.
+        let detached = Session {
+            ahead: None,
+            ..session.clone()
+        };
+        assert_eq!(ahead(shard, &detached, 12), None);
+        // A member chunk on the way may have gone to another client.
+        let chunk = r#"{"guild_id":"1","members":[],"chunk_index":0,"chunk_count":1,"nonce":"n"}"#;
+        sim.emit(0, "GUILD_MEMBERS_CHUNK", chunk).unwrap();
+        sim.emit(0, "TYPING_START", r#"{"channel_id":"1"}"#)
+            .unwrap();
+        head(shard, start + 7).await;
+        assert_eq!(ahead(shard, &session, 15), Some(start + 5), "before it");
+        assert_eq!(ahead(shard, &session, 17), None, "across it");
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use wire_codec::Compression;
 
 use crate::config::ServerConfig;
+use crate::keep::Kept;
 use crate::limits::{Admission, Budgets};
 use crate::prelude::Prelude;
 use crate::protocol::{Protocol, ProtocolLimits};
@@ -161,6 +162,8 @@ pub(crate) struct Context {
     pub(crate) config: ServerConfig,
     pub(crate) pool: Arc<Pool>,
     pub(crate) sessions: Sessions,
+    /// Where the sessions are kept for the next process, with checkpoints.
+    pub(crate) kept: Kept,
     pub(crate) routes: Routes,
     pub(crate) counters: Counters,
     pub(crate) zlib_streams: ZlibStreams,
@@ -215,6 +218,7 @@ impl Context {
             prelude(Compression::ZlibStream),
             prelude(Compression::ZstdStream),
         ];
+        let kept = Kept::new(&pool);
         Self {
             admission: Admission::new(limits.max_connections, limits.max_connections_per_ip),
             budgets: Budgets::new(limits.shard_commands_per_minute),
@@ -224,6 +228,7 @@ impl Context {
             config,
             pool,
             sessions: Sessions::default(),
+            kept,
             routes: Routes::default(),
             counters: Counters::default(),
             zlib_streams: ZlibStreams::default(),

@@ -32,6 +32,7 @@
 mod config;
 mod connection;
 mod context;
+mod keep;
 mod limits;
 mod metrics;
 mod prelude;

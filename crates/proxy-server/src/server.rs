@@ -63,7 +63,7 @@ impl Proxy {
             config.externally_accessible_url = format!("ws://{public}");
         }
         let ctx = Arc::new(Context::new(config, Arc::new(pool)));
-        restore_sessions(&ctx);
+        ctx.kept.restore(&ctx.sessions, &ctx.pool).await;
         let recorder = PrometheusBuilder::new()
             .set_buckets(metrics::LATENCY_BUCKETS)
             .and_then(|b| {
@@ -149,28 +149,11 @@ impl Proxy {
 /// before it writes the checkpoints without the stragglers' last events.
 const SESSIONS_SAVED: Duration = Duration::from_secs(2);
 
-/// Puts back the client sessions each shard's checkpoint kept.
-fn restore_sessions(ctx: &Context) {
-    let now = Instant::now();
-    for shard in ctx.pool.shards() {
-        let Some(bytes) = shard.restored_sessions() else {
-            continue;
-        };
-        match ctx.sessions.restore(shard.id(), &bytes, now) {
-            Ok(count) => tracing::info!(shard = shard.id(), count, "client sessions restored"),
-            Err(error) => tracing::warn!(
-                shard = shard.id(),
-                %error,
-                "client sessions not restored: their clients identify again"
-            ),
-        }
-    }
-}
-
-/// Every shard's checkpoint, with its client sessions.
+/// Every shard's checkpoint, then its client sessions beside it.
 async fn write_checkpoints(ctx: &Context) -> shard_pool::Checkpointed {
-    let sessions = |shard| ctx.sessions.checkpoint(shard, Instant::now());
-    ctx.pool.checkpoint(&sessions).await
+    let done = ctx.pool.checkpoint().await;
+    ctx.kept.keep_all(&ctx.sessions, &ctx.pool).await;
+    done
 }
 
 /// Every `checkpoint_interval`: every shard's checkpoint, so that a crash

@@ -75,6 +75,18 @@ pub(crate) struct Progress {
     /// another client).
     pub(crate) index: u64,
     pub(crate) map: SeqMap,
+    /// For a RESUME: RESUMED goes out once the index has reached this one
+    /// (what the client missed ends there).
+    pub(crate) resumed_at: Option<u64>,
+}
+
+/// A restored session that was served when its checkpoint was written:
+/// its client may have been sent more than the checkpoint says, one `s`
+/// per event after `index`, and RESUMED once the index reached
+/// `resumed_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ahead {
+    pub(crate) resumed_at: Option<u64>,
 }
 
 /// One client session.
@@ -96,6 +108,8 @@ pub(crate) struct Session {
     pub(crate) kick: Arc<Notify>,
     /// While it is served: what it has been sent, as it is sent.
     pub(crate) live: Option<Arc<Mutex<Progress>>>,
+    /// Restored from a checkpoint written while it was served.
+    pub(crate) ahead: Option<Ahead>,
 }
 
 /// The layout of [`Sessions::checkpoint`].
@@ -164,6 +178,7 @@ impl Sessions {
                     attached: false,
                     detached_at: Some(now),
                     live: None,
+                    ahead: None,
                     ..session
                 },
             );
@@ -198,9 +213,14 @@ impl Sessions {
             shard_pool::put_str(&mut out, id);
             let live = session.live.as_ref().filter(|_| session.attached);
             let live = live.map(|progress| lock(progress));
-            let (seq, index, map) = match &live {
-                Some(progress) => (progress.seq, progress.index, &progress.map),
-                None => (session.seq, session.index, &session.map),
+            let (seq, index, map, resumed_at) = match &live {
+                Some(progress) => (
+                    progress.seq,
+                    progress.index,
+                    &progress.map,
+                    progress.resumed_at,
+                ),
+                None => (session.seq, session.index, &session.map, None),
             };
             for n in [seq, index, map.snapshot.0, map.snapshot.1] {
                 out.extend_from_slice(&n.to_le_bytes());
@@ -219,14 +239,30 @@ impl Sessions {
                 .filter(|_| !session.attached)
                 .map_or(0, |at| now.saturating_duration_since(at).as_millis());
             out.extend_from_slice(&u64::try_from(detached).unwrap_or(u64::MAX).to_le_bytes());
+            // Served: its client may get more before the next checkpoint.
+            let ahead = session.ahead.filter(|_| !session.attached);
+            let ahead = match (session.attached, resumed_at) {
+                (true, resumed_at) => Some(Ahead { resumed_at }),
+                (false, _) => ahead,
+            };
+            match ahead {
+                None => out.push(0),
+                Some(Ahead { resumed_at: None }) => out.push(1),
+                Some(Ahead {
+                    resumed_at: Some(at),
+                }) => {
+                    out.push(2);
+                    out.extend_from_slice(&at.to_le_bytes());
+                }
+            }
         }
         out
     }
 
-    /// Puts back the sessions of `shard` a checkpoint held, each detached
-    /// as long as it was then, so that its client can RESUME within what
-    /// is left of its ttl; returns how many. A session id already in use
-    /// is left alone.
+    /// Puts back the sessions of `shard` a checkpoint written `age` ago
+    /// held, each detached as long as it was then plus `age`, so that its
+    /// client can RESUME within what is left of its ttl; returns how many.
+    /// A session id already in use is left alone.
     ///
     /// # Errors
     ///
@@ -236,6 +272,7 @@ impl Sessions {
         &self,
         shard: u32,
         bytes: &[u8],
+        age: Duration,
         now: Instant,
     ) -> Result<usize, shard_pool::Error> {
         if bytes.is_empty() {
@@ -248,7 +285,7 @@ impl Sessions {
                 "client sessions layout version {version}, this build reads {SESSIONS_VERSION}"
             )));
         }
-        let count = reader.count(2 + 5 * 8 + 4)?;
+        let count = reader.count(2 + 5 * 8 + 4 + 1)?;
         let mut restored = Vec::with_capacity(count);
         for _ in 0..count {
             let id = reader.str()?;
@@ -268,7 +305,19 @@ impl Sessions {
             for _ in 0..runs {
                 map.runs.push((reader.u64()?, reader.u64()?));
             }
-            let detached = Duration::from_millis(reader.u64()?);
+            let detached = Duration::from_millis(reader.u64()?) + age;
+            let ahead = match reader.u8()? {
+                0 => None,
+                1 => Some(Ahead { resumed_at: None }),
+                2 => Some(Ahead {
+                    resumed_at: Some(reader.u64()?),
+                }),
+                other => {
+                    return Err(shard_pool::Error::checkpoint(format!(
+                        "client session marker {other}"
+                    )));
+                }
+            };
             restored.push((
                 id.to_owned(),
                 Session {
@@ -280,6 +329,7 @@ impl Sessions {
                     detached_at: Some(now.checked_sub(detached).unwrap_or(now)),
                     kick: Arc::new(Notify::new()),
                     live: None,
+                    ahead,
                 },
             ));
         }
@@ -366,6 +416,7 @@ mod tests {
             detached_at: None,
             kick: Arc::new(Notify::new()),
             live: None,
+            ahead: None,
         };
         let kicked = session.kick.clone();
         sessions.insert("a".to_owned(), session.clone());
@@ -425,6 +476,7 @@ mod tests {
             detached_at: Some(now),
             kick: Arc::new(Notify::new()),
             live: None,
+            ahead: None,
         };
         sessions.insert("gone".to_owned(), session(0, 7, 14, &map));
         sessions.detach("gone", session(0, 7, 14, &map), true, now);
@@ -443,6 +495,7 @@ mod tests {
             seq: 6,
             index: 12,
             map: live,
+            resumed_at: None,
         }));
         sessions.watch("served", &progress);
 
@@ -450,7 +503,10 @@ mod tests {
         let bytes = sessions.checkpoint(0, later);
         let restored = Sessions::default();
         let start = Instant::now() + Duration::from_mins(1);
-        assert_eq!(restored.restore(0, &bytes, start).unwrap(), 2);
+        assert_eq!(
+            restored.restore(0, &bytes, Duration::ZERO, start).unwrap(),
+            2
+        );
         let ttl = Duration::from_secs(10);
         let Attach::Taken(gone) = restored.attach("gone", ttl, start + Duration::from_secs(6))
         else {
@@ -471,6 +527,12 @@ mod tests {
             panic!("a served session counts as detached at the checkpoint");
         };
         assert_eq!((served.seq, served.index), (6, 12), "its live progress");
+        assert_eq!(
+            served.ahead,
+            Some(Ahead { resumed_at: None }),
+            "and its client may have had more"
+        );
+        assert_eq!(gone.ahead, None);
         assert_eq!(served.map.index_of(5, 6), Some(11));
         assert!(matches!(
             restored.attach("other shard", ttl, start),
@@ -480,7 +542,7 @@ mod tests {
             panic!()
         };
         let expired = Sessions::default();
-        expired.restore(0, &bytes, start).unwrap();
+        expired.restore(0, &bytes, Duration::ZERO, start).unwrap();
         assert!(
             matches!(
                 expired.attach("gone", ttl, start + Duration::from_secs(7)),
@@ -488,19 +550,53 @@ mod tests {
             ),
             "3 s gone at the checkpoint, 7 s since: past 10"
         );
+    }
 
+    #[test]
+    fn a_damaged_sessions_checkpoint_is_an_error_that_puts_nothing_back() {
+        let sessions = Sessions::default();
+        let now = Instant::now();
+        let mut map = SeqMap::new(4, 10);
+        map.record(5, 11);
+        sessions.insert(
+            "a".to_owned(),
+            Session {
+                shard: 0,
+                seq: 5,
+                index: 11,
+                map,
+                attached: true,
+                detached_at: None,
+                kick: Arc::new(Notify::new()),
+                live: None,
+                ahead: None,
+            },
+        );
+        let bytes = sessions.checkpoint(0, now);
+        let (start, ttl) = (now, Duration::from_secs(10));
         // Empty is none; damaged is an error, and nothing is put back.
-        assert_eq!(Sessions::default().restore(0, &[], start).unwrap(), 0);
+        assert_eq!(
+            Sessions::default()
+                .restore(0, &[], Duration::ZERO, start)
+                .unwrap(),
+            0
+        );
         for n in 1..bytes.len() {
             let partial = Sessions::default();
             assert!(
-                partial.restore(0, &bytes[..n], start).is_err(),
+                partial
+                    .restore(0, &bytes[..n], Duration::ZERO, start)
+                    .is_err(),
                 "cut at {n}"
             );
             assert_eq!(partial.sweep(ttl, start), 0);
         }
         let mut version = bytes.clone();
         version[0] = 9;
-        assert!(Sessions::default().restore(0, &version, start).is_err());
+        assert!(
+            Sessions::default()
+                .restore(0, &version, Duration::ZERO, start)
+                .is_err()
+        );
     }
 }

@@ -6,10 +6,10 @@
 //! token, never the token; the shard count, the intents and the cache's
 //! flags): a checkpoint of another bot or another configuration is
 //! refused, never used. A shard's blob then holds, taken at one index under
-//! the shard's locks: when it was written, the shard's ring, what the
-//! layer above keeps with the shard (the server's client sessions, opaque
-//! here), and the pipeline (its numbering, the upstream session, the state
-//! cache in its packed form).
+//! the shard's locks: when it was written, the shard's ring, and the
+//! pipeline (its numbering, the upstream session, the state cache in its
+//! packed form). The layer above keeps its own blobs beside them (the
+//! server's client sessions), tied to the upstream session they belong to.
 //!
 //! Everything is read back through a [`Reader`], which refuses what is cut
 //! short or out of bounds with an error naming the part; a store checksums
@@ -305,26 +305,29 @@ impl From<Error> for Refused {
     }
 }
 
-/// The wall clock. A checkpoint is read by another process, maybe on
-/// another machine, so its times are wall-clock times: the one place the
-/// pool reads one.
+/// The wall clock checkpoints are stamped with. A checkpoint is read by
+/// another process, maybe on another machine, so its times are wall-clock
+/// times; this is the one place the proxy reads one.
 #[allow(
     clippy::disallowed_methods,
     reason = "a timestamp for another process, not a timer"
 )]
-pub(crate) fn wall_clock() -> SystemTime {
+#[must_use]
+pub fn wall_clock() -> SystemTime {
     SystemTime::now()
 }
 
-/// Milliseconds since the Unix epoch.
-fn unix_ms(at: SystemTime) -> u64 {
+/// Milliseconds since the Unix epoch (0 before it).
+#[must_use]
+pub fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How old something written at `written_ms` (Unix milliseconds) is at
 /// `now`; a time in the future (a clock stepped back) counts as new.
-fn age(written_ms: u64, now: SystemTime) -> Duration {
+#[must_use]
+pub fn age(written_ms: u64, now: SystemTime) -> Duration {
     Duration::from_millis(unix_ms(now).saturating_sub(written_ms))
 }
 
@@ -381,13 +384,8 @@ pub(crate) struct Taken {
 }
 
 impl Taken {
-    /// The shard's blob, with `sessions` (the layer above's, opaque here).
-    pub(crate) fn encode(
-        &self,
-        identity: &Identity,
-        written: SystemTime,
-        sessions: &[u8],
-    ) -> Vec<u8> {
+    /// The shard's blob.
+    pub(crate) fn encode(&self, identity: &Identity, written: SystemTime) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.pipeline.len() + self.ring.len_hint() + 128);
         out.extend_from_slice(SHARD_MAGIC);
         out.push(VERSION);
@@ -395,7 +393,6 @@ impl Taken {
         out.extend_from_slice(&self.shard.to_le_bytes());
         out.extend_from_slice(&unix_ms(written).to_le_bytes());
         self.ring.write(self.at, &mut out);
-        put_bytes(&mut out, sessions);
         out.extend_from_slice(&self.pipeline);
         out
     }
@@ -406,7 +403,6 @@ impl Taken {
 pub(crate) struct Restored {
     pub(crate) pipeline: Pipeline,
     pub(crate) ring: RingImage,
-    pub(crate) sessions: Vec<u8>,
     /// How old it was when read.
     pub(crate) age: Duration,
 }
@@ -433,7 +429,6 @@ pub(crate) fn restore(
         return Err(Refused::Stale(age));
     }
     let ring = RingImage::read(&mut reader, age)?;
-    let sessions = reader.bytes()?.to_vec();
     let pipeline = Pipeline::restore(flags, reader.rest())?;
     if ring.head() != pipeline.index() {
         return Err(Refused::Corrupt(format!(
@@ -448,7 +443,6 @@ pub(crate) fn restore(
     Ok(Restored {
         pipeline,
         ring,
-        sessions,
         age,
     })
 }

@@ -70,7 +70,9 @@ mod shard;
 mod store;
 mod token;
 
-pub use crate::checkpoint::{Reader as CheckpointReader, put_bytes, put_str};
+pub use crate::checkpoint::{
+    Reader as CheckpointReader, age, put_bytes, put_str, unix_ms, wall_clock,
+};
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::follow::{Follower, Gone};

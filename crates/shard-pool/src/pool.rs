@@ -148,7 +148,7 @@ impl Pool {
                 .presence(presence(&config.presence, status, id))
                 .queue(queue.clone());
             let limits = ring_limits(&config, &budget);
-            let (pipeline, ring, sessions) = match restored.remove(&id) {
+            let (pipeline, ring, from_checkpoint) = match restored.remove(&id) {
                 Some(restored) => {
                     if let Some((upstream, seq)) = restored.pipeline.upstream() {
                         shard_config = shard_config
@@ -156,9 +156,9 @@ impl Pool {
                             .resume_url(upstream.resume_url.clone());
                     }
                     let ring = Ring::restored(limits, restored.ring, Instant::now());
-                    (restored.pipeline, ring, Some(restored.sessions))
+                    (restored.pipeline, ring, true)
                 }
-                None => (Pipeline::new(config.cache), Ring::new(limits), None),
+                None => (Pipeline::new(config.cache), Ring::new(limits), false),
             };
             let shard = Shard::with_config(ShardId::new(id, total), shard_config.build());
             let handle = ShardHandle::new(
@@ -168,7 +168,7 @@ impl Pool {
                 shard.sender(),
                 config.intents,
                 config.guild_load_timeout,
-                sessions,
+                from_checkpoint,
             );
             tasks.push(tokio::spawn(handle.clone().run(shard)));
             shards.push(handle);
@@ -199,13 +199,19 @@ impl Pool {
         self.store.is_some()
     }
 
+    /// Where checkpoints are kept, for the layers above to keep their
+    /// own beside them.
+    #[must_use]
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
     /// Writes every shard's checkpoint to the store, one shard at a time:
     /// each shard's state is copied at one index under its locks (on a
     /// blocking thread; its events wait only for the copy), written out
-    /// with what `sessions` gives for the shard (the server's client
-    /// sessions), and put whole. A failure is logged and counted; the
-    /// other shards go on. Nothing is written without a store.
-    pub async fn checkpoint(&self, sessions: &(dyn Fn(u32) -> Vec<u8> + Sync)) -> Checkpointed {
+    /// and put whole. A failure is logged and counted; the other shards go
+    /// on. Nothing is written without a store.
+    pub async fn checkpoint(&self) -> Checkpointed {
         let mut done = Checkpointed::default();
         let Some(store) = &self.store else {
             return done;
@@ -231,12 +237,9 @@ impl Pool {
                 }
                 continue;
             };
-            let sessions = sessions(shard.id());
             let identity = self.identity.clone();
             let written = checkpoint::wall_clock();
-            let blob =
-                tokio::task::spawn_blocking(move || taken.encode(&identity, written, &sessions))
-                    .await;
+            let blob = tokio::task::spawn_blocking(move || taken.encode(&identity, written)).await;
             let result = match blob {
                 Ok(blob) => store
                     .put(&name, blob.into())

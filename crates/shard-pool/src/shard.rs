@@ -165,9 +165,6 @@ pub(crate) struct Shared {
     frozen: AtomicBool,
     /// The upstream session came from a checkpoint, and no READY since.
     restored: AtomicBool,
-    /// What the layer above kept with the checkpoint this shard started
-    /// from, until it takes it.
-    restored_sessions: Mutex<Option<Vec<u8>>>,
     /// The last checkpoint written: when, and how long it took.
     checkpointed: Mutex<Option<(SystemTime, Duration)>>,
 }
@@ -224,7 +221,7 @@ pub struct ShardHandle {
 
 impl ShardHandle {
     /// A handle for shard `id`, which starts from `core` and `ring`: new,
-    /// or restored from a checkpoint with the sessions kept with it.
+    /// or `restored` from a checkpoint.
     pub(crate) fn new(
         id: u32,
         core: Pipeline,
@@ -232,7 +229,7 @@ impl ShardHandle {
         sender: MessageSender,
         intents: u64,
         load_timeout: Duration,
-        restored: Option<Vec<u8>>,
+        restored: bool,
     ) -> Self {
         let (floor, head) = ring.window();
         Self {
@@ -247,7 +244,7 @@ impl ShardHandle {
                     close_code: None,
                     // A restored session is as good as one whose READY came
                     // now: RESUMED makes it active.
-                    ready_at: restored.is_some().then(Instant::now),
+                    ready_at: restored.then(Instant::now),
                 }),
                 ready: watch::Sender::new(Readiness::Loading),
                 sender,
@@ -259,8 +256,7 @@ impl ShardHandle {
                 ring_floor: AtomicU64::new(floor),
                 ring_dropping: AtomicBool::new(false),
                 frozen: AtomicBool::new(false),
-                restored: AtomicBool::new(restored.is_some()),
-                restored_sessions: Mutex::new(restored),
+                restored: AtomicBool::new(restored),
                 checkpointed: Mutex::new(None),
             }),
         }
@@ -425,12 +421,14 @@ impl ShardHandle {
         self.shared.frozen.store(true, Ordering::Release);
     }
 
-    /// What the layer above kept with the checkpoint this shard started
-    /// from (the server's client sessions); `None` when the shard did not
-    /// start from one.
+    /// The id of the upstream session the shard's events are numbered in
+    /// (READY's, or a checkpoint's); `None` before the first READY. What
+    /// the layer above keeps beside a checkpoint is tied to it.
     #[must_use]
-    pub fn restored_sessions(&self) -> Option<Vec<u8>> {
-        lock(&self.shared.restored_sessions).clone()
+    pub fn upstream_session(&self) -> Option<String> {
+        let core = lock(&self.shared.core);
+        core.upstream()
+            .map(|(upstream, _)| upstream.session_id.clone())
     }
 
     /// The shard's state at one index (pipeline, upstream session, ring),

@@ -1,0 +1,306 @@
+//! The proxy's own restart, as an operator does it: the binary with
+//! `state_dir`, stopped with SIGTERM or killed with SIGKILL, then started
+//! again. Every shard RESUMEs upstream (the sim sees no second IDENTIFY),
+//! and a client RESUMEs against the new process and gets every event it
+//! missed, exactly once and in order.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used)]
+#![cfg(unix)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use discord_sim::{GatewayClient, KNOWN_INTENTS, Received, Sim, SimConfig};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A directory of its own, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "gateway-proxy-restart-{test}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running proxy process: where it serves, and what it logged so far.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// Starts the binary on `sim` with its checkpoints in `state`, and
+    /// waits until it serves.
+    async fn start(sim: &Sim, state: &Scratch, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"));
+        command
+            .env_clear()
+            .env("TOKEN", sim.token())
+            .env("GATEWAY_PROXY_API_BASE", sim.api_base())
+            .env("GATEWAY_PROXY_INTENTS", KNOWN_INTENTS.to_string())
+            .env("GATEWAY_PROXY_PORT", "0")
+            .env("GATEWAY_PROXY_BIND", "127.0.0.1")
+            .env("GATEWAY_PROXY_LOG_LEVEL", "info")
+            .env("NO_COLOR", "1")
+            .env("GATEWAY_PROXY_STATE_DIR", &state.0)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let kept = log.clone();
+        tokio::spawn(async move {
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix("gateway-proxy is serving on ws://")
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+                let mut log = kept.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+            .await
+            .unwrap_or_else(|_| panic!("not serving after 30 s:\n{}", log.lock().unwrap()))
+            .unwrap();
+        Self { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` (TERM, KILL) and waits for the process to end.
+    async fn signal(mut self, signal: &str) -> (Option<i32>, String) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("it stops promptly")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status.code(), self.log())
+    }
+}
+
+async fn sim() -> Sim {
+    let mut config = SimConfig::default();
+    config.shards = 2;
+    config.events_per_sec = 200;
+    config.identify_interval = Duration::from_millis(200);
+    Sim::start(config).await.unwrap()
+}
+
+/// A client identified on shard 0 of 2 at `addr`, past READY and its
+/// guilds: the client, its session id and its last `s`.
+async fn identified(sim: &Sim, addr: SocketAddr) -> (GatewayClient, String, u64) {
+    let (mut client, _) = GatewayClient::connect(addr, "v=10&encoding=json")
+        .await
+        .unwrap();
+    client.set_timeout(Duration::from_secs(10));
+    client
+        .identify(sim.token(), [0, 2], KNOWN_INTENTS)
+        .await
+        .unwrap();
+    let ready = client.payload().await.unwrap();
+    assert_eq!(ready["t"], "READY", "{ready}");
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let guilds = ready["d"]["guilds"].as_array().unwrap().len() as u64;
+    for _ in 0..guilds {
+        client.payload().await.unwrap();
+    }
+    (client, session, 1 + guilds)
+}
+
+fn marker(payload: &Value) -> Option<u64> {
+    payload["d"]["_sim"]["n"].as_u64()
+}
+
+/// Reads dispatches until `count` carry a marker, checking that `s` counts
+/// up by one from `last`; collects the markers.
+async fn marked(client: &mut GatewayClient, last: &mut u64, count: usize, seen: &mut Vec<u64>) {
+    let mut taken = 0;
+    while taken < count {
+        let payload = client.payload().await.unwrap();
+        let Some(s) = payload["s"].as_u64() else {
+            continue;
+        };
+        assert_eq!(s, *last + 1, "contiguous s: {payload}");
+        *last = s;
+        if let Some(n) = marker(&payload) {
+            seen.push(n);
+            taken += 1;
+        }
+    }
+}
+
+/// RESUMEs `session` from `last` at `addr`: the replay, then RESUMED, each
+/// `s` one above the one before; the markers replayed go into `seen`.
+async fn resume(
+    sim: &Sim,
+    addr: SocketAddr,
+    session: &str,
+    last: &mut u64,
+    seen: &mut Vec<u64>,
+) -> GatewayClient {
+    let (mut client, _) = GatewayClient::connect(addr, "v=10&encoding=json")
+        .await
+        .unwrap();
+    client.set_timeout(Duration::from_secs(10));
+    client.resume(sim.token(), session, *last).await.unwrap();
+    loop {
+        let payload = client.payload().await.unwrap();
+        let s = payload["s"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a RESUME answered with {payload}"));
+        assert_eq!(s, *last + 1, "{payload}");
+        *last = s;
+        if payload["t"] == "RESUMED" {
+            return client;
+        }
+        seen.extend(marker(&payload));
+    }
+}
+
+fn assert_contiguous(seen: &[u64]) {
+    for pair in seen.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "markers go up by one: {seen:?}");
+    }
+}
+
+/// The second process resumed both shards and identified none.
+fn assert_resumed_upstream(sim: &Sim, log: &str) {
+    assert_eq!(sim.identifies(), 2, "no IDENTIFY after the restart:\n{log}");
+    assert_eq!(sim.resumes(), 2, "a RESUME per shard:\n{log}");
+    assert_eq!(
+        log.matches("resuming the upstream session of a checkpoint")
+            .count(),
+        2,
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
+    let sim = sim().await;
+    let state = Scratch::new("sigterm");
+    let first = Process::start(&sim, &state, &[]).await;
+    let (mut client, session, mut last) = identified(&sim, first.addr).await;
+    let mut seen = Vec::new();
+    marked(&mut client, &mut last, 30, &mut seen).await;
+    let (code, log) = first.signal("TERM").await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("checkpoints written"), "{log}");
+    // The client was told to resume, after every event it was sent.
+    loop {
+        match client.recv().await.unwrap() {
+            Received::Close(code) => {
+                assert_eq!(code, Some(4000));
+                break;
+            }
+            Received::Payload(payload) => {
+                if let Some(s) = payload["s"].as_u64() {
+                    assert_eq!(s, last + 1);
+                    last = s;
+                    seen.extend(marker(&payload));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let upstream = sim.connections();
+    assert!(
+        upstream
+            .iter()
+            .all(|c| !c.open && c.close_code != Some(1000)),
+        "upstream closed resumably: {:?}",
+        upstream.iter().map(|c| c.close_code).collect::<Vec<_>>()
+    );
+
+    let second = Process::start(&sim, &state, &[]).await;
+    assert_resumed_upstream(&sim, &second.log());
+    let mut client = resume(&sim, second.addr, &session, &mut last, &mut seen).await;
+    marked(&mut client, &mut last, 30, &mut seen).await;
+    assert_contiguous(&seen);
+    assert!(
+        second.log().contains("client sessions restored"),
+        "{}",
+        second.log()
+    );
+}
+
+#[tokio::test]
+async fn after_sigkill_the_next_process_resumes_from_the_periodic_checkpoint() {
+    let sim = sim().await;
+    let state = Scratch::new("sigkill");
+    let every_second = [("GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS", "1")];
+    let first = Process::start(&sim, &state, &every_second).await;
+    let (mut client, session, mut last) = identified(&sim, first.addr).await;
+    let mut seen = Vec::new();
+    // Long enough for periodic checkpoints while the client is served.
+    marked(&mut client, &mut last, 500, &mut seen).await;
+    let (code, log) = first.signal("KILL").await;
+    assert_eq!(code, None, "killed: {log}");
+    drop(client);
+
+    let second = Process::start(&sim, &state, &every_second).await;
+    assert_resumed_upstream(&sim, &second.log());
+    let mut client = resume(&sim, second.addr, &session, &mut last, &mut seen).await;
+    marked(&mut client, &mut last, 30, &mut seen).await;
+    assert_contiguous(&seen);
+}
+
+#[tokio::test]
+async fn a_stale_checkpoint_identifies_with_one_line_saying_so() {
+    let sim = sim().await;
+    let state = Scratch::new("stale");
+    let first = Process::start(&sim, &state, &[]).await;
+    let (code, _) = first.signal("TERM").await;
+    assert_eq!(code, Some(0));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = Process::start(
+        &sim,
+        &state,
+        &[("GATEWAY_PROXY_CHECKPOINT_MAX_AGE_SECS", "1")],
+    )
+    .await;
+    let log = second.log();
+    assert_eq!(sim.resumes(), 0, "{log}");
+    assert_eq!(sim.identifies(), 4, "{log}");
+    assert_eq!(
+        log.matches("over checkpoint_max_age_secs: identifying")
+            .count(),
+        2,
+        "{log}"
+    );
+}
