@@ -15,7 +15,16 @@
 //! Start-up: 64 shards against `discord-sim` with `max_concurrency` 16 and a
 //! 1 s identify window, from `Pool::start` to every shard ready (READY and
 //! all its guilds), median of three runs, beside the minimum pacing allows:
-//! four identifies per bucket, three windows apart.
+//! four identifies per bucket, three windows apart. Then the same pool
+//! restarted from its checkpoints (frozen, checkpointed, closed resumably,
+//! started again on the same directory): every shard RESUMEs, so pacing
+//! does not apply.
+//!
+//! Checkpoints of a big shard: 2500 guilds of 50 members, members cached;
+//! how long its events wait for a checkpoint (the copy under its locks),
+//! how long writing one takes in all (to a directory: encode, write,
+//! fsync, rename), its size per guild and per member, and how long a pool
+//! takes from `Pool::start` (which reads it back) to ready.
 #![allow(
     missing_docs,
     clippy::print_stdout,
@@ -24,13 +33,15 @@
 )]
 
 use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use benches::report::{fmt_ns, median_ns};
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion};
 use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
-use shard_pool::{Flags, Pipeline, Pool, PoolConfig, ShardEvent};
+use shard_pool::{DirStore, Flags, Pipeline, Pool, PoolConfig, ShardEvent};
 use tokio::sync::broadcast;
 
 const MESSAGE: &str = include_str!("../../testdata/json/message_create.json");
@@ -90,10 +101,19 @@ fn per_event(c: &mut Criterion) {
     group.finish();
 }
 
-/// Seconds from `Pool::start` to every shard ready.
-fn startup(shards: u32, max_concurrency: u32, window: Duration) -> f64 {
+/// A directory of its own for checkpoints, emptied.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bench-pool-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Seconds from `Pool::start` to every shard ready: fresh, then restarted
+/// from the checkpoints the fresh pool wrote at shutdown.
+fn startup(shards: u32, max_concurrency: u32, window: Duration) -> (f64, f64) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    let dir = scratch("startup");
+    let times = runtime.block_on(async {
         let mut config = SimConfig::default();
         config.shards = shards;
         config.guilds = shards * 2;
@@ -103,14 +123,96 @@ fn startup(shards: u32, max_concurrency: u32, window: Duration) -> f64 {
         let mut pool_config = PoolConfig::new(sim.token(), KNOWN_INTENTS);
         pool_config.api_base = Some(sim.api_base());
         pool_config.identify_window = window;
+        pool_config.store = Some(Arc::new(DirStore::open(&dir).unwrap()));
+        let start = tokio::time::Instant::now();
+        let pool = Pool::start(pool_config.clone()).await.unwrap();
+        pool.ready().await.unwrap();
+        let fresh = start.elapsed().as_secs_f64();
+        assert_eq!(sim.identifies_refused(), 0, "paced as the sim asks");
+        pool.freeze();
+        assert_eq!(pool.checkpoint().await.written, shards as usize);
+        pool.shutdown_resumable().await;
+        drop(pool);
         let start = tokio::time::Instant::now();
         let pool = Pool::start(pool_config).await.unwrap();
         pool.ready().await.unwrap();
-        let seconds = start.elapsed().as_secs_f64();
-        assert_eq!(sim.identifies_refused(), 0, "paced as the sim asks");
+        let restarted = start.elapsed().as_secs_f64();
+        assert_eq!(
+            sim.identifies(),
+            u64::from(shards),
+            "no identify on restart"
+        );
+        assert_eq!(sim.resumes(), u64::from(shards));
         black_box(pool);
-        seconds
-    })
+        (fresh, restarted)
+    });
+    let _ = std::fs::remove_dir_all(dir);
+    times
+}
+
+/// A big shard's checkpoints: what they cost and weigh.
+struct BigShard {
+    guilds: u32,
+    members: u64,
+    held: Vec<Duration>,
+    took: Vec<Duration>,
+    bytes: usize,
+    /// From `Pool::start` (reading the checkpoint back) to ready.
+    restart: Duration,
+}
+
+fn big_shard(guilds: u32, members_per_guild: u32, writes: usize) -> BigShard {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = scratch("big");
+    let big = runtime.block_on(async {
+        let mut config = SimConfig::default();
+        config.shards = 1;
+        config.guilds = guilds;
+        config.members_per_guild = members_per_guild;
+        config.events_per_sec = 200;
+        config.identify_interval = Duration::from_millis(100);
+        let sim = Sim::start(config).await.unwrap();
+        let mut pool_config = PoolConfig::new(sim.token(), KNOWN_INTENTS);
+        pool_config.api_base = Some(sim.api_base());
+        pool_config.identify_window = Duration::from_millis(100);
+        pool_config.cache.members = true;
+        pool_config.store = Some(Arc::new(DirStore::open(&dir).unwrap()));
+        let pool = Pool::start(pool_config.clone()).await.unwrap();
+        pool.ready().await.unwrap();
+        // A client served: the ring keeps what comes.
+        let _follower = pool.shards()[0].subscribe();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (mut held, mut took, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..writes {
+            assert_eq!(pool.checkpoint().await.written, 1);
+            let stats = pool.shards()[0].status().checkpoint.unwrap();
+            held.push(stats.held);
+            took.push(stats.took);
+            bytes = stats.bytes;
+        }
+        let members = pool.shards()[0].status().cache.members as u64;
+        pool.freeze();
+        pool.checkpoint().await;
+        pool.shutdown_resumable().await;
+        drop(pool);
+        let start = tokio::time::Instant::now();
+        let pool = Pool::start(pool_config).await.unwrap();
+        pool.ready().await.unwrap();
+        let restart = start.elapsed();
+        assert!(pool.shards()[0].status().restored);
+        held.sort();
+        took.sort();
+        BigShard {
+            guilds,
+            members,
+            held,
+            took,
+            bytes,
+            restart,
+        }
+    });
+    let _ = std::fs::remove_dir_all(dir);
+    big
 }
 
 fn main() {
@@ -127,10 +229,16 @@ fn main() {
     } else {
         (64, 16, Duration::from_secs(1), 3)
     };
-    let mut times: Vec<f64> = (0..runs)
+    let (mut times, mut restarts): (Vec<f64>, Vec<f64>) = (0..runs)
         .map(|_| startup(shards, max_concurrency, window))
-        .collect();
+        .unzip();
     times.sort_by(f64::total_cmp);
+    restarts.sort_by(f64::total_cmp);
+    let big = if smoke {
+        big_shard(50, 5, 1)
+    } else {
+        big_shard(2500, 50, 5)
+    };
     let rounds = shards.div_ceil(max_concurrency);
     let minimum = f64::from(rounds - 1) * window.as_secs_f64();
 
@@ -156,11 +264,35 @@ fn main() {
         "\n## shard-pool: {shards} shards ready, max_concurrency {max_concurrency}, {} ms window (median of {runs})\n",
         window.as_millis()
     );
-    println!("| measured | pacing's minimum ({rounds} rounds) | ratio |");
-    println!("|---:|---:|---:|");
+    println!("| start | measured | pacing's minimum ({rounds} rounds) | ratio |");
+    println!("|---|---:|---:|---:|");
     let median = times[times.len() / 2];
     println!(
-        "| {median:.2} s | {minimum:.2} s | {:.2} |",
+        "| fresh (identify) | {median:.2} s | {minimum:.2} s | {:.2} |",
         median / minimum
+    );
+    let restarted = restarts[restarts.len() / 2];
+    println!("| restarted (RESUME from checkpoints) | {restarted:.3} s | — | — |");
+
+    let held = big.held[big.held.len() / 2];
+    let took = big.took[big.took.len() / 2];
+    println!(
+        "\n## shard-pool: checkpoints of one shard, {} guilds, {} members cached (median of {})\n",
+        big.guilds,
+        big.members,
+        big.held.len()
+    );
+    println!(
+        "| events wait (copy under the locks) | write in all | size | per guild | per member | restart to ready |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {:.1} ms | {:.1} ms | {:.1} MB | {:.0} B | {:.0} B | {:.0} ms |",
+        held.as_secs_f64() * 1e3,
+        took.as_secs_f64() * 1e3,
+        big.bytes as f64 / 1e6,
+        big.bytes as f64 / f64::from(big.guilds),
+        big.bytes as f64 / big.members.max(1) as f64,
+        big.restart.as_secs_f64() * 1e3,
     );
 }

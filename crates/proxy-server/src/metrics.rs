@@ -142,6 +142,34 @@ pub(crate) fn describe() {
         "Clients closed for what they did, by reason: invalid_command (4002), over_command_budget (4008), identify_timeout (4003)."
     );
     describe_gauge!(
+        "gateway_checkpoint_age_seconds",
+        Unit::Seconds,
+        "Time since the shard's last checkpoint was written (with state_dir)."
+    );
+    describe_gauge!(
+        "gateway_checkpoint_duration_seconds",
+        Unit::Seconds,
+        "How long taking and writing the shard's last checkpoint took."
+    );
+    describe_gauge!(
+        "gateway_checkpoint_held_seconds",
+        Unit::Seconds,
+        "How long the shard's events waited for its last checkpoint (the copy of its state)."
+    );
+    describe_gauge!(
+        "gateway_checkpoint_bytes",
+        Unit::Bytes,
+        "The size of the shard's last checkpoint."
+    );
+    describe_gauge!(
+        "gateway_shard_restored",
+        "1 when the shard's upstream session was resumed from a checkpoint (a restart that cost no identify), 0 when this process identified it."
+    );
+    describe_gauge!(
+        "gateway_shards_started",
+        "Shards by how their upstream session began in this process: resumed from a checkpoint, or identified."
+    );
+    describe_gauge!(
         "gateway_identifies_remaining",
         "Identifies Discord allows before its daily reset, as this process counts them."
     );
@@ -160,14 +188,32 @@ pub(crate) fn describe() {
 pub(crate) fn record(ctx: &Context) {
     let sessions = ctx.sessions.per_shard();
     let clients = lock(&ctx.counters.clients).clone();
+    let now = shard_pool::wall_clock();
+    let mut started = [0_u32; 2];
     for status in ctx.pool.status() {
         let shard = status.id.to_string();
+        started[usize::from(status.restored)] += 1;
+        gauge!("gateway_shard_restored", "shard" => shard.clone())
+            .set(f64::from(u8::from(status.restored)));
+        if let Some(checkpoint) = status.checkpoint {
+            let age = shard_pool::age(shard_pool::unix_ms(checkpoint.written), now);
+            gauge!("gateway_checkpoint_age_seconds", "shard" => shard.clone())
+                .set(age.as_secs_f64());
+            gauge!("gateway_checkpoint_duration_seconds", "shard" => shard.clone())
+                .set(checkpoint.took.as_secs_f64());
+            gauge!("gateway_checkpoint_held_seconds", "shard" => shard.clone())
+                .set(checkpoint.held.as_secs_f64());
+            gauge!("gateway_checkpoint_bytes", "shard" => shard.clone())
+                .set(checkpoint.bytes as f64);
+        }
         shard_metrics(ctx, &shard, &status);
         let (_, all) = sessions.get(&status.id).copied().unwrap_or_default();
         gauge!("gateway_sessions", "shard" => shard.clone()).set(all as f64);
         let connected = clients.get(&status.id).copied().unwrap_or_default();
         gauge!("gateway_clients", "shard" => shard).set(connected as f64);
     }
+    gauge!("gateway_shards_started", "how" => "identified").set(f64::from(started[0]));
+    gauge!("gateway_shards_started", "how" => "resumed").set(f64::from(started[1]));
     let (used, budget) = ctx.pool.replay_bytes();
     gauge!("gateway_replay_bytes").set(used as f64);
     gauge!("gateway_replay_budget_bytes").set(budget as f64);

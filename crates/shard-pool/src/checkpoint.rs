@@ -381,6 +381,8 @@ pub(crate) struct Taken {
     pub(crate) ring: RingImage,
     /// When it was taken.
     pub(crate) at: Instant,
+    /// How long the shard's locks were held for it.
+    pub(crate) held: Duration,
 }
 
 impl Taken {

@@ -42,6 +42,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Checkpoints
+//!
+//! With [`PoolConfig::store`] (a [`Store`]: [`DirStore`] for a directory),
+//! [`Pool::checkpoint`] writes each shard's state at one index (its
+//! upstream session, numbering, ring and state cache), and the next
+//! [`Pool::start`] on the same store RESUMEs every shard whose checkpoint is
+//! fresh and of the same bot and settings, instead of identifying: nothing
+//! is paced, no identify is spent, and Discord replays what came after the
+//! checkpoint, which the pipeline numbers as before. [`Pool::freeze`] then
+//! [`Pool::shutdown_resumable`] end a process so that the next one can.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use shard_pool::{DirStore, Pool, PoolConfig};
+//!
+//! let mut config = PoolConfig::new("my-token", 1 | 1 << 9);
+//! config.store = Some(Arc::new(DirStore::open("/var/lib/gateway-proxy")?));
+//! let pool = Pool::start(config.clone()).await?; // RESUMEs what it can
+//! pool.ready().await?;
+//! pool.checkpoint().await; // now and then, for a crash
+//! pool.freeze();
+//! pool.checkpoint().await;
+//! pool.shutdown_resumable().await; // the next start RESUMEs every shard
+//! # Ok(()) }
+//! ```
+//!
 //! # Pacing
 //!
 //! Identifies wait for their turn in a [`Queue`]: by default a
@@ -81,7 +108,7 @@ pub use crate::pool::{Checkpointed, Pool};
 pub use crate::queue::{PacedQueue, Queue};
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;
-pub use crate::shard::{ShardHandle, ShardState, ShardStatus, Snapshot};
+pub use crate::shard::{CheckpointStats, ShardHandle, ShardState, ShardStatus, Snapshot};
 pub use crate::store::{
     DirStore, MAX_NAME, Store, StoreError, StoreErrorKind, StoreFuture, check_name,
 };

@@ -37,7 +37,7 @@ fn ring_limits(config: &PoolConfig, budget: &Arc<ReplayBudget>) -> RingLimits {
 /// `ring::RAW_AGE` for the rest of what stays raw): what a live client
 /// reads; older ones are packed.
 const RAW_EVENTS: usize = 32;
-use crate::shard::{ShardHandle, ShardStatus};
+use crate::shard::{CheckpointStats, ShardHandle, ShardStatus};
 
 /// Every shard of `shard_start..shard_end`, each with its own connection,
 /// state cache and subscribers. Dropping the pool stops its shards.
@@ -239,18 +239,28 @@ impl Pool {
             };
             let identity = self.identity.clone();
             let written = checkpoint::wall_clock();
+            let held = taken.held;
             let blob = tokio::task::spawn_blocking(move || taken.encode(&identity, written)).await;
             let result = match blob {
-                Ok(blob) => store
-                    .put(&name, blob.into())
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(blob) => {
+                    let bytes = blob.len();
+                    store
+                        .put(&name, blob.into())
+                        .await
+                        .map(|()| bytes)
+                        .map_err(|e| e.to_string())
+                }
                 Err(error) => Err(error.to_string()),
             };
             match result {
-                Ok(()) => {
+                Ok(bytes) => {
                     done.written += 1;
-                    shard.checkpointed(written, started.elapsed());
+                    shard.checkpointed(CheckpointStats {
+                        written,
+                        held,
+                        took: started.elapsed(),
+                        bytes,
+                    });
                 }
                 Err(error) => {
                     done.failed += 1;

@@ -107,9 +107,23 @@ pub struct ShardStatus {
     /// Whether the upstream session was carried over from a checkpoint
     /// (resumed after a restart) rather than identified by this process.
     pub restored: bool,
-    /// When the shard's last checkpoint was written, and how long taking
-    /// and writing it took.
-    pub checkpoint: Option<(SystemTime, Duration)>,
+    /// The shard's last checkpoint written, if any.
+    pub checkpoint: Option<CheckpointStats>,
+}
+
+/// What writing a shard's checkpoint took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckpointStats {
+    /// When it was written (the time in it).
+    pub written: SystemTime,
+    /// How long the shard's events waited for it: the copy of its state
+    /// under its locks.
+    pub held: Duration,
+    /// How long taking, encoding and storing it took in all.
+    pub took: Duration,
+    /// Its size.
+    pub bytes: usize,
 }
 
 /// What the shard task last saw of twilight's shard.
@@ -165,8 +179,8 @@ pub(crate) struct Shared {
     frozen: AtomicBool,
     /// The upstream session came from a checkpoint, and no READY since.
     restored: AtomicBool,
-    /// The last checkpoint written: when, and how long it took.
-    checkpointed: Mutex<Option<(SystemTime, Duration)>>,
+    /// The last checkpoint written.
+    checkpointed: Mutex<Option<CheckpointStats>>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -438,23 +452,26 @@ impl ShardHandle {
         if self.shared.closed.load(Ordering::Acquire) {
             return None;
         }
-        let core = lock(&self.shared.core);
-        core.upstream()?;
         let mut pipeline = Vec::with_capacity(64 << 10);
+        let core = lock(&self.shared.core);
+        let start = Instant::now();
+        core.upstream()?;
         core.checkpoint(&mut pipeline);
         let ring = lock(&self.shared.ring).image();
         drop(core);
+        let at = Instant::now();
         Some(Taken {
             shard: self.shared.id,
             pipeline,
             ring,
-            at: Instant::now(),
+            at,
+            held: at - start,
         })
     }
 
-    /// Records a checkpoint written at `at` in `took`.
-    pub(crate) fn checkpointed(&self, at: SystemTime, took: Duration) {
-        *lock(&self.shared.checkpointed) = Some((at, took));
+    /// Records a checkpoint written.
+    pub(crate) fn checkpointed(&self, stats: CheckpointStats) {
+        *lock(&self.shared.checkpointed) = Some(stats);
     }
 
     /// The shard's connection state now (cheap: no walk of the cache).

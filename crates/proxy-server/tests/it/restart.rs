@@ -82,7 +82,7 @@ async fn a_client_resumes_across_a_proxy_restart_with_nothing_lost() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let setup = Setup {
-        proxy: checkpointed(&sim, &scratch, Duration::ZERO).await,
+        proxy: checkpointed(&sim, &scratch, Duration::from_secs(1)).await,
         sim,
     };
     assert_eq!(
@@ -99,6 +99,24 @@ async fn a_client_resumes_across_a_proxy_restart_with_nothing_lost() {
     );
     seen.extend(marked(&mut client, s, 50).await);
     assert_contiguous(&seen);
+    // /metrics says how the shard started and how old its checkpoint is.
+    let mut tries = 0;
+    let metrics = loop {
+        tries += 1;
+        let (_, metrics) = super::http::get(setup.proxy.addr(), "/metrics").await;
+        assert!(tries < 50, "{metrics}");
+        if metrics.contains("gateway_checkpoint_age_seconds") {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for line in [
+        r#"gateway_shard_restored{shard="0"} 1"#,
+        r#"gateway_shards_started{how="resumed"} 1"#,
+        r#"gateway_shards_started{how="identified"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
