@@ -16,7 +16,7 @@ pub mod config;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::future::Future;
@@ -106,6 +106,47 @@ pub struct Running {
     token: Token,
     /// `--simulate`'s own checkpoint directory, removed at shutdown.
     simulated_state: Option<PathBuf>,
+    /// Held until the process ends: the checkpoints are written by then.
+    _state_lock: Option<StateLock>,
+}
+
+/// The one process that uses a `state_dir`: an exclusive lock on its
+/// `lock` file, held for the life of the process (the system lets it go
+/// when the process ends, however it ends). A second process on the same
+/// directory waits for it: started before the first is stopped, it holds
+/// the port, and takes over the checkpoints once they are written.
+#[derive(Debug)]
+struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    async fn take(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        let mut told = false;
+        // Polled, not a blocking wait: a SIGTERM meanwhile ends the wait.
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(error)) => return Err(error),
+            }
+            if !told {
+                told = true;
+                tracing::info!(
+                    dir = %dir.display(),
+                    "another gateway-proxy holds state_dir: waiting for it to stop \
+                     (connections to this port wait meanwhile)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Running {
@@ -225,11 +266,23 @@ pub async fn start_until(
     if let Some(sim) = &sim {
         pool_config.identify_window = sim.config().identify_interval;
     }
+    // Bound before anything else, and shared with a proxy that may still
+    // be stopping (with checkpoints): a client it closes reconnects here
+    // and waits, never refused.
+    let listener = proxy_server::listener(config.listen_addr(), config.state_dir.is_some())
+        .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
+    let mut state_lock = None;
     if let Some(dir) = &config.state_dir {
-        let store = DirStore::open(dir).map_err(|e| RunError {
+        let unusable = |e: &dyn fmt::Display| RunError {
             code: EXIT_CONFIG,
             message: format!("state_dir {dir:?} cannot hold checkpoints: {e}"),
-        })?;
+        };
+        let lock = tokio::select! {
+            lock = StateLock::take(Path::new(dir)) => lock.map_err(|e| unusable(&e))?,
+            () = &mut stop => return Ok(None),
+        };
+        state_lock = Some(lock);
+        let store = DirStore::open(dir).map_err(|e| unusable(&e))?;
         pool_config.store = Some(Arc::new(store));
     }
     let pool = tokio::select! {
@@ -251,7 +304,7 @@ pub async fn start_until(
             return Ok(None);
         }
     }
-    let proxy = Proxy::start(config.server_config(), pool)
+    let proxy = Proxy::start_on(listener, config.server_config(), pool)
         .await
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
     Ok(Some(Running {
@@ -259,6 +312,7 @@ pub async fn start_until(
         sim,
         token: Token::new(config.token),
         simulated_state,
+        _state_lock: state_lock,
     }))
 }
 

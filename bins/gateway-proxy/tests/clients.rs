@@ -7,9 +7,11 @@
 //! gateway only there), writes a run file (URLs, token, shard count and
 //! the ground truth of every guild) and runs the program. When it prints
 //! `READY_OK`, the stream (held until then, so that the truth is exact)
-//! goes on, and a second later the proxy closes every client: the library
-//! must resume and lose nothing. The program prints `DONE` and exits 0, or
-//! names what failed and exits 1.
+//! goes on, and a second later the proxy closes every client (or, in the
+//! restart tests, is shut down and a new proxy started from its
+//! checkpoints on the same port): the library must resume and lose
+//! nothing. The program prints `DONE` and exits 0, or names what failed
+//! and exits 1.
 //!
 //! A missing interpreter or library skips a test with a note, unless
 //! `GATEWAY_PROXY_REQUIRE_CLIENTS=1` (as in CI).
@@ -17,14 +19,16 @@
 // Test code: a panic is a failed assertion, and notes go to stderr.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
 use proxy_server::{Proxy, ServerConfig};
 use serde_json::json;
-use shard_pool::{Flags, Pool, PoolConfig};
+use shard_pool::{DirStore, Flags, Pool, PoolConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -50,15 +54,41 @@ async fn available(program: &str, args: &[&str]) -> bool {
 
 struct Stack {
     sim: Sim,
-    proxy: Proxy,
+    proxy: tokio::sync::Mutex<Option<Proxy>>,
+    /// Where the proxy listens, across restarts.
+    addr: SocketAddr,
+    /// With checkpoints: what the next pool and proxy start with, and
+    /// their directory.
+    restart: Option<(PoolConfig, ServerConfig, PathBuf)>,
 }
 
-async fn stack(shards: u32) -> Stack {
-    stack_with(shards, |_| {}).await
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some((_, _, dir)) = &self.restart {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// What the harness does to the clients once they are ready.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disrupt {
+    /// The proxy closes every client with 4000.
+    Disconnect,
+    /// The proxy shuts down (checkpoints, 4000 to clients, a resumable
+    /// close upstream) and a new one starts from its checkpoints on the
+    /// same port.
+    Restart,
 }
 
 /// A stack whose proxy's configuration `tweak` changes first.
 async fn stack_with(shards: u32, tweak: impl FnOnce(&mut ServerConfig)) -> Stack {
+    stack_for(shards, Disrupt::Disconnect, tweak).await
+}
+
+/// A stack ready for `disrupt`, whose proxy's configuration `tweak`
+/// changes first.
+async fn stack_for(shards: u32, disrupt: Disrupt, tweak: impl FnOnce(&mut ServerConfig)) -> Stack {
     let mut config = SimConfig::default();
     config.shards = shards;
     config.guilds = 3 * shards;
@@ -73,6 +103,12 @@ async fn stack_with(shards: u32, tweak: impl FnOnce(&mut ServerConfig)) -> Stack
     pool.gateway_url = Some(sim.gateway_url().to_owned());
     pool.identify_window = Duration::from_millis(100);
     pool.cache = Flags::ALL;
+    let dir = std::env::temp_dir().join(format!("gateway-proxy-clients-{}", sim.addr().port()));
+    if disrupt == Disrupt::Restart {
+        let _ = std::fs::remove_dir_all(&dir);
+        pool.store = Some(Arc::new(DirStore::open(&dir).unwrap()));
+    }
+    let pool_config = pool.clone();
     let pool = Pool::start(pool).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), pool.ready())
         .await
@@ -80,9 +116,48 @@ async fn stack_with(shards: u32, tweak: impl FnOnce(&mut ServerConfig)) -> Stack
         .unwrap();
     let mut server = ServerConfig::new(([127, 0, 0, 1], 0).into(), sim.token());
     tweak(&mut server);
-    let proxy = Proxy::start(server, pool).await.unwrap();
-    sim.advertise_gateway(format!("ws://{}", proxy.addr()));
-    Stack { sim, proxy }
+    // Shared with the proxy that replaces it, as the binary does.
+    let listener = proxy_server::listener(server.bind, disrupt == Disrupt::Restart).unwrap();
+    let proxy = Proxy::start_on(listener, server.clone(), pool)
+        .await
+        .unwrap();
+    let addr = proxy.addr();
+    sim.advertise_gateway(format!("ws://{addr}"));
+    server.bind = addr;
+    Stack {
+        sim,
+        proxy: tokio::sync::Mutex::new(Some(proxy)),
+        addr,
+        restart: (disrupt == Disrupt::Restart).then_some((pool_config, server, dir)),
+    }
+}
+
+impl Stack {
+    /// Closes every client, or restarts the proxy from its checkpoints.
+    async fn disrupt(&self) {
+        let mut proxy = self.proxy.lock().await;
+        let Some((pool, server, _)) = &self.restart else {
+            proxy.as_ref().unwrap().disconnect_clients();
+            return;
+        };
+        // The next proxy's listener first: a client closed by the old one
+        // reconnects into its backlog, never refused.
+        let listener = proxy_server::listener(self.addr, true).unwrap();
+        proxy.take().unwrap().shutdown().await;
+        let identifies = self.sim.identifies();
+        let pool = Pool::start(pool.clone()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), pool.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(self.sim.identifies(), identifies, "the restart identified");
+        assert!(pool.shards().iter().all(|s| s.status().restored));
+        *proxy = Some(
+            Proxy::start_on(listener, server.clone(), pool)
+                .await
+                .unwrap(),
+        );
+    }
 }
 
 /// Holds the stream, lets the proxy catch up, and writes the run file.
@@ -107,7 +182,7 @@ async fn run_file(stack: &Stack, name: &str) -> PathBuf {
         })
         .collect();
     let run = json!({
-        "gateway": format!("ws://{}", stack.proxy.addr()),
+        "gateway": format!("ws://{}", stack.addr),
         "rest": stack.sim.api_base(),
         "token": stack.sim.token(),
         "shards": stack.sim.config().shards,
@@ -150,7 +225,7 @@ async fn drive(stack: &Stack, mut command: Command) {
             if line.starts_with("READY_OK") {
                 stack.sim.resume_stream();
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                stack.proxy.disconnect_clients();
+                stack.disrupt().await;
             }
             done |= line.starts_with("DONE");
         }
@@ -183,6 +258,10 @@ enum Dpy {
 }
 
 async fn discord_py(mode: Dpy) {
+    discord_py_through(mode, Disrupt::Disconnect).await;
+}
+
+async fn discord_py_through(mode: Dpy, disrupt: Disrupt) {
     let zlib = mode != Dpy::ZstdStream;
     let probe = ["-c", "import discord, zstandard"];
     if !available("python3", &probe).await {
@@ -195,16 +274,17 @@ async fn discord_py(mode: Dpy) {
         );
         return;
     }
-    let stack = stack_with(2, |config| {
+    let stack = stack_for(2, disrupt, |config| {
         if mode == Dpy::ZlibShared {
             config.client_compression.zlib_shared_min_clients = 1;
         }
     })
     .await;
-    let name = match mode {
-        Dpy::ZstdStream => "dpy-zstd",
-        Dpy::ZlibStream => "dpy-zlib",
-        Dpy::ZlibShared => "dpy-zlib-shared",
+    let name = match (mode, disrupt) {
+        (_, Disrupt::Restart) => "dpy-restart",
+        (Dpy::ZstdStream, _) => "dpy-zstd",
+        (Dpy::ZlibStream, _) => "dpy-zlib",
+        (Dpy::ZlibShared, _) => "dpy-zlib-shared",
     };
     let run = run_file(&stack, name).await;
     let mut command = Command::new("python3");
@@ -226,9 +306,7 @@ async fn bytes_out(stack: &Stack, compression: &str) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Metrics are brought up to date once a second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let mut tcp = tokio::net::TcpStream::connect(stack.proxy.addr())
-        .await
-        .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
     tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -256,6 +334,11 @@ async fn discord_py_with_zlib_stream_shared_bodies() {
     discord_py(Dpy::ZlibShared).await;
 }
 
+#[tokio::test]
+async fn discord_py_across_a_proxy_restart() {
+    discord_py_through(Dpy::ZlibStream, Disrupt::Restart).await;
+}
+
 /// Whether `node` runs and the npm packages of `tests/clients/js` are
 /// installed; notes how to install them when not (a failure when required).
 async fn node_ready() -> bool {
@@ -273,11 +356,24 @@ async fn node_ready() -> bool {
 
 #[tokio::test]
 async fn discord_js() {
+    discord_js_through(Disrupt::Disconnect).await;
+}
+
+#[tokio::test]
+async fn discord_js_across_a_proxy_restart() {
+    discord_js_through(Disrupt::Restart).await;
+}
+
+async fn discord_js_through(disrupt: Disrupt) {
     if !node_ready().await {
         return;
     }
-    let stack = stack(2).await;
-    let run = run_file(&stack, "discordjs").await;
+    let stack = stack_for(2, disrupt, |_| {}).await;
+    let name = match disrupt {
+        Disrupt::Disconnect => "discordjs",
+        Disrupt::Restart => "discordjs-restart",
+    };
+    let run = run_file(&stack, name).await;
     let mut command = Command::new("node");
     command.arg("tests/clients/js/discordjs.js").arg(&run);
     drive(&stack, command).await;

@@ -50,6 +50,26 @@ impl Process {
     /// Starts the binary on `sim` with its checkpoints in `state`, and
     /// waits until it serves.
     async fn start(sim: &Sim, state: &Scratch, env: &[(&str, &str)]) -> Self {
+        let (process, serving) = Self::spawn(sim, state, env);
+        process.serving(serving).await
+    }
+
+    /// Waits until the process serves.
+    async fn serving(mut self, serving: tokio::sync::oneshot::Receiver<SocketAddr>) -> Self {
+        self.addr = tokio::time::timeout(Duration::from_secs(30), serving)
+            .await
+            .unwrap_or_else(|_| panic!("not serving after 30 s:\n{}", self.log()))
+            .unwrap();
+        self
+    }
+
+    /// Starts the binary on `sim` with its checkpoints in `state`; the
+    /// receiver gets its address once it serves.
+    fn spawn(
+        sim: &Sim,
+        state: &Scratch,
+        env: &[(&str, &str)],
+    ) -> (Self, tokio::sync::oneshot::Receiver<SocketAddr>) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"));
         command
             .env_clear()
@@ -84,11 +104,8 @@ impl Process {
                 log.push('\n');
             }
         });
-        let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
-            .await
-            .unwrap_or_else(|_| panic!("not serving after 30 s:\n{}", log.lock().unwrap()))
-            .unwrap();
-        Self { child, addr, log }
+        let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+        (Self { child, addr, log }, addr_rx)
     }
 
     fn log(&self) -> String {
@@ -257,6 +274,58 @@ async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
         "{}",
         second.log()
     );
+}
+
+#[tokio::test]
+async fn a_new_process_started_before_the_old_one_stops_takes_over_with_no_refused_connection() {
+    let sim = sim().await;
+    let state = Scratch::new("overlap");
+    let first = Process::start(&sim, &state, &[]).await;
+    let (mut client, session, mut last) = identified(&sim, first.addr).await;
+    let mut seen = Vec::new();
+    marked(&mut client, &mut last, 30, &mut seen).await;
+    // The new binary on the same port: it waits for the old one's
+    // checkpoints, its listener already open.
+    let port = first.addr.port().to_string();
+    let (second, serving) = Process::spawn(&sim, &state, &[("GATEWAY_PROXY_PORT", &port)]);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !second
+            .log()
+            .contains("another gateway-proxy holds state_dir")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the second did not wait:\n{}", second.log()));
+    let addr = first.addr;
+    let stopping = tokio::spawn(first.signal("TERM"));
+    // The client is closed with 4000 and RESUMEs at once, as discord.py
+    // does: its connection is taken (by the new process), not refused.
+    loop {
+        match client.recv().await.unwrap() {
+            Received::Close(code) => {
+                assert_eq!(code, Some(4000));
+                break;
+            }
+            Received::Payload(payload) => {
+                if let Some(s) = payload["s"].as_u64() {
+                    assert_eq!(s, last + 1);
+                    last = s;
+                    seen.extend(marker(&payload));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut client = resume(&sim, addr, &session, &mut last, &mut seen).await;
+    let (code, _) = stopping.await.unwrap();
+    assert_eq!(code, Some(0));
+    let second = second.serving(serving).await;
+    assert_eq!(second.addr.port(), addr.port());
+    marked(&mut client, &mut last, 30, &mut seen).await;
+    assert_contiguous(&seen);
+    assert_resumed_upstream(&sim, &second.log());
 }
 
 #[tokio::test]

@@ -520,6 +520,11 @@ impl Writer {
                 _ => false,
             };
         let mut progress = lock(&follow.progress);
+        if progress.sealed {
+            // The connection is ending and its session was saved: the
+            // stream ends here (the close frame follows).
+            return Ok(());
+        }
         // A resume whose replay is empty is answered at once.
         if progress.resumed_at.is_some_and(|at| progress.index >= at) {
             self.resumed(&mut progress)?;
@@ -791,10 +796,12 @@ struct Attached {
 }
 
 impl Attached {
-    /// The session with what was sent in it.
+    /// The session with what was sent in it; the writer numbers nothing
+    /// more in it.
     fn saved(self) -> (String, Session) {
         let mut session = self.session;
-        let progress = lock(&self.progress);
+        let mut progress = lock(&self.progress);
+        progress.sealed = true;
         session.seq = progress.seq;
         session.index = progress.index;
         session.map = progress.map.clone();
@@ -1062,8 +1069,14 @@ impl Driver {
                 }
             }
         };
-        let now = Instant::now();
         let pool = self.ctx.pool.clone();
+        // While the shard is still starting (a proxy that restarted and is
+        // resuming upstream), the client waits, as an IDENTIFY does: what
+        // Discord replays is part of what it missed.
+        if let Some(shard) = pool.shard(session.shard) {
+            let _ = tokio::time::timeout(READY_WAIT, shard.ready()).await;
+        }
+        let now = Instant::now();
         if let Some(code) = pool.shard(session.shard).and_then(ShardHandle::fatal_close) {
             self.ctx
                 .sessions
@@ -1128,6 +1141,7 @@ impl Driver {
             index: session.index,
             map: session.map.clone(),
             resumed_at,
+            sealed: false,
         }));
         self.ctx.sessions.watch(&id, &progress);
         self.attached = Some(Attached {

@@ -41,7 +41,7 @@ mod server;
 mod session;
 
 pub use crate::config::{ClientCompression, Limits, ServerConfig};
-pub use crate::server::Proxy;
+pub use crate::server::{Proxy, listener};
 
 /// The client side's state machines on arbitrary input, for the fuzz
 /// targets in `fuzz/`; not an API.

@@ -52,8 +52,25 @@ impl Proxy {
     /// # Errors
     ///
     /// If the address cannot be bound.
-    pub async fn start(mut config: ServerConfig, pool: Pool) -> io::Result<Self> {
-        let listener = TcpListener::bind(config.bind).await?;
+    pub async fn start(config: ServerConfig, pool: Pool) -> io::Result<Self> {
+        let listener = listener(config.bind, false)?;
+        Self::start_on(listener, config, pool).await
+    }
+
+    /// Serves clients from `pool` on `listener` (see [`listener`]), which
+    /// was bound before: connections that came meanwhile wait in its
+    /// backlog and are served now. `config.bind` is not used.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot be used by the async runtime.
+    pub async fn start_on(
+        listener: std::net::TcpListener,
+        mut config: ServerConfig,
+        pool: Pool,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         if config.externally_accessible_url.is_empty() {
             let mut public = addr;
@@ -143,6 +160,34 @@ impl Proxy {
     pub fn pool(&self) -> &Pool {
         &self.ctx.pool
     }
+}
+
+/// A listener on `addr` for [`Proxy::start_on`]. With `shared`, another
+/// process of the same user may listen on the same address at the same
+/// time (`SO_REUSEPORT`), and the kernel gives new connections to either:
+/// a process that restarts the proxy binds before the old one stops, so
+/// that no client's reconnect is ever refused (discord.py, for one,
+/// identifies again when its RESUME's connection is refused).
+///
+/// # Errors
+///
+/// If the address cannot be bound.
+pub fn listener(addr: SocketAddr, shared: bool) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = shared;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// How long a shutdown waits for connections to save their sessions

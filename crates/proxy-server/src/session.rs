@@ -78,6 +78,10 @@ pub(crate) struct Progress {
     /// For a RESUME: RESUMED goes out once the index has reached this one
     /// (what the client missed ends there).
     pub(crate) resumed_at: Option<u64>,
+    /// The session was saved from here, as its connection ended: nothing
+    /// more may be numbered in it, or its client would have an `s` the
+    /// saved session does not know.
+    pub(crate) sealed: bool,
 }
 
 /// A restored session that was served when its checkpoint was written:
@@ -496,6 +500,7 @@ mod tests {
             index: 12,
             map: live,
             resumed_at: None,
+            sealed: false,
         }));
         sessions.watch("served", &progress);
 
