@@ -1,7 +1,10 @@
-//! Reading a shard's checkpoint back (`shard_pool::Pipeline::restore`,
-//! which reads the state cache's with `state_cache::Cache::restore`) from
-//! arbitrary bytes: never a panic, and a pipeline it does give back writes
-//! READY and every guild as valid JSON.
+//! Checkpoints read back from arbitrary bytes: a shard's whole checkpoint
+//! (`shard-<id>`: identity, ring, pipeline), its pipeline part alone
+//! (`shard_pool::Pipeline::restore`, which reads the state cache's with
+//! `state_cache::Cache::restore`), and the client sessions kept beside it
+//! (`sessions-<id>`). Never a panic; a pipeline that is given back writes
+//! READY and every guild as valid JSON; a shard checkpoint given back has a
+//! ring that ends where its pipeline does, and every event in it reads.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,6 +12,8 @@ use shard_pool::Pipeline;
 use state_cache::{Flags, Session};
 
 fuzz_target!(|bytes: &[u8]| {
+    let _ = shard_pool::fuzzing::restore_shard(bytes);
+    let _ = proxy_server::fuzzing::restore_sessions(bytes);
     for flags in [Flags::default(), Flags::ALL] {
         let Ok(pipeline) = Pipeline::restore(flags, bytes) else {
             continue;

@@ -124,7 +124,7 @@ impl Kept {
 }
 
 /// A sessions blob's age and sessions, if it belongs to `upstream`.
-fn read<'a>(
+pub(crate) fn read<'a>(
     blob: &'a [u8],
     upstream: &str,
 ) -> Result<(std::time::Duration, &'a [u8]), shard_pool::Error> {

@@ -95,6 +95,30 @@ pub mod fuzzing {
         outcomes
     }
 
+    /// Reads `bytes` as a shard's kept client sessions (a `sessions-<id>`
+    /// blob of upstream session `s`, or the sessions part alone) and puts
+    /// them back; looks up a few `s` in each. Returns how many were put
+    /// back, or `None` if the bytes were refused.
+    #[must_use]
+    pub fn restore_sessions(bytes: &[u8]) -> Option<usize> {
+        let sessions = crate::session::Sessions::default();
+        let now = Instant::now();
+        let part = match crate::keep::read(bytes, "s") {
+            Ok((_, part)) => part,
+            Err(_) => bytes,
+        };
+        let count = sessions.restore(0, part, Duration::ZERO, now).ok()?;
+        sessions.probe();
+        Some(count)
+    }
+
+    /// The sessions part of a checkpoint of one client session served with
+    /// a few runs: the fuzz target's seed.
+    #[must_use]
+    pub fn sample_sessions() -> Vec<u8> {
+        crate::session::Sessions::sample().checkpoint(0, Instant::now())
+    }
+
     /// Feeds websocket data frames (`opcode`, `fin`, payload) to the
     /// message assembler with a limit of `max` bytes; returns the length of
     /// each whole message, or the close code that ends the connection.

@@ -60,7 +60,7 @@ impl SeqMap {
             return Some(self.snapshot.1);
         }
         let &(s, i) = self.runs.iter().rev().find(|(s, _)| *s <= seq)?;
-        Some(i + (seq - s))
+        i.checked_add(seq - s)
     }
 }
 
@@ -347,6 +347,48 @@ impl Sessions {
             }
         }
         Ok(added)
+    }
+
+    /// Looks up a few `s` in every session (fuzzing: arbitrary runs must
+    /// give an answer or none, never a panic).
+    #[doc(hidden)]
+    pub(crate) fn probe(&self) {
+        for session in lock(&self.sessions).values() {
+            for seq in [
+                0,
+                1,
+                session.seq / 2,
+                session.seq,
+                session.seq.saturating_add(1),
+            ] {
+                let _ = session.map.index_of(seq, session.seq);
+            }
+        }
+    }
+
+    /// One served session with a few runs (fuzzing seeds, tests).
+    #[doc(hidden)]
+    pub(crate) fn sample() -> Self {
+        let sessions = Self::default();
+        let mut map = SeqMap::new(4, 10);
+        for (seq, index) in [(5, 11), (6, 12), (7, 14), (8, 15)] {
+            map.record(seq, index);
+        }
+        sessions.insert(
+            "0123456789abcdef0123456789abcdef".to_owned(),
+            Session {
+                shard: 0,
+                seq: 8,
+                index: 15,
+                map,
+                attached: true,
+                detached_at: None,
+                kick: Arc::new(Notify::new()),
+                live: None,
+                ahead: None,
+            },
+        );
+        sessions
     }
 
     /// Removes the sessions whose ttl has passed; returns how many remain.

@@ -448,3 +448,80 @@ pub(crate) fn restore(
         age,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use state_cache::Flags;
+
+    use super::{Identity, Refused, restore};
+    use crate::token::Token;
+
+    /// Why the fuzz seed (written for token `fuzz`, 1 shard, intents 513,
+    /// default flags, as shard 0) is refused when read as `identity`'s
+    /// shard `shard` at `now`.
+    fn refusal(identity: &Identity, shard: u32, max_age: Duration, now: SystemTime) -> String {
+        let seed = crate::fuzzing::sample_shard();
+        match restore(&seed, identity, shard, Flags::default(), max_age, now) {
+            Ok(_) => "restored".to_owned(),
+            Err(refused) => refused.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_bot_shard_or_age_is_refused_saying_why() {
+        let now = super::wall_clock();
+        let hour = Duration::from_hours(1);
+        let ours = Identity::new(&Token::new("fuzz"), 1, 513, Flags::default());
+        assert_eq!(refusal(&ours, 0, hour, now), "restored");
+        let other = Identity::new(&Token::new("another"), 1, 513, Flags::default());
+        assert_eq!(
+            refusal(&other, 0, hour, now),
+            "the checkpoint is of another bot token"
+        );
+        let more = Identity::new(&Token::new("fuzz"), 2, 513, Flags::default());
+        assert_eq!(
+            refusal(&more, 0, hour, now),
+            "the checkpoint is of 1 shards, not 2"
+        );
+        let intents = Identity::new(&Token::new("fuzz"), 1, 1, Flags::default());
+        assert!(refusal(&intents, 0, hour, now).contains("intents 513, not 1"));
+        let flags = Identity::new(&Token::new("fuzz"), 1, 513, Flags::ALL);
+        assert!(refusal(&flags, 0, hour, now).contains("other cache settings"));
+        assert!(refusal(&ours, 1, hour, now).contains("it is shard 0's"));
+        let later = now + Duration::from_secs(200);
+        assert!(matches!(
+            restore(&crate::fuzzing::sample_shard(), &ours, 0, Flags::default(), Duration::from_mins(2), later),
+            Err(Refused::Stale(age)) if age >= Duration::from_secs(199)
+        ));
+        assert!(
+            refusal(&ours, 0, Duration::from_mins(2), later)
+                .contains("over checkpoint_max_age_secs")
+        );
+    }
+
+    #[test]
+    fn the_fuzz_seed_is_read_back_whole_and_every_cut_or_flip_is_refused_or_whole() {
+        let seed = crate::fuzzing::sample_shard();
+        assert_eq!(
+            crate::fuzzing::restore_shard(&seed),
+            Some(58),
+            "GUILD_CREATE and 57 more"
+        );
+        for n in 0..seed.len() {
+            assert_eq!(
+                crate::fuzzing::restore_shard(&seed[..n]),
+                None,
+                "cut at {n}"
+            );
+        }
+        for i in (0..seed.len()).step_by(7) {
+            let mut flipped = seed.clone();
+            flipped[i] ^= 0x20;
+            // No panic; a flip the layout cannot see (inside a payload) may
+            // restore.
+            let _ = crate::fuzzing::restore_shard(&flipped);
+        }
+    }
+}

@@ -114,3 +114,108 @@ pub use crate::store::{
 };
 pub use crate::token::Token;
 pub use state_cache::{Cache, Flags, Session};
+
+/// Checkpoints read back from arbitrary bytes, for the fuzz targets in
+/// `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio::time::Instant;
+
+    use crate::checkpoint::{self, Identity};
+    use crate::pipeline::{Pipeline, ShardEvent};
+    use crate::ring::{Found, Piece, ReplayBudget, Ring, RingLimits};
+    use crate::token::Token;
+    use state_cache::Flags;
+
+    /// The identity the fuzz targets' checkpoints are written for.
+    fn identity() -> Identity {
+        Identity::new(&Token::new("fuzz"), 1, 513, Flags::default())
+    }
+
+    /// A whole shard checkpoint of a few events, some of them packed: the
+    /// fuzz target's seed.
+    #[must_use]
+    pub fn sample_shard() -> Vec<u8> {
+        let mut pipeline = Pipeline::new(Flags::default());
+        let mut ring = Ring::new(limits());
+        ring.serve();
+        let now = Instant::now();
+        let ready = r#"{"t":"READY","s":1,"op":0,"d":{"v":10,"user":{"id":"10","username":"bot"},"guilds":[{"id":"20","unavailable":true}],"session_id":"s","resume_gateway_url":"ws://r","application":{"id":"10","flags":0}}}"#;
+        let mut payloads = vec![ready.to_owned()];
+        payloads.push(r#"{"t":"GUILD_CREATE","s":2,"op":0,"d":{"id":"20","name":"g","roles":[],"channels":[]}}"#.to_owned());
+        for s in 3..60 {
+            payloads.push(format!(
+                r#"{{"t":"TYPING_START","s":{s},"op":0,"d":{{"channel_id":"30","n":{s}}}}}"#
+            ));
+        }
+        for payload in payloads {
+            if let Some(event) = pipeline.handle(Bytes::from(payload)) {
+                if matches!(event, ShardEvent::Reset { .. }) {
+                    ring.push(&event, now);
+                    ring.serve();
+                } else {
+                    ring.push(&event, now);
+                }
+            }
+        }
+        ring.pack(now + Duration::from_secs(30));
+        let mut out = Vec::new();
+        pipeline.checkpoint(&mut out);
+        let taken = checkpoint::Taken {
+            shard: 0,
+            pipeline: out,
+            ring: ring.image(),
+            at: now,
+            held: Duration::ZERO,
+        };
+        taken.encode(&identity(), checkpoint::wall_clock())
+    }
+
+    fn limits() -> RingLimits {
+        RingLimits {
+            max_events: 1 << 20,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_hours(1),
+            raw_events: 4,
+            budget: ReplayBudget::new(usize::MAX),
+        }
+    }
+
+    /// Reads `bytes` as shard 0's checkpoint; if it is one, puts its ring
+    /// back and reads every event in it (small blocks unpacked). Returns
+    /// how many events that was, or `None` if the checkpoint was refused.
+    #[must_use]
+    pub fn restore_shard(bytes: &[u8]) -> Option<usize> {
+        let restored = checkpoint::restore(
+            bytes,
+            &identity(),
+            0,
+            Flags::default(),
+            Duration::MAX,
+            checkpoint::wall_clock(),
+        )
+        .ok()?;
+        let (head, index) = (restored.ring.head(), restored.pipeline.index());
+        assert_eq!(head, index, "a restored ring ends where its pipeline does");
+        let ring = Ring::restored(limits(), restored.ring, Instant::now());
+        let (floor, _) = ring.window();
+        let mut pieces = Vec::new();
+        let mut events = 0;
+        if ring.read(floor, usize::MAX, &mut pieces) == Found::Events {
+            for piece in pieces {
+                match piece {
+                    Piece::Raw(_) => events += 1,
+                    Piece::Packed(block) => {
+                        if block.payload_len() <= 1 << 20 {
+                            events += block.unpack().map_or(0, |d| d.len());
+                        }
+                    }
+                }
+            }
+        }
+        Some(events)
+    }
+}

@@ -214,7 +214,7 @@ impl Block {
     }
 
     /// The bytes of its payloads, unpacked.
-    fn payload_len(&self) -> usize {
+    pub(crate) fn payload_len(&self) -> usize {
         self.ends.last().map_or(0, |&end| end as usize)
     }
 
@@ -413,8 +413,7 @@ impl Ring {
     }
 
     /// Packs the oldest raw dispatches, if there are enough at `now`; for
-    /// callers that need not leave a lock to do it (tests).
-    #[cfg(test)]
+    /// callers that need not leave a lock to do it (tests, fuzzing seeds).
     pub(crate) fn pack(&mut self, now: Instant) {
         if let Some((dispatches, newest)) = self.start_packing(now) {
             self.replace(Block::pack(&dispatches, newest));
