@@ -167,6 +167,7 @@ async fn identifies_instead(test: &str, break_it: impl FnOnce(&Scratch, &mut Poo
     assert_eq!(pool.checkpoint().await.written, 1);
     pool.shutdown_resumable().await;
     drop(pool);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut config = with_store(&sim, &scratch);
     break_it(&scratch, &mut config);
     let again = Pool::start(config).await.unwrap();
@@ -185,7 +186,8 @@ async fn identifies_instead(test: &str, break_it: impl FnOnce(&Scratch, &mut Poo
 #[tokio::test]
 async fn a_stale_checkpoint_is_passed_over() {
     identifies_instead("stale", |_, config| {
-        config.checkpoint_max_age = Duration::from_millis(1);
+        // The checkpoint was written at least 300 ms ago (see below).
+        config.checkpoint_max_age = Duration::from_millis(100);
     })
     .await;
 }
