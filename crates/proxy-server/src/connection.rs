@@ -33,7 +33,6 @@ use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRe
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shard_pool::{Dispatch, Follower, Session as ReadySession, ShardEvent, ShardHandle};
-use sonic_rs::JsonValueTrait;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -545,7 +544,7 @@ impl Writer {
                 continue;
             }
             progress.index = dispatch.index();
-            if for_session(&self.ctx, &dispatch, &follow.session_id) {
+            if dispatch.audience().includes(&follow.session_id) {
                 progress.seq += 1;
                 let seq = progress.seq;
                 progress.map.record(seq, dispatch.index());
@@ -1086,7 +1085,7 @@ impl Driver {
         let replay = match (pool.shard(session.shard), resume.seq) {
             (Some(shard), Some(seq)) => {
                 let index = session.map.index_of(seq, session.seq).or_else(|| {
-                    let index = ahead(shard, &session, seq);
+                    let index = ahead(shard, &resume.session_id, &session, seq);
                     if let Some(index) = index {
                         tracing::info!(
                             shard = session.shard,
@@ -1202,12 +1201,13 @@ impl Driver {
                 )));
             }
         }
-        match (command.op, command.nonce, command.guild_id) {
-            (8, Some(nonce), _) => self.ctx.routes.nonce(nonce, &attached.id, now),
-            (4, _, Some(guild)) => self.ctx.routes.voice(guild, &attached.id, now),
+        // The answers are stamped for this session when they arrive.
+        match (command.op, command.nonce.as_deref(), command.guild_id) {
+            (8, Some(nonce), _) => shard.route_chunks(nonce, &attached.id),
+            (4, _, Some(guild)) => shard.route_voice(guild, &attached.id),
             _ => {}
         }
-        let Ok(json) = String::from_utf8(command.payload.to_vec()) else {
+        let Ok(json) = String::from_utf8(Vec::from(command.payload)) else {
             return Ok(());
         };
         if shard.send(json).is_err() {
@@ -1263,37 +1263,14 @@ fn fatal_reason(code: u16) -> &'static str {
     }
 }
 
-/// Whether a dispatch goes to session `id`: member chunks go to the session
-/// that sent their nonce, voice server updates to the session that last
-/// sent op 4 for the guild; the rest to every session.
-fn for_session(ctx: &Context, dispatch: &Dispatch, id: &str) -> bool {
-    let owner = match dispatch.event_type() {
-        Some("GUILD_MEMBERS_CHUNK") => {
-            d_str(dispatch, "nonce").and_then(|nonce| ctx.routes.nonce_owner(&nonce))
-        }
-        Some("VOICE_SERVER_UPDATE") => d_str(dispatch, "guild_id")
-            .and_then(|guild| guild.parse().ok())
-            .and_then(|guild| ctx.routes.voice_owner(guild)),
-        _ => return true,
-    };
-    owner.is_none_or(|owner| owner == id)
-}
-
-/// A string field of a dispatch's `d`.
-fn d_str(dispatch: &Dispatch, key: &str) -> Option<String> {
-    let d = dispatch.scan().d(dispatch.payload())?;
-    let value = sonic_rs::get(d, [key]).ok()?;
-    value.as_str().map(str::to_owned)
-}
-
 /// The shard index a restored session's client stands at with `seq`, when
 /// it was served as the checkpoint was written and so may have been sent
-/// more than the checkpoint says: the events after it, one `s` each, and
-/// RESUMED once the index reached the pending resume's end. `None` when
-/// that cannot be told for sure (a member chunk or voice server update on
-/// the way may have gone to another client), or `seq` is past what the
-/// shard holds: the client identifies again.
-fn ahead(shard: &ShardHandle, session: &Session, seq: u64) -> Option<u64> {
+/// more than the checkpoint says: the events after it that were for it,
+/// one `s` each (each dispatch carries its audience), and RESUMED once the
+/// index reached the pending resume's end. `None` when `seq` is past what
+/// the shard holds, or a reset lies on the way: the client identifies
+/// again.
+fn ahead(shard: &ShardHandle, session_id: &str, session: &Session, seq: u64) -> Option<u64> {
     let ahead = session.ahead?;
     let (mut events, _) = shard.subscribe_from(session.index)?;
     let (mut s, mut index) = (session.seq, session.index);
@@ -1321,14 +1298,10 @@ fn ahead(shard: &ShardHandle, session: &Session, seq: u64) -> Option<u64> {
         let ShardEvent::Dispatch(dispatch) = taken.pop()? else {
             return None;
         };
-        if matches!(
-            dispatch.event_type(),
-            Some("GUILD_MEMBERS_CHUNK" | "VOICE_SERVER_UPDATE")
-        ) {
-            return None;
-        }
         index = dispatch.index();
-        s += 1;
+        if dispatch.audience().includes(session_id) {
+            s += 1;
+        }
     }
 }
 
@@ -1362,7 +1335,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_ahead_of_its_checkpoint_is_placed_only_when_certain() {
+    async fn a_session_ahead_of_its_checkpoint_is_placed_by_what_was_for_it() {
         let mut config = SimConfig::default();
         config.identify_interval = Duration::from_millis(100);
         let sim = Sim::start(config).await.unwrap();
@@ -1395,9 +1368,9 @@ mod tests {
             live: None,
             ahead: Some(Ahead { resumed_at: None }),
         };
-        assert_eq!(ahead(shard, &session, 13), Some(start + 3));
-        assert_eq!(ahead(shard, &session, 15), Some(start + 5));
-        assert_eq!(ahead(shard, &session, 16), None, "past the head");
+        assert_eq!(ahead(shard, "me", &session, 13), Some(start + 3));
+        assert_eq!(ahead(shard, "me", &session, 15), Some(start + 5));
+        assert_eq!(ahead(shard, "me", &session, 16), None, "past the head");
         // Its RESUMED was due at start + 2: it took s 13.
         let resuming = Session {
             ahead: Some(Ahead {
@@ -1405,22 +1378,39 @@ mod tests {
             }),
             ..session.clone()
         };
-        assert_eq!(ahead(shard, &resuming, 12), Some(start + 2));
-        assert_eq!(ahead(shard, &resuming, 13), Some(start + 2));
-        assert_eq!(ahead(shard, &resuming, 14), Some(start + 3));
+        assert_eq!(ahead(shard, "me", &resuming, 12), Some(start + 2));
+        assert_eq!(ahead(shard, "me", &resuming, 13), Some(start + 2));
+        assert_eq!(ahead(shard, "me", &resuming, 14), Some(start + 3));
         // Not served then: nothing past what the checkpoint says.
         let detached = Session {
             ahead: None,
             ..session.clone()
         };
-        assert_eq!(ahead(shard, &detached, 12), None);
-        // A member chunk on the way may have gone to another client.
-        let chunk = r#"{"guild_id":"1","members":[],"chunk_index":0,"chunk_count":1,"nonce":"n"}"#;
-        sim.emit(0, "GUILD_MEMBERS_CHUNK", chunk).unwrap();
+        assert_eq!(ahead(shard, "me", &detached, 12), None);
+        // A member chunk another session asked for took no `s` of this
+        // one; one it asked for took one.
+        shard.route_chunks("theirs", "other");
+        shard.route_chunks("mine", "me");
+        for nonce in ["theirs", "mine"] {
+            let chunk = format!(
+                r#"{{"guild_id":"1","members":[],"chunk_index":0,"chunk_count":1,"nonce":"{nonce}"}}"#
+            );
+            sim.emit(0, "GUILD_MEMBERS_CHUNK", &chunk).unwrap();
+        }
         sim.emit(0, "TYPING_START", r#"{"channel_id":"1"}"#)
             .unwrap();
-        head(shard, start + 7).await;
-        assert_eq!(ahead(shard, &session, 15), Some(start + 5), "before it");
-        assert_eq!(ahead(shard, &session, 17), None, "across it");
+        head(shard, start + 8).await;
+        assert_eq!(ahead(shard, "me", &session, 15), Some(start + 5));
+        assert_eq!(
+            ahead(shard, "me", &session, 16),
+            Some(start + 7),
+            "its own chunk"
+        );
+        assert_eq!(ahead(shard, "me", &session, 17), Some(start + 8));
+        assert_eq!(
+            ahead(shard, "other", &session, 16),
+            Some(start + 6),
+            "the other's"
+        );
     }
 }

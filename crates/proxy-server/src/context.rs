@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shard_pool::Pool;
-use tokio::time::Instant;
 use wire_codec::Compression;
 
 use crate::config::ServerConfig;
@@ -30,44 +29,8 @@ pub(crate) const SHUTDOWN: (u16, &str) = (1001, "the proxy is shutting down");
 /// clients answer by resuming (against the next process).
 pub(crate) const RESTART: (u16, &str) = (4000, "the proxy is restarting; resume");
 
-/// How long a nonce or a voice request routes its answers.
-const ROUTE_TTL: Duration = Duration::from_mins(5);
-
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Which session asked for what, so that the answer goes to it alone.
-#[derive(Debug, Default)]
-pub(crate) struct Routes {
-    /// Op 8 nonces: the session that sent each.
-    nonces: Mutex<HashMap<String, (String, Instant)>>,
-    /// The session that last sent op 4 for each guild.
-    voice: Mutex<HashMap<u64, (String, Instant)>>,
-}
-
-impl Routes {
-    pub(crate) fn nonce(&self, nonce: String, session: &str, now: Instant) {
-        let mut nonces = lock(&self.nonces);
-        nonces.retain(|_, (_, at)| now.duration_since(*at) < ROUTE_TTL);
-        nonces.insert(nonce, (session.to_owned(), now));
-    }
-
-    pub(crate) fn voice(&self, guild: u64, session: &str, now: Instant) {
-        let mut voice = lock(&self.voice);
-        voice.retain(|_, (_, at)| now.duration_since(*at) < ROUTE_TTL);
-        voice.insert(guild, (session.to_owned(), now));
-    }
-
-    /// The session a member chunk with `nonce` is for, if one asked.
-    pub(crate) fn nonce_owner(&self, nonce: &str) -> Option<String> {
-        lock(&self.nonces).get(nonce).map(|(s, _)| s.clone())
-    }
-
-    /// The session a voice server update of `guild` is for, if one asked.
-    pub(crate) fn voice_owner(&self, guild: u64) -> Option<String> {
-        lock(&self.voice).get(&guild).map(|(s, _)| s.clone())
-    }
 }
 
 /// Counters for `/metrics`.
@@ -164,7 +127,6 @@ pub(crate) struct Context {
     pub(crate) sessions: Sessions,
     /// Where the sessions are kept for the next process, with checkpoints.
     pub(crate) kept: Kept,
-    pub(crate) routes: Routes,
     pub(crate) counters: Counters,
     pub(crate) zlib_streams: ZlibStreams,
     /// Connections open, in all and per address.
@@ -229,7 +191,6 @@ impl Context {
             pool,
             sessions: Sessions::default(),
             kept,
-            routes: Routes::default(),
             counters: Counters::default(),
             zlib_streams: ZlibStreams::default(),
             shutdown: tokio::sync::watch::Sender::new(None),

@@ -507,7 +507,7 @@ mod tests {
         assert_eq!(
             crate::fuzzing::restore_shard(&seed),
             Some(58),
-            "GUILD_CREATE and 57 more"
+            "GUILD_CREATE, a member chunk and 56 more"
         );
         for n in 0..seed.len() {
             assert_eq!(

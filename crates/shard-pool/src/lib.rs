@@ -103,7 +103,7 @@ pub use crate::checkpoint::{
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::follow::{Follower, Gone};
-pub use crate::pipeline::{Dispatch, Pipeline, ShardEvent, Upstream};
+pub use crate::pipeline::{Audience, Dispatch, MAX_NONCES, Pipeline, ShardEvent, Upstream};
 pub use crate::pool::{Checkpointed, Pool};
 pub use crate::queue::{PacedQueue, Queue};
 pub use crate::rest::GatewayInfo;
@@ -146,11 +146,14 @@ pub mod fuzzing {
         let ready = r#"{"t":"READY","s":1,"op":0,"d":{"v":10,"user":{"id":"10","username":"bot"},"guilds":[{"id":"20","unavailable":true}],"session_id":"s","resume_gateway_url":"ws://r","application":{"id":"10","flags":0}}}"#;
         let mut payloads = vec![ready.to_owned()];
         payloads.push(r#"{"t":"GUILD_CREATE","s":2,"op":0,"d":{"id":"20","name":"g","roles":[],"channels":[]}}"#.to_owned());
-        for s in 3..60 {
+        payloads.push(r#"{"t":"GUILD_MEMBERS_CHUNK","s":3,"op":0,"d":{"guild_id":"20","members":[],"nonce":"n","chunk_index":0,"chunk_count":1}}"#.to_owned());
+        for s in 4..60 {
             payloads.push(format!(
                 r#"{{"t":"TYPING_START","s":{s},"op":0,"d":{{"channel_id":"30","n":{s}}}}}"#
             ));
         }
+        pipeline.route_chunks("n", "fuzz-session");
+        pipeline.route_voice(20, "fuzz-session");
         for payload in payloads {
             if let Some(event) = pipeline.handle(Bytes::from(payload)) {
                 if matches!(event, ShardEvent::Reset { .. }) {

@@ -4,7 +4,7 @@
 //! publishes what it returns under the same lock, so a snapshot taken under
 //! it is exactly the state before the next event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -61,11 +61,62 @@ impl ShardEvent {
 #[derive(Clone, Debug)]
 pub struct Dispatch(Arc<Inner>);
 
+/// Who receives a dispatch: decided once, when it arrives, and obeyed by
+/// every path that hands it on (live, a resume's replay, a process that
+/// restarted from a checkpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Audience {
+    /// Every client of the shard.
+    #[default]
+    Everyone,
+    /// The client session with this id alone: the member chunks it asked
+    /// for, the voice server of the guild whose voice it owns.
+    Session(Arc<str>),
+    /// No client: a voice server update no session asked for.
+    Nobody,
+}
+
+impl Audience {
+    /// Whether client session `id` receives it.
+    #[must_use]
+    pub fn includes(&self, id: &str) -> bool {
+        match self {
+            Self::Everyone => true,
+            Self::Session(session) => **session == *id,
+            Self::Nobody => false,
+        }
+    }
+
+    /// Appends it for a checkpoint.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Everyone => out.push(0),
+            Self::Session(id) => {
+                out.push(1);
+                put_str(out, id);
+            }
+            Self::Nobody => out.push(2),
+        }
+    }
+
+    /// Reads what [`Audience::write`] wrote.
+    pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, crate::Error> {
+        match reader.u8()? {
+            0 => Ok(Self::Everyone),
+            1 => Ok(Self::Session(reader.str()?.into())),
+            2 => Ok(Self::Nobody),
+            other => Err(crate::Error::checkpoint(format!("audience {other}"))),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     index: u64,
     payload: Bytes,
     scan: Scan,
+    audience: Audience,
     /// [`Dispatch::parts`] compressed once, for every zlib client.
     deflated: OnceLock<Option<SharedBody>>,
 }
@@ -75,18 +126,31 @@ impl Dispatch {
     /// is not a gateway payload with `s`.
     #[must_use]
     pub fn new(index: u64, payload: Bytes) -> Option<Self> {
-        let scan = seqpatch::scan(&payload).ok()?;
-        Self::scanned(index, payload, scan)
+        Self::stamped(index, payload, Audience::Everyone)
     }
 
-    fn scanned(index: u64, payload: Bytes, scan: Scan) -> Option<Self> {
+    /// A dispatch for `audience` (read back from a packed block or a
+    /// checkpoint); `None` as [`Dispatch::new`].
+    pub(crate) fn stamped(index: u64, payload: Bytes, audience: Audience) -> Option<Self> {
+        let scan = seqpatch::scan(&payload).ok()?;
+        Self::scanned(index, payload, scan, audience)
+    }
+
+    fn scanned(index: u64, payload: Bytes, scan: Scan, audience: Audience) -> Option<Self> {
         scan.seq_range()?;
         Some(Self(Arc::new(Inner {
             index,
             payload,
             scan,
+            audience,
             deflated: OnceLock::new(),
         })))
+    }
+
+    /// Who receives it.
+    #[must_use]
+    pub fn audience(&self) -> &Audience {
+        &self.0.audience
     }
 
     /// The shard's event index.
@@ -170,6 +234,93 @@ impl Dispatch {
     }
 }
 
+/// How many member chunk nonces a shard remembers: the answers come within
+/// seconds of the request, so only a flood of requests pushes out one
+/// still waiting (its chunks then go to every client, as unrouted ones).
+pub const MAX_NONCES: usize = 1024;
+
+/// The sessions the answers of their own requests go to.
+#[derive(Debug, Default)]
+struct Routes {
+    /// Member chunk nonces and who asked, oldest first.
+    nonces: VecDeque<(Box<str>, Arc<str>)>,
+    /// Each guild's voice session: the session that last sent op 4 for it.
+    voice: HashMap<u64, Arc<str>>,
+}
+
+impl Routes {
+    fn chunks(&mut self, nonce: &str, session: &str) {
+        self.nonces.retain(|(n, _)| **n != *nonce);
+        if self.nonces.len() >= MAX_NONCES {
+            self.nonces.pop_front();
+        }
+        self.nonces.push_back((nonce.into(), session.into()));
+    }
+
+    /// Who a dispatch named `t` with body `d` is for; the last chunk of a
+    /// request lets its route go.
+    fn audience(&mut self, t: &str, d: Option<&[u8]>) -> Audience {
+        let field = |key: &str| {
+            let value = sonic_rs::get(d?, [key]).ok()?;
+            sonic_rs::JsonValueTrait::as_str(&value).map(str::to_owned)
+        };
+        match t {
+            "GUILD_MEMBERS_CHUNK" => {
+                let Some(nonce) = field("nonce") else {
+                    return Audience::Everyone;
+                };
+                let Some(at) = self.nonces.iter().position(|(n, _)| **n == *nonce) else {
+                    return Audience::Everyone;
+                };
+                let number = |key: &str| {
+                    let value = sonic_rs::get(d?, [key]).ok()?;
+                    sonic_rs::JsonValueTrait::as_u64(&value)
+                };
+                let session = self.nonces[at].1.clone();
+                if let (Some(index), Some(count)) = (number("chunk_index"), number("chunk_count"))
+                    && index + 1 >= count
+                {
+                    self.nonces.remove(at);
+                }
+                Audience::Session(session)
+            }
+            "VOICE_SERVER_UPDATE" => field("guild_id")
+                .and_then(|guild| guild.parse::<u64>().ok())
+                .and_then(|guild| self.voice.get(&guild))
+                .map_or(Audience::Everyone, |session| {
+                    Audience::Session(session.clone())
+                }),
+            _ => Audience::Everyone,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&u32::try_from(self.nonces.len()).unwrap_or(0).to_le_bytes());
+        for (nonce, session) in &self.nonces {
+            put_str(out, nonce);
+            put_str(out, session);
+        }
+        out.extend_from_slice(&u32::try_from(self.voice.len()).unwrap_or(0).to_le_bytes());
+        for (guild, session) in &self.voice {
+            out.extend_from_slice(&guild.to_le_bytes());
+            put_str(out, session);
+        }
+    }
+
+    fn read(reader: &mut Reader<'_>) -> Result<Self, crate::Error> {
+        let mut routes = Self::default();
+        for _ in 0..reader.count(4)?.min(MAX_NONCES) {
+            let nonce = reader.str()?.into();
+            routes.nonces.push_back((nonce, reader.str()?.into()));
+        }
+        for _ in 0..reader.count(10)? {
+            let guild = reader.u64()?;
+            routes.voice.insert(guild, reader.str()?.into());
+        }
+        Ok(routes)
+    }
+}
+
 /// The payload rewritten in Discord's envelope, or `None` when it already
 /// is (Discord always sends that).
 fn canonical(payload: &Bytes, scan: &Scan) -> Option<Bytes> {
@@ -211,6 +362,8 @@ pub struct Pipeline {
     last_seq: Option<u64>,
     /// The upstream session READY began, to RESUME after a restart.
     upstream: Option<Upstream>,
+    /// Who asked for the answers that go to one session alone.
+    routes: Routes,
     /// Dispatches received, by name.
     pub(crate) events: BTreeMap<Box<str>, u64>,
     /// Dispatches received again after a resume (and dropped).
@@ -222,7 +375,7 @@ pub struct Pipeline {
 }
 
 /// The layout of [`Pipeline::checkpoint`].
-const PIPELINE_VERSION: u8 = 2;
+const PIPELINE_VERSION: u8 = 3;
 
 /// An upstream session, as READY named it: what a RESUME needs besides the
 /// last `s`.
@@ -258,6 +411,7 @@ impl Pipeline {
             index: 0,
             last_seq: None,
             upstream: None,
+            routes: Routes::default(),
             events: BTreeMap::new(),
             duplicates: 0,
             malformed: 0,
@@ -317,9 +471,10 @@ impl Pipeline {
             self.apply(t, &scan, &payload);
         }
         let index = self.index + 1;
+        let audience = self.routes.audience(t, scan.d(&payload));
         let dispatch = match canonical(&payload, &scan) {
-            None => Dispatch::scanned(index, payload, scan),
-            Some(rewritten) => Dispatch::new(index, rewritten),
+            None => Dispatch::scanned(index, payload, scan, audience),
+            Some(rewritten) => Dispatch::stamped(index, rewritten, audience),
         };
         let Some(dispatch) = dispatch else {
             // A dispatch without `s`, which Discord never sends.
@@ -354,6 +509,7 @@ impl Pipeline {
             }
             None => out.push(0),
         }
+        self.routes.write(out);
         self.cache.checkpoint(out);
     }
 
@@ -381,6 +537,7 @@ impl Pipeline {
                 resume_url: reader.str()?.to_owned(),
             })
         })?;
+        let routes = Routes::read(&mut reader)?;
         let cache = Cache::restore(flags, reader.rest())
             .map_err(|error| crate::Error::checkpoint(error.to_string()))?;
         Ok(Self {
@@ -388,8 +545,22 @@ impl Pipeline {
             index,
             last_seq,
             upstream,
+            routes,
             ..Self::new(flags)
         })
+    }
+
+    /// Stamps the member chunks answering `nonce` for client session
+    /// `session` alone (the most recent [`MAX_NONCES`] nonces are kept; a
+    /// chunk whose nonce is not among them goes to every client).
+    pub fn route_chunks(&mut self, nonce: &str, session: &str) {
+        self.routes.chunks(nonce, session);
+    }
+
+    /// Stamps the voice server updates of `guild` for client session
+    /// `session` alone, from now on (the session that sent op 4 for it).
+    pub fn route_voice(&mut self, guild: u64, session: &str) {
+        self.routes.voice.insert(guild, session.into());
     }
 
     /// The upstream session and the last `s` of it handed on: what a
@@ -507,6 +678,70 @@ mod tests {
         let mut version = checkpoint.clone();
         version[0] = 9;
         refused(&version, Flags::default());
+    }
+
+    #[test]
+    fn answers_are_stamped_for_who_asked_when_they_arrive_and_routes_survive_a_checkpoint() {
+        let audience = |core: &mut Pipeline, t: &str, s: u64, d: &str| match handle(
+            core,
+            &dispatch(t, s, d),
+        ) {
+            Some(ShardEvent::Dispatch(d)) => d.audience().clone(),
+            other => panic!("{other:?}"),
+        };
+        let chunk = |nonce: &str, index: u64, count: u64| {
+            format!(
+                r#"{{"guild_id":"20","members":[],"nonce":"{nonce}","chunk_index":{index},"chunk_count":{count}}}"#
+            )
+        };
+        let mut core = Pipeline::new(Flags::default());
+        handle(&mut core, READY);
+        core.route_chunks("n", "a");
+        core.route_voice(20, "b");
+        let a = Audience::Session("a".into());
+        let b = Audience::Session("b".into());
+        assert_eq!(
+            audience(&mut core, "GUILD_MEMBERS_CHUNK", 2, &chunk("n", 0, 2)),
+            a
+        );
+        assert_eq!(
+            audience(&mut core, "GUILD_MEMBERS_CHUNK", 3, &chunk("n", 1, 2)),
+            a,
+            "the last"
+        );
+        assert_eq!(
+            audience(&mut core, "GUILD_MEMBERS_CHUNK", 4, &chunk("n", 0, 1)),
+            Audience::Everyone,
+            "its route went with the last chunk"
+        );
+        assert_eq!(
+            audience(&mut core, "GUILD_MEMBERS_CHUNK", 5, &chunk("unknown", 0, 1)),
+            Audience::Everyone
+        );
+        let server = |guild: u64| format!(r#"{{"token":"t","guild_id":"{guild}","endpoint":"e"}}"#);
+        assert_eq!(
+            audience(&mut core, "VOICE_SERVER_UPDATE", 6, &server(20)),
+            b
+        );
+        assert_eq!(
+            audience(&mut core, "VOICE_SERVER_UPDATE", 7, &server(21)),
+            Audience::Everyone
+        );
+        assert!(b.includes("b") && !b.includes("a") && Audience::Everyone.includes("a"));
+        assert!(!Audience::Nobody.includes("a"));
+
+        core.route_chunks("m", "a");
+        let mut checkpoint = Vec::new();
+        core.checkpoint(&mut checkpoint);
+        let mut restored = Pipeline::restore(Flags::default(), &checkpoint).unwrap();
+        assert_eq!(
+            audience(&mut restored, "VOICE_SERVER_UPDATE", 8, &server(20)),
+            b
+        );
+        assert_eq!(
+            audience(&mut restored, "GUILD_MEMBERS_CHUNK", 9, &chunk("m", 0, 1)),
+            a
+        );
     }
 
     /// Hands `payload` on and checks that it was a dispatch.

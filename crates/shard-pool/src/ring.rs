@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::checkpoint::{Reader, put_bytes};
 use crate::error::Error;
-use crate::pipeline::{Dispatch, ShardEvent};
+use crate::pipeline::{Audience, Dispatch, ShardEvent};
 
 /// What a shard's ring holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,6 +72,9 @@ const RAW_OVERHEAD: usize = 128;
 /// What one block costs the budget beyond its compressed bytes: the block
 /// itself and the end offset of each dispatch.
 const BLOCK_OVERHEAD: usize = 96 + 4 * BLOCK_EVENTS;
+
+/// What one dispatch's audience costs a block (its place and a shared id).
+const STAMP_OVERHEAD: usize = 24;
 
 /// The byte budget every ring of a process shares.
 #[derive(Debug)]
@@ -148,6 +151,9 @@ pub(crate) struct Block {
     data: Bytes,
     /// Where each payload ends in the unpacked bytes.
     ends: Arc<[u32]>,
+    /// The dispatches not for every client: their place in the block and
+    /// their audience (rare: member chunks and voice servers).
+    stamps: Arc<[(u32, Audience)]>,
     /// When its newest dispatch came.
     newest: Instant,
     /// Its dispatches while a reader holds them unpacked: readers behind
@@ -164,9 +170,13 @@ impl Block {
         let first = dispatches.first()?.index();
         let mut raw = Vec::with_capacity(dispatches.iter().map(|d| d.payload().len()).sum());
         let mut ends = Vec::with_capacity(dispatches.len());
-        for dispatch in dispatches {
+        let mut stamps = Vec::new();
+        for (at, dispatch) in (0..).zip(dispatches) {
             raw.extend_from_slice(dispatch.payload());
             ends.push(u32::try_from(raw.len()).ok()?);
+            if *dispatch.audience() != Audience::Everyone {
+                stamps.push((at, dispatch.audience().clone()));
+            }
         }
         // Into a buffer of the worst case, then copied to one of the exact
         // size: the budget counts what is held.
@@ -176,6 +186,7 @@ impl Block {
             first,
             data: Bytes::copy_from_slice(&packed),
             ends: ends.into(),
+            stamps: stamps.into(),
             newest,
             unpacked: Arc::default(),
         })
@@ -198,11 +209,17 @@ impl Block {
         let raw = Bytes::from(with_decompressor(|d| d.decompress(&self.data, len)).ok()?);
         let mut start = 0;
         let mut out = Vec::with_capacity(self.ends.len());
-        for (index, &end) in (self.first..).zip(self.ends.iter()) {
+        let mut stamps = self.stamps.iter().peekable();
+        for ((at, index), &end) in (0..).zip(self.first..).zip(self.ends.iter()) {
             let end = usize::try_from(end).ok()?;
-            out.push(Dispatch::new(
+            let audience = match stamps.next_if(|(place, _)| *place == at) {
+                Some((_, audience)) => audience.clone(),
+                None => Audience::Everyone,
+            };
+            out.push(Dispatch::stamped(
                 index,
                 raw.get(start..end).map(|_| raw.slice(start..end))?,
+                audience,
             )?);
             start = end;
         }
@@ -219,7 +236,7 @@ impl Block {
     }
 
     fn cost(&self) -> usize {
-        self.data.len() + BLOCK_OVERHEAD
+        self.data.len() + BLOCK_OVERHEAD + STAMP_OVERHEAD * self.stamps.len()
     }
 
     /// The index of its last dispatch.
@@ -611,11 +628,17 @@ impl RingImage {
             for end in block.ends.iter() {
                 out.extend_from_slice(&end.to_le_bytes());
             }
+            out.extend_from_slice(&count(block.stamps.len()).to_le_bytes());
+            for (at, audience) in block.stamps.iter() {
+                out.extend_from_slice(&at.to_le_bytes());
+                audience.write(out);
+            }
             put_bytes(out, &block.data);
         }
         out.extend_from_slice(&count(self.raw.len()).to_le_bytes());
         for (dispatch, then) in &self.raw {
             out.extend_from_slice(&age(*then).to_le_bytes());
+            dispatch.audience().write(out);
             put_bytes(out, dispatch.payload());
         }
     }
@@ -661,22 +684,35 @@ impl RingImage {
                 ends.push(end);
                 last = end;
             }
+            let stamp_count = reader.count(5)?;
+            let mut stamps = Vec::with_capacity(stamp_count.min(len));
+            let mut next_place = 0;
+            for _ in 0..stamp_count {
+                let at = reader.u32()?;
+                if at < next_place || at as usize >= len {
+                    return Err(Error::checkpoint("a ring block's audiences"));
+                }
+                next_place = at + 1;
+                stamps.push((at, Audience::read(reader)?));
+            }
             let data = Bytes::copy_from_slice(reader.bytes()?);
             next = next.saturating_add(len as u64);
             blocks.push(Block {
                 first,
                 data,
                 ends: ends.into(),
+                stamps: stamps.into(),
                 newest,
                 unpacked: Arc::default(),
             });
         }
-        let raw_count = reader.count(12)?;
+        let raw_count = reader.count(13)?;
         let mut raw = Vec::with_capacity(raw_count);
         for _ in 0..raw_count {
             let then = at(reader.u64()?);
+            let audience = Audience::read(reader)?;
             let payload = Bytes::copy_from_slice(reader.bytes()?);
-            let dispatch = Dispatch::new(next, payload)
+            let dispatch = Dispatch::stamped(next, payload, audience)
                 .ok_or_else(|| Error::checkpoint(format!("ring dispatch {next} is not one")))?;
             raw.push((dispatch, then));
             next = next.saturating_add(1);
@@ -925,6 +961,49 @@ mod tests {
                 assert_eq!(d.scan().seq(), Some(d.index()));
             }
         }
+    }
+
+    #[test]
+    fn audiences_survive_packing_and_a_checkpoint() {
+        let mut limits = RingLimits::alone(usize::MAX, usize::MAX);
+        limits.raw_events = 2;
+        let mut ring = served(limits.clone());
+        let now = Instant::now();
+        let stamp = |i: u64| match i % 7 {
+            0 => Audience::Session(format!("s{i}").into()),
+            3 => Audience::Nobody,
+            _ => Audience::Everyone,
+        };
+        let total = BLOCK_EVENTS as u64 + 10;
+        for i in 1..=total {
+            let payload = Bytes::from(format!(r#"{{"t":"X","s":{i},"op":0,"d":{{}}}}"#));
+            let d = Dispatch::stamped(i, payload, stamp(i)).unwrap();
+            ring.push(&ShardEvent::Dispatch(d), now);
+        }
+        ring.pack(now + RAW_AGE);
+        assert_eq!(ring.blocks.len(), 1);
+        let check = |ring: &Ring| {
+            let mut pieces = Vec::new();
+            assert_eq!(ring.read(0, usize::MAX, &mut pieces), Found::Events);
+            let mut seen = 0;
+            for piece in pieces {
+                let dispatches = match piece {
+                    Piece::Raw(d) => vec![d],
+                    Piece::Packed(block) => block.unpack().unwrap().to_vec(),
+                };
+                for d in dispatches {
+                    assert_eq!(*d.audience(), stamp(d.index()), "{}", d.index());
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, total);
+        };
+        check(&ring);
+        let mut bytes = Vec::new();
+        ring.image().write(now, &mut bytes);
+        let mut reader = Reader::new(&bytes, "the ring");
+        let image = RingImage::read(&mut reader, Duration::ZERO).unwrap();
+        check(&Ring::restored(limits, image, now));
     }
 
     #[test]

@@ -426,6 +426,18 @@ impl ShardHandle {
             .close(twilight_gateway::CloseFrame::RESUME);
     }
 
+    /// Stamps the member chunks answering `nonce` for client session
+    /// `session` alone; see [`Pipeline::route_chunks`].
+    pub fn route_chunks(&self, nonce: &str, session: &str) {
+        lock(&self.shared.core).route_chunks(nonce, session);
+    }
+
+    /// Stamps the voice server updates of `guild` for client session
+    /// `session` alone, from now on; see [`Pipeline::route_voice`].
+    pub fn route_voice(&self, guild: u64, session: &str) {
+        lock(&self.shared.core).route_voice(guild, session);
+    }
+
     /// Stops taking upstream payloads in: from now on they are dropped
     /// (Discord sends them again to whoever RESUMEs from the last `s`
     /// taken), so the state stays where a checkpoint will find it. For

@@ -428,3 +428,62 @@ async fn zlib_clients_read_what_a_plain_client_reads_shared_bodies_or_not() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_voice_server_replayed_on_resume_goes_where_it_went_live() {
+    let setup = Setup::new(|c| c.events_per_sec = 0, |_, _| {}).await;
+    let (mut asker, ready, creates) = setup.identified(0, 1).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let (mut other, other_ready, _) = setup.identified(0, 1).await;
+    let other_session = other_ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let guild = creates[0]["d"]["id"].as_str().unwrap().to_owned();
+    let voice = creates[0]["d"]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == 2)
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let join = |channel: &str| {
+        format!(
+            r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":"{channel}","self_mute":false,"self_deaf":false}}}}"#
+        )
+    };
+    let before = 1 + creates.len() as u64;
+    asker.send(&join(&voice)).await.unwrap();
+    let server = asker.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
+    let token = server["d"]["token"].clone();
+    // The other client's voice state arrives; then it sends op 4 for the
+    // guild, which routes later voice servers to it.
+    other.dispatch("VOICE_STATE_UPDATE").await.unwrap();
+    other.send(&join(&voice)).await.unwrap();
+    other.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
+    // Both drop and resume from before the first join: the first voice
+    // server is replayed to the asker alone, as it was delivered live.
+    drop((asker, other));
+    let replayed = |session: String| {
+        let setup = &setup;
+        async move {
+            let mut client = setup.client("v=10&encoding=json").await;
+            client
+                .resume(setup.sim.token(), &session, before)
+                .await
+                .unwrap();
+            let mut servers = Vec::new();
+            loop {
+                let payload = client.payload().await.unwrap();
+                if payload["t"] == "VOICE_SERVER_UPDATE" {
+                    servers.push(payload["d"]["token"].clone());
+                }
+                if payload["t"] == "RESUMED" {
+                    return servers;
+                }
+            }
+        }
+    };
+    let asker_servers = replayed(session).await;
+    let other_servers = replayed(other_session).await;
+    assert_eq!(asker_servers, vec![token.clone()], "its own, once");
+    assert_eq!(other_servers.len(), 1, "its own: {other_servers:?}");
+    assert_ne!(other_servers[0], token, "not the asker's");
+}
