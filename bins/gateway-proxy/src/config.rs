@@ -178,6 +178,26 @@ pub struct Config {
     /// one is passed over and the shard identifies.
     #[serde(default = "default_checkpoint_max_age_secs")]
     pub checkpoint_max_age_secs: u64,
+    /// How voice is handled.
+    #[serde(default)]
+    pub voice: VoiceConfig,
+}
+
+/// The `voice` key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceConfig {
+    /// Whether the bot leaves a guild's voice channel when the client
+    /// session that owns it ends for good.
+    pub leave_on_owner_loss: bool,
+}
+
+impl Default for VoiceConfig {
+    fn default() -> Self {
+        Self {
+            leave_on_owner_loss: true,
+        }
+    }
 }
 
 /// The `client_compression` key.
@@ -462,6 +482,7 @@ impl fmt::Debug for Config {
             .field("state_dir", &self.state_dir)
             .field("checkpoint_interval_secs", &self.checkpoint_interval_secs)
             .field("checkpoint_max_age_secs", &self.checkpoint_max_age_secs)
+            .field("voice", &self.voice)
             .finish()
     }
 }
@@ -767,6 +788,7 @@ impl Config {
         server.limits = self.limits.into();
         server.client_compression = self.client_compression.into();
         server.checkpoint_interval = Duration::from_secs(self.checkpoint_interval_secs);
+        server.voice_leave_on_owner_loss = self.voice.leave_on_owner_loss;
         server
     }
 }

@@ -35,6 +35,10 @@ use crate::config::EXIT_CONFIG;
 /// the shard count) before a restart can help.
 pub const EXIT_REFUSED: i32 = 78;
 
+/// The intent without which voice cannot work: Discord sends the bot's
+/// own voice state (and its voice session id) only with it.
+const GUILD_VOICE_STATES: u64 = 1 << 7;
+
 /// The command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -262,6 +266,13 @@ pub async fn start_until(
         config.state_dir = Some(dir.display().to_string());
     }
     init_logging(&config.log_level);
+    if config.intents & GUILD_VOICE_STATES == 0 {
+        tracing::warn!(
+            intents = config.intents,
+            "intents lack GUILD_VOICE_STATES (128): Discord sends no voice state to the proxy, \
+             so no client can connect to voice through it; add 128 to intents if a bot plays audio"
+        );
+    }
     let mut pool_config = config.pool_config();
     if let Some(sim) = &sim {
         pool_config.identify_window = sim.config().identify_interval;

@@ -380,6 +380,17 @@ fn checkpoint_keys_are_mapped_and_checked() {
     assert_eq!(defaults.state_dir, None, "off unless asked for");
     assert_eq!(defaults.checkpoint_interval_secs, 30);
     assert_eq!(defaults.checkpoint_max_age_secs, 120);
+    assert!(
+        defaults.server_config().voice_leave_on_owner_loss,
+        "voice leaves by default"
+    );
+    let no_leave = load_json(
+        "voice",
+        r#"{"token": "t", "intents": 1, "voice": {"leave_on_owner_loss": false}}"#,
+        &[],
+    )
+    .unwrap();
+    assert!(!no_leave.server_config().voice_leave_on_owner_loss);
     for (json, expected) in [
         (
             r#""checkpoint_max_age_secs": 0"#,

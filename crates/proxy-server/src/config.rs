@@ -34,6 +34,11 @@ pub struct ServerConfig {
     /// checkpoints (`shard_pool::PoolConfig::store`): after a crash the
     /// next process resumes from the last one. Zero: only at shutdown.
     pub checkpoint_interval: Duration,
+    /// Whether the bot leaves a guild's voice channel when the client
+    /// session that owns the guild's voice ends for good (closed with 1000
+    /// or 1001, its ttl passed, or its upstream session replaced), so that
+    /// it does not stay in the channel with nobody driving it.
+    pub voice_leave_on_owner_loss: bool,
 }
 
 /// How the proxy compresses what it sends to clients that ask for
@@ -149,6 +154,7 @@ impl ServerConfig {
             limits: Limits::default(),
             client_compression: ClientCompression::default(),
             checkpoint_interval: Duration::from_secs(30),
+            voice_leave_on_owner_loss: true,
         }
     }
 }

@@ -32,7 +32,9 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use shard_pool::{Dispatch, Follower, Session as ReadySession, ShardEvent, ShardHandle};
+use shard_pool::{
+    Dispatch, Follower, Session as ReadySession, ShardEvent, ShardHandle, VoiceCommand,
+};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -875,9 +877,7 @@ impl Driver {
             self.ctx.counters.client(attached.shard.id(), -1);
             let resumable = matches!(end, End::Resumable);
             let (id, session) = attached.saved();
-            self.ctx
-                .sessions
-                .detach(&id, session, resumable, Instant::now());
+            self.ctx.detach(&id, session, resumable, Instant::now());
         }
     }
 
@@ -1077,9 +1077,7 @@ impl Driver {
         }
         let now = Instant::now();
         if let Some(code) = pool.shard(session.shard).and_then(ShardHandle::fatal_close) {
-            self.ctx
-                .sessions
-                .detach(&resume.session_id, session, false, now);
+            self.ctx.detach(&resume.session_id, session, false, now);
             return Err(self.fatal(code));
         }
         let replay = match (pool.shard(session.shard), resume.seq) {
@@ -1105,9 +1103,7 @@ impl Driver {
         };
         let Some((shard, seq, index, events, head)) = replay else {
             // Past the ring, the ttl or what was sent: a new session.
-            self.ctx
-                .sessions
-                .detach(&resume.session_id, session, false, now);
+            self.ctx.detach(&resume.session_id, session, false, now);
             self.protocol.unauthenticated(now);
             return self.send(Bytes::from_static(INVALID_SESSION)).await;
         };
@@ -1204,7 +1200,25 @@ impl Driver {
         // The answers are stamped for this session when they arrive.
         match (command.op, command.nonce.as_deref(), command.guild_id) {
             (8, Some(nonce), _) => shard.route_chunks(nonce, &attached.id),
-            (4, _, Some(guild)) => shard.route_voice(guild, &attached.id),
+            (4, _, Some(guild)) => {
+                let joining = sonic_rs::get(&command.payload, ["d", "channel_id"])
+                    .is_ok_and(|channel| !sonic_rs::JsonValueTrait::is_null(&channel));
+                if let VoiceCommand::Refused { owner } =
+                    shard.voice_command(guild, &attached.id, joining)
+                {
+                    self.ctx
+                        .counters
+                        .voice_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        shard = target,
+                        guild,
+                        %owner,
+                        "op 4 not sent: another client session owns the guild's voice"
+                    );
+                    return Ok(());
+                }
+            }
             _ => {}
         }
         let Ok(json) = String::from_utf8(Vec::from(command.payload)) else {
@@ -1225,9 +1239,7 @@ impl Driver {
                 if let Some(attached) = self.attached.take() {
                     self.ctx.counters.client(attached.shard.id(), -1);
                     let (id, session) = attached.saved();
-                    self.ctx
-                        .sessions
-                        .detach(&id, session, false, Instant::now());
+                    self.ctx.detach(&id, session, false, Instant::now());
                 }
                 self.protocol.unauthenticated(Instant::now());
                 self.send(Bytes::from_static(INVALID_SESSION)).await

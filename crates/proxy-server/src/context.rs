@@ -16,7 +16,8 @@ use crate::keep::Kept;
 use crate::limits::{Admission, Budgets};
 use crate::prelude::Prelude;
 use crate::protocol::{Protocol, ProtocolLimits};
-use crate::session::Sessions;
+use crate::session::{Session, Sessions};
+use tokio::time::Instant;
 
 /// The answer to a heartbeat.
 pub(crate) const HEARTBEAT_ACK: &[u8] = br#"{"t":null,"s":null,"op":11,"d":null}"#;
@@ -46,6 +47,8 @@ pub(crate) struct Counters {
     /// Clients closed for sending more than their share of a shard's
     /// command budget (4008).
     pub(crate) over_budget: AtomicU64,
+    /// Op 4s not sent: another session owned the guild's voice.
+    pub(crate) voice_refused: AtomicU64,
     /// Connections closed without IDENTIFY or RESUME in time.
     pub(crate) identify_timeouts: AtomicU64,
     /// Bytes written to clients, by compression (none, zlib-stream,
@@ -199,6 +202,33 @@ impl Context {
             next_session: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
             session_salt: RandomState::new().hash_one(0x5e55_1045u64),
+        }
+    }
+
+    /// Saves what a connection sent in session `id` and lets it go:
+    /// resumable until the ttl, or ended (see [`Context::session_ended`]).
+    pub(crate) fn detach(&self, id: &str, session: Session, resumable: bool, now: Instant) {
+        self.sessions.detach(id, session, resumable, now);
+        if !resumable {
+            self.session_ended(id);
+        }
+    }
+
+    /// Session `id` is over for good (closed with 1000 or 1001, its ttl
+    /// passed, its upstream session replaced): the voice it owned is left
+    /// (`voice_leave_on_owner_loss`) or freed.
+    pub(crate) fn session_ended(&self, id: &str) {
+        let leave = self.config.voice_leave_on_owner_loss;
+        for shard in self.pool.shards() {
+            let guilds = shard.voice_session_ended(id, leave);
+            if !guilds.is_empty() {
+                tracing::info!(
+                    shard = shard.id(),
+                    ?guilds,
+                    leave,
+                    "the session that owned their voice ended"
+                );
+            }
         }
     }
 

@@ -169,6 +169,10 @@ pub(crate) fn describe() {
         "gateway_shards_started",
         "Shards by how their upstream session began in this process: resumed from a checkpoint, or identified."
     );
+    describe_counter!(
+        "gateway_voice_commands_refused_total",
+        "Op 4s (voice state updates) not sent: another client session owns the guild's voice."
+    );
     describe_gauge!(
         "gateway_identifies_remaining",
         "Identifies Discord allows before its daily reset, as this process counts them."
@@ -234,6 +238,8 @@ pub(crate) fn record(ctx: &Context) {
         counter!("gateway_connections_refused_total", "limit" => *limit)
             .absolute(counters.refused[slot].load(Ordering::Relaxed));
     }
+    counter!("gateway_voice_commands_refused_total")
+        .absolute(counters.voice_refused.load(Ordering::Relaxed));
     for (reason, count) in [
         ("invalid_command", &counters.invalid_commands),
         ("over_command_budget", &counters.over_budget),

@@ -230,7 +230,9 @@ async fn upkeep(ctx: Arc<Context>, recorder: PrometheusRecorder) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        ctx.sessions.sweep(ctx.config.session_ttl, Instant::now());
+        for id in ctx.sessions.sweep(ctx.config.session_ttl, Instant::now()) {
+            ctx.session_ended(&id);
+        }
         ::metrics::with_local_recorder(&recorder, || metrics::record(&ctx));
         handle.run_upkeep();
     }

@@ -391,11 +391,18 @@ impl Sessions {
         sessions
     }
 
-    /// Removes the sessions whose ttl has passed; returns how many remain.
-    pub(crate) fn sweep(&self, ttl: Duration, now: Instant) -> usize {
+    /// Removes the sessions whose ttl has passed; returns their ids.
+    pub(crate) fn sweep(&self, ttl: Duration, now: Instant) -> Vec<String> {
         let mut sessions = lock(&self.sessions);
-        sessions.retain(|_, s| s.detached_at.is_none_or(|at| now.duration_since(at) < ttl));
-        sessions.len()
+        let mut expired = Vec::new();
+        sessions.retain(|id, s| {
+            let keep = s.detached_at.is_none_or(|at| now.duration_since(at) < ttl);
+            if !keep {
+                expired.push(id.clone());
+            }
+            keep
+        });
+        expired
     }
 
     /// Sessions per shard: (attached, all).
@@ -500,7 +507,7 @@ mod tests {
         sessions.detach("b", session, true, now);
         assert_eq!(
             sessions.sweep(ttl, now + Duration::from_secs(11)),
-            0,
+            vec!["b".to_owned()],
             "expired sessions go"
         );
     }
@@ -620,7 +627,7 @@ mod tests {
             },
         );
         let bytes = sessions.checkpoint(0, now);
-        let (start, ttl) = (now, Duration::from_secs(10));
+        let start = now;
         // Empty is none; damaged is an error, and nothing is put back.
         assert_eq!(
             Sessions::default()
@@ -636,7 +643,7 @@ mod tests {
                     .is_err(),
                 "cut at {n}"
             );
-            assert_eq!(partial.sweep(ttl, start), 0);
+            assert_eq!(partial.per_shard().len(), 0);
         }
         let mut version = bytes.clone();
         version[0] = 9;

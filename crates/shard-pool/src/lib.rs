@@ -103,7 +103,9 @@ pub use crate::checkpoint::{
 pub use crate::config::{Activity, DISCORD_GATEWAY, PoolConfig, Presence};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::follow::{Follower, Gone};
-pub use crate::pipeline::{Audience, Dispatch, MAX_NONCES, Pipeline, ShardEvent, Upstream};
+pub use crate::pipeline::{
+    Audience, Dispatch, MAX_NONCES, Pipeline, ShardEvent, Upstream, VoiceCommand, VoicePhase,
+};
 pub use crate::pool::{Checkpointed, Pool};
 pub use crate::queue::{PacedQueue, Queue};
 pub use crate::rest::GatewayInfo;
@@ -153,7 +155,7 @@ pub mod fuzzing {
             ));
         }
         pipeline.route_chunks("n", "fuzz-session");
-        pipeline.route_voice(20, "fuzz-session");
+        let _ = pipeline.voice_command(20, "fuzz-session", true);
         for payload in payloads {
             if let Some(event) = pipeline.handle(Bytes::from(payload)) {
                 if matches!(event, ShardEvent::Reset { .. }) {

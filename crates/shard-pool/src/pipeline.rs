@@ -244,8 +244,62 @@ pub const MAX_NONCES: usize = 1024;
 struct Routes {
     /// Member chunk nonces and who asked, oldest first.
     nonces: VecDeque<(Box<str>, Arc<str>)>,
-    /// Each guild's voice session: the session that last sent op 4 for it.
-    voice: HashMap<u64, Arc<str>>,
+    /// Each guild's voice owner: the session whose op 4 joined.
+    voice: HashMap<u64, Voice>,
+    /// The bot's user id (READY's), to tell its own voice states.
+    bot: Option<u64>,
+}
+
+/// A guild's voice, owned by one client session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Voice {
+    owner: Arc<str>,
+    phase: VoicePhase,
+}
+
+/// Where a guild's voice connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VoicePhase {
+    /// The owner sent op 4 with a channel; Discord has not confirmed.
+    Joining,
+    /// Discord says the bot is in a channel of the guild.
+    Connected,
+    /// A leave was sent (by the owner, or for an owner that is gone); the
+    /// guild is free once Discord says the bot left.
+    Leaving,
+}
+
+impl VoicePhase {
+    fn code(self) -> u8 {
+        match self {
+            Self::Joining => 0,
+            Self::Connected => 1,
+            Self::Leaving => 2,
+        }
+    }
+
+    fn of(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Self::Joining,
+            1 => Self::Connected,
+            2 => Self::Leaving,
+            _ => return None,
+        })
+    }
+}
+
+/// What [`Pipeline::voice_command`] decided about a client's op 4.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VoiceCommand {
+    /// Send it upstream.
+    Forward,
+    /// Another session owns the guild's voice: not sent.
+    Refused {
+        /// The owning session.
+        owner: Arc<str>,
+    },
 }
 
 impl Routes {
@@ -287,10 +341,35 @@ impl Routes {
             "VOICE_SERVER_UPDATE" => field("guild_id")
                 .and_then(|guild| guild.parse::<u64>().ok())
                 .and_then(|guild| self.voice.get(&guild))
-                .map_or(Audience::Everyone, |session| {
-                    Audience::Session(session.clone())
+                .filter(|voice| voice.phase != VoicePhase::Leaving)
+                .map_or(Audience::Nobody, |voice| {
+                    Audience::Session(voice.owner.clone())
                 }),
             _ => Audience::Everyone,
+        }
+    }
+
+    /// Follows the bot's own voice state: connected, or out of the guild's
+    /// voice (which frees it).
+    fn voice_state(&mut self, d: Option<&[u8]>) {
+        let snowflake = |key: &str| {
+            let value = sonic_rs::get(d?, [key]).ok()?;
+            sonic_rs::JsonValueTrait::as_str(&value)?
+                .parse::<u64>()
+                .ok()
+        };
+        if self.bot.is_none() || snowflake("user_id") != self.bot {
+            return;
+        }
+        let Some(guild) = snowflake("guild_id") else {
+            return;
+        };
+        if snowflake("channel_id").is_none() {
+            self.voice.remove(&guild);
+        } else if let Some(voice) = self.voice.get_mut(&guild)
+            && voice.phase == VoicePhase::Joining
+        {
+            voice.phase = VoicePhase::Connected;
         }
     }
 
@@ -301,10 +380,12 @@ impl Routes {
             put_str(out, session);
         }
         out.extend_from_slice(&u32::try_from(self.voice.len()).unwrap_or(0).to_le_bytes());
-        for (guild, session) in &self.voice {
+        for (guild, voice) in &self.voice {
             out.extend_from_slice(&guild.to_le_bytes());
-            put_str(out, session);
+            put_str(out, &voice.owner);
+            out.push(voice.phase.code());
         }
+        out.extend_from_slice(&self.bot.unwrap_or(0).to_le_bytes());
     }
 
     fn read(reader: &mut Reader<'_>) -> Result<Self, crate::Error> {
@@ -313,10 +394,14 @@ impl Routes {
             let nonce = reader.str()?.into();
             routes.nonces.push_back((nonce, reader.str()?.into()));
         }
-        for _ in 0..reader.count(10)? {
+        for _ in 0..reader.count(11)? {
             let guild = reader.u64()?;
-            routes.voice.insert(guild, reader.str()?.into());
+            let owner = reader.str()?.into();
+            let phase = VoicePhase::of(reader.u8()?)
+                .ok_or_else(|| crate::Error::checkpoint("a voice phase"))?;
+            routes.voice.insert(guild, Voice { owner, phase });
         }
+        routes.bot = Some(reader.u64()?).filter(|&bot| bot != 0);
         Ok(routes)
     }
 }
@@ -446,6 +531,10 @@ impl Pipeline {
         if t == "READY" {
             self.last_seq = seq;
             self.upstream = scan.d(&payload).and_then(Upstream::of_ready);
+            self.routes.bot = scan.d(&payload).and_then(|d| {
+                let id = sonic_rs::get(d, ["user", "id"]).ok()?;
+                sonic_rs::JsonValueTrait::as_str(&id)?.parse().ok()
+            });
             self.apply(t, &scan, &payload);
             self.index += 1;
             return Some(ShardEvent::Reset { index: self.index });
@@ -471,6 +560,9 @@ impl Pipeline {
             self.apply(t, &scan, &payload);
         }
         let index = self.index + 1;
+        if t == "VOICE_STATE_UPDATE" {
+            self.routes.voice_state(scan.d(&payload));
+        }
         let audience = self.routes.audience(t, scan.d(&payload));
         let dispatch = match canonical(&payload, &scan) {
             None => Dispatch::scanned(index, payload, scan, audience),
@@ -557,10 +649,63 @@ impl Pipeline {
         self.routes.chunks(nonce, session);
     }
 
-    /// Stamps the voice server updates of `guild` for client session
-    /// `session` alone, from now on (the session that sent op 4 for it).
-    pub fn route_voice(&mut self, guild: u64, session: &str) {
-        self.routes.voice.insert(guild, session.into());
+    /// Decides about client session `session`'s op 4 for `guild`
+    /// (`joining`: with a channel; else a leave). A guild's voice has one
+    /// owner, the session whose op 4 joined: while it has one, another
+    /// session's op 4 is refused (joins and leaves alike, so that nobody
+    /// steals or ends the owner's call). A join by the owner or in a free
+    /// guild makes the sender the owner; the owner's leave starts leaving.
+    /// Voice server updates go to the owner alone, or to nobody.
+    #[must_use = "a refused op 4 must not be sent"]
+    pub fn voice_command(&mut self, guild: u64, session: &str, joining: bool) -> VoiceCommand {
+        match self.routes.voice.get_mut(&guild) {
+            Some(voice) if *voice.owner != *session => VoiceCommand::Refused {
+                owner: voice.owner.clone(),
+            },
+            Some(voice) if !joining => {
+                voice.phase = VoicePhase::Leaving;
+                VoiceCommand::Forward
+            }
+            _ if joining => {
+                let voice = Voice {
+                    owner: session.into(),
+                    phase: VoicePhase::Joining,
+                };
+                self.routes.voice.insert(guild, voice);
+                VoiceCommand::Forward
+            }
+            _ => VoiceCommand::Forward,
+        }
+    }
+
+    /// Client session `session` ended for good: the guilds whose voice it
+    /// owned, which now leave (`leave`: they stay owned, refusing other
+    /// sessions, until Discord says the bot left; the caller sends the
+    /// leave) or are freed at once.
+    pub fn voice_session_ended(&mut self, session: &str, leave: bool) -> Vec<u64> {
+        let mut guilds = Vec::new();
+        self.routes.voice.retain(|&guild, voice| {
+            if *voice.owner != *session || voice.phase == VoicePhase::Leaving {
+                return true;
+            }
+            guilds.push(guild);
+            voice.phase = VoicePhase::Leaving;
+            leave
+        });
+        guilds
+    }
+
+    /// Each guild's voice: its owner and phase, for metrics and tests.
+    #[must_use]
+    pub fn voice(&self) -> Vec<(u64, Arc<str>, VoicePhase)> {
+        let mut voice: Vec<_> = self
+            .routes
+            .voice
+            .iter()
+            .map(|(&guild, v)| (guild, v.owner.clone(), v.phase))
+            .collect();
+        voice.sort_unstable_by_key(|&(guild, _, _)| guild);
+        voice
     }
 
     /// The upstream session and the last `s` of it handed on: what a
@@ -697,7 +842,7 @@ mod tests {
         let mut core = Pipeline::new(Flags::default());
         handle(&mut core, READY);
         core.route_chunks("n", "a");
-        core.route_voice(20, "b");
+        assert_eq!(core.voice_command(20, "b", true), VoiceCommand::Forward);
         let a = Audience::Session("a".into());
         let b = Audience::Session("b".into());
         assert_eq!(
@@ -725,7 +870,8 @@ mod tests {
         );
         assert_eq!(
             audience(&mut core, "VOICE_SERVER_UPDATE", 7, &server(21)),
-            Audience::Everyone
+            Audience::Nobody,
+            "no session asked"
         );
         assert!(b.includes("b") && !b.includes("a") && Audience::Everyone.includes("a"));
         assert!(!Audience::Nobody.includes("a"));
@@ -742,6 +888,71 @@ mod tests {
             audience(&mut restored, "GUILD_MEMBERS_CHUNK", 9, &chunk("m", 0, 1)),
             a
         );
+    }
+
+    #[test]
+    fn a_guilds_voice_has_one_owner_until_the_bot_is_out() {
+        let mut core = Pipeline::new(Flags::default());
+        handle(&mut core, READY);
+        let state = |channel: &str, user: u64| {
+            format!(
+                r#"{{"guild_id":"20","channel_id":{channel},"user_id":"{user}","session_id":"v"}}"#
+            )
+        };
+        let refused = |owner: &str| VoiceCommand::Refused {
+            owner: owner.into(),
+        };
+        assert_eq!(core.voice_command(20, "a", true), VoiceCommand::Forward);
+        assert_eq!(core.voice_command(20, "b", true), refused("a"), "a join");
+        assert_eq!(core.voice_command(20, "b", false), refused("a"), "a leave");
+        assert_eq!(
+            core.voice_command(21, "b", true),
+            VoiceCommand::Forward,
+            "another guild"
+        );
+        assert_eq!(core.voice()[0].2, VoicePhase::Joining);
+        handle(
+            &mut core,
+            &dispatch("VOICE_STATE_UPDATE", 2, &state(r#""30""#, 99)),
+        );
+        assert_eq!(
+            core.voice()[0].2,
+            VoicePhase::Joining,
+            "another user's state"
+        );
+        handle(
+            &mut core,
+            &dispatch("VOICE_STATE_UPDATE", 3, &state(r#""30""#, 10)),
+        );
+        assert_eq!(core.voice()[0].2, VoicePhase::Connected, "the bot's");
+        assert_eq!(
+            core.voice_command(20, "a", true),
+            VoiceCommand::Forward,
+            "a move"
+        );
+        // The owner's session ends: its guild leaves, still refusing others
+        // until the bot is out.
+        assert_eq!(core.voice_session_ended("a", true), vec![20]);
+        assert_eq!(
+            core.voice_session_ended("a", true),
+            Vec::<u64>::new(),
+            "once"
+        );
+        assert_eq!(core.voice_command(20, "b", true), refused("a"));
+        handle(
+            &mut core,
+            &dispatch("VOICE_STATE_UPDATE", 4, &state("null", 10)),
+        );
+        assert_eq!(
+            core.voice_command(20, "b", true),
+            VoiceCommand::Forward,
+            "free"
+        );
+        // Without leaving, an ended owner's guilds are free at once.
+        let mut ended = core.voice_session_ended("b", false);
+        ended.sort_unstable();
+        assert_eq!(ended, vec![20, 21]);
+        assert!(core.voice().is_empty());
     }
 
     /// Hands `payload` on and checks that it was a dispatch.

@@ -19,7 +19,7 @@ use twilight_gateway::{Message, MessageSender, Shard};
 use crate::checkpoint::Taken;
 use crate::error::{Error, ErrorKind};
 use crate::follow::Follower;
-use crate::pipeline::{Pipeline, ShardEvent};
+use crate::pipeline::{Pipeline, ShardEvent, VoiceCommand, VoicePhase};
 use crate::queue::SharedQueue;
 use crate::ring::{self, Ring, RingStats};
 
@@ -432,10 +432,42 @@ impl ShardHandle {
         lock(&self.shared.core).route_chunks(nonce, session);
     }
 
-    /// Stamps the voice server updates of `guild` for client session
-    /// `session` alone, from now on; see [`Pipeline::route_voice`].
-    pub fn route_voice(&self, guild: u64, session: &str) {
-        lock(&self.shared.core).route_voice(guild, session);
+    /// Decides about client session `session`'s op 4 for `guild`; see
+    /// [`Pipeline::voice_command`]. The caller sends it upstream if told
+    /// to.
+    #[must_use = "a refused op 4 must not be sent"]
+    pub fn voice_command(&self, guild: u64, session: &str, joining: bool) -> VoiceCommand {
+        lock(&self.shared.core).voice_command(guild, session, joining)
+    }
+
+    /// Client session `session` ended for good: with `leave`, the bot
+    /// leaves the voice channel of every guild of this shard whose voice
+    /// it owned (op 4 with no channel, sent now), and the guild is free
+    /// once Discord says so; without, those guilds are free at once.
+    /// Returns the guilds.
+    pub fn voice_session_ended(&self, session: &str, leave: bool) -> Vec<u64> {
+        let guilds = lock(&self.shared.core).voice_session_ended(session, leave);
+        if leave {
+            for guild in &guilds {
+                let op4 = format!(
+                    r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":null,"self_mute":false,"self_deaf":false}}}}"#
+                );
+                if self.send(op4).is_err() {
+                    tracing::warn!(
+                        shard = self.id(),
+                        guild,
+                        "voice leave not sent: shard stopped"
+                    );
+                }
+            }
+        }
+        guilds
+    }
+
+    /// Each guild's voice on this shard: owner and phase.
+    #[must_use]
+    pub fn voice(&self) -> Vec<(u64, Arc<str>, VoicePhase)> {
+        lock(&self.shared.core).voice()
     }
 
     /// Stops taking upstream payloads in: from now on they are dropped

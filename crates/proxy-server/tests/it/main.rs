@@ -11,6 +11,7 @@ mod protocol;
 mod restart;
 mod sessions;
 mod twilight;
+mod voice;
 
 use std::time::Duration;
 

@@ -453,13 +453,24 @@ async fn a_voice_server_replayed_on_resume_goes_where_it_went_live() {
     asker.send(&join(&voice)).await.unwrap();
     let server = asker.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
     let token = server["d"]["token"].clone();
-    // The other client's voice state arrives; then it sends op 4 for the
-    // guild, which routes later voice servers to it.
-    other.dispatch("VOICE_STATE_UPDATE").await.unwrap();
+    // The asker leaves; once the bot is out, the other client joins, and
+    // later voice servers are for it.
+    asker
+        .send(&format!(
+            r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":null,"self_mute":false,"self_deaf":false}}}}"#
+        ))
+        .await
+        .unwrap();
+    loop {
+        let state = other.dispatch("VOICE_STATE_UPDATE").await.unwrap();
+        if state["d"]["channel_id"].is_null() {
+            break;
+        }
+    }
     other.send(&join(&voice)).await.unwrap();
     other.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
-    // Both drop and resume from before the first join: the first voice
-    // server is replayed to the asker alone, as it was delivered live.
+    // Both drop and resume from before the first join: each voice server
+    // is replayed to the client it went to live, and only to it.
     drop((asker, other));
     let replayed = |session: String| {
         let setup = &setup;
