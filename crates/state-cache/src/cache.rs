@@ -124,9 +124,23 @@ impl Cache {
     }
 
     /// Whether the cache needs the dispatch named `t`; see [`Flags::wants`].
+    /// Voice state updates are always wanted once READY named the bot: its
+    /// own voice state is kept whatever the flags (a client needs it to
+    /// reach its voice server), and [`apply`](Self::apply) lets the others
+    /// go with a substring check when the flags do not keep them.
     #[must_use]
     pub fn wants(&self, t: &str) -> bool {
-        self.flags.wants(t)
+        self.flags.wants(t) || (t == "VOICE_STATE_UPDATE" && self.bot_id.is_some())
+    }
+
+    /// Whether `d`, a voice state update's body as Discord sends it
+    /// (compact JSON), is the bot's own.
+    fn own_voice_state(&self, d: &[u8]) -> bool {
+        let Some(bot) = self.bot_id else {
+            return false;
+        };
+        let needle = format!(r#""user_id":"{bot}""#);
+        memchr::memmem::find(d, needle.as_bytes()).is_some()
     }
 
     /// Applies the dispatch named `t` whose `d` is the JSON text `d`.
@@ -143,7 +157,9 @@ impl Cache {
         let Some(event) = Event::from_name(t) else {
             return Ok(());
         };
-        if !self.flags.wants_event(event) {
+        let wanted = self.flags.wants_event(event)
+            || (event == Event::VoiceStateUpdate && self.own_voice_state(d));
+        if !wanted {
             return Ok(());
         }
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -657,8 +673,10 @@ impl Edit<'_> {
             let Some(id) = packed::get(item, kind.id_key()).and_then(packed::as_id) else {
                 continue;
             };
-            // With roles off, @everyone (the role with the guild's id) stays.
-            if kept || (kind == ListKind::Roles && id == guild_id) {
+            // With roles off, @everyone (the role with the guild's id) stays;
+            // with voice states off, the bot's own.
+            let own_voice = kind == ListKind::VoiceStates && Some(id) == self.bot_id;
+            if kept || (kind == ListKind::Roles && id == guild_id) || own_voice {
                 let skip: &[key::Key] = match kind {
                     ListKind::VoiceStates => &[key::GUILD_ID, key::MEMBER],
                     _ => &[],
@@ -740,7 +758,8 @@ impl Edit<'_> {
         {
             self.put_member(user_id, member, true);
         }
-        if self.flags.voice_states {
+        // The bot's own voice state is kept whatever the flags.
+        if self.flags.voice_states || Some(user_id) == self.bot_id {
             let in_channel = packed::get(d, key::CHANNEL_ID)
                 .and_then(packed::as_id)
                 .is_some();

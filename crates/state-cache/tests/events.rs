@@ -1414,3 +1414,48 @@ fn an_error_never_quotes_the_dispatch() {
     }
     assert!(error.contains("GUILD_CREATE"), "{error}");
 }
+
+#[test]
+fn the_bots_own_voice_state_is_kept_whatever_the_flags() {
+    let bot_state = |channel: &str| {
+        format!(
+            r#"{{"member":{{"user":{{"id":"{BOT}","username":"proxy-bot","discriminator":"0"}},"roles":[],"joined_at":"2020-05-17T08:00:00+00:00","deaf":false,"mute":false}},"user_id":"{BOT}","suppress":false,"session_id":"upstream-voice-session","self_video":false,"self_mute":false,"self_deaf":true,"request_to_speak_timestamp":null,"mute":false,"guild_id":"1100000000000000100","deaf":false,"channel_id":{channel}}}"#
+        )
+    };
+    let alice = r#"{"user_id":"1200000000000000001","session_id":"x","self_video":false,"self_mute":false,"self_deaf":false,"mute":false,"deaf":false,"suppress":false,"request_to_speak_timestamp":null,"guild_id":"1100000000000000100","channel_id":"1110000000000000003"}"#;
+    for flags in [Flags::NONE, Flags::default()] {
+        let mut cache = loaded(flags);
+        // Bob's voice state from GUILD_CREATE: not kept; nor is Alice's.
+        assert_eq!(guild(&cache, GUILD)["voice_states"], json!([]));
+        assert!(cache.wants("VOICE_STATE_UPDATE"), "the bot's may come");
+        apply(&mut cache, "VOICE_STATE_UPDATE", alice);
+        assert_eq!(guild(&cache, GUILD)["voice_states"], json!([]));
+        apply(
+            &mut cache,
+            "VOICE_STATE_UPDATE",
+            &bot_state(r#""1110000000000000003""#),
+        );
+        let d = guild(&cache, GUILD);
+        assert_eq!(
+            ids(&d["voice_states"]),
+            [BOT],
+            "what a client's voice needs"
+        );
+        assert_eq!(
+            item(&d["voice_states"], BOT)["session_id"],
+            "upstream-voice-session"
+        );
+        assert_eq!(cache.stats().voice_states, 1);
+        apply(&mut cache, "VOICE_STATE_UPDATE", &bot_state("null"));
+        assert_eq!(guild(&cache, GUILD)["voice_states"], json!([]));
+        // In a GUILD_CREATE too.
+        let mut create: Value = serde_json::from_str(GUILD_CREATE).unwrap();
+        let mut state: Value =
+            serde_json::from_str(&bot_state(r#""1110000000000000003""#)).unwrap();
+        state.as_object_mut().unwrap().remove("member");
+        state.as_object_mut().unwrap().remove("guild_id");
+        create["voice_states"].as_array_mut().unwrap().push(state);
+        apply(&mut cache, "GUILD_CREATE", &create.to_string());
+        assert_eq!(ids(&guild(&cache, GUILD)["voice_states"]), [BOT]);
+    }
+}
