@@ -511,6 +511,22 @@ impl Connection {
         let bot = crate::lock(&self.shared.world).bot.id;
         let self_mute = d.get("self_mute").and_then(Value::as_bool).unwrap_or(false);
         let self_deaf = d.get("self_deaf").and_then(Value::as_bool).unwrap_or(false);
+        // As Discord: an op 4 that changes nothing is answered with nothing,
+        // and one that stays in the bot's channel with its voice state
+        // alone (no new voice server).
+        let moved = {
+            let mut voice = crate::lock(&self.shared.bot_voice);
+            let before = voice.get(&guild).copied();
+            let after = channel.map(|channel| (channel, self_mute, self_deaf));
+            if before == after {
+                return;
+            }
+            match after {
+                Some(state) => voice.insert(guild, state),
+                None => voice.remove(&guild),
+            };
+            before.map(|(c, _, _)| c) != channel
+        };
         let channel_json = channel.map_or_else(|| "null".to_owned(), |c| format!("\"{c}\""));
         session.emit(
             "VOICE_STATE_UPDATE",
@@ -519,7 +535,7 @@ impl Connection {
                 session.id
             ),
         );
-        if channel.is_some() {
+        if channel.is_some() && moved {
             session.emit(
                 "VOICE_SERVER_UPDATE",
                 &format!(

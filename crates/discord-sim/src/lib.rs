@@ -188,6 +188,7 @@ impl Sim {
             sessions: Mutex::new(HashMap::new()),
             connections: Mutex::new(VecDeque::new()),
             full_requests: Mutex::new(HashMap::new()),
+            bot_voice: Mutex::new(HashMap::new()),
             paused: AtomicBool::new(false),
             next_connection: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
@@ -370,6 +371,9 @@ pub(crate) struct Shared {
     identify: Mutex<IdentifyState>,
     /// When each guild was last asked for all its members (op 8).
     full_requests: Mutex<HashMap<u64, Instant>>,
+    /// The voice channel the bot is in, by guild, with its self mute and
+    /// deaf (op 4 changes them).
+    pub(crate) bot_voice: Mutex<HashMap<u64, (u64, bool, bool)>>,
     paused: AtomicBool,
     next_connection: AtomicU64,
     next_session: AtomicU64,

@@ -1201,22 +1201,40 @@ impl Driver {
         match (command.op, command.nonce.as_deref(), command.guild_id) {
             (8, Some(nonce), _) => shard.route_chunks(nonce, &attached.id),
             (4, _, Some(guild)) => {
-                let joining = sonic_rs::get(&command.payload, ["d", "channel_id"])
-                    .is_ok_and(|channel| !sonic_rs::JsonValueTrait::is_null(&channel));
-                if let VoiceCommand::Refused { owner } =
-                    shard.voice_command(guild, &attached.id, joining)
-                {
-                    self.ctx
-                        .counters
-                        .voice_refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(
-                        shard = target,
-                        guild,
-                        %owner,
-                        "op 4 not sent: another client session owns the guild's voice"
-                    );
-                    return Ok(());
+                let channel = sonic_rs::get(&command.payload, ["d", "channel_id"])
+                    .ok()
+                    .and_then(|channel| {
+                        sonic_rs::JsonValueTrait::as_str(&channel)?
+                            .parse::<u64>()
+                            .ok()
+                    });
+                let sessions = &self.ctx.sessions;
+                match shard.voice_command(guild, &attached.id, channel, |owner| {
+                    sessions.is_attached(owner)
+                }) {
+                    VoiceCommand::Refused { owner } => {
+                        self.ctx
+                            .counters
+                            .voice_refused
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(
+                            shard = target,
+                            guild,
+                            %owner,
+                            "op 4 not sent: another client session owns the guild's voice"
+                        );
+                        return Ok(());
+                    }
+                    VoiceCommand::Rejoin => {
+                        // Discord answers a join of the bot's own channel
+                        // with nothing: out, then in again.
+                        tracing::info!(shard = target, guild, "voice rejoin for a new owner");
+                        let leave = format!(
+                            r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":null,"self_mute":false,"self_deaf":false}}}}"#
+                        );
+                        let _ = shard.send(leave);
+                    }
+                    _ => {}
                 }
             }
             _ => {}

@@ -199,6 +199,11 @@ impl Sessions {
         }
     }
 
+    /// Whether session `id` is served by a connection now.
+    pub(crate) fn is_attached(&self, id: &str) -> bool {
+        lock(&self.sessions).get(id).is_some_and(|s| s.attached)
+    }
+
     /// Sessions served by a connection now.
     pub(crate) fn attached(&self) -> usize {
         lock(&self.sessions).values().filter(|s| s.attached).count()

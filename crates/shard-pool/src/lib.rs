@@ -155,7 +155,7 @@ pub mod fuzzing {
             ));
         }
         pipeline.route_chunks("n", "fuzz-session");
-        let _ = pipeline.voice_command(20, "fuzz-session", true);
+        let _ = pipeline.voice_command(20, "fuzz-session", Some(30), |_| true);
         for payload in payloads {
             if let Some(event) = pipeline.handle(Bytes::from(payload)) {
                 if matches!(event, ShardEvent::Reset { .. }) {

@@ -75,6 +75,9 @@ pub enum Audience {
     Session(Arc<str>),
     /// No client: a voice server update no session asked for.
     Nobody,
+    /// Every client but this session: the bot leaving a channel on its way
+    /// back into it for a new owner, which must not see the leave.
+    AllBut(Arc<str>),
 }
 
 impl Audience {
@@ -85,6 +88,7 @@ impl Audience {
             Self::Everyone => true,
             Self::Session(session) => **session == *id,
             Self::Nobody => false,
+            Self::AllBut(session) => **session != *id,
         }
     }
 
@@ -97,6 +101,10 @@ impl Audience {
                 put_str(out, id);
             }
             Self::Nobody => out.push(2),
+            Self::AllBut(id) => {
+                out.push(3);
+                put_str(out, id);
+            }
         }
     }
 
@@ -106,6 +114,7 @@ impl Audience {
             0 => Ok(Self::Everyone),
             1 => Ok(Self::Session(reader.str()?.into())),
             2 => Ok(Self::Nobody),
+            3 => Ok(Self::AllBut(reader.str()?.into())),
             other => Err(crate::Error::checkpoint(format!("audience {other}"))),
         }
     }
@@ -268,6 +277,9 @@ pub enum VoicePhase {
     /// A leave was sent (by the owner, or for an owner that is gone); the
     /// guild is free once Discord says the bot left.
     Leaving,
+    /// A new owner joins the channel the bot is already in: a leave then
+    /// its join were sent; the leave's voice state is not for it.
+    Rejoining,
 }
 
 impl VoicePhase {
@@ -276,6 +288,7 @@ impl VoicePhase {
             Self::Joining => 0,
             Self::Connected => 1,
             Self::Leaving => 2,
+            Self::Rejoining => 3,
         }
     }
 
@@ -284,6 +297,7 @@ impl VoicePhase {
             0 => Self::Joining,
             1 => Self::Connected,
             2 => Self::Leaving,
+            3 => Self::Rejoining,
             _ => return None,
         })
     }
@@ -300,6 +314,10 @@ pub enum VoiceCommand {
         /// The owning session.
         owner: Arc<str>,
     },
+    /// The bot is already in the channel asked for, which Discord would
+    /// answer with nothing: send a leave (op 4 with no channel) first, then
+    /// the join; the sender owns the guild's voice now.
+    Rejoin,
 }
 
 impl Routes {
@@ -349,9 +367,10 @@ impl Routes {
         }
     }
 
-    /// Follows the bot's own voice state: connected, or out of the guild's
-    /// voice (which frees it).
-    fn voice_state(&mut self, d: Option<&[u8]>) {
+    /// Follows the bot's own voice state (connected, or out of the guild's
+    /// voice, which frees it) and says who receives it: everyone, but the
+    /// new owner of a rejoin not the leave on its way.
+    fn voice_state(&mut self, d: Option<&[u8]>) -> Audience {
         let snowflake = |key: &str| {
             let value = sonic_rs::get(d?, [key]).ok()?;
             sonic_rs::JsonValueTrait::as_str(&value)?
@@ -359,17 +378,28 @@ impl Routes {
                 .ok()
         };
         if self.bot.is_none() || snowflake("user_id") != self.bot {
-            return;
+            return Audience::Everyone;
         }
         let Some(guild) = snowflake("guild_id") else {
-            return;
+            return Audience::Everyone;
         };
-        if snowflake("channel_id").is_none() {
-            self.voice.remove(&guild);
-        } else if let Some(voice) = self.voice.get_mut(&guild)
-            && voice.phase == VoicePhase::Joining
-        {
-            voice.phase = VoicePhase::Connected;
+        let in_channel = snowflake("channel_id").is_some();
+        match self.voice.get_mut(&guild) {
+            Some(voice) if voice.phase == VoicePhase::Rejoining && !in_channel => {
+                voice.phase = VoicePhase::Joining;
+                Audience::AllBut(voice.owner.clone())
+            }
+            Some(_) if !in_channel => {
+                self.voice.remove(&guild);
+                Audience::Everyone
+            }
+            Some(voice) => {
+                if voice.phase == VoicePhase::Joining {
+                    voice.phase = VoicePhase::Connected;
+                }
+                Audience::Everyone
+            }
+            None => Audience::Everyone,
         }
     }
 
@@ -560,10 +590,11 @@ impl Pipeline {
             self.apply(t, &scan, &payload);
         }
         let index = self.index + 1;
-        if t == "VOICE_STATE_UPDATE" {
-            self.routes.voice_state(scan.d(&payload));
-        }
-        let audience = self.routes.audience(t, scan.d(&payload));
+        let audience = if t == "VOICE_STATE_UPDATE" {
+            self.routes.voice_state(scan.d(&payload))
+        } else {
+            self.routes.audience(t, scan.d(&payload))
+        };
         let dispatch = match canonical(&payload, &scan) {
             None => Dispatch::scanned(index, payload, scan, audience),
             Some(rewritten) => Dispatch::stamped(index, rewritten, audience),
@@ -649,29 +680,60 @@ impl Pipeline {
         self.routes.chunks(nonce, session);
     }
 
-    /// Decides about client session `session`'s op 4 for `guild`
-    /// (`joining`: with a channel; else a leave). A guild's voice has one
-    /// owner, the session whose op 4 joined: while it has one, another
-    /// session's op 4 is refused (joins and leaves alike, so that nobody
-    /// steals or ends the owner's call). A join by the owner or in a free
-    /// guild makes the sender the owner; the owner's leave starts leaving.
-    /// Voice server updates go to the owner alone, or to nobody.
+    /// Decides about client session `session`'s op 4 for `guild`, to
+    /// `channel` (`None`: a leave). A guild's voice has one owner, the
+    /// session whose op 4 joined: while it has one, another session's op 4
+    /// is refused (joins and leaves alike, so that nobody steals or ends
+    /// the owner's call), unless the owner is not connected (`attached`
+    /// says) and the other joins the very channel the bot is in: a bot
+    /// that restarted, taking its call back. Discord answers a join of the
+    /// channel the bot is already in with nothing, so such a join by
+    /// another session is a [`VoiceCommand::Rejoin`]. A join by the owner
+    /// or in a free guild makes the sender the owner; the owner's leave
+    /// starts leaving. Voice server updates go to the owner alone, or to
+    /// nobody.
     #[must_use = "a refused op 4 must not be sent"]
-    pub fn voice_command(&mut self, guild: u64, session: &str, joining: bool) -> VoiceCommand {
-        match self.routes.voice.get_mut(&guild) {
-            Some(voice) if *voice.owner != *session => VoiceCommand::Refused {
-                owner: voice.owner.clone(),
-            },
-            Some(voice) if !joining => {
-                voice.phase = VoicePhase::Leaving;
+    pub fn voice_command(
+        &mut self,
+        guild: u64,
+        session: &str,
+        channel: Option<u64>,
+        attached: impl FnOnce(&str) -> bool,
+    ) -> VoiceCommand {
+        let same_channel = channel.is_some() && channel == self.cache.bot_voice_channel(guild);
+        let owner = self
+            .routes
+            .voice
+            .get(&guild)
+            .map(|voice| voice.owner.clone());
+        let take = |routes: &mut Routes, phase| {
+            let voice = Voice {
+                owner: session.into(),
+                phase,
+            };
+            routes.voice.insert(guild, voice);
+        };
+        match owner {
+            Some(owner) if *owner != *session => {
+                if same_channel && !attached(&owner) {
+                    take(&mut self.routes, VoicePhase::Rejoining);
+                    VoiceCommand::Rejoin
+                } else {
+                    VoiceCommand::Refused { owner }
+                }
+            }
+            None if same_channel => {
+                take(&mut self.routes, VoicePhase::Rejoining);
+                VoiceCommand::Rejoin
+            }
+            Some(_) if channel.is_none() => {
+                if let Some(voice) = self.routes.voice.get_mut(&guild) {
+                    voice.phase = VoicePhase::Leaving;
+                }
                 VoiceCommand::Forward
             }
-            _ if joining => {
-                let voice = Voice {
-                    owner: session.into(),
-                    phase: VoicePhase::Joining,
-                };
-                self.routes.voice.insert(guild, voice);
+            _ if channel.is_some() => {
+                take(&mut self.routes, VoicePhase::Joining);
                 VoiceCommand::Forward
             }
             _ => VoiceCommand::Forward,
@@ -842,7 +904,10 @@ mod tests {
         let mut core = Pipeline::new(Flags::default());
         handle(&mut core, READY);
         core.route_chunks("n", "a");
-        assert_eq!(core.voice_command(20, "b", true), VoiceCommand::Forward);
+        assert_eq!(
+            core.voice_command(20, "b", Some(30), |_| true),
+            VoiceCommand::Forward
+        );
         let a = Audience::Session("a".into());
         let b = Audience::Session("b".into());
         assert_eq!(
@@ -894,26 +959,31 @@ mod tests {
     fn a_guilds_voice_has_one_owner_until_the_bot_is_out() {
         let mut core = Pipeline::new(Flags::default());
         handle(&mut core, READY);
-        let state = |channel: &str, user: u64| {
-            format!(
-                r#"{{"guild_id":"20","channel_id":{channel},"user_id":"{user}","session_id":"v"}}"#
-            )
-        };
         let refused = |owner: &str| VoiceCommand::Refused {
             owner: owner.into(),
         };
-        assert_eq!(core.voice_command(20, "a", true), VoiceCommand::Forward);
-        assert_eq!(core.voice_command(20, "b", true), refused("a"), "a join");
-        assert_eq!(core.voice_command(20, "b", false), refused("a"), "a leave");
+        let attached = |_: &str| true;
+        let forward = VoiceCommand::Forward;
+        assert_eq!(core.voice_command(20, "a", Some(30), attached), forward);
         assert_eq!(
-            core.voice_command(21, "b", true),
-            VoiceCommand::Forward,
+            core.voice_command(20, "b", Some(31), attached),
+            refused("a"),
+            "a join"
+        );
+        assert_eq!(
+            core.voice_command(20, "b", None, attached),
+            refused("a"),
+            "a leave"
+        );
+        assert_eq!(
+            core.voice_command(21, "b", Some(32), attached),
+            forward,
             "another guild"
         );
         assert_eq!(core.voice()[0].2, VoicePhase::Joining);
         handle(
             &mut core,
-            &dispatch("VOICE_STATE_UPDATE", 2, &state(r#""30""#, 99)),
+            &dispatch("VOICE_STATE_UPDATE", 2, &voice_state("30", 99)),
         );
         assert_eq!(
             core.voice()[0].2,
@@ -922,12 +992,12 @@ mod tests {
         );
         handle(
             &mut core,
-            &dispatch("VOICE_STATE_UPDATE", 3, &state(r#""30""#, 10)),
+            &dispatch("VOICE_STATE_UPDATE", 3, &voice_state("30", 10)),
         );
         assert_eq!(core.voice()[0].2, VoicePhase::Connected, "the bot's");
         assert_eq!(
-            core.voice_command(20, "a", true),
-            VoiceCommand::Forward,
+            core.voice_command(20, "a", Some(31), attached),
+            forward,
             "a move"
         );
         // The owner's session ends: its guild leaves, still refusing others
@@ -938,14 +1008,17 @@ mod tests {
             Vec::<u64>::new(),
             "once"
         );
-        assert_eq!(core.voice_command(20, "b", true), refused("a"));
+        assert_eq!(
+            core.voice_command(20, "b", Some(30), attached),
+            refused("a")
+        );
         handle(
             &mut core,
-            &dispatch("VOICE_STATE_UPDATE", 4, &state("null", 10)),
+            &dispatch("VOICE_STATE_UPDATE", 4, &voice_state("", 10)),
         );
         assert_eq!(
-            core.voice_command(20, "b", true),
-            VoiceCommand::Forward,
+            core.voice_command(20, "b", Some(30), attached),
+            forward,
             "free"
         );
         // Without leaving, an ended owner's guilds are free at once.
@@ -953,6 +1026,75 @@ mod tests {
         ended.sort_unstable();
         assert_eq!(ended, vec![20, 21]);
         assert!(core.voice().is_empty());
+    }
+
+    /// A voice state of `user` in guild 20 (the READY's), in `channel`
+    /// (empty: none).
+    fn voice_state(channel: &str, user: u64) -> String {
+        let channel = if channel.is_empty() {
+            "null".to_owned()
+        } else {
+            format!(r#""{channel}""#)
+        };
+        format!(r#"{{"guild_id":"20","channel_id":{channel},"user_id":"{user}","session_id":"v"}}"#)
+    }
+
+    #[test]
+    fn a_new_session_joining_the_bots_channel_while_the_owner_is_away_rejoins() {
+        let mut core = Pipeline::new(Flags::default());
+        handle(&mut core, READY);
+        let guild = r#"{"id":"20","name":"g","unavailable":false,"roles":[],"channels":[{"id":"30","type":2,"name":"v"}]}"#;
+        handle(&mut core, &dispatch("GUILD_CREATE", 2, guild));
+        assert_eq!(
+            core.voice_command(20, "a", Some(30), |_| true),
+            VoiceCommand::Forward
+        );
+        handle(
+            &mut core,
+            &dispatch("VOICE_STATE_UPDATE", 3, &voice_state("30", 10)),
+        );
+        assert_eq!(core.cache().bot_voice_channel(20), Some(30));
+        // The owner is still connected: a join of its channel is refused.
+        let refused = VoiceCommand::Refused { owner: "a".into() };
+        assert_eq!(core.voice_command(20, "b", Some(30), |_| true), refused);
+        // Away (its bot restarted): another channel is still refused, the
+        // bot's own channel is taken back with a leave and a join.
+        assert_eq!(core.voice_command(20, "b", Some(31), |_| false), refused);
+        assert_eq!(
+            core.voice_command(20, "b", Some(30), |_| false),
+            VoiceCommand::Rejoin
+        );
+        assert_eq!(core.voice(), vec![(20, "b".into(), VoicePhase::Rejoining)]);
+        // The leave's voice state is for everyone but the new owner; the
+        // owner stays; the join's state and server are its own.
+        let leave = match handle(
+            &mut core,
+            &dispatch("VOICE_STATE_UPDATE", 4, &voice_state("", 10)),
+        ) {
+            Some(ShardEvent::Dispatch(d)) => d.audience().clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(leave, Audience::AllBut("b".into()));
+        assert!(!leave.includes("b") && leave.includes("a"));
+        assert_eq!(core.voice()[0].2, VoicePhase::Joining);
+        handle(
+            &mut core,
+            &dispatch("VOICE_STATE_UPDATE", 5, &voice_state("30", 10)),
+        );
+        assert_eq!(core.voice()[0].2, VoicePhase::Connected);
+        let server = r#"{"token":"t","guild_id":"20","endpoint":"e"}"#;
+        let Some(ShardEvent::Dispatch(d)) =
+            handle(&mut core, &dispatch("VOICE_SERVER_UPDATE", 6, server))
+        else {
+            panic!()
+        };
+        assert_eq!(*d.audience(), Audience::Session("b".into()));
+        // With no owner at all, a join of the bot's channel rejoins too.
+        assert_eq!(core.voice_session_ended("b", false), vec![20]);
+        assert_eq!(
+            core.voice_command(20, "c", Some(30), |_| true),
+            VoiceCommand::Rejoin
+        );
     }
 
     /// Hands `payload` on and checks that it was a dispatch.

@@ -433,11 +433,18 @@ impl ShardHandle {
     }
 
     /// Decides about client session `session`'s op 4 for `guild`; see
-    /// [`Pipeline::voice_command`]. The caller sends it upstream if told
-    /// to.
+    /// [`Pipeline::voice_command`] (`attached` is called under the shard's
+    /// lock). The caller sends it upstream if told to, after a leave for
+    /// [`VoiceCommand::Rejoin`].
     #[must_use = "a refused op 4 must not be sent"]
-    pub fn voice_command(&self, guild: u64, session: &str, joining: bool) -> VoiceCommand {
-        lock(&self.shared.core).voice_command(guild, session, joining)
+    pub fn voice_command(
+        &self,
+        guild: u64,
+        session: &str,
+        channel: Option<u64>,
+        attached: impl FnOnce(&str) -> bool,
+    ) -> VoiceCommand {
+        lock(&self.shared.core).voice_command(guild, session, channel, attached)
     }
 
     /// Client session `session` ended for good: with `leave`, the bot

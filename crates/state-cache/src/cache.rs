@@ -133,6 +133,16 @@ impl Cache {
         self.flags.wants(t) || (t == "VOICE_STATE_UPDATE" && self.bot_id.is_some())
     }
 
+    /// The voice channel the bot is in, in guild `guild`, as its own voice
+    /// state (always kept) says.
+    #[must_use]
+    pub fn bot_voice_channel(&self, guild: u64) -> Option<u64> {
+        let bot = self.bot_id?;
+        let guild = self.guilds.get(&guild)?.as_ref()?;
+        let state = guild.list(ListKind::VoiceStates).get(bot)?;
+        packed::get(state, key::CHANNEL_ID).and_then(packed::as_id)
+    }
+
     /// Whether `d`, a voice state update's body as Discord sends it
     /// (compact JSON), is the bot's own.
     fn own_voice_state(&self, d: &[u8]) -> bool {

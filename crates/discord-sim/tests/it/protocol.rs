@@ -1,7 +1,7 @@
 //! The gateway protocol, through the raw client.
 
 use discord_sim::{Control, PRIVILEGED_INTENTS, World};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{session_id, sim};
 use discord_sim::{GatewayClient as Client, Received};
@@ -372,6 +372,34 @@ async fn voice_and_soundboard_requests_are_answered() {
     assert_eq!(state["d"]["self_deaf"], true);
     let server = client.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
     assert_eq!(server["d"]["guild_id"], guild.to_string());
+    // As Discord: the same channel again changes nothing and is answered
+    // with nothing; a mute toggle there, with the voice state alone.
+    let op4 = |mute: bool| {
+        format!(
+            r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":"42","self_mute":{mute},"self_deaf":true}}}}"#
+        )
+    };
+    client.send(&op4(false)).await.unwrap();
+    client.send(&op4(true)).await.unwrap();
+    client
+        .send(&format!(r#"{{"op":31,"d":{{"guild_ids":["{guild}"]}}}}"#))
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    loop {
+        let payload = client.payload().await.unwrap();
+        answers.push((payload["t"].clone(), payload["d"]["self_mute"].clone()));
+        if payload["t"] == "SOUNDBOARD_SOUNDS" {
+            break;
+        }
+    }
+    assert_eq!(
+        answers,
+        vec![
+            (json!("VOICE_STATE_UPDATE"), json!(true)),
+            (json!("SOUNDBOARD_SOUNDS"), Value::Null)
+        ]
+    );
     client
         .send(&format!(r#"{{"op":31,"d":{{"guild_ids":["{guild}"]}}}}"#))
         .await

@@ -142,3 +142,38 @@ async fn the_bot_leaves_when_the_owners_ttl_passes() {
 async fn the_bot_leaves_when_the_upstream_session_is_replaced() {
     leaves_when("upstream reset").await;
 }
+
+#[tokio::test]
+async fn a_restarted_bot_joining_the_channel_the_bot_is_in_gets_its_voice_back() {
+    let setup = Setup::new(|c| c.events_per_sec = 0, |_, _| {}).await;
+    let (_, _, creates) = setup.identified(0, 1).await;
+    let (guild, channel) = voice_channel(&creates);
+    let owner = joined(&setup, &guild, &channel).await;
+    // The bot process dies (its session stays resumable) and starts again
+    // with a new session, joining the same channel, to which Discord alone
+    // would answer nothing.
+    drop(owner);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut restarted, _, _) = setup.identified(0, 1).await;
+    restarted.send(&op4(&guild, Some(&channel))).await.unwrap();
+    let mut states = Vec::new();
+    loop {
+        let payload = restarted.payload().await.unwrap();
+        match payload["t"].as_str() {
+            Some("VOICE_STATE_UPDATE") => states.push(payload["d"]["channel_id"].clone()),
+            Some("VOICE_SERVER_UPDATE") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        states,
+        vec![Value::String(channel.clone())],
+        "its state, never the leave on the way"
+    );
+    let seen = upstream_op4(&setup, &guild);
+    assert_eq!(
+        seen,
+        vec![Some(channel.clone()), None, Some(channel)],
+        "out, then in again"
+    );
+}
