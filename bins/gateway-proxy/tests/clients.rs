@@ -181,7 +181,16 @@ async fn run_file(stack: &Stack, name: &str) -> PathBuf {
             )
         })
         .collect();
+    // The upstream session of each shard: a voice server checks it.
+    let upstream: serde_json::Map<String, serde_json::Value> = stack
+        .sim
+        .connections()
+        .iter()
+        .filter(|c| c.open)
+        .filter_map(|c| Some((c.shard?.to_string(), json!(c.session_id.clone()?))))
+        .collect();
     let run = json!({
+        "upstream_sessions": upstream,
         "gateway": format!("ws://{}", stack.addr),
         "rest": stack.sim.api_base(),
         "token": stack.sim.token(),
@@ -332,6 +341,39 @@ async fn discord_py_with_zlib_stream() {
 #[tokio::test]
 async fn discord_py_with_zlib_stream_shared_bodies() {
     discord_py(Dpy::ZlibShared).await;
+}
+
+/// A voice client, unmodified, through the proxy up to its voice
+/// websocket (intercepted: no voice server exists here): `program` is
+/// `python3` or `node`, `script` its file.
+async fn voice(program: &str, script: &str) {
+    let stack = stack_with(2, |_| {}).await;
+    let run = run_file(&stack, &format!("voice-{program}")).await;
+    stack.sim.resume_stream();
+    let mut command = Command::new(program);
+    command.arg(script).arg(&run);
+    drive(&stack, command).await;
+}
+
+#[tokio::test]
+async fn discord_py_voice_client_reaches_its_voice_socket() {
+    let probe = ["-c", "import discord, nacl, davey"];
+    if !available("python3", &probe).await {
+        assert!(!required(), "python3 with discord.py[voice] is required");
+        eprintln!(
+            "note: discord.py[voice] not installed; pip install -r tests/clients/discordpy/requirements.txt"
+        );
+        return;
+    }
+    voice("python3", "tests/clients/discordpy/voice.py").await;
+}
+
+#[tokio::test]
+async fn discordjs_voice_reaches_its_voice_socket() {
+    if !node_ready().await {
+        return;
+    }
+    voice("node", "tests/clients/js/voice.js").await;
 }
 
 #[tokio::test]

@@ -1201,12 +1201,13 @@ impl Driver {
         match (command.op, command.nonce.as_deref(), command.guild_id) {
             (8, Some(nonce), _) => shard.route_chunks(nonce, &attached.id),
             (4, _, Some(guild)) => {
-                let channel = sonic_rs::get(&command.payload, ["d", "channel_id"])
+                // A string or, from discord.py, a number; null for a leave.
+                let channel = sonic_rs::from_slice::<sonic_rs::Value>(&command.payload)
                     .ok()
-                    .and_then(|channel| {
-                        sonic_rs::JsonValueTrait::as_str(&channel)?
-                            .parse::<u64>()
-                            .ok()
+                    .and_then(|payload| {
+                        let d = sonic_rs::JsonValueTrait::get(&payload, "d")?;
+                        let channel = sonic_rs::JsonValueTrait::get(d, "channel_id")?;
+                        crate::protocol::snowflake(channel)
                     });
                 let sessions = &self.ctx.sessions;
                 match shard.voice_command(guild, &attached.id, channel, |owner| {

@@ -290,7 +290,9 @@ impl Protocol {
 }
 
 /// A snowflake written as a string of digits or as a number.
-fn snowflake(value: &Value) -> Option<u64> {
+/// A snowflake as Discord's clients send it: a string of digits, or (as
+/// discord.py sends op 4's) a number.
+pub(crate) fn snowflake(value: &Value) -> Option<u64> {
     value.as_u64().or_else(|| {
         let text = value.as_str()?;
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {

@@ -177,3 +177,18 @@ async fn a_restarted_bot_joining_the_channel_the_bot_is_in_gets_its_voice_back()
         "out, then in again"
     );
 }
+
+#[tokio::test]
+async fn a_join_with_numbers_for_ids_as_discord_py_sends_it_owns_the_guild() {
+    let setup = Setup::new(|c| c.events_per_sec = 0, |_, _| {}).await;
+    let (mut client, _, creates) = setup.identified(0, 1).await;
+    let (guild, channel) = voice_channel(&creates);
+    client
+        .send(&format!(
+            r#"{{"op":4,"d":{{"guild_id":{guild},"channel_id":{channel},"self_mute":false,"self_deaf":true}}}}"#
+        ))
+        .await
+        .unwrap();
+    let server = client.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
+    assert_eq!(server["d"]["guild_id"], guild);
+}
