@@ -104,3 +104,31 @@ async fn sigterm_during_start_up_closes_the_upstream_sessions_it_opened() {
         "a normal close ends the session at Discord"
     );
 }
+
+#[tokio::test]
+async fn intents_without_voice_states_are_warned_about_at_start() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    for (intents, warned) in [(513, true), (KNOWN_INTENTS, false)] {
+        let mut child = proxy(&sim, intents)
+            .env("GATEWAY_PROXY_LOG_LEVEL", "warn")
+            .env("NO_COLOR", "1")
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let seen = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut seen = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen |= line.contains("intents lack GUILD_VOICE_STATES (128)");
+                if line.starts_with("gateway-proxy is serving") {
+                    break;
+                }
+            }
+            seen
+        })
+        .await
+        .expect("it serves");
+        assert_eq!(seen, warned, "intents {intents}");
+        child.kill().await.unwrap();
+    }
+}

@@ -192,3 +192,30 @@ async fn a_join_with_numbers_for_ids_as_discord_py_sends_it_owns_the_guild() {
     let server = client.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
     assert_eq!(server["d"]["guild_id"], guild);
 }
+
+#[tokio::test]
+async fn the_owner_moves_to_another_channel_and_gets_the_new_voice_server() {
+    let setup = Setup::new(|c| c.events_per_sec = 0, |_, _| {}).await;
+    let (_, _, creates) = setup.identified(0, 1).await;
+    let (guild, channel) = voice_channel(&creates);
+    let mut owner = joined(&setup, &guild, &channel).await;
+    let other_channel = creates[0]["d"]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == 2 || c["type"] == 13)
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .find(|id| *id != channel);
+    // A guild with one voice channel: a move to an id the sim takes all
+    // the same (Discord would check it).
+    let to = other_channel.unwrap_or_else(|| "1".to_owned());
+    owner.send(&op4(&guild, Some(&to))).await.unwrap();
+    let state = owner.dispatch("VOICE_STATE_UPDATE").await.unwrap();
+    assert_eq!(state["d"]["channel_id"], to.as_str());
+    let server = owner.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
+    assert_eq!(
+        server["d"]["guild_id"], guild,
+        "the move's server, for the owner"
+    );
+    assert_eq!(upstream_op4(&setup, &guild), vec![Some(channel), Some(to)]);
+}
