@@ -527,11 +527,31 @@ impl Connection {
             };
             before.map(|(c, _, _)| c) != channel
         };
+        // The world's ground truth follows (a new session's GUILD_CREATE
+        // shows the bot in its channel), and the event carries the bot's
+        // member, as Discord's does.
+        let mut member = String::new();
+        {
+            let mut world = crate::lock(&self.shared.world);
+            let bot_user = world.bot.clone();
+            if let Some(g) = world.guilds.iter_mut().find(|g| g.id == guild) {
+                member.push_str(r#","member":"#);
+                crate::world::Member::bot(&bot_user).write(&mut member);
+                g.voice_states.retain(|v| v.user_id != bot);
+                if let Some(channel_id) = channel {
+                    g.voice_states.push(crate::guild::VoiceState {
+                        user_id: bot,
+                        channel_id,
+                        session_id: session.id.clone(),
+                    });
+                }
+            }
+        }
         let channel_json = channel.map_or_else(|| "null".to_owned(), |c| format!("\"{c}\""));
         session.emit(
             "VOICE_STATE_UPDATE",
             &format!(
-                r#"{{"guild_id":"{guild}","channel_id":{channel_json},"user_id":"{bot}","session_id":"{}","deaf":false,"mute":false,"self_deaf":{self_deaf},"self_mute":{self_mute},"self_video":false,"suppress":false,"request_to_speak_timestamp":null}}"#,
+                r#"{{"guild_id":"{guild}","channel_id":{channel_json},"user_id":"{bot}","session_id":"{}","deaf":false,"mute":false,"self_deaf":{self_deaf},"self_mute":{self_mute},"self_video":false,"suppress":false,"request_to_speak_timestamp":null{member}}}"#,
                 session.id
             ),
         );

@@ -370,6 +370,21 @@ async fn voice_and_soundboard_requests_are_answered() {
     assert_eq!(state["d"]["session_id"], session);
     assert_eq!(state["d"]["user_id"], sim.world().bot.id.to_string());
     assert_eq!(state["d"]["self_deaf"], true);
+    let bot = sim.world().bot.id;
+    assert_eq!(
+        state["d"]["member"]["user"]["id"],
+        bot.to_string(),
+        "with its member"
+    );
+    let in_voice = |sim: &discord_sim::Sim| {
+        sim.world()
+            .guild(guild)
+            .unwrap()
+            .voice_states
+            .iter()
+            .any(|v| v.user_id == bot && v.channel_id == 42)
+    };
+    assert!(in_voice(&sim), "the ground truth follows");
     let server = client.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
     assert_eq!(server["d"]["guild_id"], guild.to_string());
     // As Discord: the same channel again changes nothing and is answered
