@@ -691,7 +691,8 @@ impl Pipeline {
     /// another session is a [`VoiceCommand::Rejoin`]. A join by the owner
     /// or in a free guild makes the sender the owner; the owner's leave
     /// starts leaving. Voice server updates go to the owner alone, or to
-    /// nobody.
+    /// nobody. A guild the shard does not hold is not tracked: its op 4
+    /// is sent as it is.
     #[must_use = "a refused op 4 must not be sent"]
     pub fn voice_command(
         &mut self,
@@ -700,6 +701,11 @@ impl Pipeline {
         channel: Option<u64>,
         attached: impl FnOnce(&str) -> bool,
     ) -> VoiceCommand {
+        // Only guilds of this shard are tracked: a client's op 4 for any
+        // other id (Discord ignores it) must not grow the table.
+        if !self.cache.has_guild(guild) {
+            return VoiceCommand::Forward;
+        }
         let same_channel = channel.is_some() && channel == self.cache.bot_voice_channel(guild);
         let owner = self
             .routes
@@ -959,6 +965,14 @@ mod tests {
     fn a_guilds_voice_has_one_owner_until_the_bot_is_out() {
         let mut core = Pipeline::new(Flags::default());
         handle(&mut core, READY);
+        let other = r#"{"id":"21","name":"h","unavailable":false,"roles":[],"channels":[]}"#;
+        handle(&mut core, &dispatch("GUILD_CREATE", 2, other));
+        // A guild this shard does not hold is not tracked.
+        assert_eq!(
+            core.voice_command(99, "b", Some(1), |_| true),
+            VoiceCommand::Forward
+        );
+        assert!(core.voice().is_empty());
         let refused = |owner: &str| VoiceCommand::Refused {
             owner: owner.into(),
         };
@@ -983,7 +997,7 @@ mod tests {
         assert_eq!(core.voice()[0].2, VoicePhase::Joining);
         handle(
             &mut core,
-            &dispatch("VOICE_STATE_UPDATE", 2, &voice_state("30", 99)),
+            &dispatch("VOICE_STATE_UPDATE", 3, &voice_state("30", 99)),
         );
         assert_eq!(
             core.voice()[0].2,
@@ -992,7 +1006,7 @@ mod tests {
         );
         handle(
             &mut core,
-            &dispatch("VOICE_STATE_UPDATE", 3, &voice_state("30", 10)),
+            &dispatch("VOICE_STATE_UPDATE", 4, &voice_state("30", 10)),
         );
         assert_eq!(core.voice()[0].2, VoicePhase::Connected, "the bot's");
         assert_eq!(
@@ -1014,7 +1028,7 @@ mod tests {
         );
         handle(
             &mut core,
-            &dispatch("VOICE_STATE_UPDATE", 4, &voice_state("", 10)),
+            &dispatch("VOICE_STATE_UPDATE", 5, &voice_state("", 10)),
         );
         assert_eq!(
             core.voice_command(20, "b", Some(30), attached),

@@ -133,6 +133,13 @@ impl Cache {
         self.flags.wants(t) || (t == "VOICE_STATE_UPDATE" && self.bot_id.is_some())
     }
 
+    /// Whether READY or a `GUILD_CREATE` named guild `id` (available or
+    /// not).
+    #[must_use]
+    pub fn has_guild(&self, id: u64) -> bool {
+        self.guilds.contains_key(&id)
+    }
+
     /// The voice channel the bot is in, in guild `guild`, as its own voice
     /// state (always kept) says.
     #[must_use]
