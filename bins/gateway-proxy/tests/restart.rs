@@ -209,6 +209,28 @@ async fn resume(
     }
 }
 
+/// Reads until the server closes, each `s` one above `last`, collecting
+/// the markers; returns the close code.
+async fn until_close(
+    client: &mut GatewayClient,
+    last: &mut u64,
+    seen: &mut Vec<u64>,
+) -> Option<u16> {
+    loop {
+        match client.recv().await.unwrap() {
+            Received::Close(code) => return code,
+            Received::Payload(payload) => {
+                if let Some(s) = payload["s"].as_u64() {
+                    assert_eq!(s, *last + 1);
+                    *last = s;
+                    seen.extend(marker(&payload));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 fn assert_contiguous(seen: &[u64]) {
     for pair in seen.windows(2) {
         assert_eq!(pair[1], pair[0] + 1, "markers go up by one: {seen:?}");
@@ -239,22 +261,10 @@ async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("checkpoints written"), "{log}");
     // The client was told to resume, after every event it was sent.
-    loop {
-        match client.recv().await.unwrap() {
-            Received::Close(code) => {
-                assert_eq!(code, Some(4000));
-                break;
-            }
-            Received::Payload(payload) => {
-                if let Some(s) = payload["s"].as_u64() {
-                    assert_eq!(s, last + 1);
-                    last = s;
-                    seen.extend(marker(&payload));
-                }
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    assert_eq!(
+        until_close(&mut client, &mut last, &mut seen).await,
+        Some(4000)
+    );
     let upstream = sim.connections();
     assert!(
         upstream
@@ -302,22 +312,10 @@ async fn a_new_process_started_before_the_old_one_stops_takes_over_with_no_refus
     let stopping = tokio::spawn(first.signal("TERM"));
     // The client is closed with 4000 and RESUMEs at once, as discord.py
     // does: its connection is taken (by the new process), not refused.
-    loop {
-        match client.recv().await.unwrap() {
-            Received::Close(code) => {
-                assert_eq!(code, Some(4000));
-                break;
-            }
-            Received::Payload(payload) => {
-                if let Some(s) = payload["s"].as_u64() {
-                    assert_eq!(s, last + 1);
-                    last = s;
-                    seen.extend(marker(&payload));
-                }
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    assert_eq!(
+        until_close(&mut client, &mut last, &mut seen).await,
+        Some(4000)
+    );
     let mut client = resume(&sim, addr, &session, &mut last, &mut seen).await;
     let (code, _) = stopping.await.unwrap();
     assert_eq!(code, Some(0));
