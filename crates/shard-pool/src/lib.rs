@@ -107,7 +107,7 @@ pub use crate::pipeline::{
     Audience, Dispatch, MAX_NONCES, Pipeline, ShardEvent, Upstream, VoiceCommand, VoicePhase,
 };
 pub use crate::pool::{Checkpointed, Pool};
-pub use crate::queue::{PacedQueue, Queue};
+pub use crate::queue::{PacedQueue, Queue, identify_spacing};
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;
 pub use crate::shard::{CheckpointStats, ShardHandle, ShardState, ShardStatus, Snapshot};

@@ -48,7 +48,16 @@ struct Pacing {
 
 /// The part of a window added between two turns of a bucket, against
 /// network and scheduling jitter: a twentieth.
-pub(crate) const MARGIN: u32 = 20;
+const MARGIN: u32 = 20;
+
+/// The time between two identifies of one bucket: the window and a
+/// twentieth of it, against network and scheduling jitter (a turn is the
+/// time an IDENTIFY may leave; the gateway measures when it arrives). Every
+/// [`Queue`] should space turns this far apart.
+#[must_use]
+pub fn identify_spacing(window: Duration) -> Duration {
+    window + window / MARGIN
+}
 
 /// The length of Discord's identify day.
 const DAY: Duration = Duration::from_hours(24);
@@ -104,7 +113,7 @@ impl PacedQueue {
         if let Some(&free) = pacing.next.get(&bucket) {
             at = at.max(free);
         }
-        let spacing = pacing.window + pacing.window / MARGIN;
+        let spacing = identify_spacing(pacing.window);
         pacing.next.insert(bucket, at + spacing);
         at
     }
@@ -118,7 +127,7 @@ impl PacedQueue {
             pacing.remaining = pacing.remaining.saturating_add(1);
         }
         let bucket = id % pacing.max_concurrency;
-        let spacing = pacing.window + pacing.window / MARGIN;
+        let spacing = identify_spacing(pacing.window);
         if pacing.next.get(&bucket) == Some(&(at + spacing)) {
             pacing.next.insert(bucket, at);
         }

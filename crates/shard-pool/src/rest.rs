@@ -24,6 +24,20 @@ pub struct GatewayInfo {
     pub total: u32,
 }
 
+impl GatewayInfo {
+    /// Asks `GET /gateway/bot` where `config` says (its token, `api_base`
+    /// or `twilight_http_proxy`), as [`Pool::start`](crate::Pool::start)
+    /// does: for a shared identify queue that needs the limits first.
+    ///
+    /// # Errors
+    ///
+    /// A wrong REST base, a refused token, or an answer that is not
+    /// Discord's.
+    pub async fn fetch(config: &PoolConfig) -> Result<Self, Error> {
+        gateway_bot(config).await
+    }
+}
+
 /// Where twilight-http should send requests: `host[:port]` and whether over
 /// plain HTTP, or `None` for Discord.
 pub(crate) fn rest_proxy(config: &PoolConfig) -> Result<Option<(String, bool)>, Error> {

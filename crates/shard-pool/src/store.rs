@@ -62,7 +62,9 @@ pub enum StoreErrorKind {
 }
 
 impl StoreError {
-    fn new(name: &str, kind: StoreErrorKind) -> Self {
+    /// An error about blob `name`: for other backends of [`Store`].
+    #[must_use]
+    pub fn new(name: &str, kind: StoreErrorKind) -> Self {
         Self {
             name: name.to_owned(),
             kind,

@@ -1,0 +1,331 @@
+//! The gateway proxy across machines, on NATS JetStream.
+//!
+//! One proxy holds a few hundred shards; a bot that outgrows a machine, or
+//! must outlive one, runs several proxies (nodes) on one NATS JetStream
+//! server or cluster. Everything the nodes share goes through it, under one
+//! namespace ([`ClusterConfig::name`]):
+//!
+//! - **Identify pacing** ([`KvQueue`]): twilight's [`Queue`] over a
+//!   key-value bucket. A turn of rate-limit bucket `shard % max_concurrency`
+//!   is the successful *create* of that bucket's key, and the key expires
+//!   after the identify window and its margin, so however many nodes start
+//!   at once, Discord sees at most `max_concurrency` identifies per window.
+//!   The day's identifies are one count, shared.
+//! - **Checkpoints** ([`JetStreamStore`]): the durable-sessions [`Store`] as
+//!   a JetStream object store, so that a checkpoint written by one node can
+//!   be read by any other.
+//!
+//! Without a `cluster.nats_url` none of this runs: a single proxy keeps its
+//! checkpoints in a directory and paces its own identifies.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use cluster::{Cluster, ClusterConfig};
+//! use shard_pool::{GatewayInfo, Pool, PoolConfig};
+//!
+//! let mut pool_config = PoolConfig::new("my-token", 1 | 1 << 9);
+//! pool_config.shard_start = 0;
+//! pool_config.shard_end = Some(4); // this node's shards; others run the rest
+//!
+//! let config = ClusterConfig::new("nats://127.0.0.1:4222", "my-bot", "node-a");
+//! let cluster = Cluster::connect(config).await?;
+//! let gateway = GatewayInfo::fetch(&pool_config).await?;
+//! pool_config.queue = Some(Arc::new(cluster.identify_queue(&gateway, pool_config.identify_window).await?));
+//! pool_config.store = Some(Arc::new(cluster.store().await?));
+//! let pool = Pool::start(pool_config).await?;
+//! pool.ready().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Queue`]: shard_pool::Queue
+//! [`Store`]: shard_pool::Store
+
+mod error;
+mod queue;
+mod store;
+#[doc(hidden)]
+pub mod testing;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+pub use crate::error::{Error, ErrorKind};
+pub use crate::queue::KvQueue;
+pub use crate::store::JetStreamStore;
+
+/// Where a JetStream stream or bucket keeps its messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// On disk: survives a restart of the NATS server.
+    #[default]
+    File,
+    /// In memory: faster, lost when the server restarts.
+    Memory,
+}
+
+impl Storage {
+    fn of(self) -> jetstream::stream::StorageType {
+        match self {
+            Self::File => jetstream::stream::StorageType::File,
+            Self::Memory => jetstream::stream::StorageType::Memory,
+        }
+    }
+}
+
+/// How a node joins its cluster. Start from [`ClusterConfig::new`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClusterConfig {
+    /// The NATS server (or servers, comma-separated): `nats://host:4222`.
+    pub nats_url: String,
+    /// The cluster's namespace: every stream, bucket and subject is named
+    /// after it, so that several bots can share one NATS. 1 to 32 of
+    /// `A-Z a-z 0-9 - _`.
+    pub name: String,
+    /// This node's name, in logs, `/ready` and what it writes to NATS. 1 to
+    /// 64 of `A-Z a-z 0-9 - _ .`.
+    pub node_id: String,
+    /// Where the event log and the checkpoints are kept.
+    pub storage: Storage,
+    /// How many servers of a NATS cluster keep each stream (1 to 5).
+    pub replicas: usize,
+}
+
+impl ClusterConfig {
+    /// A node `node_id` of cluster `name` on the NATS server at `nats_url`,
+    /// file storage, one replica.
+    #[must_use]
+    pub fn new(
+        nats_url: impl Into<String>,
+        name: impl Into<String>,
+        node_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            name: name.into(),
+            node_id: node_id.into(),
+            storage: Storage::File,
+            replicas: 1,
+        }
+    }
+
+    /// Checks every value; the error names the key and what it must be.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for the first wrong value.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.nats_url.trim().is_empty() {
+            return Err(Error::config(
+                "cluster.nats_url is empty: expected nats://host:port",
+            ));
+        }
+        if !valid_name(&self.name, 32, false) {
+            return Err(Error::config(format!(
+                "cluster.name {:?}: expected 1 to 32 of A-Z, a-z, 0-9, '-' and '_' \
+                 (it names NATS streams and buckets)",
+                self.name
+            )));
+        }
+        if !valid_name(&self.node_id, 64, true) {
+            return Err(Error::config(format!(
+                "cluster.node_id {:?}: expected 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'",
+                self.node_id
+            )));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(Error::config(format!(
+                "cluster.replicas {}: JetStream keeps 1 to 5 replicas",
+                self.replicas
+            )));
+        }
+        Ok(())
+    }
+
+    /// The default `name` for the bot whose token this is: `gp-` and its
+    /// application id, which the token's first part encodes; for a token
+    /// that does not (a test's), `gp-` and a hash of it.
+    #[must_use]
+    pub fn default_name(token: &shard_pool::Token) -> String {
+        match application_id(token.expose()) {
+            Some(id) => format!("gp-{id}"),
+            None => format!("gp-{}", token_hash(token.expose())),
+        }
+    }
+}
+
+/// The application id a bot token starts with: base64 of its digits.
+fn application_id(token: &str) -> Option<u64> {
+    let token = token.strip_prefix("Bot ").unwrap_or(token);
+    let first = token.split('.').next()?;
+    let digits = decode_base64(first)?;
+    let text = std::str::from_utf8(&digits).ok()?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Base64 as tokens use it: standard alphabet, padded or not.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    ENGINE.decode(text).ok()
+}
+
+/// A short, stable name for a token that is not a bot token: the first 8
+/// bytes of its SHA-256, in hex.
+fn token_hash(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    format!("{:016x}", u64::from_be_bytes(first))
+}
+
+fn valid_name(name: &str, max: usize, dots: bool) -> bool {
+    (1..=max).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (dots && b == b'.'))
+}
+
+/// A node's connection to its cluster: one NATS connection for everything.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    config: ClusterConfig,
+    jetstream: jetstream::Context,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long connecting to NATS at start may take before the node gives up
+/// with an error (once connected, the client reconnects for ever).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    /// Connects to NATS. Once connected, a lost connection is retried for
+    /// ever in the background; what needs NATS meanwhile waits or fails
+    /// and is retried (each says which).
+    ///
+    /// # Errors
+    ///
+    /// A wrong configuration value, or NATS not reachable within 10 s.
+    pub async fn connect(config: ClusterConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let url = config.nats_url.clone();
+        let node = config.node_id.clone();
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("gateway-proxy {}/{node}", config.name))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .event_callback(move |event| {
+                let node = node.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!(node, "connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(node, "lost the connection to NATS; reconnecting");
+                        }
+                        other => tracing::debug!(node, event = %other, "NATS"),
+                    }
+                }
+            });
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(url.as_str()))
+            .await
+            .map_err(|_| Error::nats(format!("connecting to NATS at {url}"), "timed out"))?
+            .map_err(|e| Error::nats(format!("connecting to NATS at {url}"), e))?;
+        Ok(Self {
+            config,
+            jetstream: jetstream::new(client),
+        })
+    }
+
+    /// The configuration it was started with.
+    #[must_use]
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The name of one of the cluster's streams or buckets: `{name}-{what}`.
+    pub(crate) fn named(&self, what: &str) -> String {
+        format!("{}-{what}", self.config.name)
+    }
+
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// The identify queue shared by every node of the cluster, for the
+    /// limits `gateway` (`GET /gateway/bot`) gives and identify window
+    /// `window`; see [`KvQueue`].
+    ///
+    /// # Errors
+    ///
+    /// If its buckets cannot be created or opened.
+    pub async fn identify_queue(
+        &self,
+        gateway: &shard_pool::GatewayInfo,
+        window: Duration,
+    ) -> Result<KvQueue, Error> {
+        KvQueue::open(self, gateway, window).await
+    }
+
+    /// The cluster's checkpoint store; see [`JetStreamStore`].
+    ///
+    /// # Errors
+    ///
+    /// If its object store cannot be created or opened.
+    pub async fn store(&self) -> Result<JetStreamStore, Error> {
+        JetStreamStore::open(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_name_is_the_application_id() {
+        // "123456789012345678" in base64, as Discord's tokens begin.
+        let token = shard_pool::Token::new("MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.secret");
+        assert_eq!(ClusterConfig::default_name(&token), "gp-123456789012345678");
+        let bot = shard_pool::Token::new("Bot MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.secret");
+        assert_eq!(ClusterConfig::default_name(&bot), "gp-123456789012345678");
+        let other = ClusterConfig::default_name(&shard_pool::Token::new("sim-token"));
+        assert!(other.starts_with("gp-") && other.len() == 19, "{other}");
+        let config = ClusterConfig::new("nats://x", other, "n");
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn wrong_values_are_named() {
+        let check = |f: fn(&mut ClusterConfig), key: &str| {
+            let mut config = ClusterConfig::new("nats://127.0.0.1:4222", "bot", "node-1.a");
+            assert!(config.validate().is_ok());
+            f(&mut config);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        };
+        check(|c| c.nats_url = " ".into(), "cluster.nats_url");
+        check(|c| c.name = "a.b".into(), "cluster.name");
+        check(|c| c.name = "x".repeat(33), "cluster.name");
+        check(|c| c.node_id = String::new(), "cluster.node_id");
+        check(|c| c.node_id = "a b".into(), "cluster.node_id");
+        check(|c| c.replicas = 0, "cluster.replicas");
+    }
+}
