@@ -25,7 +25,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use proxy_server::{ClientCompression, Limits, ServerConfig};
 use serde::{Deserialize, Deserializer, Serialize};
-use shard_pool::{Activity, Flags, PoolConfig, Presence};
+use shard_pool::{Activity, Flags, PoolConfig, Presence, Token};
 
 /// The exit code of the binary when the configuration is bad: `EX_USAGE`
 /// of `sysexits.h`, so supervisors can tell a config error (do not restart
@@ -63,6 +63,10 @@ const STRING_KEYS: &[&str] = &[
     "activity.name",
     "activity.url",
     "state_dir",
+    "cluster.nats_url",
+    "cluster.name",
+    "cluster.node_id",
+    "cluster.storage",
 ];
 
 /// The name of the metadata of the environment layers, to tell them from
@@ -181,6 +185,41 @@ pub struct Config {
     /// How voice is handled.
     #[serde(default)]
     pub voice: VoiceConfig,
+    /// Several proxies on NATS JetStream; off unless `cluster.nats_url`.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// The `cluster` key: off unless `nats_url` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The NATS server (or servers, comma-separated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// The namespace of every stream, bucket and subject; absent: `gp-`
+    /// and the application id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// This node's name; absent: the host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// `file` or `memory`: where JetStream keeps the cluster's data.
+    pub storage: String,
+    /// How many NATS servers keep each stream and bucket.
+    pub replicas: usize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            name: None,
+            node_id: None,
+            storage: "file".to_owned(),
+            replicas: 1,
+        }
+    }
 }
 
 /// The `voice` key.
@@ -483,6 +522,7 @@ impl fmt::Debug for Config {
             .field("checkpoint_interval_secs", &self.checkpoint_interval_secs)
             .field("checkpoint_max_age_secs", &self.checkpoint_max_age_secs)
             .field("voice", &self.voice)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -563,6 +603,7 @@ impl Config {
             );
         }
         self.validate_checkpoints()?;
+        self.validate_cluster()?;
         self.validate_limits()?;
         let compression = &self.client_compression;
         if compression.zlib_level > 9 {
@@ -605,6 +646,60 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let section = &self.cluster;
+        if section.nats_url.is_none() {
+            return Ok(());
+        }
+        let Some(config) = self.cluster_config() else {
+            return Ok(());
+        };
+        if let Err(error) = config.validate() {
+            let message = error.to_string();
+            let key = [
+                "cluster.nats_url",
+                "cluster.name",
+                "cluster.node_id",
+                "cluster.replicas",
+            ]
+            .into_iter()
+            .find(|key| message.starts_with(key))
+            .unwrap_or("cluster");
+            return Err(ConfigError::invalid(key, message));
+        }
+        if !["file", "memory"].contains(&section.storage.as_str()) {
+            return Err(ConfigError::invalid(
+                "cluster.storage",
+                format!(
+                    "expected \"file\" or \"memory\", found {:?}",
+                    section.storage
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cluster this node joins, with the defaults filled in (the name
+    /// from the token, the node id from the host name); `None` without
+    /// `cluster.nats_url`.
+    #[must_use]
+    pub fn cluster_config(&self) -> Option<cluster::ClusterConfig> {
+        let section = &self.cluster;
+        let url = section.nats_url.clone()?;
+        let name = section.name.clone().unwrap_or_else(|| {
+            cluster::ClusterConfig::default_name(&Token::new(self.token.clone()))
+        });
+        let node = section.node_id.clone().unwrap_or_else(host_name);
+        let mut config = cluster::ClusterConfig::new(url, name, node);
+        config.storage = if section.storage == "memory" {
+            cluster::Storage::Memory
+        } else {
+            cluster::Storage::File
+        };
+        config.replicas = section.replicas;
+        Some(config)
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
@@ -790,6 +885,23 @@ impl Config {
         server.checkpoint_interval = Duration::from_secs(self.checkpoint_interval_secs);
         server.voice_leave_on_owner_loss = self.voice.leave_on_owner_loss;
         server
+    }
+}
+
+/// This machine's host name (a node's default id), as the kernel has it,
+/// else `node`; cut to what a node id may hold.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "node".to_owned()
+    } else {
+        name
     }
 }
 

@@ -25,7 +25,8 @@ use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
 use proxy_server::Proxy;
 use std::sync::Arc;
 
-use shard_pool::{DirStore, Pool, Token};
+use cluster::Cluster;
+use shard_pool::{DirStore, GatewayInfo, Pool, Token};
 
 use crate::config::EXIT_CONFIG;
 
@@ -258,8 +259,10 @@ pub async fn start_until(
     })?;
     // The simulated Discord ends with the process, and its sessions with
     // it: `--simulate` keeps checkpoints (to show them in /metrics) in a
-    // directory of its own, which no later run could resume from.
-    let simulated_state = (options.simulate && config.state_dir.is_none()).then(|| {
+    // directory of its own, which no later run could resume from (in a
+    // cluster they are in JetStream).
+    let keeps_own = config.state_dir.is_none() && config.cluster.nats_url.is_none();
+    let simulated_state = (options.simulate && keeps_own).then(|| {
         std::env::temp_dir().join(format!("gateway-proxy-simulate-{}", std::process::id()))
     });
     if let Some(dir) = &simulated_state {
@@ -271,6 +274,14 @@ pub async fn start_until(
             intents = config.intents,
             "intents lack GUILD_VOICE_STATES (128): Discord sends no voice state to the proxy, \
              so no client can connect to voice through it; add 128 to intents if a bot plays audio"
+        );
+    }
+    if config.cluster.nats_url.is_some()
+        && let Some(dir) = config.state_dir.take()
+    {
+        tracing::warn!(
+            state_dir = dir,
+            "state_dir is not used in a cluster: checkpoints are kept in JetStream"
         );
     }
     let mut pool_config = config.pool_config();
@@ -295,6 +306,12 @@ pub async fn start_until(
         state_lock = Some(lock);
         let store = DirStore::open(dir).map_err(|e| unusable(&e))?;
         pool_config.store = Some(Arc::new(store));
+    }
+    if let Some(cluster_config) = config.cluster_config() {
+        tokio::select! {
+            joined = join_cluster(cluster_config, &mut pool_config) => joined?,
+            () = &mut stop => return Ok(None),
+        }
     }
     let pool = tokio::select! {
         pool = Pool::start(pool_config) => {
@@ -325,6 +342,34 @@ pub async fn start_until(
         simulated_state,
         _state_lock: state_lock,
     }))
+}
+
+/// Joins the cluster: identifies paced with the other nodes, checkpoints
+/// in JetStream.
+async fn join_cluster(
+    config: cluster::ClusterConfig,
+    pool_config: &mut shard_pool::PoolConfig,
+) -> Result<(), RunError> {
+    let failed = |message: String| RunError { code: 1, message };
+    let (name, node) = (config.name.clone(), config.node_id.clone());
+    let cluster = Cluster::connect(config)
+        .await
+        .map_err(|e| failed(format!("cannot join the cluster: {e}")))?;
+    let gateway = GatewayInfo::fetch(pool_config)
+        .await
+        .map_err(|e| failed(format!("cannot start the shards: {e}")))?;
+    let queue = cluster
+        .identify_queue(&gateway, pool_config.identify_window)
+        .await
+        .map_err(|e| failed(format!("cannot join the cluster: {e}")))?;
+    let store = cluster
+        .store()
+        .await
+        .map_err(|e| failed(format!("cannot join the cluster: {e}")))?;
+    pool_config.queue = Some(Arc::new(queue));
+    pool_config.store = Some(Arc::new(store));
+    tracing::info!(cluster = name, node, "joined the cluster");
+    Ok(())
 }
 
 /// Stops a pool whose shards are still starting: with checkpoints, as a

@@ -411,6 +411,63 @@ fn checkpoint_keys_are_mapped_and_checked() {
 }
 
 #[test]
+fn cluster_keys_are_off_by_default_mapped_and_checked() {
+    let off = load_json("cluster-off", MINIMAL, &[]).unwrap();
+    assert!(off.cluster_config().is_none(), "off unless nats_url");
+    let config = load_json(
+        "cluster",
+        r#"{"token": "MTIzNDU2Nzg5MDEyMzQ1Njc4.x.y", "intents": 1,
+            "cluster": {"nats_url": "nats://n:4222", "storage": "memory"}}"#,
+        &[("GATEWAY_PROXY_CLUSTER__NODE_ID", "node-7")],
+    )
+    .unwrap();
+    let cluster = config.cluster_config().unwrap();
+    assert_eq!(cluster.nats_url, "nats://n:4222");
+    assert_eq!(
+        cluster.name, "gp-123456789012345678",
+        "from the application id"
+    );
+    assert_eq!(cluster.node_id, "node-7", "the environment's");
+    assert_eq!(cluster.storage, cluster::Storage::Memory);
+    assert_eq!(cluster.replicas, 1);
+    let host = load_json(
+        "cluster-host",
+        r#"{"token": "t", "intents": 1, "cluster": {"nats_url": "nats://n", "name": "bot"}}"#,
+        &[],
+    )
+    .unwrap();
+    assert!(
+        !host.cluster_config().unwrap().node_id.is_empty(),
+        "the host name"
+    );
+    for (json, expected) in [
+        (
+            r#""name": "a.b""#,
+            "key \"cluster.name\": cluster.name \"a.b\": expected",
+        ),
+        (r#""node_id": "a b""#, "key \"cluster.node_id\""),
+        (
+            r#""storage": "disk""#,
+            "key \"cluster.storage\": expected \"file\" or \"memory\"",
+        ),
+        (r#""replicas": 9"#, "key \"cluster.replicas\""),
+        (r#""nats_url": "", "name": "x""#, "key \"cluster.nats_url\""),
+    ] {
+        let with_url = if json.contains("nats_url") {
+            json.to_owned()
+        } else {
+            format!(r#""nats_url": "nats://n", {json}"#)
+        };
+        let (error, path) = load_err(
+            "bad-cluster",
+            &format!(r#"{{"token": "t", "intents": 1, "cluster": {{{with_url}}}}}"#),
+            &[],
+        );
+        assert!(error.starts_with(&format!("{path}: {expected}")), "{error}");
+    }
+}
+
+#[test]
 fn validation_errors_name_key_and_source() {
     let (error, path) = load_err(
         "bad-status",

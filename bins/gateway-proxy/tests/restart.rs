@@ -8,16 +8,15 @@
 #![allow(clippy::unwrap_used)]
 #![cfg(unix)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::Process;
 use discord_sim::{GatewayClient, KNOWN_INTENTS, Received, Sim, SimConfig};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// A directory of its own, removed when dropped.
 struct Scratch(PathBuf);
@@ -39,95 +38,12 @@ impl Drop for Scratch {
     }
 }
 
-/// A running proxy process: where it serves, and what it logged so far.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Process {
-    /// Starts the binary on `sim` with its checkpoints in `state`, and
-    /// waits until it serves.
-    async fn start(sim: &Sim, state: &Scratch, env: &[(&str, &str)]) -> Self {
-        let (process, serving) = Self::spawn(sim, state, env);
-        process.serving(serving).await
-    }
-
-    /// Waits until the process serves.
-    async fn serving(mut self, serving: tokio::sync::oneshot::Receiver<SocketAddr>) -> Self {
-        self.addr = tokio::time::timeout(Duration::from_secs(30), serving)
-            .await
-            .unwrap_or_else(|_| panic!("not serving after 30 s:\n{}", self.log()))
-            .unwrap();
-        self
-    }
-
-    /// Starts the binary on `sim` with its checkpoints in `state`; the
-    /// receiver gets its address once it serves.
-    fn spawn(
-        sim: &Sim,
-        state: &Scratch,
-        env: &[(&str, &str)],
-    ) -> (Self, tokio::sync::oneshot::Receiver<SocketAddr>) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"));
-        command
-            .env_clear()
-            .env("TOKEN", sim.token())
-            .env("GATEWAY_PROXY_API_BASE", sim.api_base())
-            .env("GATEWAY_PROXY_INTENTS", KNOWN_INTENTS.to_string())
-            .env("GATEWAY_PROXY_PORT", "0")
-            .env("GATEWAY_PROXY_BIND", "127.0.0.1")
-            .env("GATEWAY_PROXY_LOG_LEVEL", "info")
-            .env("NO_COLOR", "1")
-            .env("GATEWAY_PROXY_STATE_DIR", &state.0)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let kept = log.clone();
-        tokio::spawn(async move {
-            let mut addr_tx = Some(addr_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.strip_prefix("gateway-proxy is serving on ws://")
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                }
-                let mut log = kept.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = SocketAddr::from(([0, 0, 0, 0], 0));
-        (Self { child, addr, log }, addr_rx)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Sends `signal` (TERM, KILL) and waits for the process to end.
-    async fn signal(mut self, signal: &str) -> (Option<i32>, String) {
-        let pid = self.child.id().unwrap().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(sent.success());
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("it stops promptly")
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        (status.code(), self.log())
-    }
+/// `env` and the checkpoints in `state`.
+fn with_state<'a>(state: &'a Scratch, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let dir = state.0.to_str().expect("a UTF-8 temp path");
+    let mut all = vec![("GATEWAY_PROXY_STATE_DIR", dir)];
+    all.extend_from_slice(env);
+    all
 }
 
 async fn sim() -> Sim {
@@ -253,7 +169,7 @@ fn assert_resumed_upstream(sim: &Sim, log: &str) {
 async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
     let sim = sim().await;
     let state = Scratch::new("sigterm");
-    let first = Process::start(&sim, &state, &[]).await;
+    let first = Process::start(&sim, &with_state(&state, &[])).await;
     let (mut client, session, mut last) = identified(&sim, first.addr).await;
     let mut seen = Vec::new();
     marked(&mut client, &mut last, 30, &mut seen).await;
@@ -274,7 +190,7 @@ async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
         upstream.iter().map(|c| c.close_code).collect::<Vec<_>>()
     );
 
-    let second = Process::start(&sim, &state, &[]).await;
+    let second = Process::start(&sim, &with_state(&state, &[])).await;
     assert_resumed_upstream(&sim, &second.log());
     let mut client = resume(&sim, second.addr, &session, &mut last, &mut seen).await;
     marked(&mut client, &mut last, 30, &mut seen).await;
@@ -290,14 +206,15 @@ async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
 async fn a_new_process_started_before_the_old_one_stops_takes_over_with_no_refused_connection() {
     let sim = sim().await;
     let state = Scratch::new("overlap");
-    let first = Process::start(&sim, &state, &[]).await;
+    let first = Process::start(&sim, &with_state(&state, &[])).await;
     let (mut client, session, mut last) = identified(&sim, first.addr).await;
     let mut seen = Vec::new();
     marked(&mut client, &mut last, 30, &mut seen).await;
     // The new binary on the same port: it waits for the old one's
     // checkpoints, its listener already open.
     let port = first.addr.port().to_string();
-    let (second, serving) = Process::spawn(&sim, &state, &[("GATEWAY_PROXY_PORT", &port)]);
+    let (second, serving) =
+        Process::spawn(&sim, &with_state(&state, &[("GATEWAY_PROXY_PORT", &port)]));
     tokio::time::timeout(Duration::from_secs(30), async {
         while !second
             .log()
@@ -331,7 +248,7 @@ async fn after_sigkill_the_next_process_resumes_from_the_periodic_checkpoint() {
     let sim = sim().await;
     let state = Scratch::new("sigkill");
     let every_second = [("GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS", "1")];
-    let first = Process::start(&sim, &state, &every_second).await;
+    let first = Process::start(&sim, &with_state(&state, &every_second)).await;
     let (mut client, session, mut last) = identified(&sim, first.addr).await;
     let mut seen = Vec::new();
     // Long enough for periodic checkpoints while the client is served.
@@ -340,7 +257,7 @@ async fn after_sigkill_the_next_process_resumes_from_the_periodic_checkpoint() {
     assert_eq!(code, None, "killed: {log}");
     drop(client);
 
-    let second = Process::start(&sim, &state, &every_second).await;
+    let second = Process::start(&sim, &with_state(&state, &every_second)).await;
     assert_resumed_upstream(&sim, &second.log());
     let mut client = resume(&sim, second.addr, &session, &mut last, &mut seen).await;
     marked(&mut client, &mut last, 30, &mut seen).await;
@@ -351,14 +268,13 @@ async fn after_sigkill_the_next_process_resumes_from_the_periodic_checkpoint() {
 async fn a_stale_checkpoint_identifies_with_one_line_saying_so() {
     let sim = sim().await;
     let state = Scratch::new("stale");
-    let first = Process::start(&sim, &state, &[]).await;
+    let first = Process::start(&sim, &with_state(&state, &[])).await;
     let (code, _) = first.signal("TERM").await;
     assert_eq!(code, Some(0));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = Process::start(
         &sim,
-        &state,
-        &[("GATEWAY_PROXY_CHECKPOINT_MAX_AGE_SECS", "1")],
+        &with_state(&state, &[("GATEWAY_PROXY_CHECKPOINT_MAX_AGE_SECS", "1")]),
     )
     .await;
     let log = second.log();
