@@ -208,6 +208,11 @@ pub struct ClusterSection {
     pub storage: String,
     /// How many NATS servers keep each stream and bucket.
     pub replicas: usize,
+    /// The oldest event the event log keeps, in seconds (at least
+    /// `session_ttl_secs`).
+    pub stream_max_age_secs: u64,
+    /// The most bytes the event log keeps.
+    pub stream_max_bytes: u64,
 }
 
 impl Default for ClusterSection {
@@ -218,6 +223,8 @@ impl Default for ClusterSection {
             node_id: None,
             storage: "file".to_owned(),
             replicas: 1,
+            stream_max_age_secs: 600,
+            stream_max_bytes: 1 << 30,
         }
     }
 }
@@ -669,6 +676,25 @@ impl Config {
             .unwrap_or("cluster");
             return Err(ConfigError::invalid(key, message));
         }
+        if section.stream_max_age_secs < self.session_ttl_secs {
+            return Err(ConfigError::invalid(
+                "cluster.stream_max_age_secs",
+                format!(
+                    "expected at least session_ttl_secs ({}): a session resumed on another \
+                     node replays from the event log, found {}",
+                    self.session_ttl_secs, section.stream_max_age_secs
+                ),
+            ));
+        }
+        if section.stream_max_bytes < 1 << 20 {
+            return Err(ConfigError::invalid(
+                "cluster.stream_max_bytes",
+                format!(
+                    "expected at least 1048576 (1 MiB), found {}",
+                    section.stream_max_bytes
+                ),
+            ));
+        }
         if !["file", "memory"].contains(&section.storage.as_str()) {
             return Err(ConfigError::invalid(
                 "cluster.storage",
@@ -700,6 +726,15 @@ impl Config {
         };
         config.replicas = section.replicas;
         Some(config)
+    }
+
+    /// The event log's bounds (with `cluster.nats_url`).
+    #[must_use]
+    pub fn log_limits(&self) -> cluster::LogLimits {
+        let mut limits = cluster::LogLimits::default();
+        limits.max_age = Duration::from_secs(self.cluster.stream_max_age_secs);
+        limits.max_bytes = self.cluster.stream_max_bytes;
+        limits
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {

@@ -309,7 +309,7 @@ pub async fn start_until(
     }
     if let Some(cluster_config) = config.cluster_config() {
         tokio::select! {
-            joined = join_cluster(cluster_config, &mut pool_config) => joined?,
+            joined = join_cluster(cluster_config, config.log_limits(), &mut pool_config) => joined?,
             () = &mut stop => return Ok(None),
         }
     }
@@ -345,9 +345,10 @@ pub async fn start_until(
 }
 
 /// Joins the cluster: identifies paced with the other nodes, checkpoints
-/// in JetStream.
+/// in JetStream, every event published to the event log.
 async fn join_cluster(
     config: cluster::ClusterConfig,
+    log_limits: cluster::LogLimits,
     pool_config: &mut shard_pool::PoolConfig,
 ) -> Result<(), RunError> {
     let failed = |message: String| RunError { code: 1, message };
@@ -366,8 +367,13 @@ async fn join_cluster(
         .store()
         .await
         .map_err(|e| failed(format!("cannot join the cluster: {e}")))?;
+    let log = cluster
+        .event_log(log_limits)
+        .await
+        .map_err(|e| failed(format!("cannot join the cluster: {e}")))?;
     pool_config.queue = Some(Arc::new(queue));
     pool_config.store = Some(Arc::new(store));
+    pool_config.tap = Some(Arc::new(log));
     tracing::info!(cluster = name, node, "joined the cluster");
     Ok(())
 }

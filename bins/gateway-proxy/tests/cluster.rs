@@ -80,4 +80,16 @@ async fn three_nodes_started_at_once_identify_paced_across_them() {
     for (node, log) in ["a", "b", "c"].iter().zip(&logs) {
         assert!(log.contains("joined the cluster"), "{node}: {log}");
     }
+    // Every node publishes its shards' events: one subject per shard.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("three-events")
+        .await
+        .unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    assert_eq!(state.subjects_count, 12, "{state:?}");
+    assert!(
+        state.messages >= 12 * 25,
+        "each shard's READY, guilds and events: {state:?}"
+    );
 }

@@ -451,6 +451,14 @@ fn cluster_keys_are_off_by_default_mapped_and_checked() {
             "key \"cluster.storage\": expected \"file\" or \"memory\"",
         ),
         (r#""replicas": 9"#, "key \"cluster.replicas\""),
+        (
+            r#""stream_max_age_secs": 60"#,
+            "key \"cluster.stream_max_age_secs\": expected at least session_ttl_secs (300)",
+        ),
+        (
+            r#""stream_max_bytes": 1000"#,
+            "key \"cluster.stream_max_bytes\": expected at least 1048576",
+        ),
         (r#""nats_url": "", "name": "x""#, "key \"cluster.nats_url\""),
     ] {
         let with_url = if json.contains("nats_url") {

@@ -14,6 +14,9 @@
 //! - **Checkpoints** ([`JetStreamStore`]): the durable-sessions [`Store`] as
 //!   a JetStream object store, so that a checkpoint written by one node can
 //!   be read by any other.
+//! - **The event log** ([`EventLog`]): every event of the node's shards,
+//!   published to a stream with its index, `s`, session and audience, as
+//!   the pool's [`Tap`].
 //!
 //! Without a `cluster.nats_url` none of this runs: a single proxy keeps its
 //! checkpoints in a directory and paces its own identifies.
@@ -33,15 +36,18 @@
 //! let gateway = GatewayInfo::fetch(&pool_config).await?;
 //! pool_config.queue = Some(Arc::new(cluster.identify_queue(&gateway, pool_config.identify_window).await?));
 //! pool_config.store = Some(Arc::new(cluster.store().await?));
+//! pool_config.tap = Some(Arc::new(cluster.event_log(Default::default()).await?));
 //! let pool = Pool::start(pool_config).await?;
 //! pool.ready().await?;
 //! # Ok(()) }
 //! ```
 //!
 //! [`Queue`]: shard_pool::Queue
+//! [`Tap`]: shard_pool::Tap
 //! [`Store`]: shard_pool::Store
 
 mod error;
+mod log;
 mod queue;
 mod store;
 #[doc(hidden)]
@@ -53,6 +59,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 pub use crate::error::{Error, ErrorKind};
+pub use crate::log::{EventLog, LogLimits, LogStats, headers, parse_audience};
 pub use crate::queue::KvQueue;
 pub use crate::store::JetStreamStore;
 
@@ -283,6 +290,16 @@ impl Cluster {
         window: Duration,
     ) -> Result<KvQueue, Error> {
         KvQueue::open(self, gateway, window).await
+    }
+
+    /// The node's event log, kept within `limits`; see [`EventLog`]. Give
+    /// it to the pool as its tap ([`shard_pool::PoolConfig::tap`]).
+    ///
+    /// # Errors
+    ///
+    /// If its stream cannot be created or updated.
+    pub async fn event_log(&self, limits: LogLimits) -> Result<EventLog, Error> {
+        EventLog::open(self, limits).await
     }
 
     /// The cluster's checkpoint store; see [`JetStreamStore`].

@@ -7,6 +7,7 @@ use std::time::Duration;
 use state_cache::Flags;
 
 use crate::store::Store;
+use crate::tap::Tap;
 use crate::token::Token;
 use twilight_gateway::queue::Queue;
 
@@ -75,6 +76,9 @@ pub struct PoolConfig {
     /// over (Discord would most likely refuse its RESUME) and the shard
     /// identifies.
     pub checkpoint_max_age: Duration,
+    /// Gets a copy of every event every shard takes in (an event log);
+    /// `None`: nobody.
+    pub tap: Option<Arc<dyn Tap>>,
 }
 
 impl fmt::Debug for PoolConfig {
@@ -100,6 +104,7 @@ impl fmt::Debug for PoolConfig {
             .field("queue", &self.queue.as_ref().map(|_| "shared"))
             .field("store", &self.store)
             .field("checkpoint_max_age", &self.checkpoint_max_age)
+            .field("tap", &self.tap)
             .finish()
     }
 }
@@ -129,6 +134,7 @@ impl PoolConfig {
             queue: None,
             store: None,
             checkpoint_max_age: Duration::from_mins(2),
+            tap: None,
         }
     }
 }

@@ -95,6 +95,7 @@ mod rest;
 mod ring;
 mod shard;
 mod store;
+mod tap;
 mod token;
 
 pub use crate::checkpoint::{
@@ -114,6 +115,7 @@ pub use crate::shard::{CheckpointStats, ShardHandle, ShardState, ShardStatus, Sn
 pub use crate::store::{
     DirStore, MAX_NAME, Store, StoreError, StoreErrorKind, StoreFuture, check_name,
 };
+pub use crate::tap::{Tap, Tapped};
 pub use crate::token::Token;
 pub use state_cache::{Cache, Flags, Session};
 

@@ -170,6 +170,7 @@ impl Pool {
                 config.guild_load_timeout,
                 from_checkpoint,
             );
+            handle.tap_into(config.tap.clone());
             tasks.push(tokio::spawn(handle.clone().run(shard)));
             shards.push(handle);
         }

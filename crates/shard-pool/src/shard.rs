@@ -22,6 +22,7 @@ use crate::follow::Follower;
 use crate::pipeline::{Pipeline, ShardEvent, VoiceCommand, VoicePhase};
 use crate::queue::SharedQueue;
 use crate::ring::{self, Ring, RingStats};
+use crate::tap::{Tap, Tapped};
 
 /// Where a shard's upstream connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +182,16 @@ pub(crate) struct Shared {
     restored: AtomicBool,
     /// The last checkpoint written.
     checkpointed: Mutex<Option<CheckpointStats>>,
+    /// Gets a copy of every event; taken under `core`.
+    tap: OnceLock<Tapping>,
+}
+
+/// A shard's tap, and the upstream session its copies name (kept here so
+/// that a copy costs no allocation).
+#[derive(Debug)]
+struct Tapping {
+    tap: Arc<dyn Tap>,
+    session: Mutex<Option<Arc<str>>>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -272,8 +283,58 @@ impl ShardHandle {
                 frozen: AtomicBool::new(false),
                 restored: AtomicBool::new(restored),
                 checkpointed: Mutex::new(None),
+                tap: OnceLock::new(),
             }),
         }
+    }
+
+    /// Hands a copy of every event from now on to `tap`, if any (once; a
+    /// second tap is ignored).
+    pub(crate) fn tap_into(&self, tap: Option<Arc<dyn Tap>>) {
+        if let Some(tap) = tap {
+            let session = Mutex::new(None);
+            let _ = self.shared.tap.set(Tapping { tap, session });
+        }
+    }
+
+    /// Gives `tap` its copy of `event` (under the core lock).
+    fn tap(&self, core: &Pipeline, event: &ShardEvent, ready: Option<&Bytes>) {
+        let Some(Tapping { tap, session }) = self.shared.tap.get() else {
+            return;
+        };
+        let Some((upstream, _)) = core.upstream() else {
+            return;
+        };
+        let mut cached = lock(session);
+        let session = match &*cached {
+            Some(id) if **id == *upstream.session_id => id.clone(),
+            _ => cached
+                .insert(Arc::from(upstream.session_id.as_str()))
+                .clone(),
+        };
+        drop(cached);
+        let (payload, audience, seq) = match (event, ready) {
+            (ShardEvent::Dispatch(dispatch), _) => (
+                dispatch.payload().clone(),
+                dispatch.audience().clone(),
+                dispatch.scan().seq(),
+            ),
+            (ShardEvent::Reset { .. }, Some(ready)) => (
+                ready.clone(),
+                crate::Audience::Everyone,
+                seqpatch::scan(ready).ok().and_then(|scan| scan.seq()),
+            ),
+            _ => return,
+        };
+        tap.tapped(Tapped {
+            shard: self.shared.id,
+            index: event.index(),
+            seq,
+            session,
+            payload,
+            audience,
+            ready: ready.is_some(),
+        });
     }
 
     /// The shard id.
@@ -570,7 +631,12 @@ impl ShardHandle {
             if self.shared.frozen.load(Ordering::Acquire) {
                 return core.cache.pending_guilds();
             }
+            let tapped = self.shared.tap.get().is_some().then(|| payload.clone());
             let event = core.handle(payload);
+            if let (Some(event), Some(payload)) = (&event, &tapped) {
+                let ready = matches!(event, ShardEvent::Reset { .. }).then_some(payload);
+                self.tap(&core, event, ready);
+            }
             if matches!(event, Some(ShardEvent::Reset { .. })) {
                 lock(&self.shared.sampled).ready_at = Some(now);
                 self.shared.restored.store(false, Ordering::Relaxed);
