@@ -228,11 +228,7 @@ async fn publish(
             acks.push((event, subject, sent));
         }
         for (event, subject, sent) in acks.drain(..) {
-            let acked = match sent {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
-            match acked {
+            match acknowledged(sent).await {
                 Ok(()) => {
                     stats.published.fetch_add(1, Ordering::Relaxed);
                 }
@@ -241,6 +237,16 @@ async fn publish(
         }
         metrics::counter!("gateway_event_log_published_total")
             .absolute(stats.published.load(Ordering::Relaxed));
+    }
+}
+
+/// Waits for a sent publish's acknowledgement; what failed, as text.
+async fn acknowledged(
+    sent: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+) -> Result<(), String> {
+    match sent {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -258,14 +264,10 @@ async fn retry(
         tokio::time::sleep(PAUSE).await;
         stats.retried.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("gateway_event_log_retried_total").increment(1);
-        let acked = match jetstream
+        let sent = jetstream
             .send_publish(subject.to_owned(), message(event))
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        match acked {
+            .await;
+        match acknowledged(sent).await {
             Ok(()) => {
                 stats.published.fetch_add(1, Ordering::Relaxed);
                 return;

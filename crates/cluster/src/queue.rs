@@ -112,13 +112,19 @@ pub(crate) async fn open_state(cluster: &Cluster) -> Result<kv::Store, Error> {
 }
 
 impl Inner {
-    /// Waits for shard `id`'s turn and takes it.
-    async fn turn(&self, id: u32) {
+    /// Shard `id`'s rate-limit bucket and the key of its turns.
+    fn bucket(&self, id: u32) -> (u32, String) {
         let count = u32::try_from(self.buckets.len()).unwrap_or(u32::MAX);
         let bucket = id % count;
+        (bucket, format!("bucket-{bucket}"))
+    }
+
+    /// Waits for shard `id`'s turn and takes it.
+    async fn turn(&self, id: u32) {
+        let (bucket, key) = self.bucket(id);
         let _line = self.buckets[bucket as usize].lock().await;
         let mut attempt = Attempt {
-            key: format!("bucket-{bucket}"),
+            key,
             value: Bytes::from(format!("{} {id}", self.node)),
             floor: None,
             written: None,
@@ -269,8 +275,7 @@ impl Inner {
     /// Gives a turn back that nobody waited for: its key goes, so the
     /// bucket's next shard may go at once.
     async fn refund(&self, id: u32) {
-        let count = u32::try_from(self.buckets.len()).unwrap_or(u32::MAX);
-        let key = format!("bucket-{}", id % count);
+        let (_, key) = self.bucket(id);
         if let Ok(Some(entry)) = self.turns.entry(&key).await
             && entry.value == format!("{} {id}", self.node).as_bytes()
         {

@@ -5,7 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster::testing::nats;
+use cluster::KvQueue;
+use cluster::testing::{NatsServer, nats};
 use discord_sim::{Sim, SimConfig};
 use shard_pool::{GatewayInfo, PoolConfig, Queue};
 use tokio::time::Instant;
@@ -24,6 +25,21 @@ async fn gateway(max_concurrency: u32, remaining: u32, reset_after: Duration) ->
     info.reset_after = reset_after;
     info.total = 1000;
     info
+}
+
+/// The identify queues of nodes `a` and `b` of cluster `name`.
+async fn queues(
+    nats: &NatsServer,
+    name: &str,
+    info: &GatewayInfo,
+    window: Duration,
+) -> [KvQueue; 2] {
+    let mut both = Vec::new();
+    for id in ["a", "b"] {
+        let cluster = node(nats, name, id).await;
+        both.push(cluster.identify_queue(info, window).await.unwrap());
+    }
+    both.try_into().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,16 +111,7 @@ async fn a_turn_nobody_waits_for_is_given_back() {
     };
     let window = Duration::from_secs(5);
     let info = gateway(1, 1000, Duration::from_hours(1)).await;
-    let a = node(&nats, "refund", "a")
-        .await
-        .identify_queue(&info, window)
-        .await
-        .unwrap();
-    let b = node(&nats, "refund", "b")
-        .await
-        .identify_queue(&info, window)
-        .await
-        .unwrap();
+    let [a, b] = queues(&nats, "refund", &info, window).await;
     let start = Instant::now();
     a.enqueue(0).await.unwrap();
     // Shard 1 stops waiting: its turn (the next, 5 s on) is never taken.
@@ -126,16 +133,7 @@ async fn the_days_identifies_are_one_count_across_nodes() {
     let window = Duration::from_millis(100);
     // Two identifies left, the day resets in 1.5 s.
     let info = gateway(4, 2, Duration::from_millis(1500)).await;
-    let a = node(&nats, "day", "a")
-        .await
-        .identify_queue(&info, window)
-        .await
-        .unwrap();
-    let b = node(&nats, "day", "b")
-        .await
-        .identify_queue(&info, window)
-        .await
-        .unwrap();
+    let [a, b] = queues(&nats, "day", &info, window).await;
     let start = Instant::now();
     a.enqueue(0).await.unwrap();
     b.enqueue(1).await.unwrap();
