@@ -113,6 +113,9 @@ pub struct Running {
     simulated_state: Option<PathBuf>,
     /// Held until the process ends: the checkpoints are written by then.
     _state_lock: Option<StateLock>,
+    /// In a cluster: the answers to other nodes' commands for this node's
+    /// shards.
+    _commands: Option<cluster::Commands>,
 }
 
 /// The one process that uses a `state_dir`: an exclusive lock on its
@@ -220,6 +223,28 @@ pub async fn start(options: &Options, env: Vec<(String, String)>) -> Result<Runn
     }
 }
 
+/// With `--simulate`, the simulated Discord, whose token, REST base and
+/// intents win over the configuration's (pushed to `env`).
+async fn simulated(
+    options: &Options,
+    env: &mut Vec<(String, String)>,
+) -> Result<Option<Sim>, RunError> {
+    if !options.simulate {
+        return Ok(None);
+    }
+    let sim = Sim::start(demo_sim()).await.map_err(|e| RunError {
+        code: 1,
+        message: format!("cannot start the simulator: {e}"),
+    })?;
+    env.push(("TOKEN".to_owned(), sim.token().to_owned()));
+    env.push(("GATEWAY_PROXY_API_BASE".to_owned(), sim.api_base()));
+    env.push((
+        "GATEWAY_PROXY_INTENTS".to_owned(),
+        KNOWN_INTENTS.to_string(),
+    ));
+    Ok(Some(sim))
+}
+
 /// [`start`], unless `stop` resolves first (SIGTERM while the shards are
 /// still connecting): then every upstream session already open is closed
 /// as on a normal shutdown, and `Ok(None)` says the proxy never served.
@@ -238,21 +263,7 @@ pub async fn start_until(
 ) -> Result<Option<Running>, RunError> {
     let failed = |message: String| RunError { code: 1, message };
     let mut stop = std::pin::pin!(stop);
-    let sim = if options.simulate {
-        let sim = Sim::start(demo_sim())
-            .await
-            .map_err(|e| failed(format!("cannot start the simulator: {e}")))?;
-        // The simulator's token, REST and every intent win over the config.
-        env.push(("TOKEN".to_owned(), sim.token().to_owned()));
-        env.push(("GATEWAY_PROXY_API_BASE".to_owned(), sim.api_base()));
-        env.push((
-            "GATEWAY_PROXY_INTENTS".to_owned(),
-            KNOWN_INTENTS.to_string(),
-        ));
-        Some(sim)
-    } else {
-        None
-    };
+    let sim = simulated(options, &mut env).await?;
     let mut config = config::load(options.config.as_deref(), env).map_err(|e| RunError {
         code: EXIT_CONFIG,
         message: e.to_string(),
@@ -307,9 +318,12 @@ pub async fn start_until(
         let store = DirStore::open(dir).map_err(|e| unusable(&e))?;
         pool_config.store = Some(Arc::new(store));
     }
+    let mut joined = None;
     if let Some(cluster_config) = config.cluster_config() {
         tokio::select! {
-            joined = join_cluster(cluster_config, config.log_limits(), &mut pool_config) => joined?,
+            cluster = join_cluster(cluster_config, config.log_limits(), &mut pool_config) => {
+                joined = Some(cluster?);
+            }
             () = &mut stop => return Ok(None),
         }
     }
@@ -332,6 +346,14 @@ pub async fn start_until(
             return Ok(None);
         }
     }
+    let commands = match &joined {
+        Some(cluster) => Some(
+            cluster::serve_commands(cluster, pool.shards().to_vec())
+                .await
+                .map_err(|e| failed(format!("cannot join the cluster: {e}")))?,
+        ),
+        None => None,
+    };
     let proxy = Proxy::start_on(listener, config.server_config(), pool)
         .await
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
@@ -341,16 +363,18 @@ pub async fn start_until(
         token: Token::new(config.token),
         simulated_state,
         _state_lock: state_lock,
+        _commands: commands,
     }))
 }
 
 /// Joins the cluster: identifies paced with the other nodes, checkpoints
-/// in JetStream, every event published to the event log.
+/// in JetStream, every event published to the event log, the shards of
+/// other nodes followed from it.
 async fn join_cluster(
     config: cluster::ClusterConfig,
     log_limits: cluster::LogLimits,
     pool_config: &mut shard_pool::PoolConfig,
-) -> Result<(), RunError> {
+) -> Result<Cluster, RunError> {
     let failed = |message: String| RunError { code: 1, message };
     let (name, node) = (config.name.clone(), config.node_id.clone());
     let cluster = Cluster::connect(config)
@@ -374,8 +398,9 @@ async fn join_cluster(
     pool_config.queue = Some(Arc::new(queue));
     pool_config.store = Some(Arc::new(store));
     pool_config.tap = Some(Arc::new(log));
+    pool_config.source = Some(Arc::new(cluster.source()));
     tracing::info!(cluster = name, node, "joined the cluster");
-    Ok(())
+    Ok(cluster)
 }
 
 /// Stops a pool whose shards are still starting: with checkpoints, as a

@@ -7,10 +7,12 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::Process;
-use discord_sim::{Sim, SimConfig};
+use discord_sim::{GatewayClient, KNOWN_INTENTS, Sim, SimConfig};
+use serde_json::Value;
 use tokio::time::Instant;
 
 /// The environment of node `node` of cluster `name` on `nats`, running
@@ -92,4 +94,200 @@ async fn three_nodes_started_at_once_identify_paced_across_them() {
         state.messages >= 12 * 25,
         "each shard's READY, guilds and events: {state:?}"
     );
+}
+
+/// A client of `addr` identified for `shard` of `total`: READY's `d` and
+/// each `GUILD_CREATE`'s `d`, in the order they came.
+async fn load(
+    addr: std::net::SocketAddr,
+    token: &str,
+    shard: u32,
+    total: u32,
+) -> (GatewayClient, Value, Vec<Value>) {
+    let (mut client, _hello) = GatewayClient::connect(addr, "v=10&encoding=json")
+        .await
+        .unwrap();
+    client.set_timeout(Duration::from_secs(40));
+    client
+        .identify(token, [shard, total], KNOWN_INTENTS)
+        .await
+        .unwrap();
+    let ready = client.payload().await.unwrap();
+    assert_eq!(ready["t"], "READY", "shard {shard} on {addr}: {ready}");
+    let count = ready["d"]["guilds"].as_array().unwrap().len();
+    let mut guilds = Vec::new();
+    while guilds.len() < count {
+        let payload = client.payload().await.unwrap();
+        if payload["t"] == "GUILD_CREATE" {
+            guilds.push(payload["d"].clone());
+        }
+    }
+    (client, ready["d"].clone(), guilds)
+}
+
+/// Reads dispatches up to the one with marker `last`: their markers, after
+/// checking that `s` goes up by one.
+async fn markers_until(client: &mut GatewayClient, last: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let mut s = None;
+    loop {
+        let payload = client.payload().await.unwrap();
+        if payload["op"] != 0 {
+            continue;
+        }
+        let seq = payload["s"].as_u64().unwrap();
+        if let Some(s) = s {
+            assert_eq!(seq, s + 1, "s goes up by one: {payload}");
+        }
+        s = Some(seq);
+        if let Some(n) = payload["d"]["_sim"]["n"].as_u64() {
+            seen.push(n);
+            if n == last {
+                return seen;
+            }
+        }
+    }
+}
+
+/// READY's `d` without what is each client's own.
+fn shared_part(ready: &Value) -> Value {
+    let mut ready = ready.clone();
+    let d = ready.as_object_mut().unwrap();
+    d.remove("session_id");
+    d.remove("resume_gateway_url");
+    ready
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_serves_every_shard_the_same_state_and_events() {
+    const TOTAL: u32 = 6;
+    let Some(nats) = cluster::testing::nats("every_shard") else {
+        return;
+    };
+    let mut config = SimConfig::default();
+    config.shards = TOTAL;
+    config.max_concurrency = 6;
+    config.guilds = 18;
+    config.events_per_sec = 30;
+    let sim = Sim::start(config).await.unwrap();
+    let mut spawned = Vec::new();
+    for (i, node) in ["a", "b", "c"].into_iter().enumerate() {
+        let first = u32::try_from(i).unwrap() * 2;
+        let env = node_env(&nats.url(), "every", node, (first, first + 2, TOTAL));
+        spawned.push(Process::spawn(&sim, &borrowed(&env)));
+    }
+    let mut nodes = Vec::new();
+    for (process, serving) in spawned {
+        nodes.push(process.serving(serving).await);
+    }
+    // The stream held still, so that every node's state is the same one.
+    sim.pause_stream();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let world = sim.world();
+    let mut clients = Vec::new();
+    for shard in 0..TOTAL {
+        let mut loaded = Vec::new();
+        for node in &nodes {
+            loaded.push(load(node.addr, sim.token(), shard, TOTAL).await);
+        }
+        let truth: BTreeSet<String> = world
+            .guilds_of(shard, TOTAL)
+            .map(|guild| guild.id.to_string())
+            .collect();
+        let (_, ready, guilds) = &loaded[0];
+        let ids: BTreeSet<String> = guilds
+            .iter()
+            .map(|guild| guild["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, truth, "shard {shard}: the sim's guilds");
+        for (node, (_, other_ready, other_guilds)) in loaded.iter().enumerate().skip(1) {
+            assert_eq!(
+                shared_part(other_ready),
+                shared_part(ready),
+                "shard {shard}: READY on node {node}"
+            );
+            assert_eq!(other_guilds, guilds, "shard {shard}: guilds on node {node}");
+        }
+        clients.extend(loaded.into_iter().map(|(client, _, _)| (shard, client)));
+    }
+    sim.resume_stream();
+    // Every event once and in order, on every node: the sim's markers.
+    let mut first = Vec::new();
+    let mut last = Vec::new();
+    for shard in 0..TOTAL {
+        first.push(sim.emit(shard, "GP_MARKER", "{}").unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for shard in 0..TOTAL {
+        last.push(sim.emit(shard, "GP_MARKER", "{}").unwrap());
+    }
+    for (shard, client) in &mut clients {
+        let i = *shard as usize;
+        let seen = markers_until(client, last[i]).await;
+        let from = seen.iter().position(|&n| n == first[i]).unwrap();
+        let expected: Vec<u64> = (first[i]..=last[i]).collect();
+        assert_eq!(
+            seen[from..],
+            expected[..],
+            "shard {shard}: every marker once, in order"
+        );
+    }
+    assert_eq!(sim.lagged(), 0);
+    for node in &nodes {
+        let log = node.log();
+        assert!(!log.contains("following broke"), "{log}");
+        // Four shards of other nodes, each followed once.
+        assert_eq!(
+            log.matches("following a shard another node runs").count(),
+            4,
+            "{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
+    let Some(nats) = cluster::testing::nats("chunks") else {
+        return;
+    };
+    let mut config = SimConfig::default();
+    config.shards = 2;
+    config.max_concurrency = 2;
+    config.guilds = 6;
+    config.events_per_sec = 10;
+    let sim = Sim::start(config).await.unwrap();
+    let env_a = node_env(&nats.url(), "chunks", "a", (0, 1, 2));
+    let env_b = node_env(&nats.url(), "chunks", "b", (1, 2, 2));
+    let (a, serving_a) = Process::spawn(&sim, &borrowed(&env_a));
+    let (b, serving_b) = Process::spawn(&sim, &borrowed(&env_b));
+    let a = a.serving(serving_a).await;
+    let b = b.serving(serving_b).await;
+    // Shard 0 runs on a; two of its clients on b, one on a.
+    let (mut asker, _, guilds) = load(b.addr, sim.token(), 0, 2).await;
+    let (mut other, _, _) = load(b.addr, sim.token(), 0, 2).await;
+    let (mut local, _, _) = load(a.addr, sim.token(), 0, 2).await;
+    let guild = guilds[0]["id"].as_str().unwrap().to_owned();
+    asker
+        .send(&format!(
+            r#"{{"op":8,"d":{{"guild_id":"{guild}","query":"","limit":0,"nonce":"from-b"}}}}"#
+        ))
+        .await
+        .unwrap();
+    let chunk = asker.dispatch("GUILD_MEMBERS_CHUNK").await.unwrap();
+    assert_eq!(chunk["d"]["nonce"], "from-b", "{chunk}");
+    assert_eq!(chunk["d"]["guild_id"], guild.as_str());
+    // The others read on to a marker sent after the answer: no chunk.
+    let marker = sim.emit(0, "GP_MARKER", "{}").unwrap();
+    for client in [&mut other, &mut local] {
+        loop {
+            let payload = client.payload().await.unwrap();
+            assert_ne!(payload["t"], "GUILD_MEMBERS_CHUNK", "{payload}");
+            if payload["d"]["_sim"]["n"].as_u64() == Some(marker) {
+                break;
+            }
+        }
+    }
+    let (_, metrics) = common::http_get(b.addr, "/metrics").await;
+    assert!(metrics.contains("state=\"following\""), "{metrics}");
+    drop((a, b));
 }

@@ -47,6 +47,7 @@
 //! [`Store`]: shard_pool::Store
 
 mod error;
+mod follow;
 mod log;
 mod queue;
 mod store;
@@ -59,6 +60,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 pub use crate::error::{Error, ErrorKind};
+pub use crate::follow::{Commands, NatsSource, serve_commands};
 pub use crate::log::{EventLog, LogLimits, LogStats, headers, parse_audience};
 pub use crate::queue::KvQueue;
 pub use crate::store::JetStreamStore;
@@ -300,6 +302,15 @@ impl Cluster {
     /// If its stream cannot be created or updated.
     pub async fn event_log(&self, limits: LogLimits) -> Result<EventLog, Error> {
         EventLog::open(self, limits).await
+    }
+
+    /// The pool's source of the shards other nodes run; see
+    /// [`NatsSource`]. Give it to the pool
+    /// ([`shard_pool::PoolConfig::source`]) with the cluster's
+    /// [`store`](Self::store).
+    #[must_use]
+    pub fn source(&self) -> NatsSource {
+        NatsSource::new(self)
     }
 
     /// The cluster's checkpoint store; see [`JetStreamStore`].

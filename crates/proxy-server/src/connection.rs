@@ -33,7 +33,7 @@ use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRe
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shard_pool::{
-    Dispatch, Follower, Session as ReadySession, ShardEvent, ShardHandle, VoiceCommand,
+    Dispatch, Follower, Outcome, Route, Session as ReadySession, ShardEvent, ShardHandle,
 };
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -912,7 +912,7 @@ impl Driver {
             Request::Heartbeat => self.send(Bytes::from_static(HEARTBEAT_ACK)).await,
             Request::Identify(identify) => self.identify(identify).await,
             Request::Resume(resume) => self.resume(resume).await,
-            Request::Command(command) => self.command(command),
+            Request::Command(command) => self.command(command).await,
             Request::Close(close) => {
                 if close.code == Close::DECODE_ERROR && self.attached.is_some() {
                     self.ctx
@@ -1076,14 +1076,17 @@ impl Driver {
             let _ = tokio::time::timeout(READY_WAIT, shard.ready()).await;
         }
         let now = Instant::now();
-        if let Some(code) = pool.shard(session.shard).and_then(ShardHandle::fatal_close) {
+        if let Some(code) = pool
+            .shard(session.shard)
+            .and_then(|shard| shard.fatal_close())
+        {
             self.ctx.detach(&resume.session_id, session, false, now);
             return Err(self.fatal(code));
         }
         let replay = match (pool.shard(session.shard), resume.seq) {
             (Some(shard), Some(seq)) => {
                 let index = session.map.index_of(seq, session.seq).or_else(|| {
-                    let index = ahead(shard, &resume.session_id, &session, seq);
+                    let index = ahead(&shard, &resume.session_id, &session, seq);
                     if let Some(index) = index {
                         tracing::info!(
                             shard = session.shard,
@@ -1159,8 +1162,9 @@ impl Driver {
 
     /// Forwards a command to the shard of its guild, within the shard's
     /// budget: a client over its share is closed with 4008, as Discord
-    /// would close it.
-    fn command(&mut self, command: Command) -> Result<(), End> {
+    /// would close it. A shard another node runs gets it through that node
+    /// (the wait for its answer is bounded by the source).
+    async fn command(&mut self, command: Command) -> Result<(), End> {
         let Some(attached) = &self.attached else {
             return Ok(());
         };
@@ -1198,8 +1202,8 @@ impl Driver {
             }
         }
         // The answers are stamped for this session when they arrive.
-        match (command.op, command.nonce.as_deref(), command.guild_id) {
-            (8, Some(nonce), _) => shard.route_chunks(nonce, &attached.id),
+        let route = match (command.op, command.nonce, command.guild_id) {
+            (8, Some(nonce), _) => Route::Chunks { nonce },
             (4, _, Some(guild)) => {
                 // A string or, from discord.py, a number; null for a leave.
                 let channel = sonic_rs::from_slice::<sonic_rs::Value>(&command.payload)
@@ -1209,42 +1213,43 @@ impl Driver {
                         let channel = sonic_rs::JsonValueTrait::get(d, "channel_id")?;
                         crate::protocol::snowflake(channel)
                     });
-                let sessions = &self.ctx.sessions;
-                match shard.voice_command(guild, &attached.id, channel, |owner| {
-                    sessions.is_attached(owner)
-                }) {
-                    VoiceCommand::Refused { owner } => {
-                        self.ctx
-                            .counters
-                            .voice_refused
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::info!(
-                            shard = target,
-                            guild,
-                            %owner,
-                            "op 4 not sent: another client session owns the guild's voice"
-                        );
-                        return Ok(());
-                    }
-                    VoiceCommand::Rejoin => {
-                        // Discord answers a join of the bot's own channel
-                        // with nothing: out, then in again.
-                        tracing::info!(shard = target, guild, "voice rejoin for a new owner");
-                        let leave = format!(
-                            r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":null,"self_mute":false,"self_deaf":false}}}}"#
-                        );
-                        let _ = shard.send(leave);
-                    }
-                    _ => {}
-                }
+                Route::Voice { guild, channel }
             }
-            _ => {}
-        }
+            _ => Route::Plain,
+        };
         let Ok(json) = String::from_utf8(Vec::from(command.payload)) else {
             return Ok(());
         };
-        if shard.send(json).is_err() {
-            tracing::warn!(shard = target, "shard stopped; command dropped");
+        let sessions = &self.ctx.sessions;
+        let outcome = shard
+            .command(
+                shard_pool::Command::new(json, attached.id.as_str(), route.clone()),
+                |owner| sessions.is_attached(owner),
+            )
+            .await;
+        match outcome {
+            Ok(Outcome::Refused { owner }) => {
+                self.ctx
+                    .counters
+                    .voice_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    shard = target,
+                    ?route,
+                    %owner,
+                    "op 4 not sent: another client session owns the guild's voice"
+                );
+            }
+            Ok(Outcome::Rejoined) => {
+                tracing::info!(shard = target, ?route, "voice rejoin for a new owner");
+            }
+            Ok(Outcome::Stopped) => {
+                tracing::warn!(shard = target, "shard stopped; command dropped");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(shard = target, %error, "command not delivered to the shard's node");
+            }
         }
         Ok(())
     }

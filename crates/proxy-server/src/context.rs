@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use shard_pool::Pool;
+use shard_pool::{Command, Pool, Route};
 use wire_codec::Compression;
 
 use crate::config::ServerConfig;
@@ -229,6 +229,15 @@ impl Context {
                     "the session that owned their voice ended"
                 );
             }
+        }
+        // The shards other nodes run hear of it there.
+        for shard in self.pool.followed() {
+            let ended = Command::new(String::new(), id, Route::Ended { leave });
+            tokio::spawn(async move {
+                if let Err(error) = shard.command(ended, |_| false).await {
+                    tracing::warn!(shard = shard.id(), %error, "session end not delivered to the shard's node");
+                }
+            });
         }
     }
 

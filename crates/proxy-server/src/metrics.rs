@@ -19,13 +19,14 @@ pub(crate) const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 /// Histogram buckets of `gateway_shard_status`: its five codes.
 pub(crate) const STATUS_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0];
 
-const STATES: [&str; 6] = [
+const STATES: [&str; 7] = [
     "connecting",
     "identifying",
     "resuming",
     "active",
     "disconnected",
     "fatally_closed",
+    "following",
 ];
 
 /// The `# HELP` text of every metric; once, before the first recording.
@@ -275,13 +276,17 @@ fn shard_metrics(ctx: &Context, shard: &str, status: &ShardStatus) {
     // 4 active, 3 resuming, 2 identifying (or connecting), 1 disconnected,
     // 0 fatally closed.
     let code = match status.state {
-        ShardState::Active => 4.0,
-        ShardState::Resuming => 3.0,
-        ShardState::Disconnected { .. } => 1.0,
-        ShardState::FatallyClosed => 0.0,
-        _ => 2.0,
+        ShardState::Active => Some(4.0),
+        ShardState::Resuming => Some(3.0),
+        ShardState::Disconnected { .. } => Some(1.0),
+        ShardState::FatallyClosed => Some(0.0),
+        // Another node's: its status is that node's to say.
+        ShardState::Following => None,
+        _ => Some(2.0),
     };
-    histogram!("gateway_shard_status", "shard" => shard.to_owned()).record(code);
+    if let Some(code) = code {
+        histogram!("gateway_shard_status", "shard" => shard.to_owned()).record(code);
+    }
     for state in STATES {
         let value = f64::from(u8::from(status.state.name() == state));
         gauge!("gateway_shard_state", "shard" => shard.to_owned(), "state" => state).set(value);

@@ -385,8 +385,9 @@ fn health(pool: &Pool) -> Response<Full<Bytes>> {
     )
 }
 
-/// 200 when every shard is active, else 503 with each shard's state (and
-/// the close code of a shard closed for good).
+/// 200 when every shard this node runs is active, else 503; with each
+/// shard's state (and the close code of a shard closed for good), those
+/// of other nodes this node follows (`following`) included.
 fn ready(pool: &Pool) -> Response<Full<Bytes>> {
     let states: Vec<(u32, ShardState, Option<u16>)> = pool
         .shards()
@@ -396,7 +397,12 @@ fn ready(pool: &Pool) -> Response<Full<Bytes>> {
     let all_active = states
         .iter()
         .all(|(_, state, _)| *state == ShardState::Active);
-    let body = states
+    let followed = pool.followed();
+    let followed = followed
+        .iter()
+        .map(|shard| (shard.id(), shard.state(), shard.fatal_close()));
+    let body = states.into_iter().chain(followed).collect::<Vec<_>>();
+    let body = body
         .iter()
         .map(|(id, state, fatal)| match fatal {
             Some(code) => format!(r#""{id}":"{}:{code}""#, state.name()),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use state_cache::Flags;
 
+use crate::remote::Source;
 use crate::store::Store;
 use crate::tap::Tap;
 use crate::token::Token;
@@ -79,6 +80,11 @@ pub struct PoolConfig {
     /// Gets a copy of every event every shard takes in (an event log);
     /// `None`: nobody.
     pub tap: Option<Arc<dyn Tap>>,
+    /// Where the shards outside `shard_start..shard_end` come from: with
+    /// a source, [`Pool::shard`](crate::Pool::shard) gives every shard of
+    /// the total, those others run followed from their owners' events and
+    /// checkpoints (in [`store`](Self::store)); without, only the pool's.
+    pub source: Option<Arc<dyn Source>>,
 }
 
 impl fmt::Debug for PoolConfig {
@@ -105,6 +111,7 @@ impl fmt::Debug for PoolConfig {
             .field("store", &self.store)
             .field("checkpoint_max_age", &self.checkpoint_max_age)
             .field("tap", &self.tap)
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -135,6 +142,7 @@ impl PoolConfig {
             store: None,
             checkpoint_max_age: Duration::from_mins(2),
             tap: None,
+            source: None,
         }
     }
 }

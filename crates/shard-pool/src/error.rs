@@ -32,6 +32,13 @@ pub enum ErrorKind {
     Closed(u32),
     /// A checkpoint could not be read back: why.
     Checkpoint(String),
+    /// The process that runs a shard could not be reached: why.
+    Remote {
+        /// The shard.
+        shard: u32,
+        /// Why.
+        reason: String,
+    },
     /// Discord closed a shard with a code that forbids reconnecting.
     FatallyClosed {
         /// The shard.
@@ -66,6 +73,18 @@ impl Error {
         }
     }
 
+    /// The process that runs shard `shard` could not be reached; for a
+    /// [`Source`](crate::Source).
+    #[must_use]
+    pub fn remote(shard: u32, reason: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Remote {
+                shard,
+                reason: reason.into(),
+            },
+        }
+    }
+
     pub(crate) fn new(kind: ErrorKind) -> Self {
         Self { kind }
     }
@@ -95,6 +114,9 @@ impl fmt::Display for Error {
             ErrorKind::UnknownShard(id) => write!(f, "shard {id} is not in this pool"),
             ErrorKind::Closed(id) => write!(f, "shard {id} has stopped"),
             ErrorKind::Checkpoint(why) => write!(f, "checkpoint: {why}"),
+            ErrorKind::Remote { shard, reason } => {
+                write!(f, "the node that runs shard {shard}: {reason}")
+            }
             ErrorKind::FatallyClosed {
                 shard,
                 code,

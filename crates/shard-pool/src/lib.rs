@@ -91,6 +91,7 @@ mod follow;
 mod pipeline;
 mod pool;
 mod queue;
+mod remote;
 mod rest;
 mod ring;
 mod shard;
@@ -109,6 +110,7 @@ pub use crate::pipeline::{
 };
 pub use crate::pool::{Checkpointed, Pool};
 pub use crate::queue::{PacedQueue, Queue, identify_spacing};
+pub use crate::remote::{Command, CommandFuture, Followed, Outcome, Route, Source};
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;
 pub use crate::shard::{CheckpointStats, ShardHandle, ShardState, ShardStatus, Snapshot};

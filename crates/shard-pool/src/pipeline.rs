@@ -539,6 +539,19 @@ impl Pipeline {
     /// Everything else, repeats after a resume, RESUMED and payloads that
     /// are not gateway payloads are not handed on.
     pub fn handle(&mut self, payload: Bytes) -> Option<ShardEvent> {
+        self.take(payload, None)
+    }
+
+    /// Takes one event another process's pipeline handed on (a follower of
+    /// its shard): as [`handle`](Self::handle), but a dispatch goes to
+    /// `audience`, as the owner decided when it came, whatever this
+    /// pipeline's routes say. Fed every event the owner handed on, in
+    /// order, from the same start, it gives each the owner's index.
+    pub fn handle_stamped(&mut self, payload: Bytes, audience: Audience) -> Option<ShardEvent> {
+        self.take(payload, Some(audience))
+    }
+
+    fn take(&mut self, payload: Bytes, stamp: Option<Audience>) -> Option<ShardEvent> {
         let scan = match seqpatch::scan(&payload) {
             Ok(scan) => scan,
             Err(error) => {
@@ -590,10 +603,10 @@ impl Pipeline {
             self.apply(t, &scan, &payload);
         }
         let index = self.index + 1;
-        let audience = if t == "VOICE_STATE_UPDATE" {
-            self.routes.voice_state(scan.d(&payload))
-        } else {
-            self.routes.audience(t, scan.d(&payload))
+        let audience = match stamp {
+            Some(audience) => audience,
+            None if t == "VOICE_STATE_UPDATE" => self.routes.voice_state(scan.d(&payload)),
+            None => self.routes.audience(t, scan.d(&payload)),
         };
         let dispatch = match canonical(&payload, &scan) {
             None => Dispatch::scanned(index, payload, scan, audience),

@@ -17,7 +17,8 @@ use crate::checkpoint::{self, Identity, Refused};
 use crate::config::{PoolConfig, Presence};
 use crate::error::{Error, ErrorKind};
 use crate::pipeline::Pipeline;
-use crate::queue::{PacedQueue, Queue, SharedQueue};
+use crate::queue::{PacedQueue, SharedQueue};
+use crate::remote::{self, Following};
 use crate::rest::{self, GatewayInfo};
 use crate::ring::{ReplayBudget, Ring, RingLimits};
 use crate::store::Store;
@@ -37,7 +38,7 @@ fn ring_limits(config: &PoolConfig, budget: &Arc<ReplayBudget>) -> RingLimits {
 /// `ring::RAW_AGE` for the rest of what stays raw): what a live client
 /// reads; older ones are packed.
 const RAW_EVENTS: usize = 32;
-use crate::shard::{CheckpointStats, ShardHandle, ShardStatus};
+use crate::shard::{CheckpointStats, Link, ShardHandle, ShardStatus};
 
 /// Every shard of `shard_start..shard_end`, each with its own connection,
 /// state cache and subscribers. Dropping the pool stops its shards.
@@ -55,6 +56,14 @@ pub struct Pool {
     store: Option<Arc<dyn Store>>,
     identity: Identity,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The followed shards' tasks, which end only when aborted.
+    follows: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// What following the shards outside the range takes, with a source.
+    following: Option<Arc<Following>>,
+    /// The shards outside the range followed so far (when a client first
+    /// asked for one).
+    followed: std::sync::Mutex<HashMap<u32, ShardHandle>>,
+    intents: u64,
 }
 
 /// What [`Pool::checkpoint`] did.
@@ -76,6 +85,13 @@ impl Drop for Pool {
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for task in tasks.iter() {
+            task.abort();
+        }
+        let follows = self
+            .follows
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task in follows.iter() {
             task.abort();
         }
     }
@@ -113,20 +129,7 @@ impl Pool {
                 reset_after: gateway.reset_after,
             }));
         }
-        let (queue, paced): (Arc<dyn Queue + Send + Sync>, _) = if let Some(shared) = &config.queue
-        {
-            (shared.clone(), None)
-        } else {
-            let paced = PacedQueue::new(
-                gateway.max_concurrency,
-                config.identify_window,
-                gateway.remaining,
-                gateway.reset_after,
-                gateway.total,
-            );
-            (Arc::new(paced.clone()), Some(paced))
-        };
-        let queue = SharedQueue(queue);
+        let (queue, paced) = queue_of(&config, &gateway);
         let gateway_url = config
             .gateway_url
             .clone()
@@ -165,7 +168,7 @@ impl Pool {
                 id,
                 pipeline,
                 ring,
-                shard.sender(),
+                Link::Upstream(shard.sender()),
                 config.intents,
                 config.guild_load_timeout,
                 from_checkpoint,
@@ -181,6 +184,7 @@ impl Pool {
             gateway = %gateway_url,
             "shards started"
         );
+        let following = following(&config, &identity, &budget);
         Ok(Self {
             shards,
             total,
@@ -191,6 +195,10 @@ impl Pool {
             store: config.store.clone(),
             identity,
             tasks: std::sync::Mutex::new(tasks),
+            follows: std::sync::Mutex::new(Vec::new()),
+            following,
+            followed: std::sync::Mutex::new(HashMap::new()),
+            intents: config.intents,
         })
     }
 
@@ -324,11 +332,58 @@ impl Pool {
         &self.shards
     }
 
+    /// Shard `id`: one this pool runs or, with a
+    /// [`source`](crate::PoolConfig::source), any shard of the total, the
+    /// others followed from their owners (from the first time one is
+    /// asked for on; it serves once its state is the owner's: wait for
+    /// [`ShardHandle::ready`]). `None` for an id past the total, or outside
+    /// the range without a source.
+    #[must_use]
+    pub fn shard(&self, id: u32) -> Option<ShardHandle> {
+        if let Some(shard) = self.local(id) {
+            return Some(shard.clone());
+        }
+        let following = self.following.as_ref().filter(|_| id < self.total)?;
+        let mut followed = self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let shard = followed.entry(id).or_insert_with(|| {
+            let ring = Ring::new(following.limits.clone());
+            let shard = ShardHandle::followed(
+                id,
+                following.source.clone(),
+                following.flags,
+                ring,
+                self.intents,
+            );
+            let task = tokio::spawn(remote::follow(shard.clone(), following.clone()));
+            self.follows
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(task);
+            shard
+        });
+        Some(shard.clone())
+    }
+
     /// Shard `id`, if this pool runs it.
     #[must_use]
-    pub fn shard(&self, id: u32) -> Option<&ShardHandle> {
+    pub fn local(&self, id: u32) -> Option<&ShardHandle> {
         self.shards
             .get(usize::try_from(id.checked_sub(self.start)?).ok()?)
+    }
+
+    /// The shards of other processes this pool follows, in id order.
+    #[must_use]
+    pub fn followed(&self) -> Vec<ShardHandle> {
+        let followed = self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shards: Vec<ShardHandle> = followed.values().cloned().collect();
+        shards.sort_unstable_by_key(ShardHandle::id);
+        shards
     }
 
     /// The shard a guild's events and commands belong to:
@@ -338,10 +393,16 @@ impl Pool {
         u32::try_from((guild_id >> 22) % u64::from(self.total.max(1))).unwrap_or(0)
     }
 
-    /// Every shard's status, in id order.
+    /// Every shard's status, in id order: those this pool runs, then
+    /// those it follows ([`ShardState::Following`](crate::ShardState::Following)).
     #[must_use]
     pub fn status(&self) -> Vec<ShardStatus> {
-        self.shards.iter().map(ShardHandle::status).collect()
+        let followed = self.followed();
+        self.shards
+            .iter()
+            .chain(&followed)
+            .map(ShardHandle::status)
+            .collect()
     }
 
     /// Closes every upstream session normally and waits (up to five
@@ -364,6 +425,15 @@ impl Pool {
     }
 
     async fn join(&self) {
+        let follows = std::mem::take(
+            &mut *self
+                .follows
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in follows {
+            task.abort();
+        }
         let tasks = std::mem::take(
             &mut *self
                 .tasks
@@ -400,6 +470,38 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+/// The identify queue: the shared one given, or the pool's own pacing.
+fn queue_of(config: &PoolConfig, gateway: &GatewayInfo) -> (SharedQueue, Option<PacedQueue>) {
+    if let Some(shared) = &config.queue {
+        return (SharedQueue(shared.clone()), None);
+    }
+    let paced = PacedQueue::new(
+        gateway.max_concurrency,
+        config.identify_window,
+        gateway.remaining,
+        gateway.reset_after,
+        gateway.total,
+    );
+    (SharedQueue(Arc::new(paced.clone())), Some(paced))
+}
+
+/// What following the shards outside the range takes, with a source.
+fn following(
+    config: &PoolConfig,
+    identity: &Identity,
+    budget: &Arc<ReplayBudget>,
+) -> Option<Arc<Following>> {
+    let source = config.source.clone()?;
+    Some(Arc::new(Following {
+        source,
+        store: config.store.clone(),
+        identity: identity.clone(),
+        flags: config.cache,
+        max_age: config.checkpoint_max_age,
+        limits: ring_limits(config, budget),
+    }))
 }
 
 /// Reads the checkpoint of every shard of `range` that has a usable one;

@@ -21,6 +21,7 @@ use crate::error::{Error, ErrorKind};
 use crate::follow::Follower;
 use crate::pipeline::{Pipeline, ShardEvent, VoiceCommand, VoicePhase};
 use crate::queue::SharedQueue;
+use crate::remote::{Command, Outcome, Route, Source};
 use crate::ring::{self, Ring, RingStats};
 use crate::tap::{Tap, Tapped};
 
@@ -44,6 +45,8 @@ pub enum ShardState {
     /// Closed by Discord with a code that forbids reconnecting (4004,
     /// 4010–4014); the shard has stopped.
     FatallyClosed,
+    /// Run by another process: followed from its event log.
+    Following,
 }
 
 impl ShardState {
@@ -57,6 +60,7 @@ impl ShardState {
             Self::Active => "active",
             Self::Disconnected { .. } => "disconnected",
             Self::FatallyClosed => "fatally_closed",
+            Self::Following => "following",
         }
     }
 }
@@ -160,7 +164,7 @@ pub(crate) struct Shared {
     pub(crate) news: watch::Sender<()>,
     sampled: Mutex<Sampled>,
     ready: watch::Sender<Readiness>,
-    sender: MessageSender,
+    link: Link,
     load_timeout: Duration,
     /// The intents the shard identifies with, for the message of a fatal
     /// close.
@@ -186,6 +190,16 @@ pub(crate) struct Shared {
     tap: OnceLock<Tapping>,
 }
 
+/// Where a shard's commands go.
+#[derive(Debug)]
+pub(crate) enum Link {
+    /// This process runs the shard: twilight's sender, within the shard's
+    /// limit.
+    Upstream(MessageSender),
+    /// Another process does: its clients' commands go there.
+    Remote(Arc<dyn Source>),
+}
+
 /// A shard's tap, and the upstream session its copies name (kept here so
 /// that a copy costs no allocation).
 #[derive(Debug)]
@@ -203,6 +217,16 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 fn prefix(text: &str) -> &str {
     &text[..text.floor_char_boundary(40)]
 }
+
+/// The op 4 that takes the bot out of `guild`'s voice channel.
+fn leave_op4(guild: u64) -> String {
+    format!(
+        r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":null,"self_mute":false,"self_deaf":false}}}}"#
+    )
+}
+
+/// Dispatches to pack into a block, and the packer that may.
+type Packing = ((Vec<crate::Dispatch>, Instant), SemaphorePermit<'static>);
 
 /// A payload as shared bytes that hold no more than its length: the ring
 /// keeps it, and its budget counts lengths.
@@ -251,7 +275,7 @@ impl ShardHandle {
         id: u32,
         core: Pipeline,
         ring: Ring,
-        sender: MessageSender,
+        link: Link,
         intents: u64,
         load_timeout: Duration,
         restored: bool,
@@ -272,7 +296,7 @@ impl ShardHandle {
                     ready_at: restored.then(Instant::now),
                 }),
                 ready: watch::Sender::new(Readiness::Loading),
-                sender,
+                link,
                 load_timeout,
                 intents,
                 closing: AtomicBool::new(false),
@@ -286,6 +310,29 @@ impl ShardHandle {
                 tap: OnceLock::new(),
             }),
         }
+    }
+
+    /// A handle for shard `id`, which another process runs: it serves
+    /// once [`remote::follow`](crate::remote::follow) has brought its
+    /// state up to the owner's.
+    pub(crate) fn followed(
+        id: u32,
+        source: Arc<dyn Source>,
+        flags: state_cache::Flags,
+        ring: Ring,
+        intents: u64,
+    ) -> Self {
+        let handle = Self::new(
+            id,
+            Pipeline::new(flags),
+            ring,
+            Link::Remote(source),
+            intents,
+            Duration::ZERO,
+            false,
+        );
+        lock(&handle.shared.sampled).state = ShardState::Following;
+        handle
     }
 
     /// Hands a copy of every event from now on to `tap`, if any (once; a
@@ -460,20 +507,82 @@ impl ShardHandle {
     ///
     /// If the shard's task has stopped.
     pub fn send(&self, json: String) -> Result<(), Error> {
-        self.shared
-            .sender
-            .send(json)
-            .map_err(|_| Error::new(ErrorKind::Closed(self.shared.id)))
+        match &self.shared.link {
+            Link::Upstream(sender) => sender
+                .send(json)
+                .map_err(|_| Error::new(ErrorKind::Closed(self.shared.id))),
+            Link::Remote(source) => {
+                let command = source.command(self.id(), Command::new(json, "", Route::Plain));
+                tokio::spawn(command);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether this process runs the shard (rather than following another
+    /// process's).
+    #[must_use]
+    pub fn is_local(&self) -> bool {
+        matches!(self.shared.link, Link::Upstream(_))
+    }
+
+    /// Applies a client's command, here or, for a shard another process
+    /// runs, there (see [`Source::command`]): its answers are routed as
+    /// [`Command::route`] says, an op 4 is decided by the guild's voice
+    /// owner ([`Pipeline::voice_command`]; `attached` is asked whether the
+    /// owner is connected), and what is to be sent goes upstream within
+    /// the shard's limit.
+    ///
+    /// # Errors
+    ///
+    /// When the shard's owner could not be reached.
+    pub async fn command(
+        &self,
+        command: Command,
+        attached: impl FnOnce(&str) -> bool + Send,
+    ) -> Result<Outcome, Error> {
+        match &self.shared.link {
+            Link::Remote(source) => source.command(self.id(), command).await,
+            Link::Upstream(_) => Ok(self.apply(command, attached)),
+        }
+    }
+
+    /// [`command`](Self::command) on a shard this process runs.
+    fn apply(&self, command: Command, attached: impl FnOnce(&str) -> bool) -> Outcome {
+        let mut rejoined = false;
+        match command.route {
+            Route::Plain => {}
+            Route::Chunks { nonce } => self.route_chunks(&nonce, &command.session),
+            Route::Voice { guild, channel } => {
+                match self.voice_command(guild, &command.session, channel, attached) {
+                    VoiceCommand::Refused { owner } => return Outcome::Refused { owner },
+                    VoiceCommand::Rejoin => {
+                        // Discord answers a join of the bot's own channel
+                        // with nothing: out, then in again.
+                        let _ = self.send(leave_op4(guild));
+                        rejoined = true;
+                    }
+                    _ => {}
+                }
+            }
+            Route::Ended { leave } => {
+                return Outcome::Ended(self.voice_session_ended(&command.session, leave));
+            }
+        }
+        match self.send(command.payload) {
+            Err(_) => Outcome::Stopped,
+            Ok(()) if rejoined => Outcome::Rejoined,
+            Ok(()) => Outcome::Sent,
+        }
     }
 
     /// Ends the upstream session with a normal close: Discord forgets it,
     /// and the shard's task ends.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
-        let _ = self
-            .shared
-            .sender
-            .close(twilight_gateway::CloseFrame::NORMAL);
+        if let Link::Upstream(sender) = &self.shared.link {
+            let _ = sender.close(twilight_gateway::CloseFrame::NORMAL);
+        }
     }
 
     /// Closes the upstream connection so that Discord keeps the session
@@ -481,10 +590,9 @@ impl ShardHandle {
     /// shard's task ends.
     pub fn close_resumable(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
-        let _ = self
-            .shared
-            .sender
-            .close(twilight_gateway::CloseFrame::RESUME);
+        if let Link::Upstream(sender) = &self.shared.link {
+            let _ = sender.close(twilight_gateway::CloseFrame::RESUME);
+        }
     }
 
     /// Stamps the member chunks answering `nonce` for client session
@@ -517,10 +625,7 @@ impl ShardHandle {
         let guilds = lock(&self.shared.core).voice_session_ended(session, leave);
         if leave {
             for guild in &guilds {
-                let op4 = format!(
-                    r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":null,"self_mute":false,"self_deaf":false}}}}"#
-                );
-                if self.send(op4).is_err() {
+                if self.send(leave_op4(*guild)).is_err() {
                     tracing::warn!(
                         shard = self.id(),
                         guild,
@@ -641,26 +746,107 @@ impl ShardHandle {
                 lock(&self.shared.sampled).ready_at = Some(now);
                 self.shared.restored.store(false, Ordering::Relaxed);
             }
-            let mut ring = lock(&self.shared.ring);
-            match &event {
-                Some(event) => ring.push(event, now),
-                None => ring.expire(now),
-            }
-            self.publish(&ring);
-            let to_pack = if ring.may_pack(now)
-                && let Some(packer) = packer()
-            {
-                ring.start_packing(now).map(|block| (block, packer))
-            } else {
-                None
-            };
+            let to_pack = self.record(event.as_ref(), now);
             (core.cache.pending_guilds(), event.is_some(), to_pack)
         };
+        self.recorded(pushed, to_pack);
+        pending
+    }
+
+    /// Takes one event of a shard another process runs, as its tap gave
+    /// it, through this process's pipeline (the owner's audience stamp
+    /// kept) and pushes it to the ring. An event the state already holds
+    /// (it came before the checkpoint this state started from) is passed
+    /// over.
+    ///
+    /// # Errors
+    ///
+    /// When it is not the event after the last one (events are missing),
+    /// or the pipeline does not number it as the owner did: the state can
+    /// no longer be the owner's, and is to be rebuilt from a checkpoint.
+    pub(crate) fn feed(&self, event: Tapped) -> Result<(), String> {
+        let now = Instant::now();
+        let to_pack = {
+            let mut core = lock(&self.shared.core);
+            if event.index <= core.index {
+                return Ok(());
+            }
+            if event.index != core.index + 1 {
+                return Err(format!(
+                    "event {} came after event {}: the ones between are missing",
+                    event.index, core.index
+                ));
+            }
+            let handed = core.handle_stamped(event.payload, event.audience);
+            match &handed {
+                Some(handed) if handed.index() == event.index => {}
+                other => {
+                    return Err(format!(
+                        "event {} was numbered {:?} here",
+                        event.index,
+                        other.as_ref().map(ShardEvent::index)
+                    ));
+                }
+            }
+            self.record(handed.as_ref(), now)
+        };
+        self.recorded(true, to_pack);
+        Ok(())
+    }
+
+    /// Starts this followed shard's state again from `core` and `ring` (a
+    /// checkpoint's); it serves again once [`caught_up`](Self::caught_up).
+    /// Followers whose cursor the new ring holds go on reading; the others
+    /// are [`Gone`](crate::Gone), and their clients resume or identify.
+    pub(crate) fn rebuild(&self, core: Pipeline, ring: Ring) {
+        self.shared.ready.send_replace(Readiness::Loading);
+        {
+            let mut held = lock(&self.shared.core);
+            *held = core;
+            let mut held = lock(&self.shared.ring);
+            *held = ring;
+            self.publish(&held);
+        }
+        self.shared.news.send_replace(());
+    }
+
+    /// This followed shard's state is the owner's as of now: it serves.
+    pub(crate) fn caught_up(&self) {
+        self.shared.ready.send_if_modified(|was| {
+            let changed = *was == Readiness::Loading;
+            if changed {
+                *was = Readiness::Ready;
+            }
+            changed
+        });
+    }
+
+    /// Pushes what the pipeline handed on, if anything, to the ring (the
+    /// caller holds the core lock): the block to pack, if it is time.
+    fn record(&self, event: Option<&ShardEvent>, now: Instant) -> Option<Packing> {
+        let mut ring = lock(&self.shared.ring);
+        match event {
+            Some(event) => ring.push(event, now),
+            None => ring.expire(now),
+        }
+        self.publish(&ring);
+        if ring.may_pack(now)
+            && let Some(packer) = packer()
+        {
+            ring.start_packing(now).map(|block| (block, packer))
+        } else {
+            None
+        }
+    }
+
+    /// After [`record`](Self::record), without the locks: followers are
+    /// woken if an event was `pushed`, and a block is packed on a blocking
+    /// thread (the next events need not wait for it).
+    fn recorded(&self, pushed: bool, to_pack: Option<Packing>) {
         if pushed {
             self.shared.news.send_replace(());
         }
         if let Some(((dispatches, newest), packer)) = to_pack {
-            // On a blocking thread: the next events need not wait for it.
             let shard = self.clone();
             tokio::task::spawn_blocking(move || {
                 let block = ring::Block::pack(&dispatches, newest);
@@ -670,7 +856,6 @@ impl ShardHandle {
                 drop(packer);
             });
         }
-        pending
     }
 
     /// What followers read without the ring's lock.

@@ -33,6 +33,31 @@ pub struct Tapped {
     pub ready: bool,
 }
 
+impl Tapped {
+    /// An event read back from where a tap put it (for a
+    /// [`Source`](crate::Source)).
+    #[must_use]
+    pub fn new(
+        shard: u32,
+        index: u64,
+        seq: Option<u64>,
+        session: Arc<str>,
+        payload: Bytes,
+        audience: Audience,
+        ready: bool,
+    ) -> Self {
+        Self {
+            shard,
+            index,
+            seq,
+            session,
+            payload,
+            audience,
+            ready,
+        }
+    }
+}
+
 /// Where a pool hands a copy of every event (see [`PoolConfig::tap`]).
 ///
 /// [`Tap::tapped`] is called on the shard's task under its lock, in the

@@ -1,0 +1,405 @@
+//! The shards other nodes run: their events from the event log, and their
+//! clients' commands carried to the node that runs them.
+//!
+//! [`NatsSource`] is the pool's [`Source`]: a followed shard's events are
+//! read with an ordered consumer of its subject (`{name}.events.{shard}`,
+//! from about the time of the checkpoint the follower starts from), and a
+//! command is a NATS request to `{name}.commands.{shard}`, which the node
+//! that runs the shard answers ([`serve_commands`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::{HeaderMap, Message};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use shard_pool::{Command, CommandFuture, Followed, Outcome, Route, ShardHandle, Source, Tapped};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::Cluster;
+use crate::log::{headers, parse_audience};
+
+/// How long a node waits for the node that runs a shard to answer a
+/// command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most bytes of a command a node takes from another: Discord's own
+/// limit on a gateway message.
+const MAX_COMMAND: usize = 4096;
+
+/// How many events read ahead a follower may have waiting.
+const FOLLOW_QUEUE: usize = 1024;
+
+/// Header of a command: the client session it came from.
+const COMMAND_SESSION: &str = "Gp-Session";
+/// Header of a command: how its answers are routed (`plain`,
+/// `chunks:{nonce}`, `voice:{guild}:{channel or -}`, `ended:{0|1}`).
+const COMMAND_ROUTE: &str = "Gp-Route";
+
+/// The pool's [`Source`] over the cluster: the event log and command
+/// requests.
+#[derive(Clone, Debug)]
+pub struct NatsSource {
+    cluster: Cluster,
+}
+
+impl NatsSource {
+    pub(crate) fn new(cluster: &Cluster) -> Self {
+        Self {
+            cluster: cluster.clone(),
+        }
+    }
+}
+
+impl Source for NatsSource {
+    fn events(
+        &self,
+        shard: u32,
+        after: u64,
+        since: Option<SystemTime>,
+    ) -> mpsc::Receiver<Followed> {
+        let (events, receiver) = mpsc::channel(FOLLOW_QUEUE);
+        tokio::spawn(read(self.cluster.clone(), shard, after, since, events));
+        receiver
+    }
+
+    fn command(&self, shard: u32, command: Command) -> CommandFuture {
+        let client = self.cluster.jetstream().client();
+        let subject = commands_subject(&self.cluster, shard);
+        Box::pin(async move {
+            let mut headers = HeaderMap::new();
+            headers.insert(COMMAND_SESSION, &*command.session);
+            headers.insert(COMMAND_ROUTE, route(&command.route).as_str());
+            let request = async_nats::Request::new()
+                .payload(Bytes::from(command.payload))
+                .headers(headers)
+                .timeout(Some(COMMAND_TIMEOUT));
+            let answer = client
+                .send_request(subject, request)
+                .await
+                .map_err(|e| shard_pool::Error::remote(shard, e.to_string()))?;
+            std::str::from_utf8(&answer.payload)
+                .ok()
+                .and_then(parse_outcome)
+                .ok_or_else(|| shard_pool::Error::remote(shard, "an answer this node cannot read"))
+        })
+    }
+}
+
+fn commands_subject(cluster: &Cluster, shard: u32) -> String {
+    format!("{}.commands.{shard}", cluster.config().name)
+}
+
+/// Reads shard `shard`'s events after index `after` into `events` until
+/// the receiver is dropped; a break is said ([`Followed::Broken`]) and
+/// ends it.
+async fn read(
+    cluster: Cluster,
+    shard: u32,
+    after: u64,
+    since: Option<SystemTime>,
+    events: mpsc::Sender<Followed>,
+) {
+    let why = match read_until_broken(&cluster, shard, after, since, &events).await {
+        Ok(()) => return,
+        Err(why) => why,
+    };
+    metrics::counter!("gateway_cluster_errors_total", "what" => "follow").increment(1);
+    let _ = events.send(Followed::Broken(why)).await;
+}
+
+/// [`read`]'s loop: `Ok` when the receiver is gone.
+async fn read_until_broken(
+    cluster: &Cluster,
+    shard: u32,
+    after: u64,
+    since: Option<SystemTime>,
+    events: &mpsc::Sender<Followed>,
+) -> Result<(), String> {
+    let name = cluster.named("events");
+    let stream = cluster
+        .jetstream()
+        .get_stream(&name)
+        .await
+        .map_err(|e| format!("opening the stream {name}: {e}"))?;
+    let deliver_policy = match since {
+        Some(since) => DeliverPolicy::ByStartTime {
+            start_time: since.into(),
+        },
+        None => DeliverPolicy::All,
+    };
+    let config = pull::OrderedConfig {
+        filter_subject: format!("{}.events.{shard}", cluster.config().name),
+        deliver_policy,
+        ..pull::OrderedConfig::default()
+    };
+    let mut consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| format!("reading the stream {name}: {e}"))?;
+    let mut caught_up = false;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| format!("reading the stream {name}: {e}"))?
+        .num_pending;
+    let lag = metrics::gauge!("gateway_stream_lag_messages", "shard" => shard.to_string());
+    let lag_seconds = metrics::gauge!("gateway_stream_lag_seconds", "shard" => shard.to_string());
+    if pending == 0 {
+        caught_up = true;
+        lag.set(0.0);
+        if events.send(Followed::CaughtUp).await.is_err() {
+            return Ok(());
+        }
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("reading the stream {name}: {e}"))?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| format!("reading the stream {name}: {e}"))?;
+        let (pending, published) = {
+            let info = message
+                .info()
+                .map_err(|e| format!("a message of {name} without its info: {e}"))?;
+            (info.pending, SystemTime::from(info.published))
+        };
+        #[allow(clippy::cast_precision_loss)] // a gauge
+        lag.set(pending as f64);
+        let behind = shard_pool::wall_clock()
+            .duration_since(published)
+            .unwrap_or_default();
+        lag_seconds.set(behind.as_secs_f64());
+        let event = tapped(shard, &message.message)
+            .ok_or_else(|| format!("a message of {name} without its headers"))?;
+        if event.index > after && events.send(Followed::Event(event)).await.is_err() {
+            return Ok(());
+        }
+        if !caught_up && pending == 0 {
+            caught_up = true;
+            if events.send(Followed::CaughtUp).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Err(format!("the stream {name} ended"))
+}
+
+/// An event read back from its message in the log.
+fn tapped(shard: u32, message: &Message) -> Option<Tapped> {
+    let headers = message.headers.as_ref()?;
+    let header = |name: &str| headers.get(name).map(async_nats::HeaderValue::as_str);
+    let index = header(headers::INDEX)?.parse().ok()?;
+    let seq = header(headers::SEQ).and_then(|seq| seq.parse().ok());
+    let session = Arc::from(header(headers::SESSION)?);
+    let audience = parse_audience(header(headers::AUDIENCE)?)?;
+    let ready = header(headers::READY).is_some();
+    Some(Tapped::new(
+        shard,
+        index,
+        seq,
+        session,
+        message.payload.clone(),
+        audience,
+        ready,
+    ))
+}
+
+/// A route as a header value.
+fn route(route: &Route) -> String {
+    match route {
+        Route::Chunks { nonce } => format!("chunks:{nonce}"),
+        Route::Voice { guild, channel } => match channel {
+            Some(channel) => format!("voice:{guild}:{channel}"),
+            None => format!("voice:{guild}:-"),
+        },
+        Route::Ended { leave } => format!("ended:{}", u8::from(*leave)),
+        // Plain, and any route a later version adds.
+        _ => "plain".to_owned(),
+    }
+}
+
+/// Reads a route header back.
+fn parse_route(value: &str) -> Option<Route> {
+    if value == "plain" {
+        return Some(Route::Plain);
+    }
+    if let Some(nonce) = value.strip_prefix("chunks:") {
+        return Some(Route::Chunks {
+            nonce: nonce.to_owned(),
+        });
+    }
+    if let Some(leave) = value.strip_prefix("ended:") {
+        return Some(Route::Ended {
+            leave: leave == "1",
+        });
+    }
+    let (guild, channel) = value.strip_prefix("voice:")?.split_once(':')?;
+    let channel = match channel {
+        "-" => None,
+        channel => Some(channel.parse().ok()?),
+    };
+    Some(Route::Voice {
+        guild: guild.parse().ok()?,
+        channel,
+    })
+}
+
+/// An outcome as an answer's body.
+fn outcome(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Refused { owner } => format!("refused:{owner}"),
+        Outcome::Rejoined => "rejoined".to_owned(),
+        Outcome::Stopped => "stopped".to_owned(),
+        Outcome::Ended(guilds) => {
+            let guilds: Vec<String> = guilds.iter().map(u64::to_string).collect();
+            format!("ended:{}", guilds.join(","))
+        }
+        // Sent, and any outcome a later version adds.
+        _ => "sent".to_owned(),
+    }
+}
+
+/// Reads an answer's body back.
+fn parse_outcome(value: &str) -> Option<Outcome> {
+    match value {
+        "sent" => Some(Outcome::Sent),
+        "rejoined" => Some(Outcome::Rejoined),
+        "stopped" => Some(Outcome::Stopped),
+        _ => {
+            if let Some(owner) = value.strip_prefix("refused:") {
+                return Some(Outcome::Refused {
+                    owner: owner.into(),
+                });
+            }
+            let guilds = value.strip_prefix("ended:")?;
+            let guilds = guilds
+                .split(',')
+                .filter(|guild| !guild.is_empty())
+                .map(str::parse)
+                .collect::<Result<Vec<u64>, _>>()
+                .ok()?;
+            Some(Outcome::Ended(guilds))
+        }
+    }
+}
+
+/// The node's answers to other nodes' commands for the shards it runs.
+/// Dropping it stops them.
+#[derive(Debug)]
+pub struct Commands {
+    _tasks: JoinSet<()>,
+}
+
+/// Answers, for each of `shards` (those this node runs), the commands
+/// other nodes' clients send it: each is applied as this node's own
+/// clients' are ([`ShardHandle::command`]), in the order they come, and
+/// the outcome is the answer. A command over 4 KiB, or whose headers do
+/// not read, is answered `refused` and counted
+/// (`gateway_cluster_errors_total{what="command"}`). The owner of a
+/// guild's voice is taken to be connected when it is another node's
+/// session (this node cannot tell), so a remote op 4 never takes over a
+/// call.
+///
+/// # Errors
+///
+/// If a subscription cannot be made.
+pub async fn serve_commands(
+    cluster: &Cluster,
+    shards: Vec<ShardHandle>,
+) -> Result<Commands, crate::Error> {
+    let client = cluster.jetstream().client();
+    let mut tasks = JoinSet::new();
+    for shard in shards {
+        let subject = commands_subject(cluster, shard.id());
+        let mut requests = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| crate::Error::nats(format!("subscribing to {subject}"), e))?;
+        let client = client.clone();
+        tasks.spawn(async move {
+            while let Some(request) = requests.next().await {
+                let Some(reply) = request.reply.clone() else {
+                    continue;
+                };
+                let answer = answer(&shard, &request).await;
+                if let Err(error) = client.publish(reply, Bytes::from(answer)).await {
+                    tracing::warn!(shard = shard.id(), %error, "a command's answer not sent");
+                }
+            }
+        });
+    }
+    Ok(Commands { _tasks: tasks })
+}
+
+/// Applies another node's command to `shard`: the answer's body.
+async fn answer(shard: &ShardHandle, request: &Message) -> String {
+    let Some(command) = read_command(request) else {
+        metrics::counter!("gateway_cluster_errors_total", "what" => "command").increment(1);
+        tracing::warn!(
+            shard = shard.id(),
+            "a command from another node refused: unreadable or over 4 KiB"
+        );
+        return "refused:-".to_owned();
+    };
+    match shard.command(command, |_| true).await {
+        Ok(outcome) => self::outcome(&outcome),
+        Err(_) => "stopped".to_owned(),
+    }
+}
+
+/// A command from another node, if it reads and is within bounds.
+fn read_command(request: &Message) -> Option<Command> {
+    if request.payload.len() > MAX_COMMAND {
+        return None;
+    }
+    let headers = request.headers.as_ref()?;
+    let session = headers.get(COMMAND_SESSION)?.as_str();
+    let route = parse_route(headers.get(COMMAND_ROUTE)?.as_str())?;
+    let payload = String::from_utf8(request.payload.to_vec()).ok()?;
+    Some(Command::new(payload, session, route))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_outcomes_read_back() {
+        for r in [
+            Route::Plain,
+            Route::Chunks {
+                nonce: "a:b".to_owned(),
+            },
+            Route::Voice {
+                guild: 1,
+                channel: Some(2),
+            },
+            Route::Voice {
+                guild: 1,
+                channel: None,
+            },
+            Route::Ended { leave: true },
+            Route::Ended { leave: false },
+        ] {
+            assert_eq!(parse_route(&route(&r)), Some(r));
+        }
+        for o in [
+            Outcome::Sent,
+            Outcome::Rejoined,
+            Outcome::Stopped,
+            Outcome::Refused {
+                owner: "abc".into(),
+            },
+            Outcome::Ended(vec![]),
+            Outcome::Ended(vec![1, 22]),
+        ] {
+            assert_eq!(parse_outcome(&outcome(&o)), Some(o));
+        }
+        for bad in ["voice:x:1", "voice:1", "ended:1,x", "other"] {
+            assert!(parse_route(bad).is_none() || parse_outcome(bad).is_none());
+        }
+    }
+}
