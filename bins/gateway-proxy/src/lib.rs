@@ -346,15 +346,12 @@ pub async fn start_until(
             return Ok(None);
         }
     }
+    let mut server_config = config.server_config();
     let commands = match &joined {
-        Some(cluster) => Some(
-            cluster::serve_commands(cluster, pool.shards().to_vec())
-                .await
-                .map_err(|e| failed(format!("cannot join the cluster: {e}")))?,
-        ),
+        Some(cluster) => Some(serve_cluster(cluster, &mut server_config, &pool).await?),
         None => None,
     };
-    let proxy = Proxy::start_on(listener, config.server_config(), pool)
+    let proxy = Proxy::start_on(listener, server_config, pool)
         .await
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
     Ok(Some(Running {
@@ -401,6 +398,28 @@ async fn join_cluster(
     pool_config.source = Some(Arc::new(cluster.source()));
     tracing::info!(cluster = name, node, "joined the cluster");
     Ok(cluster)
+}
+
+/// What a node of a cluster serves besides its clients, once its shards
+/// are ready: client sessions handed over between nodes, and the other
+/// nodes' commands for its shards.
+async fn serve_cluster(
+    cluster: &Cluster,
+    server_config: &mut proxy_server::ServerConfig,
+    pool: &Pool,
+) -> Result<cluster::Commands, RunError> {
+    let joining = |e: cluster::Error| RunError {
+        code: 1,
+        message: format!("cannot join the cluster: {e}"),
+    };
+    let sessions = cluster
+        .sessions(server_config.session_ttl)
+        .await
+        .map_err(joining)?;
+    server_config.handover = Some(Arc::new(sessions));
+    cluster::serve_commands(cluster, pool.shards().to_vec())
+        .await
+        .map_err(joining)
 }
 
 /// Stops a pool whose shards are still starting: with checkpoints, as a

@@ -291,3 +291,94 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
     assert!(metrics.contains("state=\"following\""), "{metrics}");
     drop((a, b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_on_one_node_resumes_on_another_and_misses_nothing() {
+    let Some(nats) = cluster::testing::nats("handover") else {
+        return;
+    };
+    let mut config = SimConfig::default();
+    config.shards = 2;
+    config.max_concurrency = 2;
+    config.guilds = 6;
+    config.events_per_sec = 20;
+    let sim = Sim::start(config).await.unwrap();
+    let env_a = node_env(&nats.url(), "handover", "a", (0, 1, 2));
+    let env_b = node_env(&nats.url(), "handover", "b", (1, 2, 2));
+    let (a, serving_a) = Process::spawn(&sim, &borrowed(&env_a));
+    let (b, serving_b) = Process::spawn(&sim, &borrowed(&env_b));
+    let a = a.serving(serving_a).await;
+    let b = b.serving(serving_b).await;
+    // Two moves: a node that follows the shard to its owner, and the
+    // owner to a node that follows it.
+    for (shard, from, to) in [(1, &a, &b), (0, &a, &b)] {
+        let (mut client, ready, _) = load(from.addr, sim.token(), shard, 2).await;
+        let session = ready["session_id"].as_str().unwrap().to_owned();
+        let before = sim.emit(shard, "GP_MARKER", "{}").unwrap();
+        let seen = markers_until(&mut client, before).await;
+        assert_eq!(seen.last(), Some(&before));
+        // Where the client stands: the `s` of the marker it read last.
+        let (seq, read) = last_seq(&mut client, shard, &sim).await;
+        client.close(4000).await.unwrap();
+        let missed: Vec<u64> = (0..5)
+            .map(|_| sim.emit(shard, "GP_MARKER", "{}").unwrap())
+            .collect();
+        let (mut resumed, _hello) = GatewayClient::connect(to.addr, "v=10&encoding=json")
+            .await
+            .unwrap();
+        resumed.set_timeout(Duration::from_secs(20));
+        resumed.resume(sim.token(), &session, seq).await.unwrap();
+        let after = sim.emit(shard, "GP_MARKER", "{}").unwrap();
+        let mut markers = Vec::new();
+        let mut s = seq;
+        let mut resumed_at = None;
+        while markers.last() != Some(&after) || resumed_at.is_none() {
+            let payload = resumed.payload().await.unwrap();
+            assert_ne!(
+                payload["op"],
+                9,
+                "shard {shard}: the session was not found: {payload}\n{}\n{}",
+                from.log(),
+                to.log()
+            );
+            if payload["op"] != 0 {
+                continue;
+            }
+            if payload["t"] == "RESUMED" {
+                resumed_at = Some(markers.len());
+                continue;
+            }
+            assert_eq!(
+                payload["s"].as_u64(),
+                Some(s + 1),
+                "shard {shard}: {payload}"
+            );
+            s += 1;
+            if let Some(n) = payload["d"]["_sim"]["n"].as_u64() {
+                markers.push(n);
+            }
+        }
+        let expected: Vec<u64> = (read + 1..=after).collect();
+        assert_eq!(
+            markers, expected,
+            "shard {shard}: every event missed once, in order, then on"
+        );
+        assert!(missed.iter().all(|n| markers.contains(n)));
+    }
+    for node in [&a, &b] {
+        let log = node.log();
+        assert!(!log.contains("not handed over"), "{log}");
+    }
+}
+
+/// Reads on (the stream goes on) to a marker sent now, and returns the
+/// `s` it came with (where the client stands) and the marker.
+async fn last_seq(client: &mut GatewayClient, shard: u32, sim: &Sim) -> (u64, u64) {
+    let marker = sim.emit(shard, "GP_MARKER", "{}").unwrap();
+    loop {
+        let payload = client.payload().await.unwrap();
+        if payload["op"] == 0 && payload["d"]["_sim"]["n"].as_u64() == Some(marker) {
+            return (payload["s"].as_u64().unwrap(), marker);
+        }
+    }
+}

@@ -63,7 +63,7 @@ pub use crate::error::{Error, ErrorKind};
 pub use crate::follow::{Commands, NatsSource, serve_commands};
 pub use crate::log::{EventLog, LogLimits, LogStats, headers, parse_audience};
 pub use crate::queue::KvQueue;
-pub use crate::store::JetStreamStore;
+pub use crate::store::{JetStreamStore, KvStore};
 
 /// Where a JetStream stream or bucket keeps its messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -311,6 +311,19 @@ impl Cluster {
     #[must_use]
     pub fn source(&self) -> NatsSource {
         NatsSource::new(self)
+    }
+
+    /// Where nodes hand each other the client sessions whose connection
+    /// dropped, so that a client resumes on any node: the key-value bucket
+    /// `{name}-sessions`, whose entries expire after `ttl` (the session
+    /// ttl, and a minute for the node that handed one over to see it
+    /// expire).
+    ///
+    /// # Errors
+    ///
+    /// If the bucket cannot be created or opened.
+    pub async fn sessions(&self, ttl: Duration) -> Result<KvStore, Error> {
+        KvStore::open(self, "sessions", ttl + Duration::from_mins(1)).await
     }
 
     /// The cluster's checkpoint store; see [`JetStreamStore`].

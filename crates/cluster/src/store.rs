@@ -3,6 +3,7 @@
 
 use std::io;
 
+use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
 use bytes::Bytes;
 use shard_pool::{Store, StoreError, StoreErrorKind, StoreFuture, check_name};
@@ -128,6 +129,78 @@ impl Store for JetStreamStore {
                 Err(error) if error.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
                 Err(error) => Err(failed(name, error)),
             }
+        })
+    }
+}
+
+/// A [`Store`] of small blobs in a JetStream key-value bucket whose
+/// entries expire: where nodes hand each other client sessions
+/// (`{name}-sessions`, see [`Cluster::sessions`]). A value is one message,
+/// so a blob must stay under NATS's message size (1 MiB by default).
+#[derive(Clone)]
+pub struct KvStore {
+    kv: kv::Store,
+    bucket: String,
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvStore {
+    pub(crate) async fn open(
+        cluster: &Cluster,
+        what: &str,
+        max_age: std::time::Duration,
+    ) -> Result<Self, Error> {
+        let bucket = cluster.named(what);
+        let kv = cluster
+            .jetstream()
+            .create_or_update_key_value(kv::Config {
+                bucket: bucket.clone(),
+                description: format!("gateway-proxy: {what}, each kept {} s", max_age.as_secs()),
+                history: 1,
+                max_age,
+                storage: cluster.config().storage.of(),
+                num_replicas: cluster.config().replicas,
+                ..kv::Config::default()
+            })
+            .await
+            .map_err(|e| Error::nats(format!("creating the key-value bucket {bucket}"), e))?;
+        Ok(Self { kv, bucket })
+    }
+
+    /// The bucket's name.
+    #[must_use]
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+impl Store for KvStore {
+    fn put<'a>(&'a self, name: &'a str, blob: Bytes) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            check_name(name)?;
+            self.kv.put(name, blob).await.map_err(|e| failed(name, e))?;
+            Ok(())
+        })
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        Box::pin(async move {
+            check_name(name)?;
+            self.kv.get(name).await.map_err(|e| failed(name, e))
+        })
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            check_name(name)?;
+            self.kv.purge(name).await.map_err(|e| failed(name, e))
         })
     }
 }

@@ -39,6 +39,12 @@ pub struct ServerConfig {
     /// or 1001, its ttl passed, or its upstream session replaced), so that
     /// it does not stay in the channel with nobody driving it.
     pub voice_leave_on_owner_loss: bool,
+    /// Where a client session whose connection dropped is kept for any
+    /// node of a cluster to take, so that its client may RESUME on any of
+    /// them (`None`: on this process alone). Records are small; the store
+    /// should forget them a little after `session_ttl` (a cluster's
+    /// bucket does).
+    pub handover: Option<std::sync::Arc<dyn shard_pool::Store>>,
 }
 
 /// How the proxy compresses what it sends to clients that ask for
@@ -155,6 +161,7 @@ impl ServerConfig {
             client_compression: ClientCompression::default(),
             checkpoint_interval: Duration::from_secs(30),
             voice_leave_on_owner_loss: true,
+            handover: None,
         }
     }
 }

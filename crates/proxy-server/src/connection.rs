@@ -1050,19 +1050,32 @@ impl Driver {
         }
         let ttl = self.ctx.config.session_ttl;
         let taken = Instant::now() + TAKEOVER_WAIT;
+        let mut looked = false;
         let mut session = loop {
-            match self
+            let attach = self
                 .ctx
                 .sessions
-                .attach(&resume.session_id, ttl, Instant::now())
-            {
+                .attach(&resume.session_id, ttl, Instant::now());
+            match attach {
                 Attach::Taken(session) => break session,
                 // Its old connection was told to let go; it saves the session
                 // as it goes.
                 Attach::Busy if Instant::now() < taken => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Attach::Busy | Attach::Gone => {
+                // Maybe handed over to the cluster, by this node or another.
+                Attach::Gone | Attach::Handed
+                    if !looked
+                        && crate::handover::take(
+                            &self.ctx,
+                            &resume.session_id,
+                            matches!(attach, Attach::Handed),
+                        )
+                        .await =>
+                {
+                    looked = true;
+                }
+                Attach::Busy | Attach::Gone | Attach::Handed => {
                     self.protocol.unauthenticated(Instant::now());
                     return self.send(Bytes::from_static(INVALID_SESSION)).await;
                 }

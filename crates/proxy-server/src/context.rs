@@ -207,9 +207,17 @@ impl Context {
 
     /// Saves what a connection sent in session `id` and lets it go:
     /// resumable until the ttl, or ended (see [`Context::session_ended`]).
-    pub(crate) fn detach(&self, id: &str, session: Session, resumable: bool, now: Instant) {
+    pub(crate) fn detach(
+        self: &Arc<Self>,
+        id: &str,
+        session: Session,
+        resumable: bool,
+        now: Instant,
+    ) {
         self.sessions.detach(id, session, resumable, now);
-        if !resumable {
+        if resumable {
+            crate::handover::hand_over(self, id, now);
+        } else {
             self.session_ended(id);
         }
     }

@@ -32,6 +32,7 @@
 mod config;
 mod connection;
 mod context;
+mod handover;
 mod keep;
 mod limits;
 mod metrics;

@@ -230,8 +230,12 @@ async fn upkeep(ctx: Arc<Context>, recorder: PrometheusRecorder) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        for id in ctx.sessions.sweep(ctx.config.session_ttl, Instant::now()) {
+        let (expired, handed) = ctx.sessions.sweep(ctx.config.session_ttl, Instant::now());
+        for id in expired {
             ctx.session_ended(&id);
+        }
+        for id in handed {
+            crate::handover::expired(&ctx, id);
         }
         ::metrics::with_local_recorder(&recorder, || metrics::record(&ctx));
         handle.run_upkeep();

@@ -131,12 +131,67 @@ pub(crate) enum Attach {
     Busy,
     /// Unknown, expired or over.
     Gone,
+    /// Handed over to the cluster (see [`Sessions::hand_over`]): whoever
+    /// takes its record there has it.
+    Handed,
 }
 
 /// Every session, by id.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     sessions: Mutex<HashMap<String, Session>>,
+    /// Sessions handed over to the cluster, by id: when each lost its
+    /// connection (for the ttl).
+    handed: Mutex<HashMap<String, Instant>>,
+}
+
+/// One session as [`Sessions::checkpoint`] lays it out.
+fn write_session(out: &mut Vec<u8>, id: &str, session: &Session, now: Instant) {
+    shard_pool::put_str(out, id);
+    let live = session.live.as_ref().filter(|_| session.attached);
+    let live = live.map(|progress| lock(progress));
+    let (seq, index, map, resumed_at) = match &live {
+        Some(progress) => (
+            progress.seq,
+            progress.index,
+            &progress.map,
+            progress.resumed_at,
+        ),
+        None => (session.seq, session.index, &session.map, None),
+    };
+    for n in [seq, index, map.snapshot.0, map.snapshot.1] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    out.extend_from_slice(
+        &u32::try_from(map.runs.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for &(s, i) in &map.runs {
+        out.extend_from_slice(&s.to_le_bytes());
+        out.extend_from_slice(&i.to_le_bytes());
+    }
+    let detached = session
+        .detached_at
+        .filter(|_| !session.attached)
+        .map_or(0, |at| now.saturating_duration_since(at).as_millis());
+    out.extend_from_slice(&u64::try_from(detached).unwrap_or(u64::MAX).to_le_bytes());
+    // Served: its client may get more before the next checkpoint.
+    let ahead = session.ahead.filter(|_| !session.attached);
+    let ahead = match (session.attached, resumed_at) {
+        (true, resumed_at) => Some(Ahead { resumed_at }),
+        (false, _) => ahead,
+    };
+    match ahead {
+        None => out.push(0),
+        Some(Ahead { resumed_at: None }) => out.push(1),
+        Some(Ahead {
+            resumed_at: Some(at),
+        }) => {
+            out.push(2);
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,6 +209,9 @@ impl Sessions {
     pub(crate) fn attach(&self, id: &str, ttl: Duration, now: Instant) -> Attach {
         let mut sessions = lock(&self.sessions);
         let Some(session) = sessions.get_mut(id) else {
+            if lock(&self.handed).contains_key(id) {
+                return Attach::Handed;
+            }
             return Attach::Gone;
         };
         if session.attached {
@@ -219,51 +277,7 @@ impl Sessions {
         let mine: Vec<_> = sessions.iter().filter(|(_, s)| s.shard == shard).collect();
         out.extend_from_slice(&u32::try_from(mine.len()).unwrap_or(u32::MAX).to_le_bytes());
         for (id, session) in mine {
-            shard_pool::put_str(&mut out, id);
-            let live = session.live.as_ref().filter(|_| session.attached);
-            let live = live.map(|progress| lock(progress));
-            let (seq, index, map, resumed_at) = match &live {
-                Some(progress) => (
-                    progress.seq,
-                    progress.index,
-                    &progress.map,
-                    progress.resumed_at,
-                ),
-                None => (session.seq, session.index, &session.map, None),
-            };
-            for n in [seq, index, map.snapshot.0, map.snapshot.1] {
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-            out.extend_from_slice(
-                &u32::try_from(map.runs.len())
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes(),
-            );
-            for &(s, i) in &map.runs {
-                out.extend_from_slice(&s.to_le_bytes());
-                out.extend_from_slice(&i.to_le_bytes());
-            }
-            let detached = session
-                .detached_at
-                .filter(|_| !session.attached)
-                .map_or(0, |at| now.saturating_duration_since(at).as_millis());
-            out.extend_from_slice(&u64::try_from(detached).unwrap_or(u64::MAX).to_le_bytes());
-            // Served: its client may get more before the next checkpoint.
-            let ahead = session.ahead.filter(|_| !session.attached);
-            let ahead = match (session.attached, resumed_at) {
-                (true, resumed_at) => Some(Ahead { resumed_at }),
-                (false, _) => ahead,
-            };
-            match ahead {
-                None => out.push(0),
-                Some(Ahead { resumed_at: None }) => out.push(1),
-                Some(Ahead {
-                    resumed_at: Some(at),
-                }) => {
-                    out.push(2);
-                    out.extend_from_slice(&at.to_le_bytes());
-                }
-            }
+            write_session(&mut out, id, session, now);
         }
         out
     }
@@ -396,8 +410,10 @@ impl Sessions {
         sessions
     }
 
-    /// Removes the sessions whose ttl has passed; returns their ids.
-    pub(crate) fn sweep(&self, ttl: Duration, now: Instant) -> Vec<String> {
+    /// Removes the sessions whose ttl has passed; returns their ids, and
+    /// apart those of them that were handed over (their record may have
+    /// been taken by another node).
+    pub(crate) fn sweep(&self, ttl: Duration, now: Instant) -> (Vec<String>, Vec<String>) {
         let mut sessions = lock(&self.sessions);
         let mut expired = Vec::new();
         sessions.retain(|id, s| {
@@ -407,7 +423,49 @@ impl Sessions {
             }
             keep
         });
-        expired
+        drop(sessions);
+        let mut handed = Vec::new();
+        lock(&self.handed).retain(|id, at| {
+            let keep = now.duration_since(*at) < ttl;
+            if !keep {
+                handed.push(id.clone());
+            }
+            keep
+        });
+        (expired, handed)
+    }
+
+    /// Detached session `id`, laid out as a checkpoint of its shard holds
+    /// it (alone): its shard and the bytes, for
+    /// [`restore`](Self::restore) on another node.
+    pub(crate) fn export(&self, id: &str, now: Instant) -> Option<(u32, Vec<u8>)> {
+        let sessions = lock(&self.sessions);
+        let session = sessions.get(id).filter(|session| !session.attached)?;
+        let mut out = vec![SESSIONS_VERSION];
+        out.extend_from_slice(&1_u32.to_le_bytes());
+        write_session(&mut out, id, session, now);
+        Some((session.shard, out))
+    }
+
+    /// Session `id`'s record is now kept in the cluster: if it is still
+    /// the one that lost its connection at `detached_at` (not resumed
+    /// here meanwhile), it leaves this node, which only remembers that
+    /// it handed it over; returns whether it did.
+    pub(crate) fn hand_over(&self, id: &str, detached_at: Instant) -> bool {
+        let mut sessions = lock(&self.sessions);
+        let unchanged = sessions
+            .get(id)
+            .is_some_and(|s| !s.attached && s.detached_at == Some(detached_at));
+        if unchanged {
+            sessions.remove(id);
+            lock(&self.handed).insert(id.to_owned(), detached_at);
+        }
+        unchanged
+    }
+
+    /// Forgets that session `id` was handed over (its record was taken).
+    pub(crate) fn handed_back(&self, id: &str) {
+        lock(&self.handed).remove(id);
     }
 
     /// Sessions per shard: (attached, all).
@@ -509,12 +567,25 @@ mod tests {
             "ended"
         );
         sessions.insert("b".to_owned(), session.clone());
-        sessions.detach("b", session, true, now);
+        sessions.detach("b", session.clone(), true, now);
+        // Handed over to the cluster: only while it is still the session
+        // that dropped then; afterwards the node knows it handed it over.
+        sessions.insert("c".to_owned(), session.clone());
+        sessions.detach("c", session, true, now);
+        let (shard, record) = sessions.export("c", now).unwrap();
+        assert_eq!(shard, 0);
+        assert!(!sessions.hand_over("c", now + Duration::from_secs(1)));
+        assert!(sessions.hand_over("c", now));
+        assert!(matches!(sessions.attach("c", ttl, now), Attach::Handed));
+        assert!(sessions.export("c", now).is_none());
         assert_eq!(
             sessions.sweep(ttl, now + Duration::from_secs(11)),
-            vec!["b".to_owned()],
-            "expired sessions go"
+            (vec!["b".to_owned()], vec!["c".to_owned()]),
+            "expired sessions go, those handed over apart"
         );
+        // Taken back (here, or on another node): attached as any other.
+        assert_eq!(sessions.restore(0, &record, Duration::ZERO, now).unwrap(), 1);
+        assert!(matches!(sessions.attach("c", ttl, now), Attach::Taken(_)));
     }
 
     #[test]

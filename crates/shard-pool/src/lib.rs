@@ -190,6 +190,7 @@ pub mod fuzzing {
             max_age: Duration::from_hours(1),
             raw_events: 4,
             budget: ReplayBudget::new(usize::MAX),
+            keep_unserved: false,
         }
     }
 

@@ -31,6 +31,9 @@ fn ring_limits(config: &PoolConfig, budget: &Arc<ReplayBudget>) -> RingLimits {
         max_age: config.replay_max_age,
         raw_events: RAW_EVENTS,
         budget: budget.clone(),
+        // With a source, this node is one of a cluster's: a client that
+        // identified on another node may resume here.
+        keep_unserved: config.source.is_some(),
     }
 }
 

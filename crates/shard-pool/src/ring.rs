@@ -124,6 +124,9 @@ pub(crate) struct RingLimits {
     pub(crate) raw_events: usize,
     /// The budget it shares with the other rings.
     pub(crate) budget: Arc<ReplayBudget>,
+    /// Whether it keeps events even before a client is served from it: in
+    /// a cluster, a client of another node may resume here.
+    pub(crate) keep_unserved: bool,
 }
 
 impl RingLimits {
@@ -136,6 +139,7 @@ impl RingLimits {
             max_age: Duration::from_mins(5),
             raw_events: 64,
             budget: ReplayBudget::new(usize::MAX),
+            keep_unserved: false,
         }
     }
 }
@@ -337,6 +341,7 @@ pub(crate) struct Ring {
 
 impl Ring {
     pub(crate) fn new(limits: RingLimits) -> Self {
+        let served = limits.keep_unserved;
         Self {
             limits,
             blocks: VecDeque::new(),
@@ -349,7 +354,7 @@ impl Ring {
             bytes: 0,
             payload_bytes: 0,
             dropping: false,
-            served: false,
+            served,
             packing: false,
         }
     }
@@ -373,7 +378,7 @@ impl Ring {
                 self.head = *index;
                 self.floor = *index;
                 self.reset = Some(*index);
-                self.served = false;
+                self.served = self.limits.keep_unserved;
             }
             ShardEvent::Closed { index, code } => self.closed = Some((*index, *code)),
         }
@@ -755,7 +760,7 @@ impl Ring {
         let mut ring = Self::new(limits);
         ring.floor = image.floor;
         ring.head = image.head;
-        ring.served = image.served;
+        ring.served = image.served || ring.limits.keep_unserved;
         for block in image.blocks {
             ring.add(block.cost(), block.len());
             ring.payload_bytes += block.payload_len();

@@ -1,0 +1,153 @@
+//! Client sessions handed between the nodes of a cluster: when a session's
+//! connection drops, its record (its shard, where its `s` stands against
+//! the shard's index, how long ago it dropped) is written to the cluster's
+//! store, `client-<session id>`, and the node lets it go; a RESUME on any
+//! node takes it from there (read, then deleted) and is served as one on
+//! the node that had it. Indexes are the shard's own, the same on every
+//! node ([`shard_pool::Pipeline::handle_stamped`]), so a record means the
+//! same events wherever it is taken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shard_pool::CheckpointReader;
+use tokio::time::Instant;
+
+use crate::context::Context;
+
+/// The layout of a record.
+const MAGIC: &[u8; 4] = b"GPCH";
+const VERSION: u8 = 1;
+
+/// When a RESUME looks for a record not written yet (the node that had
+/// the session may still be writing it): after each of these waits.
+const LOOKS: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+];
+
+fn name(id: &str) -> String {
+    format!("client-{id}")
+}
+
+/// Hands session `id`, which lost its connection at `detached_at`, over
+/// to the cluster; in the background. Once its record is written the node
+/// lets the session go, unless it was resumed here meanwhile (then the
+/// record is deleted again). A failed write leaves it here: its client
+/// can resume on this node only.
+pub(crate) fn hand_over(ctx: &Arc<Context>, id: &str, detached_at: Instant) {
+    let Some(store) = ctx.config.handover.clone() else {
+        return;
+    };
+    let Some((shard, sessions)) = ctx.sessions.export(id, Instant::now()) else {
+        return;
+    };
+    let mut record = Vec::with_capacity(sessions.len() + 17);
+    record.extend_from_slice(MAGIC);
+    record.push(VERSION);
+    record.extend_from_slice(&shard.to_le_bytes());
+    let written = shard_pool::unix_ms(shard_pool::wall_clock());
+    record.extend_from_slice(&written.to_le_bytes());
+    record.extend_from_slice(&sessions);
+    let (ctx, id) = (ctx.clone(), id.to_owned());
+    tokio::spawn(async move {
+        let name = name(&id);
+        if let Err(error) = store.put(&name, Bytes::from(record)).await {
+            tracing::warn!(%error, "client session not handed over: it resumes on this node only");
+            return;
+        }
+        if !ctx.sessions.hand_over(&id, detached_at)
+            && let Err(error) = store.delete(&name).await
+        {
+            tracing::warn!(%error, "a handed-over client session resumed here not deleted");
+        }
+    });
+}
+
+/// Takes session `id`'s record from the cluster, if a node handed it over
+/// (`handed`: this node did, so it is there now or taken), looking a few
+/// times over 1.5 s for one still being written, and puts it back among
+/// this node's sessions (detached) for the RESUME to attach; returns
+/// whether it did.
+pub(crate) async fn take(ctx: &Context, id: &str, handed: bool) -> bool {
+    let Some(store) = &ctx.config.handover else {
+        return false;
+    };
+    let name = name(id);
+    let looks = if handed { &LOOKS[..0] } else { &LOOKS[..] };
+    let mut waits = looks.iter();
+    let record = loop {
+        match store.get(&name).await {
+            Ok(Some(record)) => break record,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "a handed-over client session not read");
+                return false;
+            }
+        }
+        let Some(wait) = waits.next() else {
+            return false;
+        };
+        tokio::time::sleep(*wait).await;
+    };
+    if let Err(error) = store.delete(&name).await {
+        // Taken all the same: it is this node's now.
+        tracing::warn!(%error, "a taken client session's record not deleted");
+    }
+    ctx.sessions.handed_back(id);
+    match read(&record) {
+        Ok((shard, age, sessions)) => {
+            match ctx.sessions.restore(shard, sessions, age, Instant::now()) {
+                Ok(count) => count == 1,
+                Err(error) => {
+                    tracing::warn!(%error, "a handed-over client session not restored");
+                    false
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a handed-over client session not read");
+            false
+        }
+    }
+}
+
+/// Session `id`, handed over by this node, reached its ttl: if nobody
+/// took its record, it is deleted and the session is over
+/// ([`Context::session_ended`]); in the background.
+pub(crate) fn expired(ctx: &Arc<Context>, id: String) {
+    let Some(store) = ctx.config.handover.clone() else {
+        return;
+    };
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let name = name(&id);
+        match store.get(&name).await {
+            Ok(Some(_)) => {
+                if let Err(error) = store.delete(&name).await {
+                    tracing::warn!(%error, "an expired client session's record not deleted");
+                }
+                ctx.session_ended(&id);
+            }
+            // Taken by a node that serves it now.
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "an expired client session's record not read"),
+        }
+    });
+}
+
+/// A record's shard, age and session.
+fn read(record: &[u8]) -> Result<(u32, Duration, &[u8]), shard_pool::Error> {
+    let mut reader = CheckpointReader::new(record, "a handed-over client session");
+    if reader.take(4)? != MAGIC || reader.u8()? != VERSION {
+        return Err(shard_pool::Error::checkpoint(
+            "not a client session record of this version",
+        ));
+    }
+    let shard = reader.u32()?;
+    let age = shard_pool::age(reader.u64()?, shard_pool::wall_clock());
+    Ok((shard, age, reader.rest()))
+}
