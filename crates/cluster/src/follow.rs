@@ -29,6 +29,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// limit on a gateway message.
 const MAX_COMMAND: usize = 4096;
 
+/// How often a follower checks its connection to NATS.
+const CONNECTION_CHECK: Duration = Duration::from_millis(500);
+
 /// How many events read ahead a follower may have waiting.
 const FOLLOW_QUEUE: usize = 1024;
 
@@ -158,7 +161,27 @@ async fn read_until_broken(
         .messages()
         .await
         .map_err(|e| format!("reading the stream {name}: {e}"))?;
-    while let Some(message) = messages.next().await {
+    // The server forgets its consumers when it restarts, and the consumer
+    // would notice only after missing heartbeats for a while: a follower
+    // that saw the connection go starts again once it is back.
+    let client = cluster.jetstream().client();
+    let mut went_away = false;
+    let mut tick = tokio::time::interval(CONNECTION_CHECK);
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            _ = tick.tick() => {
+                match client.connection_state() {
+                    async_nats::connection::State::Connected if went_away => {
+                        return Err("the connection to NATS came back".to_owned());
+                    }
+                    async_nats::connection::State::Connected => {}
+                    _ => went_away = true,
+                }
+                continue;
+            }
+        };
+        let Some(message) = message else { break };
         let message = message.map_err(|e| format!("reading the stream {name}: {e}"))?;
         let (pending, published) = {
             let info = message

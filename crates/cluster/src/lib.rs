@@ -221,6 +221,12 @@ impl fmt::Debug for Cluster {
     }
 }
 
+/// A lost connection is tried again after this, times the attempts so far.
+const RECONNECT_STEP: Duration = Duration::from_millis(250);
+
+/// The longest wait between two tries to reconnect.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
 /// How long connecting to NATS at start may take before the node gives up
 /// with an error (once connected, the client reconnects for ever).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -240,6 +246,14 @@ impl Cluster {
         let options = async_nats::ConnectOptions::new()
             .name(format!("gateway-proxy {}/{node}", config.name))
             .connection_timeout(CONNECT_TIMEOUT)
+            // Back soon after a restart of the server: tries a few times a
+            // second at first, then every two seconds.
+            .reconnect_delay_callback(|attempts| {
+                let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+                RECONNECT_STEP
+                    .saturating_mul(attempts)
+                    .min(MAX_RECONNECT_DELAY)
+            })
             .event_callback(move |event| {
                 let node = node.clone();
                 async move {

@@ -1123,6 +1123,14 @@ impl Driver {
             self.protocol.unauthenticated(now);
             return self.send(Bytes::from_static(INVALID_SESSION)).await;
         };
+        tracing::debug!(
+            shard = session.shard,
+            seq,
+            index,
+            head,
+            sent = session.seq,
+            "a session resumes"
+        );
         session.seq = seq;
         session.index = index;
         session.map.record(seq, index);

@@ -584,7 +584,10 @@ mod tests {
             "expired sessions go, those handed over apart"
         );
         // Taken back (here, or on another node): attached as any other.
-        assert_eq!(sessions.restore(0, &record, Duration::ZERO, now).unwrap(), 1);
+        assert_eq!(
+            sessions.restore(0, &record, Duration::ZERO, now).unwrap(),
+            1
+        );
         assert!(matches!(sessions.attach("c", ttl, now), Attach::Taken(_)));
     }
 
