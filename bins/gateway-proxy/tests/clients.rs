@@ -19,6 +19,8 @@
 // Test code: a panic is a failed assertion, and notes go to stderr.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -160,12 +162,36 @@ impl Stack {
     }
 }
 
+/// What a client program runs against: the sim, and what the harness does
+/// to the program's connections once it is ready.
+trait Harness {
+    fn sim(&self) -> &Sim;
+    /// Where clients connect.
+    fn addr(&self) -> SocketAddr;
+    /// Closes every client (or restarts the proxy, or moves them).
+    async fn disrupt(&self);
+}
+
+impl Harness for Stack {
+    fn sim(&self) -> &Sim {
+        &self.sim
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn disrupt(&self) {
+        Stack::disrupt(self).await;
+    }
+}
+
 /// Holds the stream, lets the proxy catch up, and writes the run file.
-async fn run_file(stack: &Stack, name: &str) -> PathBuf {
+async fn run_file(stack: &impl Harness, name: &str) -> PathBuf {
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stack.sim.pause_stream();
+    stack.sim().pause_stream();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let world = stack.sim.world();
+    let world = stack.sim().world();
     let guilds: serde_json::Map<String, serde_json::Value> = world
         .guilds
         .iter()
@@ -183,7 +209,7 @@ async fn run_file(stack: &Stack, name: &str) -> PathBuf {
         .collect();
     // The upstream session of each shard: a voice server checks it.
     let upstream: serde_json::Map<String, serde_json::Value> = stack
-        .sim
+        .sim()
         .connections()
         .iter()
         .filter(|c| c.open)
@@ -191,10 +217,10 @@ async fn run_file(stack: &Stack, name: &str) -> PathBuf {
         .collect();
     let run = json!({
         "upstream_sessions": upstream,
-        "gateway": format!("ws://{}", stack.addr),
-        "rest": stack.sim.api_base(),
-        "token": stack.sim.token(),
-        "shards": stack.sim.config().shards,
+        "gateway": format!("ws://{}", stack.addr()),
+        "rest": stack.sim().api_base(),
+        "token": stack.sim().token(),
+        "shards": stack.sim().config().shards,
         "guilds": guilds,
     });
     let path =
@@ -205,7 +231,7 @@ async fn run_file(stack: &Stack, name: &str) -> PathBuf {
 
 /// Runs a client program to its end, driving the stream and the forced
 /// disconnect; panics with its output unless it printed `DONE` and exited 0.
-async fn drive(stack: &Stack, mut command: Command) {
+async fn drive(stack: &impl Harness, mut command: Command) {
     let mut child = command
         .current_dir(repo())
         .stdout(Stdio::piped())
@@ -232,7 +258,7 @@ async fn drive(stack: &Stack, mut command: Command) {
             output.push_str(&line);
             output.push('\n');
             if line.starts_with("READY_OK") {
-                stack.sim.resume_stream();
+                stack.sim().resume_stream();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 stack.disrupt().await;
             }
@@ -455,4 +481,159 @@ async fn discordjs_ws_with_zlib_stream_read_by_node_zlib() {
 #[tokio::test]
 async fn discordjs_ws_with_zlib_stream_read_by_zlib_sync() {
     discordjs_ws("zlib-sync", "zlib-stream").await;
+}
+
+/// A TCP relay in front of a cluster's nodes, as a load balancer is: every
+/// connection goes to the node it points at, and [`Relay::switch`] cuts
+/// them all and points the next ones at another node, where the clients
+/// resume.
+struct Relay {
+    addr: SocketAddr,
+    target: Arc<std::sync::Mutex<SocketAddr>>,
+    cut: tokio::sync::broadcast::Sender<()>,
+}
+
+impl Relay {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(std::sync::Mutex::new(addr));
+        let (cut, _) = tokio::sync::broadcast::channel(1);
+        let (to, cuts) = (target.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let node = *to.lock().unwrap();
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(node).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.recv() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, target, cut }
+    }
+
+    fn point_at(&self, node: SocketAddr) {
+        *self.target.lock().unwrap() = node;
+    }
+
+    /// Cuts every connection; the next go to `node`.
+    fn switch(&self, node: SocketAddr) {
+        self.point_at(node);
+        let _ = self.cut.send(());
+    }
+}
+
+/// Two nodes of a cluster (processes, on a real NATS server) behind a
+/// relay: node `a` runs shard 0, node `b` shard 1. Clients start on the
+/// node `first` names and are moved to the other one.
+struct Cluster {
+    sim: Sim,
+    _nats: cluster::testing::NatsServer,
+    nodes: Vec<common::Process>,
+    relay: Relay,
+    /// The node clients are moved to.
+    then: usize,
+}
+
+impl Cluster {
+    async fn start(test: &str, first: usize) -> Option<Self> {
+        let nats = cluster::testing::nats(test)?;
+        let mut config = SimConfig::default();
+        config.shards = 2;
+        config.guilds = 6;
+        config.unavailable_guilds = 0;
+        config.members_per_guild = 30;
+        config.events_per_sec = 100;
+        config.max_concurrency = 2;
+        config.identify_interval = Duration::from_millis(100);
+        let sim = Sim::start(config).await.unwrap();
+        let relay = Relay::start().await;
+        let url = format!("ws://{}", relay.addr);
+        let mut nodes = Vec::new();
+        for (shard, node) in [(0, "a"), (1, "b")] {
+            let env = [
+                ("GATEWAY_PROXY_CLUSTER__NATS_URL", nats.url()),
+                ("GATEWAY_PROXY_CLUSTER__NAME", test.to_owned()),
+                ("GATEWAY_PROXY_CLUSTER__NODE_ID", node.to_owned()),
+                ("GATEWAY_PROXY_SHARDS", "2".to_owned()),
+                ("GATEWAY_PROXY_SHARD_START", shard.to_string()),
+                ("GATEWAY_PROXY_SHARD_END", (shard + 1).to_string()),
+                ("GATEWAY_PROXY_EXTERNALLY_ACCESSIBLE_URL", url.clone()),
+            ];
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (process, serving) = common::Process::spawn(&sim, &env);
+            nodes.push(process.serving(serving).await);
+        }
+        relay.point_at(nodes[first].addr);
+        sim.advertise_gateway(url);
+        Some(Self {
+            sim,
+            _nats: nats,
+            nodes,
+            relay,
+            then: 1 - first,
+        })
+    }
+}
+
+impl Harness for Cluster {
+    fn sim(&self) -> &Sim {
+        &self.sim
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.relay.addr
+    }
+
+    async fn disrupt(&self) {
+        self.relay.switch(self.nodes[self.then].addr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_py_on_one_node_of_a_cluster_resumes_on_another() {
+    let probe = ["-c", "import discord, zstandard"];
+    if !available("python3", &probe).await {
+        assert!(!required(), "python3 with discord.py is required");
+        eprintln!("note: discord.py not installed");
+        return;
+    }
+    let Some(cluster) = Cluster::start("dpy", 0).await else {
+        return;
+    };
+    let run = run_file(&cluster, "dpy-cluster").await;
+    let mut command = Command::new("python3");
+    command.arg("tests/clients/discordpy/bot.py").arg(&run);
+    drive(&cluster, command).await;
+    for node in &cluster.nodes {
+        let log = node.log();
+        assert!(!log.contains("following broke"), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_js_with_auto_shards_on_one_node_of_a_cluster_resumes_on_another() {
+    if !node_ready().await {
+        return;
+    }
+    let Some(cluster) = Cluster::start("djs", 1).await else {
+        return;
+    };
+    let run = run_file(&cluster, "discordjs-cluster").await;
+    let mut command = Command::new("node");
+    command
+        .arg("tests/clients/js/discordjs.js")
+        .arg(&run)
+        .arg("auto");
+    drive(&cluster, command).await;
+    for node in &cluster.nodes {
+        let log = node.log();
+        assert!(!log.contains("following broke"), "{log}");
+    }
 }

@@ -18,7 +18,7 @@
 // 4. `guild.members.fetch()` (op 8 with a nonce) gets this client's own
 //    member chunks: about `memberCount` members.
 //
-// Usage: node discordjs.js RUN.json
+// Usage: node discordjs.js RUN.json [auto]
 
 const { Client, Events, GatewayIntentBits } = require('discord.js');
 const {
@@ -31,12 +31,14 @@ const intents = Object.values(GatewayIntentBits)
   .filter(bit => typeof bit === 'number')
   .reduce((all, bit) => all | bit, 0);
 
+// `auto` (a second argument): the shard count from `GET /gateway/bot`, as
+// most bots run.
+const auto = process.argv[3] === 'auto';
 const shardIds = Array.from({ length: RUN.shards }, (_, i) => i);
 const client = new Client({
   intents,
   rest: { api: RUN.rest },
-  shards: shardIds,
-  shardCount: RUN.shards,
+  ...(auto ? { shards: 'auto' } : { shards: shardIds, shardCount: RUN.shards }),
   waitGuildTimeout: 2_000,
   ws: {
     // The sim's identify buckets are short; no 5 s waits.
