@@ -818,13 +818,17 @@ impl Config {
         if self.shards == Some(0) {
             return invalid("shards", "expected at least 1 shard, found 0".to_owned());
         }
+        // A node of a cluster may run no shard and serve clients of the
+        // others' (shard_end equal to shard_start).
+        let serving_only = self.cluster.nats_url.is_some();
         if let Some(end) = self.shard_end
-            && end <= self.shard_start
+            && (end < self.shard_start || (end == self.shard_start && !serving_only))
         {
             return invalid(
                 "shard_end",
                 format!(
-                    "expected a shard after shard_start ({}; shard_end is exclusive), found {end}",
+                    "expected a shard after shard_start ({}; shard_end is exclusive; equal to it \
+                     only for a node of a cluster that runs no shard), found {end}",
                     self.shard_start
                 ),
             );

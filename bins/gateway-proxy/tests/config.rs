@@ -509,9 +509,18 @@ fn validation_errors_name_key_and_source() {
         error,
         format!(
             "{path}: key \"shard_end\": expected a shard after shard_start (4; shard_end is \
-             exclusive), found 4"
+             exclusive; equal to it only for a node of a cluster that runs no shard), found 4"
         )
     );
+    // A node of a cluster may run no shard: it serves the others'.
+    let serving = load_json(
+        "serving-only",
+        r#"{"token": "t", "intents": 1, "shard_start": 0, "shard_end": 0,
+            "cluster": {"nats_url": "nats://n"}}"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(serving.pool_config().shard_end, Some(0));
 
     let (error, path) = load_err(
         "range-past-total",

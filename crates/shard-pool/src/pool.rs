@@ -582,9 +582,12 @@ fn shard_range(config: &PoolConfig, total: u32) -> Result<Range<u32>, Error> {
     if total == 0 {
         return Err(Error::config("shards: the total must be at least 1"));
     }
-    if config.shard_start >= end || end > total {
+    // With a source, a pool may run no shard and follow them all.
+    let empty_allowed = config.source.is_some() && config.shard_start == end;
+    if (config.shard_start >= end && !empty_allowed) || end > total {
         return Err(Error::config(format!(
-            "shard_start {} and shard_end {end}: expected shard_start < shard_end <= shards ({total})",
+            "shard_start {} and shard_end {end}: expected shard_start < shard_end <= shards \
+             ({total}; equal only for a pool with a source, which runs no shard)",
             config.shard_start
         )));
     }
