@@ -37,6 +37,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use benches::e2e::{Histogram, clock_ticks, now_us, table, tree_stat};
+
+#[path = "e2e/cluster.rs"]
+mod cluster_section;
 use serde_json::Value;
 
 /// `GUILDS | GUILD_MESSAGES`: the sim then sends a session its messages
@@ -54,8 +57,8 @@ const USAGE: &str = "usage: e2e [options]
 
   --quick                 a smoke run: small sizes, one run, no search (< 1 min)
   --runs N                runs of each measurement, medians reported (default 3)
-  --only LIST             comma-separated: throughput,latency,memory,steady,storm
-                          (default all)
+  --only LIST             comma-separated: throughput,latency,memory,steady,storm,
+                          cluster (default all; cluster needs nats-server)
   --proxy-cmd CMD         the proxy under test, started with `sh -c CMD` and the
                           environment of the contract (docs/BENCHMARKING.md);
                           repeat to compare proxies; default: this repository's
@@ -239,7 +242,7 @@ fn parse_args() -> Result<Args, String> {
     for o in &args.only {
         if !matches!(
             o.as_str(),
-            "throughput" | "latency" | "memory" | "steady" | "storm"
+            "throughput" | "latency" | "memory" | "steady" | "storm" | "cluster"
         ) {
             return Err(format!("--only: unknown section {o:?}\n\n{USAGE}"));
         }
@@ -2235,8 +2238,11 @@ fn main() {
         }
     );
     let started = now_us();
-    let sections: [(&str, &Section<'_>); 5] = [
+    let sections: [(&str, &Section<'_>); 6] = [
         ("latency", &|r| latency(&args, &bins, hz, r)),
+        ("cluster", &|r| {
+            cluster_section::cluster(&args, &bins, hz, r)
+        }),
         ("memory", &|r| memory(&args, &bins, r)),
         ("steady", &|r| steady(&args, &bins, r)),
         ("storm", &|r| storm(&args, &bins, r)),

@@ -71,7 +71,13 @@ pub fn nats(test: &str) -> Option<NatsServer> {
 }
 
 impl NatsServer {
-    fn start(binary: PathBuf, test: &str) -> Self {
+    /// Starts `binary` for `test` (its data directory's name).
+    ///
+    /// # Panics
+    ///
+    /// If it does not start, or no port is free.
+    #[must_use]
+    pub fn start(binary: PathBuf, test: &str) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map(|addr| addr.port())
