@@ -318,6 +318,13 @@ pub async fn start_until(
         let store = DirStore::open(dir).map_err(|e| unusable(&e))?;
         pool_config.store = Some(Arc::new(store));
     }
+    // What the process records outside the proxy (the cluster's metrics)
+    // lands where `/metrics` reads. A second proxy in one process (tests)
+    // keeps the first one's global recorder.
+    let recorder = Arc::new(
+        proxy_server::recorder().map_err(|e| failed(format!("cannot record metrics: {e}")))?,
+    );
+    let _ = metrics::set_global_recorder(recorder.clone());
     let mut joined = None;
     if let Some(cluster_config) = config.cluster_config() {
         tokio::select! {
@@ -351,7 +358,7 @@ pub async fn start_until(
         Some(cluster) => Some(serve_cluster(cluster, &mut server_config, &pool).await?),
         None => None,
     };
-    let proxy = Proxy::start_on(listener, server_config, pool)
+    let proxy = Proxy::start_recording(listener, server_config, pool, recorder)
         .await
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
     Ok(Some(Running {

@@ -294,8 +294,21 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
             }
         }
     }
+    // Metrics are brought up to date once a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, metrics) = common::http_get(b.addr, "/metrics").await;
     assert!(metrics.contains("state=\"following\""), "{metrics}");
+    // The cluster's own metrics are there too: b follows shard 0 and
+    // publishes shard 1's events.
+    assert!(
+        metrics.contains("gateway_stream_lag_messages{shard=\"0\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_event_log_published_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_identify_turns_total"), "{metrics}");
     drop((a, b));
 }
 

@@ -42,7 +42,7 @@ mod server;
 mod session;
 
 pub use crate::config::{ClientCompression, Limits, ServerConfig};
-pub use crate::server::{Proxy, listener};
+pub use crate::server::{Proxy, listener, recorder};
 
 /// The client side's state machines on arbitrary input, for the fuzz
 /// targets in `fuzz/`; not an API.

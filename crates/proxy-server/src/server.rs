@@ -66,8 +66,25 @@ impl Proxy {
     /// If the listener cannot be used by the async runtime.
     pub async fn start_on(
         listener: std::net::TcpListener,
+        config: ServerConfig,
+        pool: Pool,
+    ) -> io::Result<Self> {
+        Self::start_recording(listener, config, pool, Arc::new(recorder()?)).await
+    }
+
+    /// [`start_on`](Self::start_on), recording into `recorder` (see
+    /// [`recorder`]): `/metrics` shows what it holds, so metrics other
+    /// parts of the process record there (installed as the global
+    /// recorder) show too.
+    ///
+    /// # Errors
+    ///
+    /// As [`start_on`](Self::start_on).
+    pub async fn start_recording(
+        listener: std::net::TcpListener,
         mut config: ServerConfig,
         pool: Pool,
+        recorder: Arc<PrometheusRecorder>,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
@@ -81,16 +98,6 @@ impl Proxy {
         }
         let ctx = Arc::new(Context::new(config, Arc::new(pool)));
         ctx.kept.restore(&ctx.sessions, &ctx.pool).await;
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(metrics::LATENCY_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full("gateway_shard_status".to_owned()),
-                    metrics::STATUS_BUCKETS,
-                )
-            })
-            .map_err(io::Error::other)?
-            .build_recorder();
         let handle = recorder.handle();
         let mut tasks = vec![
             tokio::spawn(accept(listener, ctx.clone(), handle.clone())),
@@ -224,9 +231,9 @@ async fn checkpoints(ctx: Arc<Context>) {
 
 /// Every second: expired sessions go, and the metrics are brought up to
 /// date from the pool and the sessions.
-async fn upkeep(ctx: Arc<Context>, recorder: PrometheusRecorder) {
+async fn upkeep(ctx: Arc<Context>, recorder: Arc<PrometheusRecorder>) {
     let handle = recorder.handle();
-    ::metrics::with_local_recorder(&recorder, metrics::describe);
+    ::metrics::with_local_recorder(&*recorder, metrics::describe);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -237,9 +244,28 @@ async fn upkeep(ctx: Arc<Context>, recorder: PrometheusRecorder) {
         for id in handed {
             crate::handover::expired(&ctx, id);
         }
-        ::metrics::with_local_recorder(&recorder, || metrics::record(&ctx));
+        ::metrics::with_local_recorder(&*recorder, || metrics::record(&ctx));
         handle.run_upkeep();
     }
+}
+
+/// A recorder for [`Proxy::start_recording`]: Prometheus, with the
+/// buckets of the proxy's histograms.
+///
+/// # Errors
+///
+/// Never in practice (the buckets are not empty).
+pub fn recorder() -> io::Result<PrometheusRecorder> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets(metrics::LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("gateway_shard_status".to_owned()),
+                metrics::STATUS_BUCKETS,
+            )
+        })
+        .map_err(io::Error::other)?
+        .build_recorder())
 }
 
 /// The longest pause after a failed `accept`.
