@@ -308,7 +308,10 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
         metrics.contains("gateway_event_log_published_total"),
         "{metrics}"
     );
-    assert!(metrics.contains("gateway_identify_turns_total"), "{metrics}");
+    assert!(
+        metrics.contains("gateway_identify_turns_total"),
+        "{metrics}"
+    );
     drop((a, b));
 }
 
