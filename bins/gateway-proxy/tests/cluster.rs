@@ -312,6 +312,23 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
         metrics.contains("gateway_identify_turns_total"),
         "{metrics}"
     );
+    // Discord closes shard 0 for good: its clients on both nodes are
+    // closed with Discord's code, the follower's through the event log.
+    assert_eq!(sim.control(0, discord_sim::Control::Close(4014)), 1);
+    for client in [&mut other, &mut local] {
+        loop {
+            match client.payload().await {
+                Ok(_) => {}
+                Err(discord_sim::ClientError::Closed(code)) => {
+                    assert_eq!(code, Some(4014));
+                    break;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+    }
+    let (_, ready) = common::http_get(b.addr, "/ready").await;
+    assert!(ready.contains(r#""0":"following:4014""#), "{ready}");
     drop((a, b));
 }
 

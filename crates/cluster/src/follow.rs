@@ -215,6 +215,10 @@ fn tapped(shard: u32, message: &Message) -> Option<Tapped> {
     let headers = message.headers.as_ref()?;
     let header = |name: &str| headers.get(name).map(async_nats::HeaderValue::as_str);
     let index = header(headers::INDEX)?.parse().ok()?;
+    if let Some(code) = header(headers::CLOSED) {
+        let session = Arc::from(header(headers::SESSION)?);
+        return Some(Tapped::closed(shard, index, session, code.parse().ok()?));
+    }
     let seq = header(headers::SEQ).and_then(|seq| seq.parse().ok());
     let session = Arc::from(header(headers::SESSION)?);
     let audience = parse_audience(header(headers::AUDIENCE)?)?;

@@ -35,9 +35,12 @@ pub mod headers {
     pub const AUDIENCE: &str = "Gp-Audience";
     /// Present (`1`) on a READY.
     pub const READY: &str = "Gp-Ready";
+    /// On the shard's last message: Discord closed it for good with this
+    /// code (the message has no payload, and the last event's index).
+    pub const CLOSED: &str = "Gp-Closed";
 }
 
-use headers::{AUDIENCE, INDEX, READY, SEQ, SESSION, SHARD};
+use headers::{AUDIENCE, CLOSED, INDEX, READY, SEQ, SESSION, SHARD};
 
 /// How the event log is kept. Start from `default()`.
 #[derive(Clone, Copy, Debug)]
@@ -193,9 +196,13 @@ pub fn parse_audience(value: &str) -> Option<Audience> {
 }
 
 fn message(event: &Tapped) -> PublishMessage {
+    let id = match event.closed {
+        Some(_) => format!("{}.{}.closed", event.session, event.index),
+        None => format!("{}.{}", event.session, event.index),
+    };
     let mut message = PublishMessage::build()
         .payload(event.payload.clone())
-        .message_id(format!("{}.{}", event.session, event.index))
+        .message_id(id)
         .header(SHARD, event.shard.to_string().as_str())
         .header(INDEX, event.index.to_string().as_str())
         .header(SESSION, &*event.session)
@@ -205,6 +212,9 @@ fn message(event: &Tapped) -> PublishMessage {
     }
     if event.ready {
         message = message.header(READY, "1");
+    }
+    if let Some(code) = event.closed {
+        message = message.header(CLOSED, code.to_string().as_str());
     }
     message
 }

@@ -184,10 +184,15 @@ pub(crate) async fn follow(shard: ShardHandle, following: Arc<Following>) {
         let mut fed = false;
         let broken = loop {
             match events.recv().await {
-                Some(Followed::Event(event)) => match shard.feed(event) {
-                    Ok(()) => fed = true,
-                    Err(why) => break why,
-                },
+                Some(Followed::Event(event)) => {
+                    let closed = event.closed.is_some();
+                    match shard.feed(event) {
+                        // Nothing follows a close for good.
+                        Ok(()) if closed => return,
+                        Ok(()) => fed = true,
+                        Err(why) => break why,
+                    }
+                }
                 Some(Followed::CaughtUp) => shard.caught_up(),
                 Some(Followed::Broken(why)) => break why,
                 None => break "the source stopped".to_owned(),

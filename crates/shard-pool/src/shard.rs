@@ -373,15 +373,28 @@ impl ShardHandle {
             ),
             _ => return,
         };
-        tap.tapped(Tapped {
-            shard: self.shared.id,
-            index: event.index(),
+        tap.tapped(Tapped::new(
+            self.shared.id,
+            event.index(),
             seq,
             session,
             payload,
             audience,
-            ready: ready.is_some(),
-        });
+            ready.is_some(),
+        ));
+    }
+
+    /// Gives the tap, if any, the shard's close for good (under the core
+    /// lock).
+    fn tap_closed(&self, pipeline: &Pipeline, index: u64, code: u16) {
+        let Some(Tapping { tap, .. }) = self.shared.tap.get() else {
+            return;
+        };
+        let Some((upstream, _)) = pipeline.upstream() else {
+            return;
+        };
+        let session = Arc::from(upstream.session_id.as_str());
+        tap.tapped(Tapped::closed(self.shared.id, index, session, code));
     }
 
     /// The shard id.
@@ -766,6 +779,22 @@ impl ShardHandle {
     /// no longer be the owner's, and is to be rebuilt from a checkpoint.
     pub(crate) fn feed(&self, event: Tapped) -> Result<(), String> {
         let now = Instant::now();
+        if let Some(code) = event.closed {
+            let head = lock(&self.shared.core).index;
+            if event.index != head {
+                return Err(format!(
+                    "the close for good came after event {}, this state is at {head}",
+                    event.index
+                ));
+            }
+            tracing::warn!(
+                shard = self.id(),
+                code,
+                "the shard's node says Discord closed it for good"
+            );
+            self.stopped(code);
+            return Ok(());
+        }
         let to_pack = {
             let mut core = lock(&self.shared.core);
             if event.index <= core.index {
@@ -873,8 +902,9 @@ impl ShardHandle {
     fn stopped(&self, code: u16) {
         self.shared.ready.send_replace(Readiness::Fatal(code));
         {
-            let _core = lock(&self.shared.core);
+            let pipeline = lock(&self.shared.core);
             let index = self.head();
+            self.tap_closed(&pipeline, index, code);
             lock(&self.shared.ring).push(&ShardEvent::Closed { index, code }, Instant::now());
             self.shared.closed.store(true, Ordering::Release);
         }

@@ -31,6 +31,10 @@ pub struct Tapped {
     /// Whether it is a READY (a new upstream session: the shard's state
     /// starts again).
     pub ready: bool,
+    /// Set when Discord closed the shard for good, with its close code:
+    /// then it is no dispatch (the payload is empty and the index is the
+    /// last event's) and nothing follows.
+    pub closed: Option<u16>,
 }
 
 impl Tapped {
@@ -54,6 +58,23 @@ impl Tapped {
             payload,
             audience,
             ready,
+            closed: None,
+        }
+    }
+
+    /// Discord closed shard `shard` for good with `code` after event
+    /// `index` of upstream session `session`.
+    #[must_use]
+    pub fn closed(shard: u32, index: u64, session: Arc<str>, code: u16) -> Self {
+        Self {
+            shard,
+            index,
+            seq: None,
+            session,
+            payload: Bytes::new(),
+            audience: Audience::Nobody,
+            ready: false,
+            closed: Some(code),
         }
     }
 }
