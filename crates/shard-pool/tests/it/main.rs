@@ -5,14 +5,39 @@
 #![allow(clippy::unwrap_used)]
 
 mod faults;
+mod follow;
 mod restart;
 mod start;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
 use serde_json::Value;
-use shard_pool::{Dispatch, Follower, Pool, PoolConfig, ShardEvent};
+use shard_pool::{DirStore, Dispatch, Follower, Pool, PoolConfig, ShardEvent, Store};
+
+/// A directory of its own, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("shard-pool-restart-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::new(DirStore::open(&self.0).unwrap())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// A sim with quick identify buckets and a steady stream.
 async fn sim(configure: impl FnOnce(&mut SimConfig)) -> Sim {

@@ -3,36 +3,12 @@
 //! other did; a checkpoint that is stale, foreign or damaged, or a RESUME
 //! Discord refuses, means an identify, never a crash.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use discord_sim::Sim;
-use shard_pool::{DirStore, Flags, Follower, Pool, PoolConfig, ShardEvent, Store};
+use shard_pool::{Flags, Follower, Pool, PoolConfig, ShardEvent};
 
-use super::{assert_contiguous, config, marked, ready, sim};
-
-/// A directory of its own, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("shard-pool-restart-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-
-    fn store(&self) -> Arc<dyn Store> {
-        Arc::new(DirStore::open(&self.0).unwrap())
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use super::{Scratch, assert_contiguous, config, marked, ready, sim};
 
 fn with_store(sim: &Sim, scratch: &Scratch) -> PoolConfig {
     let mut config = config(sim);
