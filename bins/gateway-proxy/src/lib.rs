@@ -424,6 +424,7 @@ async fn serve_cluster(
         .await
         .map_err(joining)?;
     server_config.handover = Some(Arc::new(sessions));
+    server_config.node = Some(cluster.config().node_id.clone());
     cluster::serve_commands(cluster, pool.shards().to_vec())
         .await
         .map_err(joining)

@@ -15,6 +15,12 @@ use discord_sim::{GatewayClient, KNOWN_INTENTS, Sim, SimConfig};
 use serde_json::Value;
 use tokio::time::Instant;
 
+/// Two nodes: `a` runs shard 0, `b` shard 1.
+const TWO: [(&str, u32, u32); 2] = [("a", 0, 1), ("b", 1, 2)];
+
+/// How long a node may take to serve.
+const SERVING: Duration = Duration::from_secs(30);
+
 /// The environment of node `node` of cluster `name` on `nats`, running
 /// shards `start..end` of `total`.
 fn node_env(nats: &str, name: &str, node: &str, shards: (u32, u32, u32)) -> Vec<(String, String)> {
@@ -36,6 +42,35 @@ fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// The nodes `(name, start, end)` of cluster `cluster` (of `total` shards),
+/// started at once with `extra` in their environment, once each serves
+/// (within `limit`).
+async fn start_nodes(
+    sim: &Sim,
+    nats: &cluster::testing::NatsServer,
+    cluster: &str,
+    nodes: &[(&str, u32, u32)],
+    total: u32,
+    extra: &[(&str, &str)],
+    limit: Duration,
+) -> Vec<Process> {
+    let mut spawned = Vec::new();
+    for &(node, start, end) in nodes {
+        let mut env = node_env(&nats.url(), cluster, node, (start, end, total));
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        spawned.push(Process::spawn(sim, &borrowed(&env)));
+    }
+    let mut serving = Vec::new();
+    for (process, ready) in spawned {
+        serving.push(process.serving_within(ready, limit).await);
+    }
+    serving
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_started_at_once_identify_paced_across_them() {
     let Some(nats) = cluster::testing::nats("three_nodes") else {
@@ -50,20 +85,17 @@ async fn three_nodes_started_at_once_identify_paced_across_them() {
     // Discord's window (the sim's default, 5 s): the nodes pace by it.
     let window = sim.config().identify_interval;
     let start = Instant::now();
-    let mut spawned = Vec::new();
-    for (i, node) in ["a", "b", "c"].into_iter().enumerate() {
-        let first = u32::try_from(i).unwrap() * 4;
-        let env = node_env(&nats.url(), "three", node, (first, first + 4, 12));
-        spawned.push(Process::spawn(&sim, &borrowed(&env)));
-    }
-    let mut nodes = Vec::new();
-    for (process, serving) in spawned {
-        nodes.push(
-            process
-                .serving_within(serving, Duration::from_secs(90))
-                .await,
-        );
-    }
+    let ranges = [("a", 0, 4), ("b", 4, 8), ("c", 8, 12)];
+    let nodes = start_nodes(
+        &sim,
+        &nats,
+        "three",
+        &ranges,
+        12,
+        &[],
+        Duration::from_secs(90),
+    )
+    .await;
     let took = start.elapsed();
     let logs: Vec<String> = nodes.iter().map(Process::log).collect();
     assert_eq!(sim.identifies_refused(), 0, "{logs:#?}");
@@ -170,23 +202,10 @@ async fn every_node_serves_every_shard_the_same_state_and_events() {
     config.guilds = 18;
     config.events_per_sec = 30;
     let sim = Sim::start(config).await.unwrap();
-    let mut spawned = Vec::new();
     // Three nodes of two shards each, and one that runs none and serves
     // them all.
-    for (i, node) in ["a", "b", "c", "d"].into_iter().enumerate() {
-        let first = u32::try_from(i).unwrap() * 2;
-        let range = if node == "d" {
-            (0, 0)
-        } else {
-            (first, first + 2)
-        };
-        let env = node_env(&nats.url(), "every", node, (range.0, range.1, TOTAL));
-        spawned.push(Process::spawn(&sim, &borrowed(&env)));
-    }
-    let mut nodes = Vec::new();
-    for (process, serving) in spawned {
-        nodes.push(process.serving(serving).await);
-    }
+    let ranges = [("a", 0, 2), ("b", 2, 4), ("c", 4, 6), ("d", 0, 0)];
+    let nodes = start_nodes(&sim, &nats, "every", &ranges, TOTAL, &[], SERVING).await;
     // The stream held still, so that every node's state is the same one.
     sim.pause_stream();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -263,12 +282,8 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
     config.guilds = 6;
     config.events_per_sec = 10;
     let sim = Sim::start(config).await.unwrap();
-    let env_a = node_env(&nats.url(), "chunks", "a", (0, 1, 2));
-    let env_b = node_env(&nats.url(), "chunks", "b", (1, 2, 2));
-    let (a, serving_a) = Process::spawn(&sim, &borrowed(&env_a));
-    let (b, serving_b) = Process::spawn(&sim, &borrowed(&env_b));
-    let a = a.serving(serving_a).await;
-    let b = b.serving(serving_b).await;
+    let nodes = start_nodes(&sim, &nats, "chunks", &TWO, 2, &[], SERVING).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
     // Shard 0 runs on a; two of its clients on b, one on a.
     let (mut asker, _, guilds) = load(b.addr, sim.token(), 0, 2).await;
     let (mut other, _, _) = load(b.addr, sim.token(), 0, 2).await;
@@ -328,8 +343,10 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
         }
     }
     let (_, ready) = common::http_get(b.addr, "/ready").await;
-    assert!(ready.contains(r#""0":"following:4014""#), "{ready}");
-    drop((a, b));
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["node"], "b", "{ready}");
+    assert_eq!(ready["shards"]["1"], "active", "{ready}");
+    assert_eq!(ready["shards"]["0"], "following:4014", "{ready}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,21 +360,12 @@ async fn a_client_that_drops_on_one_node_resumes_on_another_and_misses_nothing()
     config.guilds = 6;
     config.events_per_sec = 20;
     let sim = Sim::start(config).await.unwrap();
-    let mut env_a = node_env(&nats.url(), "handover", "a", (0, 1, 2));
-    let mut env_b = node_env(&nats.url(), "handover", "b", (1, 2, 2));
-    for env in [&mut env_a, &mut env_b] {
-        env.push((
-            "GATEWAY_PROXY_LOG_LEVEL".to_owned(),
-            "info,proxy_server=debug".to_owned(),
-        ));
-    }
-    let (a, serving_a) = Process::spawn(&sim, &borrowed(&env_a));
-    let (b, serving_b) = Process::spawn(&sim, &borrowed(&env_b));
-    let a = a.serving(serving_a).await;
-    let b = b.serving(serving_b).await;
+    let debug = [("GATEWAY_PROXY_LOG_LEVEL", "info,proxy_server=debug")];
+    let nodes = start_nodes(&sim, &nats, "handover", &TWO, 2, &debug, SERVING).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
     // Two moves: a node that follows the shard to its owner, and the
     // owner to a node that follows it.
-    for (shard, from, to) in [(1, &a, &b), (0, &a, &b)] {
+    for (shard, from, to) in [(1, a, b), (0, a, b)] {
         let (mut client, ready, _) = load(from.addr, sim.token(), shard, 2).await;
         let session = ready["session_id"].as_str().unwrap().to_owned();
         let before = sim.emit(shard, "GP_MARKER", "{}").unwrap();
@@ -414,7 +422,7 @@ async fn a_client_that_drops_on_one_node_resumes_on_another_and_misses_nothing()
         );
         assert!(missed.iter().all(|n| markers.contains(n)));
     }
-    for node in [&a, &b] {
+    for node in [a, b] {
         let log = node.log();
         assert!(!log.contains("not handed over"), "{log}");
     }
@@ -504,16 +512,8 @@ async fn nats_restarting_under_load_costs_local_clients_nothing_and_followers_no
     config.events_per_sec = 50;
     let sim = Sim::start(config).await.unwrap();
     let token = sim.token().to_owned();
-    let mut nodes = Vec::new();
-    for (shard, node) in [(0, "a"), (1, "b")] {
-        let mut env = node_env(&nats.url(), "restart", node, (shard, shard + 1, 2));
-        env.push((
-            "GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS".to_owned(),
-            "2".to_owned(),
-        ));
-        let (process, serving) = Process::spawn(&sim, &borrowed(&env));
-        nodes.push(process.serving(serving).await);
-    }
+    let often = [("GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS", "2")];
+    let nodes = start_nodes(&sim, &nats, "restart", &TWO, 2, &often, SERVING).await;
     // On each node: its own shard (local) and the other's (followed).
     let mut local = Vec::new();
     let mut followed = Vec::new();

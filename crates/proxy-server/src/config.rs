@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// should forget them a little after `session_ttl` (a cluster's
     /// bucket does).
     pub handover: Option<std::sync::Arc<dyn shard_pool::Store>>,
+    /// This node's name in a cluster: `/ready` says it, beside the shards
+    /// it runs and those it follows.
+    pub node: Option<String>,
 }
 
 /// How the proxy compresses what it sends to clients that ask for
@@ -162,6 +165,7 @@ impl ServerConfig {
             checkpoint_interval: Duration::from_secs(30),
             voice_leave_on_owner_loss: true,
             handover: None,
+            node: None,
         }
     }
 }

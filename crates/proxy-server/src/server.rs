@@ -391,7 +391,7 @@ async fn route(
         ),
         "/shard-count" => text(StatusCode::OK, "text/plain", ctx.pool.total().to_string()),
         "/health" => health(&ctx.pool),
-        "/ready" => ready(&ctx.pool),
+        "/ready" => ready(&ctx.pool, ctx.config.node.as_deref()),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found"),
     })
 }
@@ -418,7 +418,7 @@ fn health(pool: &Pool) -> Response<Full<Bytes>> {
 /// 200 when every shard this node runs is active, else 503; with each
 /// shard's state (and the close code of a shard closed for good), those
 /// of other nodes this node follows (`following`) included.
-fn ready(pool: &Pool) -> Response<Full<Bytes>> {
+fn ready(pool: &Pool, node: Option<&str>) -> Response<Full<Bytes>> {
     let states: Vec<(u32, ShardState, Option<u16>)> = pool
         .shards()
         .iter()
@@ -440,7 +440,11 @@ fn ready(pool: &Pool) -> Response<Full<Bytes>> {
         })
         .collect::<Vec<_>>()
         .join(",");
-    let body = format!(r#"{{"ready":{all_active},"shards":{{{body}}}}}"#);
+    // A node name is checked to be `[A-Za-z0-9_.-]` (cluster.node_id).
+    let node = node
+        .map(|node| format!(r#""node":"{node}","#))
+        .unwrap_or_default();
+    let body = format!(r#"{{"ready":{all_active},{node}"shards":{{{body}}}}}"#);
     let code = if all_active {
         StatusCode::OK
     } else {
