@@ -104,7 +104,7 @@ impl Process {
         assert!(sent.success());
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
-            .expect("it stops promptly")
+            .unwrap_or_else(|_| panic!("not stopped 20 s after {signal}:\n{}", self.log()))
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         (status.code(), self.log())
