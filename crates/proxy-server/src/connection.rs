@@ -146,6 +146,11 @@ const LINGER: Duration = Duration::from_secs(1);
 /// How long a RESUME waits for the old connection of its session to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
+/// How much earlier than its connection dropped a session's missed events
+/// are looked for in a cluster's event log: the clocks of the nodes and of
+/// NATS may differ this much.
+const LOG_MARGIN: Duration = Duration::from_mins(1);
+
 /// How long an IDENTIFY waits for its shard to be ready.
 const READY_WAIT: Duration = Duration::from_secs(30);
 
@@ -575,10 +580,12 @@ impl Writer {
     /// Whether a client whose cursor is at `index` is too slow to keep:
     /// more than `backpressure` events behind for [`SLOW_GRACE`] without
     /// catching up (a resume's replay catches up), or at once when what it
-    /// has not taken nears the end of what the ring holds.
+    /// has not taken nears the end of what the ring holds, unless the
+    /// shard has an event log to resume from (a cluster's): a client that
+    /// resumed from it starts at the ring's end.
     fn too_slow(&self, follow: &mut Follow, index: u64) -> bool {
         let lag = follow.shard.head().saturating_sub(index);
-        if follow.shard.behind(index, u64::MAX) {
+        if !follow.shard.has_log() && follow.shard.behind(index, u64::MAX) {
             return true;
         }
         let max_lag = u64::try_from(self.ctx.config.backpressure).unwrap_or(u64::MAX);
@@ -705,7 +712,8 @@ impl Writer {
                     written = &mut write => break written.is_ok(),
                     () = tokio::time::sleep(SLOW_GRACE) => {
                         let near_the_end = self.follow.as_ref().is_some_and(|follow| {
-                            follow.shard.behind(follow.events.index(), u64::MAX)
+                            !follow.shard.has_log()
+                                && follow.shard.behind(follow.events.index(), u64::MAX)
                         });
                         if near_the_end || Instant::now() >= deadline {
                             break false;
@@ -1097,24 +1105,9 @@ impl Driver {
             return Err(self.fatal(code));
         }
         let replay = match (pool.shard(session.shard), resume.seq) {
-            (Some(shard), Some(seq)) => {
-                let index = session.map.index_of(seq, session.seq).or_else(|| {
-                    let index = ahead(&shard, &resume.session_id, &session, seq);
-                    if let Some(index) = index {
-                        tracing::info!(
-                            shard = session.shard,
-                            seq,
-                            index,
-                            "a session resumed from past its checkpoint"
-                        );
-                    }
-                    index
-                });
-                index.and_then(|index| {
-                    let (events, head) = shard.subscribe_from(index)?;
-                    Some((shard.clone(), seq, index, events, head))
-                })
-            }
+            (Some(shard), Some(seq)) => replay(&shard, &resume.session_id, &session, seq)
+                .await
+                .map(|(index, events, head)| (shard, seq, index, events, head)),
             _ => None,
         };
         let Some((shard, seq, index, events, head)) = replay else {
@@ -1360,6 +1353,37 @@ fn ahead(shard: &ShardHandle, session_id: &str, session: &Session, seq: u64) -> 
             s += 1;
         }
     }
+}
+
+/// Where a session resuming from `seq` stands in its shard, and its
+/// follower from there with the head then: from the ring, or past it from
+/// the cluster's event log (from a little before the connection dropped).
+async fn replay(
+    shard: &ShardHandle,
+    session_id: &str,
+    session: &Session,
+    seq: u64,
+) -> Option<(u64, Follower, u64)> {
+    let index = session.map.index_of(seq, session.seq).or_else(|| {
+        let index = ahead(shard, session_id, session, seq);
+        if let Some(index) = index {
+            tracing::info!(
+                shard = session.shard,
+                seq,
+                index,
+                "a session resumed from past its checkpoint"
+            );
+        }
+        index
+    })?;
+    let dropped = session
+        .detached_at
+        .map_or(Duration::ZERO, |at| at.elapsed());
+    let since = shard_pool::wall_clock()
+        .checked_sub(dropped + LOG_MARGIN)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let (events, head) = shard.subscribe_from_log(index, since).await?;
+    Some((index, events, head))
 }
 
 /// Resolves when this connection's session is resumed elsewhere.

@@ -60,6 +60,14 @@ impl Follower {
         }
     }
 
+    /// A follower from `index` on that first hands out `read`, the events
+    /// up to `index` read from elsewhere (a cluster's event log).
+    pub(crate) fn with_read(shared: Arc<Shared>, index: u64, read: Vec<ShardEvent>) -> Self {
+        let mut follower = Self::new(shared, index);
+        follower.buffered = read.into();
+        follower
+    }
+
     /// The index of the last event taken.
     #[must_use]
     pub fn index(&self) -> u64 {

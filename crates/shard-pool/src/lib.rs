@@ -113,7 +113,9 @@ pub use crate::queue::{PacedQueue, Queue, identify_spacing};
 pub use crate::remote::{Command, CommandFuture, Followed, Outcome, Route, Source};
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;
-pub use crate::shard::{CheckpointStats, ShardHandle, ShardState, ShardStatus, Snapshot};
+pub use crate::shard::{
+    CheckpointStats, MAX_LOG_REPLAY, ShardHandle, ShardState, ShardStatus, Snapshot,
+};
 pub use crate::store::{
     DirStore, MAX_NAME, Store, StoreError, StoreErrorKind, StoreFuture, check_name,
 };

@@ -177,6 +177,7 @@ impl Pool {
                 from_checkpoint,
             );
             handle.tap_into(config.tap.clone());
+            handle.log_in(config.source.clone());
             tasks.push(tokio::spawn(handle.clone().run(shard)));
             shards.push(handle);
         }
@@ -360,6 +361,7 @@ impl Pool {
                 ring,
                 self.intents,
             );
+            shard.log_in(Some(following.source.clone()));
             let task = tokio::spawn(remote::follow(shard.clone(), following.clone()));
             self.follows
                 .lock()

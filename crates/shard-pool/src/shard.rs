@@ -19,9 +19,10 @@ use twilight_gateway::{Message, MessageSender, Shard};
 use crate::checkpoint::Taken;
 use crate::error::{Error, ErrorKind};
 use crate::follow::Follower;
+use crate::pipeline::Dispatch;
 use crate::pipeline::{Pipeline, ShardEvent, VoiceCommand, VoicePhase};
 use crate::queue::SharedQueue;
-use crate::remote::{Command, Outcome, Route, Source};
+use crate::remote::{Command, Followed, Outcome, Route, Source};
 use crate::ring::{self, Ring, RingStats};
 use crate::tap::{Tap, Tapped};
 
@@ -188,6 +189,9 @@ pub(crate) struct Shared {
     checkpointed: Mutex<Option<CheckpointStats>>,
     /// Gets a copy of every event; taken under `core`.
     tap: OnceLock<Tapping>,
+    /// Where the shard's events are kept beyond its ring (a cluster's
+    /// event log), for a client that resumes from further back.
+    log: OnceLock<Arc<dyn Source>>,
 }
 
 /// Where a shard's commands go.
@@ -224,6 +228,57 @@ fn leave_op4(guild: u64) -> String {
         r#"{{"op":4,"d":{{"guild_id":"{guild}","channel_id":null,"self_mute":false,"self_deaf":false}}}}"#
     )
 }
+
+/// The events a resume reads from the event log, after index `after`.
+struct LogRead {
+    after: u64,
+    taken: Vec<ShardEvent>,
+    bytes: usize,
+}
+
+impl LogRead {
+    /// Reads on up to index `to`: `false` at a gap, a new upstream session
+    /// or a close for good among them, a broken log, or over the bounds.
+    async fn until(&mut self, events: &mut tokio::sync::mpsc::Receiver<Followed>, to: u64) -> bool {
+        while self.after + (self.taken.len() as u64) < to {
+            let Some(followed) = events.recv().await else {
+                return false;
+            };
+            let event = match followed {
+                Followed::Event(event) => event,
+                // What the owner has not published yet may still come.
+                Followed::CaughtUp => continue,
+                _ => return false,
+            };
+            let next = self.after + self.taken.len() as u64 + 1;
+            if event.index < next {
+                continue;
+            }
+            if event.index != next || event.ready || event.closed.is_some() {
+                return false;
+            }
+            self.bytes += event.payload.len();
+            if self.bytes > MAX_LOG_REPLAY_BYTES || self.taken.len() as u64 >= MAX_LOG_REPLAY {
+                return false;
+            }
+            let Some(dispatch) = Dispatch::stamped(event.index, event.payload, event.audience)
+            else {
+                return false;
+            };
+            self.taken.push(ShardEvent::Dispatch(dispatch));
+        }
+        true
+    }
+}
+
+/// The most events a resume reads from the event log (beyond the ring).
+pub const MAX_LOG_REPLAY: u64 = 100_000;
+
+/// The most payload bytes a resume reads from the event log.
+const MAX_LOG_REPLAY_BYTES: usize = 64 << 20;
+
+/// How long a resume may take to read them.
+const LOG_REPLAY_WAIT: Duration = Duration::from_secs(10);
 
 /// Dispatches to pack into a block, and the packer that may.
 type Packing = ((Vec<crate::Dispatch>, Instant), SemaphorePermit<'static>);
@@ -308,6 +363,7 @@ impl ShardHandle {
                 restored: AtomicBool::new(restored),
                 checkpointed: Mutex::new(None),
                 tap: OnceLock::new(),
+                log: OnceLock::new(),
             }),
         }
     }
@@ -333,6 +389,14 @@ impl ShardHandle {
         );
         lock(&handle.shared.sampled).state = ShardState::Following;
         handle
+    }
+
+    /// Reads events the ring no longer holds from `log`, if any (once);
+    /// see [`subscribe_from_log`](Self::subscribe_from_log).
+    pub(crate) fn log_in(&self, log: Option<Arc<dyn Source>>) {
+        if let Some(log) = log {
+            let _ = self.shared.log.set(log);
+        }
     }
 
     /// Hands a copy of every event from now on to `tap`, if any (once; a
@@ -429,6 +493,90 @@ impl ShardHandle {
         }
         ring.serve();
         Some((Follower::new(self.shared.clone(), index), head))
+    }
+
+    /// [`subscribe_from`](Self::subscribe_from), reaching further back
+    /// than the ring: the events from `index` to the ring's floor are read
+    /// from the shard's event log (a cluster's: [`PoolConfig::source`]),
+    /// from those published at `since` or later (when the client's
+    /// connection dropped, a little earlier for the clocks), at most
+    /// [`MAX_LOG_REPLAY`] events and 64 MiB, and handed out before the
+    /// ring's. `None` without a log, when the log does not hold every one
+    /// of them, or when a new upstream session began among them (the
+    /// client's state cannot be brought up to date).
+    ///
+    /// [`PoolConfig::source`]: crate::PoolConfig::source
+    pub async fn subscribe_from_log(
+        &self,
+        index: u64,
+        since: SystemTime,
+    ) -> Option<(Follower, u64)> {
+        // A follower may be a little behind its owner, whose client saw
+        // more: it catches up first.
+        if !self.is_local() && index > self.head() {
+            let mut news = self.shared.news.subscribe();
+            let caught_up = async {
+                while self.head() < index {
+                    if news.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LOG_REPLAY_WAIT, caught_up).await;
+        }
+        if let Some(found) = self.subscribe_from(index) {
+            return Some(found);
+        }
+        let log = self.shared.log.get()?;
+        let (floor, _) = lock(&self.shared.ring).window();
+        if index >= floor || floor - index > MAX_LOG_REPLAY {
+            return None;
+        }
+        let mut events = log.events(self.id(), index, Some(since));
+        let mut read = LogRead {
+            after: index,
+            taken: Vec::new(),
+            bytes: 0,
+        };
+        let deadline = Instant::now() + LOG_REPLAY_WAIT;
+        let mut to = floor;
+        loop {
+            let whole = tokio::time::timeout_at(deadline, read.until(&mut events, to)).await;
+            if whole != Ok(true) {
+                tracing::info!(
+                    shard = self.id(),
+                    index,
+                    floor = to,
+                    "a resume reached past the ring, and the log did not have it all"
+                );
+                return None;
+            }
+            let mut ring = lock(&self.shared.ring);
+            let (now_floor, head) = ring.window();
+            if now_floor <= to {
+                ring.serve();
+                drop(ring);
+                tracing::info!(
+                    shard = self.id(),
+                    events = read.taken.len(),
+                    bytes = read.bytes,
+                    "a resume reached past the ring: read from the event log"
+                );
+                let follower = Follower::with_read(self.shared.clone(), to, read.taken);
+                return Some((follower, head));
+            }
+            // The ring moved on meanwhile: read on from the log.
+            to = now_floor;
+        }
+    }
+
+    /// Whether events the ring no longer holds can be read from an event
+    /// log ([`subscribe_from_log`](Self::subscribe_from_log)): then a client
+    /// near the ring's floor need not be closed early, since its resume
+    /// finds what it missed in the log.
+    #[must_use]
+    pub fn has_log(&self) -> bool {
+        self.shared.log.get().is_some()
     }
 
     /// A follower of the events after the current one.
