@@ -223,6 +223,27 @@ pub async fn start(options: &Options, env: Vec<(String, String)>) -> Result<Runn
     }
 }
 
+/// Says what in `config` works other than one might expect: intents
+/// without voice states; a `state_dir` in a cluster (then dropped: the
+/// checkpoints are in JetStream).
+fn warn_about(config: &mut config::Config) {
+    if config.intents & GUILD_VOICE_STATES == 0 {
+        tracing::warn!(
+            intents = config.intents,
+            "intents lack GUILD_VOICE_STATES (128): Discord sends no voice state to the proxy, \
+             so no client can connect to voice through it; add 128 to intents if a bot plays audio"
+        );
+    }
+    if config.cluster.nats_url.is_some()
+        && let Some(dir) = config.state_dir.take()
+    {
+        tracing::warn!(
+            state_dir = dir,
+            "state_dir is not used in a cluster: checkpoints are kept in JetStream"
+        );
+    }
+}
+
 /// With `--simulate`, the simulated Discord, whose token, REST base and
 /// intents win over the configuration's (pushed to `env`).
 async fn simulated(
@@ -280,21 +301,7 @@ pub async fn start_until(
         config.state_dir = Some(dir.display().to_string());
     }
     init_logging(&config.log_level);
-    if config.intents & GUILD_VOICE_STATES == 0 {
-        tracing::warn!(
-            intents = config.intents,
-            "intents lack GUILD_VOICE_STATES (128): Discord sends no voice state to the proxy, \
-             so no client can connect to voice through it; add 128 to intents if a bot plays audio"
-        );
-    }
-    if config.cluster.nats_url.is_some()
-        && let Some(dir) = config.state_dir.take()
-    {
-        tracing::warn!(
-            state_dir = dir,
-            "state_dir is not used in a cluster: checkpoints are kept in JetStream"
-        );
-    }
+    warn_about(&mut config);
     let mut pool_config = config.pool_config();
     if let Some(sim) = &sim {
         pool_config.identify_window = sim.config().identify_interval;
@@ -354,13 +361,21 @@ pub async fn start_until(
         }
     }
     let mut server_config = config.server_config();
-    let commands = match &joined {
-        Some(cluster) => Some(serve_cluster(cluster, &mut server_config, &pool).await?),
-        None => None,
-    };
+    if let Some(cluster) = &joined {
+        share_sessions(cluster, &mut server_config).await?;
+    }
+    let local = pool.range();
     let proxy = Proxy::start_recording(listener, server_config, pool, recorder)
         .await
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
+    let commands = match &joined {
+        Some(cluster) => Some(
+            cluster::serve_commands(cluster, local, proxy.command_sink())
+                .await
+                .map_err(|e| failed(format!("cannot join the cluster: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(Some(Running {
         proxy,
         sim,
@@ -407,27 +422,22 @@ async fn join_cluster(
     Ok(cluster)
 }
 
-/// What a node of a cluster serves besides its clients, once its shards
-/// are ready: client sessions handed over between nodes, and the other
-/// nodes' commands for its shards.
-async fn serve_cluster(
+/// A node of a cluster hands client sessions to the others, and takes
+/// theirs, through the cluster; `/ready` names it.
+async fn share_sessions(
     cluster: &Cluster,
     server_config: &mut proxy_server::ServerConfig,
-    pool: &Pool,
-) -> Result<cluster::Commands, RunError> {
-    let joining = |e: cluster::Error| RunError {
-        code: 1,
-        message: format!("cannot join the cluster: {e}"),
-    };
+) -> Result<(), RunError> {
     let sessions = cluster
         .sessions(server_config.session_ttl)
         .await
-        .map_err(joining)?;
+        .map_err(|e| RunError {
+            code: 1,
+            message: format!("cannot join the cluster: {e}"),
+        })?;
     server_config.handover = Some(Arc::new(sessions));
     server_config.node = Some(cluster.config().node_id.clone());
-    cluster::serve_commands(cluster, pool.shards().to_vec())
-        .await
-        .map_err(joining)
+    Ok(())
 }
 
 /// Stops a pool whose shards are still starting: with checkpoints, as a

@@ -612,3 +612,59 @@ async fn a_resume_from_past_the_ring_is_replayed_from_the_event_log() {
         assert!(log.contains("read from the event log"), "{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shards_node_budgets_other_nodes_clients_with_its_own() {
+    let Some(nats) = cluster::testing::nats("budget") else {
+        return;
+    };
+    let mut config = SimConfig::default();
+    config.shards = 2;
+    config.max_concurrency = 2;
+    config.guilds = 6;
+    config.events_per_sec = 10;
+    let sim = Sim::start(config).await.unwrap();
+    let ten = [("GATEWAY_PROXY_LIMITS__SHARD_COMMANDS_PER_MINUTE", "10")];
+    let nodes = start_nodes(&sim, &nats, "budget", &TWO, 2, &ten, SERVING).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // Shard 0 has a client on its own node, a: a client of it on b may use
+    // half of its budget, although it is b's only client of the shard.
+    let (_local, _, _) = load(a.addr, sim.token(), 0, 2).await;
+    let (mut remote, _, _) = load(b.addr, sim.token(), 0, 2).await;
+    let presence = r#"{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    for _ in 0..5 {
+        remote.send(presence).await.unwrap();
+    }
+    // Answered in order: the sixth is over its share at a.
+    remote.send(presence).await.unwrap();
+    loop {
+        match remote.payload().await {
+            Ok(_) => {}
+            Err(discord_sim::ClientError::Closed(code)) => {
+                assert_eq!(code, Some(4008), "{}", b.log());
+                break;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    let presences = || {
+        sim.connections()
+            .iter()
+            .filter(|c| c.shard == Some(0))
+            .map(|c| {
+                c.received
+                    .iter()
+                    .filter(|p| p.contains(r#""op":3"#))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    for _ in 0..100 {
+        if presences() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(presences(), 5, "five sent upstream, the sixth not");
+}

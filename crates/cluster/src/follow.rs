@@ -14,7 +14,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use shard_pool::{Command, CommandFuture, Followed, Outcome, Route, ShardHandle, Source, Tapped};
+use shard_pool::{Command, CommandFuture, CommandSink, Followed, Outcome, Route, Source, Tapped};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -280,6 +280,7 @@ fn outcome(outcome: &Outcome) -> String {
         Outcome::Refused { owner } => format!("refused:{owner}"),
         Outcome::Rejoined => "rejoined".to_owned(),
         Outcome::Stopped => "stopped".to_owned(),
+        Outcome::OverBudget => "over-budget".to_owned(),
         Outcome::Ended(guilds) => {
             let guilds: Vec<String> = guilds.iter().map(u64::to_string).collect();
             format!("ended:{}", guilds.join(","))
@@ -295,6 +296,7 @@ fn parse_outcome(value: &str) -> Option<Outcome> {
         "sent" => Some(Outcome::Sent),
         "rejoined" => Some(Outcome::Rejoined),
         "stopped" => Some(Outcome::Stopped),
+        "over-budget" => Some(Outcome::OverBudget),
         _ => {
             if let Some(owner) = value.strip_prefix("refused:") {
                 return Some(Outcome::Refused {
@@ -321,39 +323,37 @@ pub struct Commands {
 }
 
 /// Answers, for each of `shards` (those this node runs), the commands
-/// other nodes' clients send it: each is applied as this node's own
-/// clients' are ([`ShardHandle::command`]), in the order they come, and
-/// the outcome is the answer. A command over 4 KiB, or whose headers do
-/// not read, is answered `refused` and counted
-/// (`gateway_cluster_errors_total{what="command"}`). The owner of a
-/// guild's voice is taken to be connected when it is another node's
-/// session (this node cannot tell), so a remote op 4 never takes over a
-/// call.
+/// other nodes' clients send it: each is handed to `sink` (the proxy's:
+/// applied and budgeted as this node's own clients' commands), in the
+/// order they come, and the outcome is the answer. A command over 4 KiB,
+/// or whose headers do not read, is answered `refused` and counted
+/// (`gateway_cluster_errors_total{what="command"}`).
 ///
 /// # Errors
 ///
 /// If a subscription cannot be made.
 pub async fn serve_commands(
     cluster: &Cluster,
-    shards: Vec<ShardHandle>,
+    shards: impl IntoIterator<Item = u32>,
+    sink: Arc<dyn CommandSink>,
 ) -> Result<Commands, crate::Error> {
     let client = cluster.jetstream().client();
     let mut tasks = JoinSet::new();
     for shard in shards {
-        let subject = commands_subject(cluster, shard.id());
+        let subject = commands_subject(cluster, shard);
         let mut requests = client
             .subscribe(subject.clone())
             .await
             .map_err(|e| crate::Error::nats(format!("subscribing to {subject}"), e))?;
-        let client = client.clone();
+        let (client, sink) = (client.clone(), sink.clone());
         tasks.spawn(async move {
             while let Some(request) = requests.next().await {
                 let Some(reply) = request.reply.clone() else {
                     continue;
                 };
-                let answer = answer(&shard, &request).await;
+                let answer = answer(&*sink, shard, &request).await;
                 if let Err(error) = client.publish(reply, Bytes::from(answer)).await {
-                    tracing::warn!(shard = shard.id(), %error, "a command's answer not sent");
+                    tracing::warn!(shard, %error, "a command's answer not sent");
                 }
             }
         });
@@ -362,16 +362,16 @@ pub async fn serve_commands(
 }
 
 /// Applies another node's command to `shard`: the answer's body.
-async fn answer(shard: &ShardHandle, request: &Message) -> String {
+async fn answer(sink: &dyn CommandSink, shard: u32, request: &Message) -> String {
     let Some(command) = read_command(request) else {
         metrics::counter!("gateway_cluster_errors_total", "what" => "command").increment(1);
         tracing::warn!(
-            shard = shard.id(),
+            shard,
             "a command from another node refused: unreadable or over 4 KiB"
         );
         return "refused:-".to_owned();
     };
-    match shard.command(command, |_| true).await {
+    match sink.apply(shard, command).await {
         Ok(outcome) => self::outcome(&outcome),
         Err(_) => "stopped".to_owned(),
     }
@@ -417,6 +417,7 @@ mod tests {
             Outcome::Sent,
             Outcome::Rejoined,
             Outcome::Stopped,
+            Outcome::OverBudget,
             Outcome::Refused {
                 owner: "abc".into(),
             },

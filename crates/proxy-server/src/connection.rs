@@ -1199,20 +1199,8 @@ impl Driver {
         match self.ctx.budgets.spend(target, self.id, clients, now) {
             Spend::Send => {}
             spend => {
-                self.ctx
-                    .counters
-                    .over_budget
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(
-                    shard = target,
-                    op = command.op,
-                    ?spend,
-                    "client closed: over its share of the shard's command budget"
-                );
-                return Err(self.close(Close::new(
-                    Close::RATE_LIMITED,
-                    "over this client's share of the shard's commands per minute",
-                )));
+                tracing::info!(shard = target, op = command.op, ?spend, "over budget here");
+                return Err(self.over_budget());
             }
         }
         // The answers are stamped for this session when they arrive.
@@ -1260,12 +1248,31 @@ impl Driver {
             Ok(Outcome::Stopped) => {
                 tracing::warn!(shard = target, "shard stopped; command dropped");
             }
+            Ok(Outcome::OverBudget) => {
+                tracing::info!(shard = target, "over budget at the shard's node");
+                return Err(self.over_budget());
+            }
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(shard = target, %error, "command not delivered to the shard's node");
             }
         }
         Ok(())
+    }
+
+    /// Closes a client over its share of a shard's command budget (here,
+    /// or at the node that runs the shard) with 4008, as Discord would,
+    /// and counts it.
+    fn over_budget(&mut self) -> End {
+        self.ctx
+            .counters
+            .over_budget
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("client closed: over its share of the shard's command budget");
+        self.close(Close::new(
+            Close::RATE_LIMITED,
+            "over this client's share of the shard's commands per minute",
+        ))
     }
 
     /// The writer's stream of the shard ended for this client.

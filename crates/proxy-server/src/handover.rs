@@ -1,4 +1,7 @@
-//! Client sessions handed between the nodes of a cluster: when a session's
+//! What the nodes of a cluster do for each other's clients: their commands
+//! for this node's shards ([`Sink`]), and their sessions.
+//!
+//! Client sessions are handed between the nodes: when a session's
 //! connection drops, its record (its shard, where its `s` stands against
 //! the shard's index, how long ago it dropped) is written to the cluster's
 //! store, `client-<session id>`, and the node lets it go; a RESUME on any
@@ -10,11 +13,53 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
-use shard_pool::CheckpointReader;
+use shard_pool::{CheckpointReader, Command, CommandFuture, CommandSink, Outcome, Route};
 use tokio::time::Instant;
 
 use crate::context::Context;
+use crate::limits::Spend;
+
+/// Applies other nodes' clients' commands to this node's shards, budgeted
+/// with its own clients' (see [`crate::Proxy::command_sink`]).
+#[derive(Debug)]
+pub(crate) struct Sink(pub(crate) Arc<Context>);
+
+impl CommandSink for Sink {
+    fn apply(&self, shard: u32, command: Command) -> CommandFuture {
+        let ctx = self.0.clone();
+        Box::pin(async move {
+            let Some(handle) = ctx.pool.local(shard).cloned() else {
+                return Err(shard_pool::Error::remote(shard, "not run by this node"));
+            };
+            if !matches!(command.route, Route::Ended { .. }) {
+                // One more client of the shard, known by its session: the
+                // shard's budget is every node's clients'.
+                let key = remote_key(&command.session);
+                let clients = ctx.counters.clients_of(shard) + 1;
+                if ctx.budgets.spend(shard, key, clients, Instant::now()) != Spend::Send {
+                    ctx.counters.over_budget.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Outcome::OverBudget);
+                }
+            }
+            // A voice owner this node does not know is another node's
+            // client: taken to be connected.
+            let sessions = &ctx.sessions;
+            handle
+                .command(command, |owner| !sessions.is_detached(owner))
+                .await
+        })
+    }
+}
+
+/// The budget key of another node's client session: apart from this
+/// node's connection numbers, which count up from 1.
+fn remote_key(session: &str) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(session) | 1 << 63
+}
 
 /// The layout of a record.
 const MAGIC: &[u8; 4] = b"GPCH";

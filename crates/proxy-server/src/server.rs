@@ -167,6 +167,18 @@ impl Proxy {
     pub fn pool(&self) -> &Pool {
         &self.ctx.pool
     }
+
+    /// What applies the commands of other nodes' clients to this node's
+    /// shards (a cluster's command server calls it): budgeted with this
+    /// node's own clients' (over budget: [`Outcome::OverBudget`], and the
+    /// client's node closes it with 4008), an op 4 decided by the guild's
+    /// voice owner (one this node does not know is taken to be connected).
+    ///
+    /// [`Outcome::OverBudget`]: shard_pool::Outcome::OverBudget
+    #[must_use]
+    pub fn command_sink(&self) -> Arc<dyn shard_pool::CommandSink> {
+        Arc::new(crate::handover::Sink(self.ctx.clone()))
+    }
 }
 
 /// A listener on `addr` for [`Proxy::start_on`]. With `shared`, another

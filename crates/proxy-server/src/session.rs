@@ -262,6 +262,13 @@ impl Sessions {
         lock(&self.sessions).get(id).is_some_and(|s| s.attached)
     }
 
+    /// Whether session `id` is one of this node's that lost its connection
+    /// (kept for its ttl, or handed over to the cluster).
+    pub(crate) fn is_detached(&self, id: &str) -> bool {
+        let known = lock(&self.sessions).get(id).map(|s| !s.attached);
+        known.unwrap_or_else(|| lock(&self.handed).contains_key(id))
+    }
+
     /// Sessions served by a connection now.
     pub(crate) fn attached(&self) -> usize {
         lock(&self.sessions).values().filter(|s| s.attached).count()

@@ -110,7 +110,7 @@ pub use crate::pipeline::{
 };
 pub use crate::pool::{Checkpointed, Pool};
 pub use crate::queue::{PacedQueue, Queue, identify_spacing};
-pub use crate::remote::{Command, CommandFuture, Followed, Outcome, Route, Source};
+pub use crate::remote::{Command, CommandFuture, CommandSink, Followed, Outcome, Route, Source};
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;
 pub use crate::shard::{

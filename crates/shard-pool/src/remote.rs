@@ -108,6 +108,10 @@ pub enum Outcome {
     Rejoined,
     /// Not sent: the shard's upstream connection has stopped.
     Stopped,
+    /// Not sent: over the shard's command budget at the node that runs it,
+    /// which counts the clients of every node (the client is closed with
+    /// 4008, as Discord would close it).
+    OverBudget,
     /// A session's end, applied: the guilds whose voice it owned.
     Ended(Vec<u64>),
 }
@@ -133,6 +137,15 @@ pub trait Source: fmt::Debug + Send + Sync + 'static {
     ///
     /// [`ShardHandle::command`]: crate::ShardHandle::command
     fn command(&self, shard: u32, command: Command) -> CommandFuture;
+}
+
+/// The other side of [`Source::command`]: what applies another process's
+/// client's command to a shard this process runs, budgeted with this
+/// process's own clients' (the proxy's; a cluster's command server calls
+/// it).
+pub trait CommandSink: fmt::Debug + Send + Sync + 'static {
+    /// Applies `command` to shard `shard`.
+    fn apply(&self, shard: u32, command: Command) -> CommandFuture;
 }
 
 /// What following a shard needs, shared by the followed shards of a pool.
