@@ -418,6 +418,8 @@ async fn join_cluster(
     pool_config.store = Some(Arc::new(store));
     pool_config.tap = Some(Arc::new(log));
     pool_config.source = Some(Arc::new(cluster.source()));
+    // Asked once: the pool starts from the same answer.
+    pool_config.gateway = Some(gateway);
     tracing::info!(cluster = name, node, "joined the cluster");
     Ok(cluster)
 }

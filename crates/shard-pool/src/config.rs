@@ -85,6 +85,10 @@ pub struct PoolConfig {
     /// the total, those others run followed from their owners' events and
     /// checkpoints (in [`store`](Self::store)); without, only the pool's.
     pub source: Option<Arc<dyn Source>>,
+    /// What `GET /gateway/bot` said, if the caller asked already
+    /// ([`GatewayInfo::fetch`](crate::GatewayInfo::fetch): a cluster's
+    /// queue needs it first); `None`: the pool asks.
+    pub gateway: Option<crate::GatewayInfo>,
 }
 
 impl fmt::Debug for PoolConfig {
@@ -112,6 +116,7 @@ impl fmt::Debug for PoolConfig {
             .field("checkpoint_max_age", &self.checkpoint_max_age)
             .field("tap", &self.tap)
             .field("source", &self.source)
+            .field("gateway", &self.gateway)
             .finish()
     }
 }
@@ -143,6 +148,7 @@ impl PoolConfig {
             checkpoint_max_age: Duration::from_mins(2),
             tap: None,
             source: None,
+            gateway: None,
         }
     }
 }

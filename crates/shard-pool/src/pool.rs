@@ -121,7 +121,10 @@ impl Pool {
             )));
         }
         let status = status_of(&config.presence)?;
-        let gateway = rest::gateway_bot(&config).await?;
+        let gateway = match &config.gateway {
+            Some(gateway) => gateway.clone(),
+            None => rest::gateway_bot(&config).await?,
+        };
         let total = config.shards.unwrap_or(gateway.shards);
         let range = shard_range(&config, total)?;
         let needed = range.end - range.start;

@@ -255,3 +255,15 @@ async fn the_shard_of_a_guild_is_discords() {
         assert_eq!(pool.shard_of_guild(guild.id), World::shard_of(guild.id, 3));
     }
 }
+
+#[tokio::test]
+async fn a_pool_given_what_gateway_bot_said_does_not_ask_again() {
+    let sim = sim(|_| {}).await;
+    let mut config = config(&sim);
+    config.gateway = Some(shard_pool::GatewayInfo::fetch(&config).await.unwrap());
+    // Nothing listens there: asking again would fail the start.
+    config.api_base = Some("http://127.0.0.1:9".to_owned());
+    let pool = Pool::start(config).await.unwrap();
+    ready(&pool, 10).await;
+    assert_eq!(pool.total(), sim.config().shards);
+}
