@@ -17,6 +17,14 @@
 //! - **The event log** ([`EventLog`]): every event of the node's shards,
 //!   published to a stream with its index, `s`, session and audience, as
 //!   the pool's [`Tap`].
+//! - **Any node serves any shard** ([`NatsSource`]): the pool's [`Source`]
+//!   for the shards other nodes run: their events read back from the log
+//!   into this node's own pipeline, their clients' commands sent to the
+//!   node that runs them, which answers them ([`serve_commands`], through
+//!   the proxy's [`CommandSink`]).
+//! - **Client sessions across nodes** ([`Cluster::sessions`], a
+//!   [`KvStore`]): a session whose connection dropped, for any node to
+//!   take when its client resumes there.
 //!
 //! Without a `cluster.nats_url` none of this runs: a single proxy keeps its
 //! checkpoints in a directory and paces its own identifies.
@@ -37,14 +45,21 @@
 //! pool_config.queue = Some(Arc::new(cluster.identify_queue(&gateway, pool_config.identify_window).await?));
 //! pool_config.store = Some(Arc::new(cluster.store().await?));
 //! pool_config.tap = Some(Arc::new(cluster.event_log(Default::default()).await?));
+//! pool_config.source = Some(Arc::new(cluster.source()));
+//! pool_config.gateway = Some(gateway);
 //! let pool = Pool::start(pool_config).await?;
 //! pool.ready().await?;
+//! // Every shard of the bot, this node's or followed from another's.
+//! let shard = pool.shard(7).ok_or("no such shard")?;
+//! shard.ready().await?;
 //! # Ok(()) }
 //! ```
 //!
 //! [`Queue`]: shard_pool::Queue
 //! [`Tap`]: shard_pool::Tap
 //! [`Store`]: shard_pool::Store
+//! [`Source`]: shard_pool::Source
+//! [`CommandSink`]: shard_pool::CommandSink
 
 mod error;
 mod follow;

@@ -21,6 +21,13 @@
 //! [`ShardEvent::Reset`]: what happened in between is lost upstream, so the
 //! proxy ends its clients' sessions and they identify again.
 //!
+//! Seams for running across processes, all in [`PoolConfig`]: a shared
+//! identify [`Queue`], a checkpoint [`Store`], a [`Tap`] that gets a copy
+//! of every event, and a [`Source`] of the shards other processes run,
+//! which [`Pool::shard`] then follows (their owner's checkpoint and events
+//! fed through this process's own [`Pipeline`], so state and numbering are
+//! the owner's). The `cluster` crate fills them with NATS JetStream.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), shard_pool::Error> {
 //! use shard_pool::{Pool, PoolConfig, ShardEvent};
