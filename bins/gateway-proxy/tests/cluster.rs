@@ -15,6 +15,25 @@ use discord_sim::{GatewayClient, KNOWN_INTENTS, Sim, SimConfig};
 use serde_json::Value;
 use tokio::time::Instant;
 
+/// A real NATS server, the sim (2 shards, 6 guilds, `rate` events a second
+/// per shard) and the nodes [`TWO`] on them, with `extra` in their
+/// environment; `None` (the test is skipped) without a `nats-server`.
+async fn two_nodes(
+    test: &str,
+    rate: u32,
+    extra: &[(&str, &str)],
+) -> Option<(cluster::testing::NatsServer, Sim, Vec<Process>)> {
+    let nats = cluster::testing::nats(test)?;
+    let mut config = SimConfig::default();
+    config.shards = 2;
+    config.max_concurrency = 2;
+    config.guilds = 6;
+    config.events_per_sec = rate;
+    let sim = Sim::start(config).await.unwrap();
+    let nodes = start_nodes(&sim, &nats, test, &TWO, 2, extra, SERVING).await;
+    Some((nats, sim, nodes))
+}
+
 /// Two nodes: `a` runs shard 0, `b` shard 1.
 const TWO: [(&str, u32, u32); 2] = [("a", 0, 1), ("b", 1, 2)];
 
@@ -273,16 +292,9 @@ async fn every_node_serves_every_shard_the_same_state_and_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
-    let Some(nats) = cluster::testing::nats("chunks") else {
+    let Some((_nats, sim, nodes)) = two_nodes("chunks", 10, &[]).await else {
         return;
     };
-    let mut config = SimConfig::default();
-    config.shards = 2;
-    config.max_concurrency = 2;
-    config.guilds = 6;
-    config.events_per_sec = 10;
-    let sim = Sim::start(config).await.unwrap();
-    let nodes = start_nodes(&sim, &nats, "chunks", &TWO, 2, &[], SERVING).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     // Shard 0 runs on a; two of its clients on b, one on a.
     let (mut asker, _, guilds) = load(b.addr, sim.token(), 0, 2).await;
@@ -351,17 +363,10 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_drops_on_one_node_resumes_on_another_and_misses_nothing() {
-    let Some(nats) = cluster::testing::nats("handover") else {
+    let debug = [("GATEWAY_PROXY_LOG_LEVEL", "info,proxy_server=debug")];
+    let Some((_nats, sim, nodes)) = two_nodes("handover", 20, &debug).await else {
         return;
     };
-    let mut config = SimConfig::default();
-    config.shards = 2;
-    config.max_concurrency = 2;
-    config.guilds = 6;
-    config.events_per_sec = 20;
-    let sim = Sim::start(config).await.unwrap();
-    let debug = [("GATEWAY_PROXY_LOG_LEVEL", "info,proxy_server=debug")];
-    let nodes = start_nodes(&sim, &nats, "handover", &TWO, 2, &debug, SERVING).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     // Two moves: a node that follows the shard to its owner, and the
     // owner to a node that follows it.
@@ -448,18 +453,11 @@ impl Reader {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarting_under_load_costs_local_clients_nothing_and_followers_no_gap() {
-    let Some(mut nats) = cluster::testing::nats("nats_restart") else {
+    let often = [("GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS", "2")];
+    let Some((mut nats, sim, nodes)) = two_nodes("nats_restart", 50, &often).await else {
         return;
     };
-    let mut config = SimConfig::default();
-    config.shards = 2;
-    config.max_concurrency = 2;
-    config.guilds = 6;
-    config.events_per_sec = 50;
-    let sim = Sim::start(config).await.unwrap();
     let token = sim.token().to_owned();
-    let often = [("GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS", "2")];
-    let nodes = start_nodes(&sim, &nats, "restart", &TWO, 2, &often, SERVING).await;
     // On each node: its own shard (local) and the other's (followed).
     let mut local = Vec::new();
     let mut followed = Vec::new();
@@ -591,18 +589,11 @@ async fn drop_and_resume(sim: &Sim, shard: u32, from: &Process, to: &Process, mi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_from_past_the_ring_is_replayed_from_the_event_log() {
-    let Some(nats) = cluster::testing::nats("past_ring") else {
-        return;
-    };
-    let mut config = SimConfig::default();
-    config.shards = 2;
-    config.max_concurrency = 2;
-    config.guilds = 6;
-    config.events_per_sec = 20;
-    let sim = Sim::start(config).await.unwrap();
     // Rings of 8 events: the 40 a client misses are in the log alone.
     let small = [("GATEWAY_PROXY_REPLAY_MAX_EVENTS", "8")];
-    let nodes = start_nodes(&sim, &nats, "past_ring", &TWO, 2, &small, SERVING).await;
+    let Some((_nats, sim, nodes)) = two_nodes("past_ring", 20, &small).await else {
+        return;
+    };
     let (a, b) = (&nodes[0], &nodes[1]);
     // The shard's own node, then one that follows it.
     drop_and_resume(&sim, 0, a, a, 40).await;
@@ -615,17 +606,10 @@ async fn a_resume_from_past_the_ring_is_replayed_from_the_event_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shards_node_budgets_other_nodes_clients_with_its_own() {
-    let Some(nats) = cluster::testing::nats("budget") else {
+    let ten = [("GATEWAY_PROXY_LIMITS__SHARD_COMMANDS_PER_MINUTE", "10")];
+    let Some((_nats, sim, nodes)) = two_nodes("budget", 10, &ten).await else {
         return;
     };
-    let mut config = SimConfig::default();
-    config.shards = 2;
-    config.max_concurrency = 2;
-    config.guilds = 6;
-    config.events_per_sec = 10;
-    let sim = Sim::start(config).await.unwrap();
-    let ten = [("GATEWAY_PROXY_LIMITS__SHARD_COMMANDS_PER_MINUTE", "10")];
-    let nodes = start_nodes(&sim, &nats, "budget", &TWO, 2, &ten, SERVING).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     // Shard 0 has a client on its own node, a: a client of it on b may use
     // half of its budget, although it is b's only client of the shard.
