@@ -88,9 +88,10 @@ async fn stack_with(shards: u32, tweak: impl FnOnce(&mut ServerConfig)) -> Stack
     stack_for(shards, Disrupt::Disconnect, tweak).await
 }
 
-/// A stack ready for `disrupt`, whose proxy's configuration `tweak`
-/// changes first.
-async fn stack_for(shards: u32, disrupt: Disrupt, tweak: impl FnOnce(&mut ServerConfig)) -> Stack {
+/// The sim every client program runs against: `shards` shards of three
+/// guilds, every guild available, 30 members each, 100 events a second
+/// per shard, and quick identifies.
+fn world(shards: u32) -> SimConfig {
     let mut config = SimConfig::default();
     config.shards = shards;
     config.guilds = 3 * shards;
@@ -99,7 +100,13 @@ async fn stack_for(shards: u32, disrupt: Disrupt, tweak: impl FnOnce(&mut Server
     config.events_per_sec = 100;
     config.max_concurrency = shards;
     config.identify_interval = Duration::from_millis(100);
-    let sim = Sim::start(config).await.unwrap();
+    config
+}
+
+/// A stack ready for `disrupt`, whose proxy's configuration `tweak`
+/// changes first.
+async fn stack_for(shards: u32, disrupt: Disrupt, tweak: impl FnOnce(&mut ServerConfig)) -> Stack {
+    let sim = Sim::start(world(shards)).await.unwrap();
     let mut pool = PoolConfig::new(sim.token(), KNOWN_INTENTS);
     pool.api_base = Some(sim.api_base());
     pool.gateway_url = Some(sim.gateway_url().to_owned());
@@ -544,15 +551,7 @@ struct Cluster {
 impl Cluster {
     async fn start(test: &str, first: usize) -> Option<Self> {
         let nats = cluster::testing::nats(test)?;
-        let mut config = SimConfig::default();
-        config.shards = 2;
-        config.guilds = 6;
-        config.unavailable_guilds = 0;
-        config.members_per_guild = 30;
-        config.events_per_sec = 100;
-        config.max_concurrency = 2;
-        config.identify_interval = Duration::from_millis(100);
-        let sim = Sim::start(config).await.unwrap();
+        let sim = Sim::start(world(2)).await.unwrap();
         let relay = Relay::start().await;
         let url = format!("ws://{}", relay.addr);
         let mut nodes = Vec::new();
