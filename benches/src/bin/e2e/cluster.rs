@@ -27,7 +27,7 @@ const NAME: &str = "e2e";
 fn start_node(
     bins: &Bins,
     sim: &super::SimProc,
-    nats: &str,
+    nats: Option<&str>,
     node: &str,
     range: (u32, u32),
     shards: u32,
@@ -47,13 +47,16 @@ fn start_node(
         .env("GATEWAY_PROXY_SHARD_END", range.1.to_string())
         .env("GATEWAY_PROXY_INTENTS", intents.to_string())
         .env("GATEWAY_PROXY_LOG_LEVEL", "warn")
-        .env("GATEWAY_PROXY_CLUSTER__NATS_URL", nats)
-        .env("GATEWAY_PROXY_CLUSTER__NAME", NAME)
-        .env("GATEWAY_PROXY_CLUSTER__NODE_ID", node)
         .current_dir(&bins.scratch)
         .stdin(Stdio::null())
         .stdout(log_file(bins, &format!("node-{node}.out"))?)
         .stderr(log_file(bins, &format!("node-{node}"))?);
+    if let Some(nats) = nats {
+        command
+            .env("GATEWAY_PROXY_CLUSTER__NATS_URL", nats)
+            .env("GATEWAY_PROXY_CLUSTER__NAME", NAME)
+            .env("GATEWAY_PROXY_CLUSTER__NODE_ID", node);
+    }
     let proc = Proc::spawn(command)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = now_us() + 60_000_000;
@@ -69,8 +72,9 @@ fn start_node(
 /// What one trial measured.
 #[derive(Default)]
 struct Out {
-    /// Latency of shard 0's events: direct, on its node, on another node.
-    latency: [Histogram; 3],
+    /// Latency of shard 0's events: direct, on its node, on another node,
+    /// through one proxy without a cluster.
+    latency: [Histogram; 4],
     /// Deliveries to `c`'s clients in the window, and `c`'s CPU ticks.
     served: u64,
     served_ticks: u64,
@@ -92,13 +96,25 @@ fn trial(args: &Args, bins: &Bins, nats: &str, serve_clients: usize) -> Result<O
         rate: (per_shard / SHARE_1KB).ceil() as u32,
     };
     let sim = start_sim(bins, world)?;
+    let started = now_us();
     let mut nodes = Vec::new();
     for (node, range) in [("a", (0, 1)), ("b", (1, 2)), ("c", (0, 0))] {
-        nodes.push(start_node(bins, &sim, nats, node, range, 2, args.intents)?);
+        nodes.push(start_node(
+            bins,
+            &sim,
+            Some(nats),
+            node,
+            range,
+            2,
+            args.intents,
+        )?);
     }
+    // One proxy on its own for shard 0 (today's path), and a client
+    // straight on the sim: each identifies shard 0 too, so each after the
+    // sim's identify window (5 s) from the one before.
+    sleep_until(started + 5_500_000);
+    let solo = start_node(bins, &sim, None, "solo", (0, 1), 2, args.intents)?;
     let window_s = if args.quick { 2.0 } else { args.lat_window };
-    // The direct client identifies shard 0 too: after the sim's identify
-    // window (5 s) from node `a`'s.
     let direct_at = now_us() + 6_000_000;
     let window_start = direct_at + 3_000_000;
     let window_end = window_start + (window_s * 1e6) as u64;
@@ -113,7 +129,7 @@ fn trial(args: &Args, bins: &Bins, nats: &str, serve_clients: usize) -> Result<O
         deadline_us: window_end + 8_000_000,
     };
     let mut latency = Vec::new();
-    for addr in [sim.addr, nodes[0].1, nodes[1].1] {
+    for addr in [sim.addr, nodes[0].1, nodes[1].1, solo.1] {
         let mut spec = spec(addr, "none");
         if addr == sim.addr {
             spec.start_at_us = direct_at;
@@ -164,6 +180,7 @@ fn trial(args: &Args, bins: &Bins, nats: &str, serve_clients: usize) -> Result<O
         }
     }
     out.stream = stream_state(nats)?;
+    drop(solo);
     drop(nodes);
     drop(sim);
     Ok(out)
@@ -220,11 +237,12 @@ pub(super) fn cluster(
         let nats = cluster::testing::NatsServer::start(binary.clone(), &format!("e2e-{run}"));
         let out = trial(args, bins, &nats.url(), serve_clients)?;
         eprintln!(
-            "  cluster run {}: p50 direct {} local {} remote {}; node c {:.0} deliveries/s on {:.0} % CPU",
+            "  cluster run {}: p50 direct {} local {} remote {} one proxy {}; node c {:.0} deliveries/s on {:.0} % CPU",
             run + 1,
             us(out.latency[0].quantile(0.5) as f64),
             us(out.latency[1].quantile(0.5) as f64),
             us(out.latency[2].quantile(0.5) as f64),
+            us(out.latency[3].quantile(0.5) as f64),
             out.served as f64 / if args.quick { 2.0 } else { args.lat_window },
             out.served_ticks as f64 / hz as f64 * 100.0
                 / if args.quick { 2.0 } else { args.lat_window },
@@ -241,17 +259,19 @@ pub(super) fn cluster(
         "\n### Cluster: three nodes on NATS JetStream\n\n\
          Node `a` runs shard 0, `b` shard 1, `c` none; shard 0's events ({} delivered/s per \
          client) reach a client straight from the sim, one on `a` (the local path: the shard's \
-         own node) and one on `b` (the remote path: `b` follows the shard through the event \
-         log); medians over {} run(s), each with its own NATS server, sim and nodes. \"Added\" \
-         is the path's figure minus the direct one's, run by run.\n",
+         own node), one on `b` (the remote path: `b` follows the shard through the event log) \
+         and one on a proxy of its own without a cluster (today's path), all on the same \
+         events; medians over {} run(s), each with its own NATS server, sim and nodes. \
+         \"Added\" is the path's figure minus the direct one's, run by run.\n",
         count(if args.quick { 200.0 } else { 1000.0 }),
         args.runs,
     );
     let mut rows = Vec::new();
     for (i, name) in [
         "direct (sim)",
-        "local (shard's node)",
+        "local (the shard's node)",
         "remote (another node)",
+        "one proxy, no cluster",
     ]
     .iter()
     .enumerate()
