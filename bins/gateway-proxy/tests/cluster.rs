@@ -652,3 +652,52 @@ async fn the_shards_node_budgets_other_nodes_clients_with_its_own() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(presences(), 5, "five sent upstream, the sixth not");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_server_update_reaches_its_owner_on_another_node_alone() {
+    let Some((_nats, sim, nodes)) = two_nodes("voice", 0, &[]).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // Shard 0 runs on a. Its voice is owned by a client on b.
+    let (mut owner, _, guilds) = load(b.addr, sim.token(), 0, 2).await;
+    let (mut bystander, _, _) = load(b.addr, sim.token(), 0, 2).await;
+    let (mut other, _, _) = load(a.addr, sim.token(), 0, 2).await;
+    let guild = &guilds[0];
+    let id = guild["id"].as_str().unwrap();
+    let channel = guild["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == 2)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap();
+    let op4 = |channel: &str| {
+        format!(
+            r#"{{"op":4,"d":{{"guild_id":"{id}","channel_id":"{channel}","self_mute":false,"self_deaf":false}}}}"#
+        )
+    };
+    owner.send(&op4(channel)).await.unwrap();
+    let server = owner.dispatch("VOICE_SERVER_UPDATE").await.unwrap();
+    assert_eq!(server["d"]["guild_id"], id);
+    // Another client's join of the guild, on the shard's own node: refused
+    // there, since b's client owns the guild's voice.
+    other.send(&op4(channel)).await.unwrap();
+    let marker = sim.emit(0, "GP_MARKER", "{}").unwrap();
+    for client in [&mut bystander, &mut other] {
+        loop {
+            let payload = client.payload().await.unwrap();
+            assert_ne!(payload["t"], "VOICE_SERVER_UPDATE", "{payload}");
+            if payload["d"]["_sim"]["n"].as_u64() == Some(marker) {
+                break;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, metrics) = common::http_get(a.addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_voice_commands_refused_total 1"),
+        "{metrics}"
+    );
+}

@@ -1222,11 +1222,14 @@ impl Driver {
         let Ok(json) = String::from_utf8(Vec::from(command.payload)) else {
             return Ok(());
         };
+        // A voice owner this node does not hold is another node's client
+        // (or its session is over, and the guild already freed): taken to
+        // be connected.
         let sessions = &self.ctx.sessions;
         let outcome = shard
             .command(
                 shard_pool::Command::new(json, attached.id.as_str(), route.clone()),
-                |owner| sessions.is_attached(owner),
+                |owner| !sessions.is_detached(owner),
             )
             .await;
         match outcome {

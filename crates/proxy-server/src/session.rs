@@ -257,11 +257,6 @@ impl Sessions {
         }
     }
 
-    /// Whether session `id` is served by a connection now.
-    pub(crate) fn is_attached(&self, id: &str) -> bool {
-        lock(&self.sessions).get(id).is_some_and(|s| s.attached)
-    }
-
     /// Whether session `id` is one of this node's that lost its connection
     /// (kept for its ttl, or handed over to the cluster).
     pub(crate) fn is_detached(&self, id: &str) -> bool {
