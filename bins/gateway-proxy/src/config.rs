@@ -213,6 +213,9 @@ pub struct ClusterSection {
     pub stream_max_age_secs: u64,
     /// The most bytes the event log keeps.
     pub stream_max_bytes: u64,
+    /// How long a shard's lease lasts unless its node renews it, in
+    /// seconds: how soon a standby node takes over.
+    pub lease_secs: u64,
 }
 
 impl Default for ClusterSection {
@@ -225,6 +228,7 @@ impl Default for ClusterSection {
             replicas: 1,
             stream_max_age_secs: 600,
             stream_max_bytes: 1 << 30,
+            lease_secs: 10,
         }
     }
 }
@@ -670,6 +674,7 @@ impl Config {
                 "cluster.name",
                 "cluster.node_id",
                 "cluster.replicas",
+                "cluster.lease_secs",
             ]
             .into_iter()
             .find(|key| message.starts_with(key))
@@ -725,6 +730,7 @@ impl Config {
             cluster::Storage::File
         };
         config.replicas = section.replicas;
+        config.lease = Duration::from_secs(section.lease_secs);
         Some(config)
     }
 

@@ -36,6 +36,11 @@ use crate::config::EXIT_CONFIG;
 /// the shard count) before a restart can help.
 pub const EXIT_REFUSED: i32 = 78;
 
+/// The exit status of a node of a cluster that lost a shard's lease (its
+/// shards are another node's now): 75, `EX_TEMPFAIL`, since starting it
+/// again makes it a standby.
+pub const EXIT_LEASE_LOST: i32 = 75;
+
 /// The intent without which voice cannot work: Discord sends the bot's
 /// own voice state (and its voice session id) only with it.
 const GUILD_VOICE_STATES: u64 = 1 << 7;
@@ -116,6 +121,9 @@ pub struct Running {
     /// In a cluster: the answers to other nodes' commands for this node's
     /// shards.
     _commands: Option<cluster::Commands>,
+    /// In a cluster: the leases of this node's shards, and the task that
+    /// keeps them (it ends the process when one is lost).
+    leases: Option<(cluster::Leases, tokio::task::JoinHandle<()>)>,
 }
 
 /// The one process that uses a `state_dir`: an exclusive lock on its
@@ -185,7 +193,15 @@ impl Running {
     /// Shuts down gracefully: see [`Proxy::shutdown`] (with `state_dir`,
     /// checkpoints are written and every session stays resumable).
     pub async fn shutdown(self) {
+        if let Some((_, keeper)) = &self.leases {
+            keeper.abort();
+        }
         self.proxy.shutdown().await;
+        // The checkpoints are written and upstream closed resumably: the
+        // shards are another node's to take at once.
+        if let Some((leases, _)) = &self.leases {
+            leases.release().await;
+        }
         if let Some(dir) = self.simulated_state {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -313,17 +329,10 @@ pub async fn start_until(
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
     let mut state_lock = None;
     if let Some(dir) = &config.state_dir {
-        let unusable = |e: &dyn fmt::Display| RunError {
-            code: EXIT_CONFIG,
-            message: format!("state_dir {dir:?} cannot hold checkpoints: {e}"),
-        };
-        let lock = tokio::select! {
-            lock = StateLock::take(Path::new(dir)) => lock.map_err(|e| unusable(&e))?,
+        tokio::select! {
+            lock = take_state_dir(dir, &mut pool_config) => state_lock = Some(lock?),
             () = &mut stop => return Ok(None),
-        };
-        state_lock = Some(lock);
-        let store = DirStore::open(dir).map_err(|e| unusable(&e))?;
-        pool_config.store = Some(Arc::new(store));
+        }
     }
     // What the process records outside the proxy (the cluster's metrics)
     // lands where `/metrics` reads. A second proxy in one process (tests)
@@ -341,6 +350,15 @@ pub async fn start_until(
             () = &mut stop => return Ok(None),
         }
     }
+    // In a cluster, the shards' leases first: a node started with the
+    // range of one that runs waits here, as its standby.
+    let leases = match &joined {
+        Some(cluster) => tokio::select! {
+            leases = take_leases(cluster, &pool_config) => Some(leases?),
+            () = &mut stop => return Ok(None),
+        },
+        None => None,
+    };
     let pool = tokio::select! {
         pool = Pool::start(pool_config) => {
             pool.map_err(|e| failed(format!("cannot start the shards: {e}")))?
@@ -383,6 +401,10 @@ pub async fn start_until(
         simulated_state,
         _state_lock: state_lock,
         _commands: commands,
+        leases: leases.map(|leases| {
+            let keeper = tokio::spawn(keep_leases(leases.clone()));
+            (leases, keeper)
+        }),
     }))
 }
 
@@ -422,6 +444,58 @@ async fn join_cluster(
     pool_config.gateway = Some(gateway);
     tracing::info!(cluster = name, node, "joined the cluster");
     Ok(cluster)
+}
+
+/// Takes `dir`'s lock (waiting while another process uses it) and keeps
+/// the pool's checkpoints there.
+async fn take_state_dir(
+    dir: &str,
+    pool_config: &mut shard_pool::PoolConfig,
+) -> Result<StateLock, RunError> {
+    let unusable = |e: &dyn fmt::Display| RunError {
+        code: EXIT_CONFIG,
+        message: format!("state_dir {dir:?} cannot hold checkpoints: {e}"),
+    };
+    let lock = StateLock::take(Path::new(dir))
+        .await
+        .map_err(|e| unusable(&e))?;
+    let store = DirStore::open(dir).map_err(|e| unusable(&e))?;
+    pool_config.store = Some(Arc::new(store));
+    Ok(lock)
+}
+
+/// Takes the leases of the shards `pool_config` runs, waiting while
+/// another node holds them.
+async fn take_leases(
+    cluster: &Cluster,
+    pool_config: &shard_pool::PoolConfig,
+) -> Result<cluster::Leases, RunError> {
+    let joining = |e: cluster::Error| RunError {
+        code: 1,
+        message: format!("cannot join the cluster: {e}"),
+    };
+    let total = pool_config
+        .shards
+        .or(pool_config.gateway.as_ref().map(|g| g.shards))
+        .unwrap_or(0);
+    let range = pool_config.shard_start..pool_config.shard_end.unwrap_or(total);
+    let leases = cluster.leases().await.map_err(joining)?;
+    leases.acquire(range).await.map_err(joining)?;
+    Ok(leases)
+}
+
+/// Keeps this node's leases; when one is lost (another node runs the shard
+/// now, or it could not be renewed in time), ends the process at once,
+/// writing nothing more: no checkpoint, no event, so that two nodes never
+/// both write a shard's.
+async fn keep_leases(leases: cluster::Leases) {
+    let lost = leases.keep().await;
+    tracing::error!(
+        shard = lost.shard,
+        why = lost.why,
+        "this node lost a shard's lease: it stops now, writing nothing more"
+    );
+    std::process::exit(EXIT_LEASE_LOST);
 }
 
 /// A node of a cluster hands client sessions to the others, and takes

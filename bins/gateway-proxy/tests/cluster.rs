@@ -701,3 +701,54 @@ async fn a_voice_server_update_reaches_its_owner_on_another_node_alone() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_node_takes_the_shards_of_one_that_dies_by_resuming_them() {
+    let Some(nats) = cluster::testing::nats("standby") else {
+        return;
+    };
+    let mut config = SimConfig::default();
+    config.shards = 2;
+    config.max_concurrency = 2;
+    config.guilds = 6;
+    config.events_per_sec = 20;
+    let sim = Sim::start(config).await.unwrap();
+    let quick = [
+        ("GATEWAY_PROXY_CLUSTER__LEASE_SECS", "2"),
+        ("GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS", "1"),
+    ];
+    let both = [("a", 0, 2)];
+    let mut nodes = start_nodes(&sim, &nats, "standby", &both, 2, &quick, SERVING).await;
+    let a = nodes.remove(0);
+    // The same range on b: it waits for the leases, serving nothing.
+    let mut env = node_env(&nats.url(), "standby", "b", (0, 2, 2));
+    env.extend(
+        quick
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let (b, mut serving) = Process::spawn(&sim, &borrowed(&env));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut serving)
+            .await
+            .is_err(),
+        "b serves while a holds the leases:\n{}",
+        b.log()
+    );
+    assert!(
+        b.log().contains("waiting for the shard's lease"),
+        "{}",
+        b.log()
+    );
+    let identifies = sim.identifies();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, _) = a.signal("KILL").await;
+    // a's leases expire; b takes them and resumes a's sessions from its
+    // checkpoints: no identify.
+    let b = b.serving_within(serving, Duration::from_secs(20)).await;
+    assert_eq!(sim.identifies(), identifies, "{}", b.log());
+    assert!(sim.resumes() >= 2, "{}", b.log());
+    let (_, ready, guilds) = load(b.addr, sim.token(), 1, 2).await;
+    assert_eq!(ready["shard"], serde_json::json!([1, 2]));
+    assert!(!guilds.is_empty());
+}

@@ -452,6 +452,10 @@ fn cluster_keys_are_off_by_default_mapped_and_checked() {
         ),
         (r#""replicas": 9"#, "key \"cluster.replicas\""),
         (
+            r#""lease_secs": 1"#,
+            "key \"cluster.lease_secs\": cluster.lease_secs 1: expected 2 to 300",
+        ),
+        (
             r#""stream_max_age_secs": 60"#,
             "key \"cluster.stream_max_age_secs\": expected at least session_ttl_secs (300)",
         ),

@@ -63,6 +63,7 @@
 
 mod error;
 mod follow;
+mod lease;
 mod log;
 mod queue;
 mod store;
@@ -76,6 +77,7 @@ use async_nats::jetstream;
 
 pub use crate::error::{Error, ErrorKind};
 pub use crate::follow::{Commands, NatsSource, serve_commands};
+pub use crate::lease::{LeaseLost, Leases};
 pub use crate::log::{EventLog, LogLimits, LogStats, headers, parse_audience};
 pub use crate::queue::KvQueue;
 pub use crate::store::{JetStreamStore, KvStore};
@@ -116,6 +118,10 @@ pub struct ClusterConfig {
     pub storage: Storage,
     /// How many servers of a NATS cluster keep each stream (1 to 5).
     pub replicas: usize,
+    /// How long a shard's lease lasts unless its node renews it (see
+    /// [`Leases`]): how soon a node with the same range takes over the
+    /// shards of one that died. 2 s to 5 min.
+    pub lease: Duration,
 }
 
 impl ClusterConfig {
@@ -133,6 +139,7 @@ impl ClusterConfig {
             node_id: node_id.into(),
             storage: Storage::File,
             replicas: 1,
+            lease: Duration::from_secs(10),
         }
     }
 
@@ -164,6 +171,12 @@ impl ClusterConfig {
             return Err(Error::config(format!(
                 "cluster.replicas {}: JetStream keeps 1 to 5 replicas",
                 self.replicas
+            )));
+        }
+        if !(Duration::from_secs(2)..=Duration::from_mins(5)).contains(&self.lease) {
+            return Err(Error::config(format!(
+                "cluster.lease_secs {}: expected 2 to 300",
+                self.lease.as_secs()
             )));
         }
         Ok(())
@@ -355,6 +368,17 @@ impl Cluster {
         KvStore::open(self, "sessions", ttl + Duration::from_mins(1)).await
     }
 
+    /// The leases of shards this node runs; see [`Leases`]. Take them
+    /// ([`Leases::acquire`]) before starting the shards, and stop the
+    /// shards when one is lost ([`Leases::keep`]).
+    ///
+    /// # Errors
+    ///
+    /// If the bucket cannot be created or opened.
+    pub async fn leases(&self) -> Result<Leases, Error> {
+        Leases::open(self, self.config.lease).await
+    }
+
     /// The cluster's checkpoint store; see [`JetStreamStore`].
     ///
     /// # Errors
@@ -397,5 +421,6 @@ mod tests {
         check(|c| c.node_id = String::new(), "cluster.node_id");
         check(|c| c.node_id = "a b".into(), "cluster.node_id");
         check(|c| c.replicas = 0, "cluster.replicas");
+        check(|c| c.lease = Duration::from_secs(1), "cluster.lease_secs");
     }
 }
