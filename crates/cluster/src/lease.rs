@@ -123,11 +123,7 @@ impl Leases {
         };
         match inner.kv.create(key(shard), value.clone()).await {
             Ok(revision) => {
-                inner
-                    .held
-                    .lock()
-                    .await
-                    .insert(shard, (revision, Instant::now()));
+                self.hold(shard, revision).await;
                 return Ok(None);
             }
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
@@ -143,11 +139,7 @@ impl Leases {
         }
         match inner.kv.update(key(shard), value, entry.revision).await {
             Ok(revision) => {
-                inner
-                    .held
-                    .lock()
-                    .await
-                    .insert(shard, (revision, Instant::now()));
+                self.hold(shard, revision).await;
                 Ok(None)
             }
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -155,6 +147,16 @@ impl Leases {
             }
             Err(error) => Err(failed(&error)),
         }
+    }
+
+    /// Records shard `shard`'s lease as held at `revision`, renewed now.
+    async fn hold(&self, shard: u32, revision: u64) {
+        let renewed = Instant::now();
+        self.inner
+            .held
+            .lock()
+            .await
+            .insert(shard, (revision, renewed));
     }
 
     /// Renews every lease this node holds, a few times per lease, for as
