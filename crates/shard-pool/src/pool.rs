@@ -8,7 +8,7 @@ use twilight_gateway::{ConfigBuilder, Intents, Shard, ShardId};
 use twilight_model::gateway::payload::outgoing::update_presence::UpdatePresencePayload;
 use twilight_model::gateway::presence::{ActivityType, MinimalActivity, Status};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::time::Instant;
 use twilight_gateway::Session;
@@ -59,13 +59,12 @@ pub struct Pool {
     store: Option<Arc<dyn Store>>,
     identity: Identity,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    /// The followed shards' tasks, which end only when aborted.
-    follows: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// What following the shards outside the range takes, with a source.
     following: Option<Arc<Following>>,
     /// The shards outside the range followed so far (when a client first
-    /// asked for one).
-    followed: std::sync::Mutex<HashMap<u32, ShardHandle>>,
+    /// asked for one), by id, each with its task (which ends only when
+    /// aborted).
+    followed: std::sync::Mutex<BTreeMap<u32, (ShardHandle, JoinHandle<()>)>>,
     intents: u64,
 }
 
@@ -90,11 +89,11 @@ impl Drop for Pool {
         for task in tasks.iter() {
             task.abort();
         }
-        let follows = self
-            .follows
+        let followed = self
+            .followed
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for task in follows.iter() {
+        for (_, task) in followed.values() {
             task.abort();
         }
     }
@@ -202,9 +201,8 @@ impl Pool {
             store: config.store.clone(),
             identity,
             tasks: std::sync::Mutex::new(tasks),
-            follows: std::sync::Mutex::new(Vec::new()),
             following,
-            followed: std::sync::Mutex::new(HashMap::new()),
+            followed: std::sync::Mutex::new(BTreeMap::new()),
             intents: config.intents,
         })
     }
@@ -355,7 +353,7 @@ impl Pool {
             .followed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let shard = followed.entry(id).or_insert_with(|| {
+        let (shard, _) = followed.entry(id).or_insert_with(|| {
             let ring = Ring::new(following.limits.clone());
             let shard = ShardHandle::followed(
                 id,
@@ -366,11 +364,7 @@ impl Pool {
             );
             shard.log_in(Some(following.source.clone()));
             let task = tokio::spawn(remote::follow(shard.clone(), following.clone()));
-            self.follows
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(task);
-            shard
+            (shard, task)
         });
         Some(shard.clone())
     }
@@ -389,9 +383,7 @@ impl Pool {
             .followed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut shards: Vec<ShardHandle> = followed.values().cloned().collect();
-        shards.sort_unstable_by_key(ShardHandle::id);
-        shards
+        followed.values().map(|(shard, _)| shard.clone()).collect()
     }
 
     /// The shard a guild's events and commands belong to:
@@ -433,13 +425,12 @@ impl Pool {
     }
 
     async fn join(&self) {
-        let follows = std::mem::take(
-            &mut *self
-                .follows
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        for task in follows {
+        for (_, task) in self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+        {
             task.abort();
         }
         let tasks = std::mem::take(
