@@ -1089,22 +1089,20 @@ impl Driver {
                 }
             }
         };
-        let pool = self.ctx.pool.clone();
+        let shard = self.ctx.pool.shard(session.shard);
         // While the shard is still starting (a proxy that restarted and is
-        // resuming upstream), the client waits, as an IDENTIFY does: what
-        // Discord replays is part of what it missed.
-        if let Some(shard) = pool.shard(session.shard) {
+        // resuming upstream, or a follower catching up), the client waits,
+        // as an IDENTIFY does: what Discord replays is part of what it
+        // missed.
+        if let Some(shard) = &shard {
             let _ = tokio::time::timeout(READY_WAIT, shard.ready()).await;
         }
         let now = Instant::now();
-        if let Some(code) = pool
-            .shard(session.shard)
-            .and_then(|shard| shard.fatal_close())
-        {
+        if let Some(code) = shard.as_ref().and_then(ShardHandle::fatal_close) {
             self.ctx.detach(&resume.session_id, session, false, now);
             return Err(self.fatal(code));
         }
-        let replay = match (pool.shard(session.shard), resume.seq) {
+        let replay = match (shard, resume.seq) {
             (Some(shard), Some(seq)) => replay(&shard, &resume.session_id, &session, seq)
                 .await
                 .map(|(index, events, head)| (shard, seq, index, events, head)),
