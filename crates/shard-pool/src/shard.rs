@@ -666,17 +666,18 @@ impl ShardHandle {
     ///
     /// # Errors
     ///
-    /// If the shard's task has stopped.
+    /// If the shard's task has stopped, or another process runs the shard
+    /// (its commands go through [`command`](Self::command), answered and
+    /// budgeted there).
     pub fn send(&self, json: String) -> Result<(), Error> {
         match &self.shared.link {
             Link::Upstream(sender) => sender
                 .send(json)
                 .map_err(|_| Error::new(ErrorKind::Closed(self.shared.id))),
-            Link::Remote(source) => {
-                let command = source.command(self.id(), Command::new(json, "", Route::Plain));
-                tokio::spawn(command);
-                Ok(())
-            }
+            Link::Remote(_) => Err(Error::remote(
+                self.id(),
+                "run by another process: send through ShardHandle::command",
+            )),
         }
     }
 

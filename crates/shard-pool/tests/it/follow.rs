@@ -118,6 +118,8 @@ async fn a_followed_shard_is_the_owners_and_a_gap_is_never_served() {
     // No checkpoint yet: followed from the owner's READY on.
     let followed = other.shard(0).unwrap();
     assert!(!followed.is_local());
+    // Nothing goes upstream from here but through the owner.
+    assert!(followed.send(r#"{"op":1,"d":null}"#.to_owned()).is_err());
     tokio::time::timeout(Duration::from_secs(10), followed.ready())
         .await
         .unwrap()
