@@ -24,14 +24,20 @@ async fn two_nodes(
     extra: &[(&str, &str)],
 ) -> Option<(cluster::testing::NatsServer, Sim, Vec<Process>)> {
     let nats = cluster::testing::nats(test)?;
+    let sim = two_shards(rate).await;
+    let nodes = start_nodes(&sim, &nats, test, &TWO, 2, extra, SERVING).await;
+    Some((nats, sim, nodes))
+}
+
+/// The sim of the two-shard tests: 6 guilds, `rate` events a second per
+/// shard, both shards able to identify at once.
+async fn two_shards(rate: u32) -> Sim {
     let mut config = SimConfig::default();
     config.shards = 2;
     config.max_concurrency = 2;
     config.guilds = 6;
     config.events_per_sec = rate;
-    let sim = Sim::start(config).await.unwrap();
-    let nodes = start_nodes(&sim, &nats, test, &TWO, 2, extra, SERVING).await;
-    Some((nats, sim, nodes))
+    Sim::start(config).await.unwrap()
 }
 
 /// Two nodes: `a` runs shard 0, `b` shard 1.
@@ -200,6 +206,18 @@ async fn markers_until(client: &mut GatewayClient, last: u64) -> Vec<u64> {
     }
 }
 
+/// Reads up to the dispatch with marker `marker`, asserting that none
+/// before it is a `t`: it went to another client.
+async fn none_until(client: &mut GatewayClient, t: &str, marker: u64) {
+    loop {
+        let payload = client.payload().await.unwrap();
+        assert_ne!(payload["t"], t, "{payload}");
+        if payload["d"]["_sim"]["n"].as_u64() == Some(marker) {
+            return;
+        }
+    }
+}
+
 /// READY's `d` without what is each client's own.
 fn shared_part(ready: &Value) -> Value {
     let mut ready = ready.clone();
@@ -313,13 +331,7 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
     // The others read on to a marker sent after the answer: no chunk.
     let marker = sim.emit(0, "GP_MARKER", "{}").unwrap();
     for client in [&mut other, &mut local] {
-        loop {
-            let payload = client.payload().await.unwrap();
-            assert_ne!(payload["t"], "GUILD_MEMBERS_CHUNK", "{payload}");
-            if payload["d"]["_sim"]["n"].as_u64() == Some(marker) {
-                break;
-            }
-        }
+        none_until(client, "GUILD_MEMBERS_CHUNK", marker).await;
     }
     // Metrics are brought up to date once a second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -343,16 +355,7 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
     // closed with Discord's code, the follower's through the event log.
     assert_eq!(sim.control(0, discord_sim::Control::Close(4014)), 1);
     for client in [&mut other, &mut local] {
-        loop {
-            match client.payload().await {
-                Ok(_) => {}
-                Err(discord_sim::ClientError::Closed(code)) => {
-                    assert_eq!(code, Some(4014));
-                    break;
-                }
-                Err(error) => panic!("{error}"),
-            }
-        }
+        assert_eq!(client.close_code().await.unwrap(), Some(4014));
     }
     let (_, ready) = common::http_get(b.addr, "/ready").await;
     let ready: Value = serde_json::from_str(&ready).unwrap();
@@ -621,16 +624,12 @@ async fn the_shards_node_budgets_other_nodes_clients_with_its_own() {
     }
     // Answered in order: the sixth is over its share at a.
     remote.send(presence).await.unwrap();
-    loop {
-        match remote.payload().await {
-            Ok(_) => {}
-            Err(discord_sim::ClientError::Closed(code)) => {
-                assert_eq!(code, Some(4008), "{}", b.log());
-                break;
-            }
-            Err(error) => panic!("{error}"),
-        }
-    }
+    assert_eq!(
+        remote.close_code().await.unwrap(),
+        Some(4008),
+        "{}",
+        b.log()
+    );
     let presences = || {
         sim.connections()
             .iter()
@@ -686,13 +685,7 @@ async fn a_voice_server_update_reaches_its_owner_on_another_node_alone() {
     other.send(&op4(channel)).await.unwrap();
     let marker = sim.emit(0, "GP_MARKER", "{}").unwrap();
     for client in [&mut bystander, &mut other] {
-        loop {
-            let payload = client.payload().await.unwrap();
-            assert_ne!(payload["t"], "VOICE_SERVER_UPDATE", "{payload}");
-            if payload["d"]["_sim"]["n"].as_u64() == Some(marker) {
-                break;
-            }
-        }
+        none_until(client, "VOICE_SERVER_UPDATE", marker).await;
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, metrics) = common::http_get(a.addr, "/metrics").await;
@@ -707,12 +700,7 @@ async fn a_standby_node_takes_the_shards_of_one_that_dies_by_resuming_them() {
     let Some(nats) = cluster::testing::nats("standby") else {
         return;
     };
-    let mut config = SimConfig::default();
-    config.shards = 2;
-    config.max_concurrency = 2;
-    config.guilds = 6;
-    config.events_per_sec = 20;
-    let sim = Sim::start(config).await.unwrap();
+    let sim = two_shards(20).await;
     let quick = [
         ("GATEWAY_PROXY_CLUSTER__LEASE_SECS", "2"),
         ("GATEWAY_PROXY_CHECKPOINT_INTERVAL_SECS", "1"),
