@@ -598,8 +598,13 @@ async fn a_resume_from_past_the_ring_is_replayed_from_the_event_log() {
         return;
     };
     let (a, b) = (&nodes[0], &nodes[1]);
-    // The shard's own node, then one that follows it.
+    // The shard's own node, then one that follows it. b follows the shard
+    // before the client drops: else it would start following from the
+    // log's beginning on the RESUME, and the client's place could still
+    // be in its ring while it catches up (served right, but not from the
+    // log, which is what this test is about).
     drop_and_resume(&sim, 0, a, a, 40).await;
+    let _watcher = load(b.addr, sim.token(), 0, 2).await;
     drop_and_resume(&sim, 0, a, b, 40).await;
     for node in [a, b] {
         let log = node.log();
