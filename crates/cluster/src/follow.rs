@@ -14,12 +14,14 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use shard_pool::{Command, CommandFuture, CommandSink, Followed, Outcome, Route, Source, Tapped};
+use shard_pool::{
+    Command, CommandFuture, CommandSink, FenceFuture, Followed, Outcome, Route, Source, Tapped,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::Cluster;
-use crate::log::{headers, parse_audience};
+use crate::log::{fence_message, headers, parse_audience};
 
 /// How long a node waits for the node that runs a shard to answer a
 /// command.
@@ -87,6 +89,23 @@ impl Source for NatsSource {
                 .ok()
                 .and_then(parse_outcome)
                 .ok_or_else(|| shard_pool::Error::remote(shard, "an answer this node cannot read"))
+        })
+    }
+
+    fn fence(&self, shard: u32, term: u64) -> FenceFuture {
+        let jetstream = self.cluster.jetstream().clone();
+        let subject = format!("{}.events.{shard}", self.cluster.config().name);
+        Box::pin(async move {
+            let failed = |e: &dyn std::fmt::Display| {
+                metrics::counter!("gateway_cluster_errors_total", "what" => "fence").increment(1);
+                shard_pool::Error::remote(shard, format!("the new term's mark: {e}"))
+            };
+            let ack = jetstream
+                .send_publish(subject, fence_message(shard, term))
+                .await
+                .map_err(|e| failed(&e))?;
+            ack.await.map_err(|e| failed(&e))?;
+            Ok(())
         })
     }
 }
@@ -166,6 +185,7 @@ async fn read_until_broken(
     // that saw the connection go starts again once it is back.
     let client = cluster.jetstream().client();
     let mut went_away = false;
+    let mut terms = Terms::default();
     let mut tick = tokio::time::interval(CONNECTION_CHECK);
     loop {
         let message = tokio::select! {
@@ -195,9 +215,11 @@ async fn read_until_broken(
             .duration_since(published)
             .unwrap_or_default();
         lag_seconds.set(behind.as_secs_f64());
-        let event = tapped(shard, &message.message)
+        let read = logged(shard, &message.message)
             .ok_or_else(|| format!("a message of {name} without its headers"))?;
-        if event.index > after && events.send(Followed::Event(event)).await.is_err() {
+        if let Some(followed) = terms.take(shard, read, after)
+            && events.send(followed).await.is_err()
+        {
             return Ok(());
         }
         if !caught_up && pending == 0 {
@@ -210,20 +232,70 @@ async fn read_until_broken(
     Err(format!("the stream {name} ended"))
 }
 
-/// An event read back from its message in the log.
-fn tapped(shard: u32, message: &Message) -> Option<Tapped> {
+/// The newest term a follower read: events of older ones are refused.
+#[derive(Default)]
+struct Terms {
+    newest: u64,
+}
+
+impl Terms {
+    /// What `read` is for the follower of shard `shard` from index
+    /// `after`: nothing for an event of an older term than one read
+    /// before (its node lost the lease without knowing it yet: fenced
+    /// off), or one the follower holds.
+    fn take(&mut self, shard: u32, read: Logged, after: u64) -> Option<Followed> {
+        match read {
+            Logged::Fence(fence) => {
+                self.newest = self.newest.max(fence);
+                Some(Followed::Fenced(fence))
+            }
+            Logged::Event(event) if event.term < self.newest => {
+                metrics::counter!("gateway_fencing_refusals_total", "shard" => shard.to_string())
+                    .increment(1);
+                tracing::warn!(
+                    shard,
+                    index = event.index,
+                    term = event.term,
+                    current = self.newest,
+                    "an event of a node that no longer runs the shard: refused"
+                );
+                None
+            }
+            Logged::Event(event) => {
+                self.newest = event.term;
+                (event.index > after).then_some(Followed::Event(event))
+            }
+        }
+    }
+}
+
+/// A message of the log, read back.
+enum Logged {
+    Event(Tapped),
+    /// The start of a term.
+    Fence(u64),
+}
+
+/// A message of the log read back: an event, or a term's start.
+fn logged(shard: u32, message: &Message) -> Option<Logged> {
     let headers = message.headers.as_ref()?;
     let header = |name: &str| headers.get(name).map(async_nats::HeaderValue::as_str);
+    if let Some(term) = header(headers::FENCE) {
+        return Some(Logged::Fence(term.parse().ok()?));
+    }
+    // Published before terms were: 0.
+    let term = header(headers::TERM).map_or(Some(0), |term| term.parse().ok())?;
     let index = header(headers::INDEX)?.parse().ok()?;
     if let Some(code) = header(headers::CLOSED) {
         let session = Arc::from(header(headers::SESSION)?);
-        return Some(Tapped::closed(shard, index, session, code.parse().ok()?));
+        let closed = Tapped::closed(shard, index, session, code.parse().ok()?);
+        return Some(Logged::Event(closed.with_term(term)));
     }
     let seq = header(headers::SEQ).and_then(|seq| seq.parse().ok());
     let session = Arc::from(header(headers::SESSION)?);
     let audience = parse_audience(header(headers::AUDIENCE)?)?;
     let ready = header(headers::READY).is_some();
-    Some(Tapped::new(
+    let event = Tapped::new(
         shard,
         index,
         seq,
@@ -231,7 +303,8 @@ fn tapped(shard: u32, message: &Message) -> Option<Tapped> {
         message.payload.clone(),
         audience,
         ready,
-    ))
+    );
+    Some(Logged::Event(event.with_term(term)))
 }
 
 /// A route as a header value.
@@ -392,6 +465,33 @@ fn read_command(request: &Message) -> Option<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fenced_off_owners_events_are_refused() {
+        let event = |index: u64, term: u64| {
+            let payload = Bytes::from_static(br#"{"op":0,"t":"X","s":1,"d":{}}"#);
+            let audience = shard_pool::Audience::Everyone;
+            let tapped = Tapped::new(0, index, Some(1), "s".into(), payload, audience, false);
+            Logged::Event(tapped.with_term(term))
+        };
+        let index = |followed: Option<Followed>| match followed {
+            Some(Followed::Event(event)) => Some(event.index),
+            Some(Followed::Fenced(term)) => Some(1000 + term),
+            _ => None,
+        };
+        let mut terms = Terms::default();
+        assert_eq!(index(terms.take(0, event(1, 3), 0)), Some(1));
+        // Held already: passed over.
+        assert_eq!(index(terms.take(0, event(1, 3), 1)), None);
+        // A new owner's mark, then the old owner's late event: refused.
+        assert_eq!(index(terms.take(0, Logged::Fence(5), 1)), Some(1005));
+        assert_eq!(index(terms.take(0, event(2, 3), 1)), None);
+        assert_eq!(index(terms.take(0, event(2, 5), 1)), Some(2));
+        // A reader that began after the mark learns the term from events.
+        let mut late = Terms::default();
+        assert_eq!(index(late.take(0, event(2, 5), 1)), Some(2));
+        assert_eq!(index(late.take(0, event(3, 3), 1)), None);
+    }
 
     #[test]
     fn routes_and_outcomes_read_back() {

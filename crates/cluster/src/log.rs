@@ -38,9 +38,17 @@ pub mod headers {
     /// On the shard's last message: Discord closed it for good with this
     /// code (the message has no payload, and the last event's index).
     pub const CLOSED: &str = "Gp-Closed";
+    /// The term of the node that published it: the revision of its lease
+    /// on the shard. Readers take no event of an older term after a newer
+    /// one.
+    pub const TERM: &str = "Gp-Term";
+    /// On a message with no payload that marks the start of a term (a
+    /// node took the shard's lease at this revision; see
+    /// [`Source::fence`](shard_pool::Source::fence)).
+    pub const FENCE: &str = "Gp-Fence";
 }
 
-use headers::{AUDIENCE, CLOSED, INDEX, READY, SEQ, SESSION, SHARD};
+use headers::{AUDIENCE, CLOSED, FENCE, INDEX, READY, SEQ, SESSION, SHARD, TERM};
 
 /// How the event log is kept. Start from `default()`.
 #[derive(Clone, Copy, Debug)]
@@ -195,15 +203,20 @@ pub fn parse_audience(value: &str) -> Option<Audience> {
     }
 }
 
+/// An event's message. Its id makes a repeat (a publish tried again after
+/// a reconnect) a no-op; it names the term, so that a fenced-off owner's
+/// copy of an event never stands in for the new owner's.
 fn message(event: &Tapped) -> PublishMessage {
+    let (term, session, index) = (event.term, &event.session, event.index);
     let id = match event.closed {
-        Some(_) => format!("{}.{}.closed", event.session, event.index),
-        None => format!("{}.{}", event.session, event.index),
+        Some(_) => format!("{term}.{session}.{index}.closed"),
+        None => format!("{term}.{session}.{index}"),
     };
     let mut message = PublishMessage::build()
         .payload(event.payload.clone())
         .message_id(id)
         .header(SHARD, event.shard.to_string().as_str())
+        .header(TERM, term.to_string().as_str())
         .header(INDEX, event.index.to_string().as_str())
         .header(SESSION, &*event.session)
         .header(AUDIENCE, audience(&event.audience).as_str());
@@ -217,6 +230,15 @@ fn message(event: &Tapped) -> PublishMessage {
         message = message.header(CLOSED, code.to_string().as_str());
     }
     message
+}
+
+/// The message that marks the start of term `term` in shard `shard`'s
+/// events.
+pub(crate) fn fence_message(shard: u32, term: u64) -> PublishMessage {
+    PublishMessage::build()
+        .message_id(format!("fence.{shard}.{term}"))
+        .header(SHARD, shard.to_string().as_str())
+        .header(FENCE, term.to_string().as_str())
 }
 
 /// The publishing task: batches of up to [`WINDOW`] events sent, then

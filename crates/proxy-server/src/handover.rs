@@ -32,7 +32,7 @@ impl CommandSink for Sink {
     fn apply(&self, shard: u32, command: Command) -> CommandFuture {
         let ctx = self.0.clone();
         Box::pin(async move {
-            let Some(handle) = ctx.pool.local(shard).cloned() else {
+            let Some(handle) = ctx.pool.local(shard) else {
                 return Err(shard_pool::Error::remote(shard, "not run by this node"));
             };
             if !matches!(command.route, Route::Ended { .. }) {

@@ -43,11 +43,13 @@ pub(crate) struct Kept {
 }
 
 impl Kept {
-    /// Keeps the sessions of `pool`'s shards in its store, if it has one.
+    /// Keeps the sessions of the shards `pool` runs in its store, if it
+    /// has one (a slot for every shard: in a cluster, the pool may take
+    /// any over).
     pub(crate) fn new(pool: &Pool) -> Self {
         Self {
             store: pool.store().cloned(),
-            slots: pool.range().map(|id| (id, Slot::default())).collect(),
+            slots: (0..pool.total()).map(|id| (id, Slot::default())).collect(),
         }
     }
 
@@ -58,6 +60,10 @@ impl Kept {
         let (Some(store), Some(slot)) = (&self.store, self.slots.get(&shard.id())) else {
             return;
         };
+        // A shard another node runs: that node keeps its sessions.
+        if !shard.is_local() {
+            return;
+        }
         let change = slot.asked.fetch_add(1, Ordering::AcqRel) + 1;
         let mut written = slot.written.lock().await;
         if *written >= change {
@@ -87,7 +93,7 @@ impl Kept {
     /// Writes every shard's sessions.
     pub(crate) async fn keep_all(&self, sessions: &Sessions, pool: &Pool) {
         for shard in pool.shards() {
-            self.keep(sessions, shard).await;
+            self.keep(sessions, &shard).await;
         }
     }
 

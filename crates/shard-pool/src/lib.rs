@@ -117,7 +117,9 @@ pub use crate::pipeline::{
 };
 pub use crate::pool::{Checkpointed, Pool};
 pub use crate::queue::{PacedQueue, Queue, identify_spacing};
-pub use crate::remote::{Command, CommandFuture, CommandSink, Followed, Outcome, Route, Source};
+pub use crate::remote::{
+    Command, CommandFuture, CommandSink, FenceFuture, Followed, Outcome, Route, Source,
+};
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;
 pub use crate::shard::{

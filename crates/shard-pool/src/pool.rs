@@ -1,7 +1,8 @@
 //! The pool: every shard of a range, started together.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use twilight_gateway::{ConfigBuilder, Intents, Shard, ShardId};
@@ -22,6 +23,8 @@ use crate::remote::{self, Following};
 use crate::rest::{self, GatewayInfo};
 use crate::ring::{ReplayBudget, Ring, RingLimits};
 use crate::store::Store;
+use crate::tap::Tap;
+use crate::token::Token;
 
 /// What bounds each shard's ring.
 fn ring_limits(config: &PoolConfig, budget: &Arc<ReplayBudget>) -> RingLimits {
@@ -47,10 +50,14 @@ use crate::shard::{CheckpointStats, Link, ShardHandle, ShardStatus};
 /// state cache and subscribers. Dropping the pool stops its shards.
 #[derive(Debug)]
 pub struct Pool {
-    shards: Vec<ShardHandle>,
+    /// The shards this pool runs, by id: those of its range, and those it
+    /// took over since ([`run`](Self::run)).
+    running: RwLock<BTreeMap<u32, ShardHandle>>,
     total: u32,
-    start: u32,
+    range: Range<u32>,
     gateway: GatewayInfo,
+    /// What opening a shard's upstream connection takes.
+    connector: Connector,
     /// The pool's own pacing, when no shared queue was given.
     paced: Option<PacedQueue>,
     /// The bytes every shard's ring shares.
@@ -58,15 +65,60 @@ pub struct Pool {
     /// Where checkpoints go, and whom they are for.
     store: Option<Arc<dyn Store>>,
     identity: Identity,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     /// What following the shards outside the range takes, with a source.
     following: Option<Arc<Following>>,
     /// The shards outside the range followed so far (when a client first
     /// asked for one), by id, each with its task (which ends only when
     /// aborted).
-    followed: std::sync::Mutex<BTreeMap<u32, (ShardHandle, JoinHandle<()>)>>,
+    followed: Mutex<BTreeMap<u32, (ShardHandle, JoinHandle<()>)>>,
     intents: u64,
 }
+
+/// What opening a shard's upstream connection takes.
+struct Connector {
+    token: Token,
+    intents: Intents,
+    gateway_url: String,
+    large_threshold: u64,
+    presence: Presence,
+    status: Status,
+    queue: SharedQueue,
+    total: u32,
+    load_timeout: Duration,
+    tap: Option<Arc<dyn Tap>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("gateway_url", &self.gateway_url)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// Shard `id`'s connection: it RESUMEs `resume` (session id, resume
+    /// URL, last `s`) if given, else identifies.
+    fn shard(&self, id: u32, resume: Option<(String, String, u64)>) -> Shard<SharedQueue> {
+        let mut config = ConfigBuilder::new(self.token.expose().to_owned(), self.intents)
+            .proxy_url(self.gateway_url.clone())
+            .large_threshold(self.large_threshold)
+            .presence(presence(&self.presence, self.status, id))
+            .queue(self.queue.clone());
+        if let Some((session, resume_url, seq)) = resume {
+            config = config
+                .session(Session::new(seq, session))
+                .resume_url(resume_url);
+        }
+        Shard::with_config(ShardId::new(id, self.total), config.build())
+    }
+}
+
+/// How long a shard taken over may take to read its log up to its new
+/// term.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
 
 /// What [`Pool::checkpoint`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,17 +134,14 @@ pub struct Checkpointed {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let tasks = self
-            .tasks
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tasks = self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner);
         for task in tasks.iter() {
             task.abort();
         }
         let followed = self
             .followed
             .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         for (_, task) in followed.values() {
             task.abort();
         }
@@ -139,9 +188,19 @@ impl Pool {
             .gateway_url
             .clone()
             .unwrap_or_else(|| gateway.url.clone());
-        let gateway_url = gateway_url.trim_end_matches('/').to_owned();
-        let intents = Intents::from_bits_retain(config.intents);
-        let mut shards = Vec::new();
+        let connector = Connector {
+            token: config.token.clone(),
+            intents: Intents::from_bits_retain(config.intents),
+            gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+            large_threshold: config.large_threshold,
+            presence: config.presence.clone(),
+            status,
+            queue,
+            total,
+            load_timeout: config.guild_load_timeout,
+            tap: config.tap.clone(),
+        };
+        let mut running = BTreeMap::new();
         let budget = ReplayBudget::new(config.replay_max_bytes);
         let mut tasks = Vec::new();
         let identity = Identity::new(&config.token, total, config.intents, config.cache);
@@ -150,25 +209,15 @@ impl Pool {
             None => HashMap::new(),
         };
         for id in range.clone() {
-            let mut shard_config = ConfigBuilder::new(config.token.expose().to_owned(), intents)
-                .proxy_url(gateway_url.clone())
-                .large_threshold(config.large_threshold)
-                .presence(presence(&config.presence, status, id))
-                .queue(queue.clone());
             let limits = ring_limits(&config, &budget);
             let (pipeline, ring, from_checkpoint) = match restored.remove(&id) {
                 Some(restored) => {
-                    if let Some((upstream, seq)) = restored.pipeline.upstream() {
-                        shard_config = shard_config
-                            .session(Session::new(seq, upstream.session_id.clone()))
-                            .resume_url(upstream.resume_url.clone());
-                    }
                     let ring = Ring::restored(limits, restored.ring, Instant::now());
                     (restored.pipeline, ring, true)
                 }
                 None => (Pipeline::new(config.cache), Ring::new(limits), false),
             };
-            let shard = Shard::with_config(ShardId::new(id, total), shard_config.build());
+            let shard = connector.shard(id, resume_point(&pipeline));
             let handle = ShardHandle::new(
                 id,
                 pipeline,
@@ -181,28 +230,29 @@ impl Pool {
             handle.tap_into(config.tap.clone());
             handle.log_in(config.source.clone());
             tasks.push(tokio::spawn(handle.clone().run(shard)));
-            shards.push(handle);
+            running.insert(id, handle);
         }
         tracing::info!(
             shards = ?range,
             total,
             max_concurrency = gateway.max_concurrency,
-            gateway = %gateway_url,
+            gateway = %connector.gateway_url,
             "shards started"
         );
         let following = following(&config, &identity, &budget);
         Ok(Self {
-            shards,
+            running: RwLock::new(running),
             total,
-            start: range.start,
+            range,
             gateway,
+            connector,
             paced,
             budget,
             store: config.store.clone(),
             identity,
-            tasks: std::sync::Mutex::new(tasks),
+            tasks: Mutex::new(tasks),
             following,
-            followed: std::sync::Mutex::new(BTreeMap::new()),
+            followed: Mutex::new(BTreeMap::new()),
             intents: config.intents,
         })
     }
@@ -233,10 +283,10 @@ impl Pool {
         let manifest = checkpoint::manifest(&self.identity, self.range(), checkpoint::wall_clock());
         if let Err(error) = store.put(checkpoint::MANIFEST, manifest.into()).await {
             tracing::warn!(%error, "checkpoint manifest not written");
-            done.failed = self.shards.len();
+            done.failed = self.running().len();
             return done;
         }
-        for shard in &self.shards {
+        for shard in &self.shards() {
             let started = Instant::now();
             let name = checkpoint::shard_name(shard.id());
             let taken = {
@@ -289,7 +339,7 @@ impl Pool {
     /// checkpoint taken next is where the shards stop: see
     /// [`ShardHandle::freeze`]. For shutting down.
     pub fn freeze(&self) {
-        for shard in &self.shards {
+        for shard in &self.shards() {
             shard.freeze();
         }
     }
@@ -306,11 +356,11 @@ impl Pool {
         self.total
     }
 
-    /// The shard ids this pool runs.
+    /// The shard ids this pool was started with (it may run others since:
+    /// [`run`](Self::run)).
     #[must_use]
     pub fn range(&self) -> Range<u32> {
-        let len = u32::try_from(self.shards.len()).unwrap_or(u32::MAX);
-        self.start..self.start + len
+        self.range.clone()
     }
 
     /// What `GET /gateway/bot` said at start.
@@ -331,10 +381,14 @@ impl Pool {
         ))
     }
 
-    /// The shards, in id order.
+    /// The shards this pool runs, in id order.
     #[must_use]
-    pub fn shards(&self) -> &[ShardHandle] {
-        &self.shards
+    pub fn shards(&self) -> Vec<ShardHandle> {
+        self.running().values().cloned().collect()
+    }
+
+    fn running(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, ShardHandle>> {
+        self.running.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Shard `id`: one this pool runs or, with a
@@ -346,13 +400,14 @@ impl Pool {
     #[must_use]
     pub fn shard(&self, id: u32) -> Option<ShardHandle> {
         if let Some(shard) = self.local(id) {
-            return Some(shard.clone());
+            return Some(shard);
         }
         let following = self.following.as_ref().filter(|_| id < self.total)?;
-        let mut followed = self
-            .followed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut followed = self.followed.lock().unwrap_or_else(PoisonError::into_inner);
+        // Taken over meanwhile.
+        if let Some(shard) = self.local(id) {
+            return Some(shard);
+        }
         let (shard, _) = followed.entry(id).or_insert_with(|| {
             let ring = Ring::new(following.limits.clone());
             let shard = ShardHandle::followed(
@@ -361,6 +416,7 @@ impl Pool {
                 following.flags,
                 ring,
                 self.intents,
+                self.connector.load_timeout,
             );
             shard.log_in(Some(following.source.clone()));
             let task = tokio::spawn(remote::follow(shard.clone(), following.clone()));
@@ -371,19 +427,92 @@ impl Pool {
 
     /// Shard `id`, if this pool runs it.
     #[must_use]
-    pub fn local(&self, id: u32) -> Option<&ShardHandle> {
-        self.shards
-            .get(usize::try_from(id.checked_sub(self.start)?).ok()?)
+    pub fn local(&self, id: u32) -> Option<ShardHandle> {
+        self.running().get(&id).cloned()
     }
 
     /// The shards of other processes this pool follows, in id order.
     #[must_use]
     pub fn followed(&self) -> Vec<ShardHandle> {
-        let followed = self
-            .followed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let followed = self.followed.lock().unwrap_or_else(PoisonError::into_inner);
         followed.values().map(|(shard, _)| shard.clone()).collect()
+    }
+
+    /// Takes shard `id` over from the process that ran it, in term `term`
+    /// (in a cluster, the revision of the lease this node just took):
+    /// marks the term's start in the shard's log ([`Source::fence`]),
+    /// follows the shard up to that mark (from its latest checkpoint, if
+    /// it is not followed yet), so that its state holds every event its
+    /// owners published, then runs it from there: its upstream session is
+    /// resumed from the last `s` published (Discord replays what came
+    /// after), or identified if there was none. Clients of the followed
+    /// shard stay connected throughout. Returns at once for a shard this
+    /// pool runs.
+    ///
+    /// [`Source::fence`]: crate::Source::fence
+    ///
+    /// # Errors
+    ///
+    /// Without a [`source`](crate::PoolConfig::source), for an id past the
+    /// total, or when the log could not be read up to the mark within
+    /// 30 s (the shard is still followed; try again).
+    pub async fn run(&self, id: u32, term: u64) -> Result<ShardHandle, Error> {
+        if let Some(shard) = self.local(id) {
+            return Ok(shard);
+        }
+        let following = self
+            .following
+            .clone()
+            .ok_or_else(|| Error::remote(id, "no source to take it over from"))?;
+        let shard = self
+            .shard(id)
+            .ok_or_else(|| Error::remote(id, "past the total"))?;
+        following.source.fence(id, term).await?;
+        let Ok(head) = tokio::time::timeout(TAKEOVER_WAIT, shard.fenced_at(term)).await else {
+            return Err(Error::remote(
+                id,
+                "its log was not read up to the new term within 30 s",
+            ));
+        };
+        {
+            let mut followed = self.followed.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, task)) = followed.remove(&id) {
+                task.abort();
+            }
+        }
+        // Following may have started again from a checkpoint just after
+        // the mark (a break): then the state is not the mark's.
+        if shard.head() != head {
+            let task = tokio::spawn(remote::follow(shard.clone(), following));
+            self.followed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, (shard, task));
+            return Err(Error::remote(
+                id,
+                "its following broke at the new term's mark; try again",
+            ));
+        }
+        let resume = shard.resume_point();
+        tracing::info!(
+            shard = id,
+            term,
+            index = head,
+            resumes = resume.is_some(),
+            "running a shard taken over"
+        );
+        let upstream = self.connector.shard(id, resume);
+        shard.promote(upstream.sender(), term, self.connector.tap.clone());
+        let task = tokio::spawn(shard.clone().run(upstream));
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+        self.running
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, shard.clone());
+        Ok(shard)
     }
 
     /// The shard a guild's events and commands belong to:
@@ -398,7 +527,7 @@ impl Pool {
     #[must_use]
     pub fn status(&self) -> Vec<ShardStatus> {
         let followed = self.followed();
-        self.shards
+        self.shards()
             .iter()
             .chain(&followed)
             .map(ShardHandle::status)
@@ -408,7 +537,7 @@ impl Pool {
     /// Closes every upstream session normally and waits (up to five
     /// seconds) for the shards' tasks to end.
     pub async fn shutdown(&self) {
-        for shard in &self.shards {
+        for shard in &self.shards() {
             shard.close();
         }
         self.join().await;
@@ -418,7 +547,7 @@ impl Pool {
     /// for a new process to RESUME ([`ShardHandle::close_resumable`]), and
     /// waits (up to five seconds) for the shards' tasks to end.
     pub async fn shutdown_resumable(&self) {
-        for shard in &self.shards {
+        for shard in &self.shards() {
             shard.close_resumable();
         }
         self.join().await;
@@ -428,17 +557,12 @@ impl Pool {
         for (_, task) in self
             .followed
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
         {
             task.abort();
         }
-        let tasks = std::mem::take(
-            &mut *self
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         for mut task in tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
@@ -457,7 +581,7 @@ impl Pool {
     /// change.
     pub async fn ready(&self) -> Result<(), Error> {
         let mut waits = tokio::task::JoinSet::new();
-        for shard in &self.shards {
+        for shard in self.shards() {
             let shard = shard.clone();
             waits.spawn(async move { shard.ready().await });
         }
@@ -469,6 +593,17 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+/// Where a shard's state stands upstream, to RESUME from: session id,
+/// resume URL and last `s`; `None` before its first READY.
+pub(crate) fn resume_point(pipeline: &Pipeline) -> Option<(String, String, u64)> {
+    let (upstream, seq) = pipeline.upstream()?;
+    Some((
+        upstream.session_id.clone(),
+        upstream.resume_url.clone(),
+        seq,
+    ))
 }
 
 /// The identify queue: the shared one given, or the pool's own pacing.

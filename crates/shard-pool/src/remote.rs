@@ -33,6 +33,9 @@ pub enum Followed {
     /// Every event published when the follow began has been given: the
     /// follower's state is the owner's as of then, and it may serve.
     CaughtUp,
+    /// A new owner's term begins here (see [`Source::fence`]): every event
+    /// of the owners before it has been given.
+    Fenced(u64),
     /// The source cannot go on without leaving events out (the log lost
     /// them, or stopped for longer than it keeps them): the follower starts
     /// again from a newer checkpoint.
@@ -137,7 +140,18 @@ pub trait Source: fmt::Debug + Send + Sync + 'static {
     ///
     /// [`ShardHandle::command`]: crate::ShardHandle::command
     fn command(&self, shard: u32, command: Command) -> CommandFuture;
+
+    /// Marks the start of term `term` in shard `shard`'s events (a node
+    /// that took the shard's lease at revision `term` does, before it runs
+    /// the shard): a follower hands [`Followed::Fenced`] where the mark is,
+    /// after every event published before it, and refuses from then on any
+    /// event of an older term (its owner lost the lease without knowing it
+    /// yet). Resolves once the mark is stored.
+    fn fence(&self, shard: u32, term: u64) -> FenceFuture;
 }
+
+/// What [`Source::fence`] returns.
+pub type FenceFuture = Pin<Box<dyn Future<Output = Result<(), crate::Error>> + Send + 'static>>;
 
 /// The other side of [`Source::command`]: what applies another process's
 /// client's command to a shard this process runs, budgeted with this
@@ -207,6 +221,7 @@ pub(crate) async fn follow(shard: ShardHandle, following: Arc<Following>) {
                     }
                 }
                 Some(Followed::CaughtUp) => shard.caught_up(),
+                Some(Followed::Fenced(term)) => shard.fenced(term),
                 Some(Followed::Broken(why)) => break why,
                 None => break "the source stopped".to_owned(),
             }

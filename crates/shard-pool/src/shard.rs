@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -165,7 +165,15 @@ pub(crate) struct Shared {
     pub(crate) news: watch::Sender<()>,
     sampled: Mutex<Sampled>,
     ready: watch::Sender<Readiness>,
-    link: Link,
+    /// Run here or followed: a followed shard this process takes over is
+    /// run here from then on ([`ShardHandle::promote`]).
+    link: RwLock<Link>,
+    /// The term this process runs the shard in (its lease's revision in a
+    /// cluster; 0 without one): its tap's copies carry it.
+    term: AtomicU64,
+    /// The last term whose start a follower of the shard has read (see
+    /// [`Followed::Fenced`]), and the index the state was at there.
+    fence: watch::Sender<(u64, u64)>,
     load_timeout: Duration,
     /// The intents the shard identifies with, for the message of a fatal
     /// close.
@@ -195,7 +203,7 @@ pub(crate) struct Shared {
 }
 
 /// Where a shard's commands go.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Link {
     /// This process runs the shard: twilight's sender, within the shard's
     /// limit.
@@ -247,7 +255,7 @@ impl LogRead {
             let event = match followed {
                 Followed::Event(event) => event,
                 // What the owner has not published yet may still come.
-                Followed::CaughtUp => continue,
+                Followed::CaughtUp | Followed::Fenced(_) => continue,
                 _ => return false,
             };
             let next = self.after + self.taken.len() as u64 + 1;
@@ -351,7 +359,9 @@ impl ShardHandle {
                     ready_at: restored.then(Instant::now),
                 }),
                 ready: watch::Sender::new(Readiness::Loading),
-                link,
+                link: RwLock::new(link),
+                term: AtomicU64::new(0),
+                fence: watch::Sender::new((0, 0)),
                 load_timeout,
                 intents,
                 closing: AtomicBool::new(false),
@@ -377,6 +387,7 @@ impl ShardHandle {
         flags: state_cache::Flags,
         ring: Ring,
         intents: u64,
+        load_timeout: Duration,
     ) -> Self {
         let handle = Self::new(
             id,
@@ -384,7 +395,8 @@ impl ShardHandle {
             ring,
             Link::Remote(source),
             intents,
-            Duration::ZERO,
+            // Once run here (taken over), as any shard run here.
+            load_timeout,
             false,
         );
         lock(&handle.shared.sampled).state = ShardState::Following;
@@ -437,15 +449,19 @@ impl ShardHandle {
             ),
             _ => return,
         };
-        tap.tapped(Tapped::new(
-            self.shared.id,
-            event.index(),
-            seq,
-            session,
-            payload,
-            audience,
-            ready.is_some(),
-        ));
+        let term = self.shared.term.load(Ordering::Relaxed);
+        tap.tapped(
+            Tapped::new(
+                self.shared.id,
+                event.index(),
+                seq,
+                session,
+                payload,
+                audience,
+                ready.is_some(),
+            )
+            .with_term(term),
+        );
     }
 
     /// Gives the tap, if any, the shard's close for good (under the core
@@ -458,7 +474,8 @@ impl ShardHandle {
             return;
         };
         let session = Arc::from(upstream.session_id.as_str());
-        tap.tapped(Tapped::closed(self.shared.id, index, session, code));
+        let term = self.shared.term.load(Ordering::Relaxed);
+        tap.tapped(Tapped::closed(self.shared.id, index, session, code).with_term(term));
     }
 
     /// The shard id.
@@ -670,7 +687,7 @@ impl ShardHandle {
     /// (its commands go through [`command`](Self::command), answered and
     /// budgeted there).
     pub fn send(&self, json: String) -> Result<(), Error> {
-        match &self.shared.link {
+        match &*self.link() {
             Link::Upstream(sender) => sender
                 .send(json)
                 .map_err(|_| Error::new(ErrorKind::Closed(self.shared.id))),
@@ -685,7 +702,14 @@ impl ShardHandle {
     /// process's).
     #[must_use]
     pub fn is_local(&self) -> bool {
-        matches!(self.shared.link, Link::Upstream(_))
+        matches!(*self.link(), Link::Upstream(_))
+    }
+
+    fn link(&self) -> std::sync::RwLockReadGuard<'_, Link> {
+        self.shared
+            .link
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies a client's command, here or, for a shard another process
@@ -703,7 +727,8 @@ impl ShardHandle {
         command: Command,
         attached: impl FnOnce(&str) -> bool + Send,
     ) -> Result<Outcome, Error> {
-        match &self.shared.link {
+        let link = self.link().clone();
+        match link {
             Link::Remote(source) => source.command(self.id(), command).await,
             Link::Upstream(_) => Ok(self.apply(command, attached)),
         }
@@ -742,7 +767,7 @@ impl ShardHandle {
     /// and the shard's task ends.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
-        if let Link::Upstream(sender) = &self.shared.link {
+        if let Link::Upstream(sender) = &*self.link() {
             let _ = sender.close(twilight_gateway::CloseFrame::NORMAL);
         }
     }
@@ -752,7 +777,7 @@ impl ShardHandle {
     /// shard's task ends.
     pub fn close_resumable(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
-        if let Link::Upstream(sender) = &self.shared.link {
+        if let Link::Upstream(sender) = &*self.link() {
             let _ = sender.close(twilight_gateway::CloseFrame::RESUME);
         }
     }
@@ -986,6 +1011,70 @@ impl ShardHandle {
             self.publish(&held);
         }
         self.shared.news.send_replace(());
+    }
+
+    /// A follower of this shard read the start of term `term` (see
+    /// [`Followed::Fenced`]): every event of the terms before is fed.
+    pub(crate) fn fenced(&self, term: u64) {
+        let head = self.head();
+        self.shared.fence.send_if_modified(|was| {
+            let newer = term > was.0;
+            if newer {
+                *was = (term, head);
+            }
+            newer
+        });
+    }
+
+    /// Waits until a follower of this shard has read the start of term
+    /// `term` (or a later one); returns the index the state was at there.
+    pub(crate) async fn fenced_at(&self, term: u64) -> u64 {
+        let mut fence = self.shared.fence.subscribe();
+        let fenced = fence.wait_for(|fenced| fenced.0 >= term).await;
+        fenced.map_or(0, |fenced| fenced.1)
+    }
+
+    /// Where the shard's state stands upstream, to RESUME from: session
+    /// id, resume URL and last `s`; `None` before its first READY.
+    pub(crate) fn resume_point(&self) -> Option<(String, String, u64)> {
+        crate::pool::resume_point(&lock(&self.shared.core))
+    }
+
+    /// This followed shard is run here from now on, in term `term`, with
+    /// `sender` to its new upstream connection: its state goes on from
+    /// where following left it, and what it takes in goes to the tap. It
+    /// serves again once the connection is active (RESUMED, or READY and
+    /// the guilds after it).
+    pub(crate) fn promote(&self, sender: MessageSender, term: u64, tap: Option<Arc<dyn Tap>>) {
+        let resumes = lock(&self.shared.core).upstream().is_some();
+        self.shared.term.store(term, Ordering::Relaxed);
+        self.tap_into(tap);
+        {
+            let mut sampled = lock(&self.shared.sampled);
+            sampled.state = ShardState::Connecting;
+            // As for a restored session: RESUMED makes it active.
+            sampled.ready_at = resumes.then(Instant::now);
+        }
+        self.shared.restored.store(resumes, Ordering::Relaxed);
+        *self
+            .shared
+            .link
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Link::Upstream(sender);
+        self.shared.ready.send_if_modified(|was| {
+            let changed = *was == Readiness::Ready;
+            if changed {
+                *was = Readiness::Loading;
+            }
+            changed
+        });
+    }
+
+    /// The term this process runs the shard in (0 if it does not, or
+    /// without leases).
+    #[must_use]
+    pub fn term(&self) -> u64 {
+        self.shared.term.load(Ordering::Relaxed)
     }
 
     /// This followed shard's state is the owner's as of now: it serves.

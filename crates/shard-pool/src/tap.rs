@@ -35,6 +35,11 @@ pub struct Tapped {
     /// then it is no dispatch (the payload is empty and the index is the
     /// last event's) and nothing follows.
     pub closed: Option<u16>,
+    /// The term of the shard's owner that took it in: the revision of its
+    /// lease on the shard in a cluster (0 without one). A reader takes no
+    /// event of an older term after a newer one: a node that lost its
+    /// lease but did not know it yet is fenced off.
+    pub term: u64,
 }
 
 impl Tapped {
@@ -59,7 +64,15 @@ impl Tapped {
             audience,
             ready,
             closed: None,
+            term: 0,
         }
+    }
+
+    /// The same event, taken in by the owner of term `term`.
+    #[must_use]
+    pub fn with_term(mut self, term: u64) -> Self {
+        self.term = term;
+        self
     }
 
     /// Discord closed shard `shard` for good with `code` after event
@@ -75,6 +88,7 @@ impl Tapped {
             audience: Audience::Nobody,
             ready: false,
             closed: Some(code),
+            term: 0,
         }
     }
 }

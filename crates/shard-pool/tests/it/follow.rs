@@ -11,22 +11,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use shard_pool::{Command, CommandFuture, Error, Followed, Pool, ShardEvent, Source, Tap, Tapped};
+use shard_pool::{
+    Command, CommandFuture, Error, FenceFuture, Followed, Pool, ShardEvent, Source, Tap, Tapped,
+};
 use tokio::sync::mpsc;
 
 use super::{Scratch, config, marker, ready, sim};
 
-/// Every event the owner's tap gave, and one index it never hands out.
+/// Every event the owners' taps gave and every term's mark, and one
+/// index it never hands out.
 #[derive(Debug, Default)]
 struct MemoryLog {
-    events: Arc<Mutex<Vec<Tapped>>>,
+    events: Arc<Mutex<Vec<Logged>>>,
     lost: Arc<Mutex<Option<u64>>>,
     reads: AtomicUsize,
 }
 
+#[derive(Clone, Debug)]
+enum Logged {
+    Event(Tapped),
+    Fence(u32, u64),
+}
+
 impl Tap for MemoryLog {
     fn tapped(&self, event: Tapped) {
-        self.events.lock().unwrap().push(event);
+        self.events.lock().unwrap().push(Logged::Event(event));
     }
 }
 
@@ -43,15 +52,27 @@ impl Source for MemoryLog {
         tokio::spawn(async move {
             let mut next = 0;
             let mut caught_up = false;
+            let mut term = 0;
             loop {
-                let batch: Vec<Tapped> = {
+                let batch: Vec<Logged> = {
                     let events = events.lock().unwrap();
                     let batch = events[next..].to_vec();
                     next = events.len();
                     batch
                 };
                 let lost = *lost.lock().unwrap();
-                for event in batch {
+                for logged in batch {
+                    let event = match logged {
+                        Logged::Fence(of, fence) if of == shard => {
+                            term = fence;
+                            if tx.send(Followed::Fenced(fence)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Logged::Event(event) if event.term >= term => event,
+                        _ => continue,
+                    };
                     let wanted = event.shard == shard && event.index > after;
                     if wanted
                         && Some(event.index) != lost
@@ -74,6 +95,11 @@ impl Source for MemoryLog {
 
     fn command(&self, shard: u32, _command: Command) -> CommandFuture {
         Box::pin(async move { Err(Error::remote(shard, "no owner in this test")) })
+    }
+
+    fn fence(&self, shard: u32, term: u64) -> FenceFuture {
+        self.events.lock().unwrap().push(Logged::Fence(shard, term));
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -170,4 +196,71 @@ async fn a_followed_shard_is_the_owners_and_a_gap_is_never_served() {
     // had not read are in the checkpoint's ring.
     let after = taken(&mut theirs, 20).await;
     assert_eq!(after, mine, "every event, the lost one too, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_taken_over_resumes_where_its_log_ends_and_its_clients_read_on() {
+    let sim = sim(|config| config.shards = 2).await;
+    let scratch = Scratch::new("takeover");
+    let log = Arc::new(MemoryLog::default());
+    let node = |range: (u32, u32)| {
+        let mut config = config(&sim);
+        config.shard_start = range.0;
+        config.shard_end = Some(range.1);
+        config.store = Some(scratch.store());
+        config.tap = Some(log.clone());
+        config.source = Some(log.clone());
+        config
+    };
+    let owner = Pool::start(node((0, 1))).await.unwrap();
+    ready(&owner, 10).await;
+    // Runs nothing at first: follows shard 0, with a client reading.
+    let other = Pool::start(node((1, 1))).await.unwrap();
+    let followed = other.shard(0).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), followed.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut client = followed.subscribe();
+    let before = taken(&mut client, 5).await;
+
+    // The owner dies without a word (its task aborted, its connection
+    // dropped): Discord keeps the session. Some events it took in are in
+    // the log, and the ones after are Discord's to replay.
+    let identifies = sim.identifies();
+    drop(owner);
+    let taken_over = other.run(0, 7).await.unwrap();
+    assert!(taken_over.is_local());
+    assert_eq!(taken_over.term(), 7);
+    assert_eq!(other.local(0).map(|s| s.id()), Some(0));
+    assert!(other.followed().is_empty(), "no longer followed");
+    tokio::time::timeout(Duration::from_secs(10), taken_over.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    // The client read on: every marker after the ones before, once and in
+    // order, numbered on from where they were.
+    let after = taken(&mut client, 20).await;
+    let mut all = before.clone();
+    all.extend(&after);
+    for pair in all.windows(2) {
+        assert!(pair[1].0 > pair[0].0, "indices go up: {all:?}");
+        assert_eq!(pair[1].1.1, pair[0].1.1 + 1, "markers one by one: {all:?}");
+    }
+    assert_eq!(sim.identifies(), identifies, "resumed, not identified");
+    assert!(sim.resumes() >= 1);
+    // What it takes in now goes to the log in its term.
+    let last = log
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|l| match l {
+            Logged::Event(event) if event.shard == 0 => Some(event.term),
+            _ => None,
+        });
+    assert_eq!(last, Some(7));
+    // Asking again is a no-op.
+    assert_eq!(other.run(0, 9).await.unwrap().term(), 7);
 }
