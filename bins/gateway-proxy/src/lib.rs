@@ -13,9 +13,11 @@
 //! ```
 
 pub mod config;
+mod placement;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,7 +28,9 @@ use proxy_server::Proxy;
 use std::sync::Arc;
 
 use cluster::Cluster;
-use shard_pool::{DirStore, GatewayInfo, Pool, Token};
+use shard_pool::{DirStore, GatewayInfo, Pool, ShardHandle, Token};
+
+use crate::placement::Placement;
 
 use crate::config::EXIT_CONFIG;
 
@@ -118,12 +122,10 @@ pub struct Running {
     simulated_state: Option<PathBuf>,
     /// Held until the process ends: the checkpoints are written by then.
     _state_lock: Option<StateLock>,
-    /// In a cluster: the answers to other nodes' commands for this node's
-    /// shards.
-    _commands: Option<cluster::Commands>,
-    /// In a cluster: the leases of this node's shards, and the task that
-    /// keeps them (it ends the process when one is lost).
-    leases: Option<(cluster::Leases, tokio::task::JoinHandle<()>)>,
+    /// In a cluster: this node's part in placing the shards, and the tasks
+    /// that keep it up (placing, and renewing the leases: that one ends
+    /// the process when a lease is lost).
+    node: Option<(Arc<Placement>, Vec<tokio::task::JoinHandle<()>>)>,
 }
 
 /// The one process that uses a `state_dir`: an exclusive lock on its
@@ -193,14 +195,17 @@ impl Running {
     /// Shuts down gracefully: see [`Proxy::shutdown`] (with `state_dir`,
     /// checkpoints are written and every session stays resumable).
     pub async fn shutdown(self) {
-        if let Some((_, keeper)) = &self.leases {
-            keeper.abort();
+        if let Some((placement, tasks)) = &self.node {
+            for task in tasks {
+                task.abort();
+            }
+            placement.leave().await;
         }
         self.proxy.shutdown().await;
         // The checkpoints are written and upstream closed resumably: the
         // shards are another node's to take at once.
-        if let Some((leases, _)) = &self.leases {
-            leases.release().await;
+        if let Some((placement, _)) = &self.node {
+            placement.release_all().await;
         }
         if let Some(dir) = self.simulated_state {
             let _ = std::fs::remove_dir_all(dir);
@@ -301,23 +306,7 @@ pub async fn start_until(
     let failed = |message: String| RunError { code: 1, message };
     let mut stop = std::pin::pin!(stop);
     let sim = simulated(options, &mut env).await?;
-    let mut config = config::load(options.config.as_deref(), env).map_err(|e| RunError {
-        code: EXIT_CONFIG,
-        message: e.to_string(),
-    })?;
-    // The simulated Discord ends with the process, and its sessions with
-    // it: `--simulate` keeps checkpoints (to show them in /metrics) in a
-    // directory of its own, which no later run could resume from (in a
-    // cluster they are in JetStream).
-    let keeps_own = config.state_dir.is_none() && config.cluster.nats_url.is_none();
-    let simulated_state = (options.simulate && keeps_own).then(|| {
-        std::env::temp_dir().join(format!("gateway-proxy-simulate-{}", std::process::id()))
-    });
-    if let Some(dir) = &simulated_state {
-        config.state_dir = Some(dir.display().to_string());
-    }
-    init_logging(&config.log_level);
-    warn_about(&mut config);
+    let (config, simulated_state) = load_config(options, env)?;
     let mut pool_config = config.pool_config();
     if let Some(sim) = &sim {
         pool_config.identify_window = sim.config().identify_interval;
@@ -350,22 +339,36 @@ pub async fn start_until(
             () = &mut stop => return Ok(None),
         }
     }
-    // In a cluster, the shards' leases first: a node started with the
-    // range of one that runs waits here, as its standby.
-    let leases = match &joined {
-        Some(cluster) => tokio::select! {
-            leases = take_leases(cluster, &pool_config) => Some(leases?),
-            () = &mut stop => return Ok(None),
-        },
-        None => None,
-    };
+    // In a cluster the pool starts running nothing (it serves every shard
+    // as a follower at once); the placement then takes this node's shards
+    // over as their leases allow.
+    let preferred = joined.as_ref().map(|_| preferred_range(&pool_config));
+    if let Some(range) = &preferred {
+        pool_config.shard_end = Some(range.start);
+    }
     let pool = tokio::select! {
         pool = Pool::start(pool_config) => {
-            pool.map_err(|e| failed(format!("cannot start the shards: {e}")))?
+            Arc::new(pool.map_err(|e| failed(format!("cannot start the shards: {e}")))?)
         }
         () = &mut stop => return Ok(None),
     };
-    tracing::info!(shards = ?pool.range(), total = pool.total(), "waiting for every shard to be ready");
+    let placement = match (&joined, &preferred) {
+        (Some((cluster, log)), Some(range)) => {
+            let placement = Arc::new(placement(cluster, &pool, log, range).await?);
+            // This node's own range first: others may still be starting.
+            tokio::select! {
+                () = placement.place(Some(range)) => {}
+                () = &mut stop => {
+                    stop_starting(&pool, Some(&placement)).await;
+                    return Ok(None);
+                }
+            }
+            Some(placement)
+        }
+        _ => None,
+    };
+    let running: Vec<u32> = pool.shards().iter().map(ShardHandle::id).collect();
+    tracing::info!(shards = ?running, total = pool.total(), "waiting for every shard to be ready");
     tokio::select! {
         ready = pool.ready() => {
             if let Err(error) = ready {
@@ -374,25 +377,22 @@ pub async fn start_until(
             }
         }
         () = &mut stop => {
-            stop_starting(&pool).await;
+            stop_starting(&pool, placement.as_deref()).await;
             return Ok(None);
         }
     }
     let mut server_config = config.server_config();
-    if let Some(cluster) = &joined {
+    if let Some((cluster, _)) = &joined {
         share_sessions(cluster, &mut server_config).await?;
     }
-    let local = pool.range();
     let proxy = Proxy::start_recording(listener, server_config, pool, recorder)
         .await
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
-    let commands = match &joined {
-        Some(cluster) => Some(
-            cluster::serve_commands(cluster, local, proxy.command_sink())
-                .await
-                .map_err(|e| failed(format!("cannot join the cluster: {e}")))?,
-        ),
-        None => None,
+    let node = match (&joined, placement) {
+        (Some((cluster, _)), Some(placement)) => {
+            Some(serve_node(cluster, placement, &proxy).await?)
+        }
+        _ => None,
     };
     Ok(Some(Running {
         proxy,
@@ -400,12 +400,85 @@ pub async fn start_until(
         token: Token::new(config.token),
         simulated_state,
         _state_lock: state_lock,
-        _commands: commands,
-        leases: leases.map(|leases| {
-            let keeper = tokio::spawn(keep_leases(leases.clone()));
-            (leases, keeper)
-        }),
+        node,
     }))
+}
+
+/// The configuration, with logging set up by it; with `--simulate`, the
+/// checkpoint directory of the simulation's own, if it keeps one.
+fn load_config(
+    options: &Options,
+    env: Vec<(String, String)>,
+) -> Result<(config::Config, Option<PathBuf>), RunError> {
+    let mut config = config::load(options.config.as_deref(), env).map_err(|e| RunError {
+        code: EXIT_CONFIG,
+        message: e.to_string(),
+    })?;
+    // The simulated Discord ends with the process, and its sessions with
+    // it: `--simulate` keeps checkpoints (to show them in /metrics) in a
+    // directory of its own, which no later run could resume from (in a
+    // cluster they are in JetStream).
+    let keeps_own = config.state_dir.is_none() && config.cluster.nats_url.is_none();
+    let simulated_state = (options.simulate && keeps_own).then(|| {
+        std::env::temp_dir().join(format!("gateway-proxy-simulate-{}", std::process::id()))
+    });
+    if let Some(dir) = &simulated_state {
+        config.state_dir = Some(dir.display().to_string());
+    }
+    init_logging(&config.log_level);
+    warn_about(&mut config);
+    Ok((config, simulated_state))
+}
+
+/// A node of a cluster that serves: it answers other nodes' commands for
+/// its shards, keeps its leases and places the shards from now on.
+async fn serve_node(
+    cluster: &Cluster,
+    placement: Arc<Placement>,
+    proxy: &Proxy,
+) -> Result<(Arc<Placement>, Vec<tokio::task::JoinHandle<()>>), RunError> {
+    let commands = cluster::Commands::new(cluster, proxy.command_sink());
+    placement
+        .answer(Arc::new(commands))
+        .await
+        .map_err(|e| RunError {
+            code: 1,
+            message: format!("cannot join the cluster: {e}"),
+        })?;
+    let tasks = vec![
+        tokio::spawn(keep_leases(placement.leases().clone())),
+        tokio::spawn(placement.clone().keep_placing()),
+    ];
+    Ok((placement, tasks))
+}
+
+/// The shards a node prefers to run: its configured range.
+fn preferred_range(pool_config: &shard_pool::PoolConfig) -> Range<u32> {
+    let total = pool_config
+        .shards
+        .or(pool_config.gateway.as_ref().map(|g| g.shards))
+        .unwrap_or(0);
+    pool_config.shard_start..pool_config.shard_end.unwrap_or(total)
+}
+
+/// This node's part in placing the shards: its leases, and its entry
+/// among the live nodes (announcing `preferred`).
+async fn placement(
+    cluster: &Cluster,
+    pool: &Arc<Pool>,
+    log: &cluster::EventLog,
+    preferred: &Range<u32>,
+) -> Result<Placement, RunError> {
+    let joining = |e: cluster::Error| RunError {
+        code: 1,
+        message: format!("cannot join the cluster: {e}"),
+    };
+    let leases = cluster.leases().await.map_err(joining)?;
+    let members = cluster
+        .members(Some(preferred.clone()))
+        .await
+        .map_err(joining)?;
+    Ok(Placement::new(pool.clone(), leases, members, log.clone()))
 }
 
 /// Joins the cluster: identifies paced with the other nodes, checkpoints
@@ -415,7 +488,7 @@ async fn join_cluster(
     config: cluster::ClusterConfig,
     log_limits: cluster::LogLimits,
     pool_config: &mut shard_pool::PoolConfig,
-) -> Result<Cluster, RunError> {
+) -> Result<(Cluster, cluster::EventLog), RunError> {
     let failed = |message: String| RunError { code: 1, message };
     let (name, node) = (config.name.clone(), config.node_id.clone());
     let cluster = Cluster::connect(config)
@@ -438,12 +511,12 @@ async fn join_cluster(
         .map_err(|e| failed(format!("cannot join the cluster: {e}")))?;
     pool_config.queue = Some(Arc::new(queue));
     pool_config.store = Some(Arc::new(store));
-    pool_config.tap = Some(Arc::new(log));
+    pool_config.tap = Some(Arc::new(log.clone()));
     pool_config.source = Some(Arc::new(cluster.source()));
     // Asked once: the pool starts from the same answer.
     pool_config.gateway = Some(gateway);
     tracing::info!(cluster = name, node, "joined the cluster");
-    Ok(cluster)
+    Ok((cluster, log))
 }
 
 /// Takes `dir`'s lock (waiting while another process uses it) and keeps
@@ -462,26 +535,6 @@ async fn take_state_dir(
     let store = DirStore::open(dir).map_err(|e| unusable(&e))?;
     pool_config.store = Some(Arc::new(store));
     Ok(lock)
-}
-
-/// Takes the leases of the shards `pool_config` runs, waiting while
-/// another node holds them.
-async fn take_leases(
-    cluster: &Cluster,
-    pool_config: &shard_pool::PoolConfig,
-) -> Result<cluster::Leases, RunError> {
-    let joining = |e: cluster::Error| RunError {
-        code: 1,
-        message: format!("cannot join the cluster: {e}"),
-    };
-    let total = pool_config
-        .shards
-        .or(pool_config.gateway.as_ref().map(|g| g.shards))
-        .unwrap_or(0);
-    let range = pool_config.shard_start..pool_config.shard_end.unwrap_or(total);
-    let leases = cluster.leases().await.map_err(joining)?;
-    leases.acquire(range).await.map_err(joining)?;
-    Ok(leases)
 }
 
 /// Keeps this node's leases; when one is lost (another node runs the shard
@@ -519,8 +572,8 @@ async fn share_sessions(
 /// Stops a pool whose shards are still starting: with checkpoints, as a
 /// shutdown does (every shard's checkpoint, then a resumable close; the
 /// client sessions kept beside them stay as they are); without, every
-/// upstream session ends.
-async fn stop_starting(pool: &Pool) {
+/// upstream session ends. In a cluster, the leases taken are given back.
+async fn stop_starting(pool: &Pool, placement: Option<&Placement>) {
     if !pool.keeps_checkpoints() {
         tracing::info!("stopped during start-up; closing the upstream sessions");
         pool.shutdown().await;
@@ -530,6 +583,10 @@ async fn stop_starting(pool: &Pool) {
     pool.freeze();
     pool.checkpoint().await;
     pool.shutdown_resumable().await;
+    if let Some(placement) = placement {
+        placement.leave().await;
+        placement.release_all().await;
+    }
 }
 
 /// Sets up logging at `level` (a tracing filter such as `info` or

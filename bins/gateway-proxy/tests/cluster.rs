@@ -296,13 +296,14 @@ async fn every_node_serves_every_shard_the_same_state_and_events() {
         );
     }
     assert_eq!(sim.lagged(), 0);
-    for (node, others) in nodes.iter().zip([4, 4, 4, 6]) {
+    for node in &nodes {
         let log = node.log();
         assert!(!log.contains("following broke"), "{log}");
-        // The shards of other nodes, each followed once.
+        // Every shard, each followed once: another node's to serve its
+        // clients, its own to take it over from the log before it runs it.
         assert_eq!(
             log.matches("following a shard another node runs").count(),
-            others,
+            6,
             "{log}"
         );
     }
@@ -700,8 +701,38 @@ async fn a_voice_server_update_reaches_its_owner_on_another_node_alone() {
     );
 }
 
+/// Waits until `node`'s `/ready` says it runs `shards` (and follows the
+/// others).
+async fn runs(node: &Process, shards: &[u32], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, body) = common::http_get(node.addr, "/ready").await;
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let run: Vec<u32> = ready["shards"]
+            .as_object()
+            .map(|shards| {
+                shards
+                    .iter()
+                    .filter(|(_, state)| state.as_str() != Some("following"))
+                    .filter_map(|(id, _)| id.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if run == shards {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} runs {run:?}, not {shards:?}:\n{}",
+            node.addr,
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_node_takes_the_shards_of_one_that_dies_by_resuming_them() {
+async fn a_node_that_joins_takes_its_share_by_handover_and_the_shards_of_one_that_dies() {
     let Some(nats) = cluster::testing::nats("standby") else {
         return;
     };
@@ -713,34 +744,34 @@ async fn a_standby_node_takes_the_shards_of_one_that_dies_by_resuming_them() {
     let both = [("a", 0, 2)];
     let mut nodes = start_nodes(&sim, &nats, "standby", &both, 2, &quick, SERVING).await;
     let a = nodes.remove(0);
-    // The same range on b: it waits for the leases, serving nothing.
+    runs(&a, &[0, 1], Duration::from_secs(5)).await;
+    let identifies = sim.identifies();
+    // b, with the same range, serves at once (following both shards), and
+    // takes its fair share, one shard, which a hands over cleanly.
     let mut env = node_env(&nats.url(), "standby", "b", (0, 2, 2));
     env.extend(
         quick
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    let (b, mut serving) = Process::spawn(&sim, &borrowed(&env));
-    assert!(
-        tokio::time::timeout(Duration::from_secs(3), &mut serving)
-            .await
-            .is_err(),
-        "b serves while a holds the leases:\n{}",
-        b.log()
-    );
-    assert!(
-        b.log().contains("waiting for the shard's lease"),
-        "{}",
-        b.log()
-    );
-    let identifies = sim.identifies();
+    let (b, serving) = Process::spawn(&sim, &borrowed(&env));
+    let b = b.serving_within(serving, Duration::from_secs(10)).await;
+    runs(&b, &[1], Duration::from_secs(10)).await;
+    runs(&a, &[0], Duration::from_secs(5)).await;
+    assert!(a.log().contains("shard handed over"), "{}", a.log());
+    assert_eq!(sim.identifies(), identifies, "handed over: resumed");
+    let (mut client, _, _) = load(b.addr, sim.token(), 0, 2).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, _) = a.signal("KILL").await;
-    // a's leases expire; b takes them and resumes a's sessions from its
-    // checkpoints: no identify.
-    let b = b.serving_within(serving, Duration::from_secs(20)).await;
+    // a's lease expires; b takes shard 0 and resumes its session from the
+    // checkpoint and the log: no identify, and b's client of shard 0 reads
+    // on.
+    runs(&b, &[0, 1], Duration::from_secs(15)).await;
     assert_eq!(sim.identifies(), identifies, "{}", b.log());
     assert!(sim.resumes() >= 2, "{}", b.log());
+    let marker = sim.emit(0, "GP_MARKER", "{}").unwrap();
+    let seen = markers_until(&mut client, marker).await;
+    assert_eq!(seen.last(), Some(&marker));
     let (_, ready, guilds) = load(b.addr, sim.token(), 1, 2).await;
     assert_eq!(ready["shard"], serde_json::json!([1, 2]));
     assert!(!guilds.is_empty());

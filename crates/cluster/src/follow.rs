@@ -18,7 +18,6 @@ use shard_pool::{
     Command, CommandFuture, CommandSink, FenceFuture, Followed, Outcome, Route, Source, Tapped,
 };
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use crate::Cluster;
 use crate::log::{fence_message, headers, parse_audience};
@@ -388,38 +387,68 @@ fn parse_outcome(value: &str) -> Option<Outcome> {
     }
 }
 
-/// The node's answers to other nodes' commands for the shards it runs.
-/// Dropping it stops them.
+/// The node's answers to other nodes' commands for the shards it runs,
+/// one subscription per shard. Dropping it stops them.
 #[derive(Debug)]
 pub struct Commands {
-    _tasks: JoinSet<()>,
+    cluster: Cluster,
+    sink: Arc<dyn CommandSink>,
+    /// Each shard served, with its task.
+    served: std::sync::Mutex<std::collections::BTreeMap<u32, tokio::task::JoinHandle<()>>>,
 }
 
-/// Answers, for each of `shards` (those this node runs), the commands
-/// other nodes' clients send it: each is handed to `sink` (the proxy's:
-/// applied and budgeted as this node's own clients' commands), in the
-/// order they come, and the outcome is the answer. A command over 4 KiB,
-/// or whose headers do not read, is answered `refused` and counted
-/// (`gateway_cluster_errors_total{what="command"}`).
-///
-/// # Errors
-///
-/// If a subscription cannot be made.
-pub async fn serve_commands(
-    cluster: &Cluster,
-    shards: impl IntoIterator<Item = u32>,
-    sink: Arc<dyn CommandSink>,
-) -> Result<Commands, crate::Error> {
-    let client = cluster.jetstream().client();
-    let mut tasks = JoinSet::new();
-    for shard in shards {
-        let subject = commands_subject(cluster, shard);
+impl Drop for Commands {
+    fn drop(&mut self) {
+        let served = self
+            .served
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task in served.values() {
+            task.abort();
+        }
+    }
+}
+
+fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Commands {
+    /// Answers nothing yet: see [`serve`](Self::serve).
+    #[must_use]
+    pub fn new(cluster: &Cluster, sink: Arc<dyn CommandSink>) -> Self {
+        Self {
+            cluster: cluster.clone(),
+            sink,
+            served: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Answers the commands other nodes' clients send shard `shard` (one
+    /// this node runs now): each is handed to the sink (the proxy's:
+    /// applied and budgeted as this node's own clients' commands), in the
+    /// order they come, and the outcome is the answer. A command over
+    /// 4 KiB, or whose headers do not read, is answered `refused` and
+    /// counted (`gateway_cluster_errors_total{what="command"}`). A shard
+    /// served already stays as it is.
+    ///
+    /// # Errors
+    ///
+    /// If the subscription cannot be made.
+    pub async fn serve(&self, shard: u32) -> Result<(), crate::Error> {
+        if locked(&self.served).contains_key(&shard) {
+            return Ok(());
+        }
+        let client = self.cluster.jetstream().client();
+        let subject = commands_subject(&self.cluster, shard);
         let mut requests = client
             .subscribe(subject.clone())
             .await
             .map_err(|e| crate::Error::nats(format!("subscribing to {subject}"), e))?;
-        let (client, sink) = (client.clone(), sink.clone());
-        tasks.spawn(async move {
+        let sink = self.sink.clone();
+        let task = tokio::spawn(async move {
             while let Some(request) = requests.next().await {
                 let Some(reply) = request.reply.clone() else {
                     continue;
@@ -430,8 +459,35 @@ pub async fn serve_commands(
                 }
             }
         });
+        if let Some(old) = locked(&self.served).insert(shard, task) {
+            old.abort();
+        }
+        Ok(())
     }
-    Ok(Commands { _tasks: tasks })
+
+    /// Stops answering for shard `shard` (another node runs it now).
+    pub fn stop(&self, shard: u32) {
+        if let Some(task) = locked(&self.served).remove(&shard) {
+            task.abort();
+        }
+    }
+}
+
+/// [`Commands`] serving each of `shards`.
+///
+/// # Errors
+///
+/// If a subscription cannot be made.
+pub async fn serve_commands(
+    cluster: &Cluster,
+    shards: impl IntoIterator<Item = u32>,
+    sink: Arc<dyn CommandSink>,
+) -> Result<Commands, crate::Error> {
+    let commands = Commands::new(cluster, sink);
+    for shard in shards {
+        commands.serve(shard).await?;
+    }
+    Ok(commands)
 }
 
 /// Applies another node's command to `shard`: the answer's body.

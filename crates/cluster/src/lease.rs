@@ -1,15 +1,14 @@
 //! Who runs which shard: a lease per shard in the key-value bucket
-//! `{name}-leases`, key `shard-{id}`, value the node id. A node takes the
-//! lease of every shard of its range before it starts them (a *create*,
-//! which only one node can win), renews each by compare-and-set over its
-//! last revision a few times per lease, and the bucket forgets a lease its
-//! holder stopped renewing after `cluster.lease_secs`. So two nodes never
-//! run one shard at once, and a node started with the range of a node that
-//! died takes its shards over once their leases expire: it RESUMEs them
-//! from their checkpoints (a standby).
+//! `{name}-leases`, key `shard-{id}`, value the node id. A node takes a
+//! shard's lease before it runs the shard (a *create*, which only one node
+//! can win), renews each by compare-and-set over its last revision a few
+//! times per lease, and the bucket forgets a lease its holder stopped
+//! renewing after `cluster.lease_secs`. So two nodes never run one shard
+//! at once (and the revision a lease was taken at, its term, fences off a
+//! holder that lost it without knowing), and when a node dies, the others
+//! take its shards once their leases expire.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +32,26 @@ struct Inner {
     ttl: Duration,
     /// Each held shard's last revision, and when it was last renewed.
     held: Mutex<BTreeMap<u32, (u64, Instant)>>,
+}
+
+/// What [`Leases::take`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Take {
+    /// This node holds the lease now, taken at revision `term`: the term
+    /// it runs the shard in (see [`Source::fence`]). Revisions only grow,
+    /// so a later holder's term is higher.
+    ///
+    /// [`Source::fence`]: shard_pool::Source::fence
+    Taken {
+        /// The lease's revision when taken.
+        term: u64,
+    },
+    /// Another node holds it (empty: it just expired; try again).
+    Held {
+        /// That node's id.
+        by: String,
+    },
 }
 
 /// A lease this node held and no longer does.
@@ -75,88 +94,71 @@ impl Leases {
         })
     }
 
-    /// Takes the lease of every shard of `range`, waiting while another
-    /// node holds one (logged once per shard and holder): until that node
-    /// stops renewing it and it expires. A lease held under this node's
-    /// own id (this node, restarted) is taken over at once.
+    /// Takes shard `shard`'s lease if it is free, or held under this
+    /// node's own id (this node, restarted: taken over at once).
     ///
     /// # Errors
     ///
-    /// Never but for a bucket that cannot be read; NATS away is waited
-    /// out.
-    pub async fn acquire(&self, range: Range<u32>) -> Result<(), Error> {
-        for shard in range {
-            let mut told = None;
-            loop {
-                match self.try_take(shard).await {
-                    Ok(None) => break,
-                    Ok(Some(holder)) => {
-                        if told.as_ref() != Some(&holder) {
-                            tracing::warn!(
-                                shard,
-                                holder,
-                                "waiting for the shard's lease: another node runs it"
-                            );
-                            told = Some(holder);
-                        }
-                    }
-                    Err(error) => {
-                        metrics::counter!("gateway_cluster_errors_total", "what" => "lease")
-                            .increment(1);
-                        tracing::warn!(shard, %error, "lease not taken; trying again");
-                    }
-                }
-                tokio::time::sleep(self.inner.ttl / 4).await;
-            }
-            metrics::gauge!("gateway_shard_leased", "shard" => shard.to_string()).set(1.0);
+    /// When the bucket cannot be reached (counted in
+    /// `gateway_cluster_errors_total{what="lease"}`).
+    pub async fn take(&self, shard: u32) -> Result<Take, Error> {
+        let taken = self.try_take(shard).await;
+        if taken.is_err() {
+            metrics::counter!("gateway_cluster_errors_total", "what" => "lease").increment(1);
         }
-        Ok(())
+        taken
     }
 
-    /// Takes shard `shard`'s lease if it is free or this node's: `None`
-    /// when taken, else who holds it.
-    async fn try_take(&self, shard: u32) -> Result<Option<String>, Error> {
+    /// How long a lease lasts unless renewed (`cluster.lease_secs`).
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The shards whose lease this node holds, in order.
+    pub async fn held(&self) -> Vec<u32> {
+        self.inner.held.lock().await.keys().copied().collect()
+    }
+
+    async fn try_take(&self, shard: u32) -> Result<Take, Error> {
         let inner = &self.inner;
         let value = Bytes::from(inner.node.clone());
         let failed = |e: &dyn std::fmt::Display| {
             Error::nats(format!("lease of shard {shard}"), e.to_string())
         };
         match inner.kv.create(key(shard), value.clone()).await {
-            Ok(revision) => {
-                self.hold(shard, revision).await;
-                return Ok(None);
-            }
+            Ok(revision) => return Ok(self.hold(shard, revision).await),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(error) => return Err(failed(&error)),
         }
         let Some(entry) = inner.kv.entry(key(shard)).await.map_err(|e| failed(&e))? else {
             // Expired meanwhile: the next try creates it.
-            return Ok(Some(String::new()));
+            return Ok(Take::Held { by: String::new() });
         };
         let holder = String::from_utf8_lossy(&entry.value).into_owned();
         if holder != inner.node {
-            return Ok(Some(holder));
+            return Ok(Take::Held { by: holder });
         }
         match inner.kv.update(key(shard), value, entry.revision).await {
-            Ok(revision) => {
-                self.hold(shard, revision).await;
-                Ok(None)
-            }
+            Ok(revision) => Ok(self.hold(shard, revision).await),
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Ok(Some(holder))
+                Ok(Take::Held { by: holder })
             }
             Err(error) => Err(failed(&error)),
         }
     }
 
-    /// Records shard `shard`'s lease as held at `revision`, renewed now.
-    async fn hold(&self, shard: u32, revision: u64) {
+    /// Records shard `shard`'s lease as taken at `revision` (its term),
+    /// renewed now.
+    async fn hold(&self, shard: u32, revision: u64) -> Take {
         let renewed = Instant::now();
         self.inner
             .held
             .lock()
             .await
             .insert(shard, (revision, renewed));
+        metrics::gauge!("gateway_shard_leased", "shard" => shard.to_string()).set(1.0);
+        Take::Taken { term: revision }
     }
 
     /// Renews every lease this node holds, a few times per lease, for as
@@ -203,19 +205,27 @@ impl Leases {
         }
     }
 
-    /// Gives every lease this node holds back (deleted if still its own),
-    /// for another node to take at once: after a clean stop.
-    pub async fn release(&self) {
-        let inner = &self.inner;
-        let held = std::mem::take(&mut *inner.held.lock().await);
-        for (shard, (revision, _)) in held {
-            // Only over this node's own revision: a lease another node
-            // holds by now stays its.
-            let _ = inner
-                .kv
-                .purge_expect_revision(key(shard), Some(revision))
-                .await;
-            metrics::gauge!("gateway_shard_leased", "shard" => shard.to_string()).set(0.0);
+    /// Gives every lease this node holds back, for other nodes to take at
+    /// once: after a clean stop.
+    pub async fn release_all(&self) {
+        for shard in self.held().await {
+            self.release(shard).await;
         }
+    }
+
+    /// Gives shard `shard`'s lease back (deleted if still this node's: a
+    /// lease another node holds by now stays its), for another node to
+    /// take at once: once the shard is stopped here, its checkpoint
+    /// written and every event of it published.
+    pub async fn release(&self, shard: u32) {
+        let inner = &self.inner;
+        let Some((revision, _)) = inner.held.lock().await.remove(&shard) else {
+            return;
+        };
+        let _ = inner
+            .kv
+            .purge_expect_revision(key(shard), Some(revision))
+            .await;
+        metrics::gauge!("gateway_shard_leased", "shard" => shard.to_string()).set(0.0);
     }
 }

@@ -65,6 +65,7 @@ mod error;
 mod follow;
 mod lease;
 mod log;
+mod members;
 mod queue;
 mod store;
 #[doc(hidden)]
@@ -77,8 +78,9 @@ use async_nats::jetstream;
 
 pub use crate::error::{Error, ErrorKind};
 pub use crate::follow::{Commands, NatsSource, serve_commands};
-pub use crate::lease::{LeaseLost, Leases};
+pub use crate::lease::{LeaseLost, Leases, Take};
 pub use crate::log::{EventLog, LogLimits, LogStats, headers, parse_audience};
+pub use crate::members::{Member, Members, share};
 pub use crate::queue::KvQueue;
 pub use crate::store::{JetStreamStore, KvStore};
 
@@ -368,15 +370,25 @@ impl Cluster {
         KvStore::open(self, "sessions", ttl + Duration::from_mins(1)).await
     }
 
-    /// The leases of shards this node runs; see [`Leases`]. Take them
-    /// ([`Leases::acquire`]) before starting the shards, and stop the
-    /// shards when one is lost ([`Leases::keep`]).
+    /// The leases of shards this node runs; see [`Leases`]. Take one
+    /// ([`Leases::take`]) before running its shard, and stop when one is
+    /// lost ([`Leases::keep`]).
     ///
     /// # Errors
     ///
     /// If the bucket cannot be created or opened.
     pub async fn leases(&self) -> Result<Leases, Error> {
         Leases::open(self, self.config.lease).await
+    }
+
+    /// This node's entry among the live nodes, announcing `preferred` (its
+    /// configured shard range, if any); see [`Members`] and [`share`].
+    ///
+    /// # Errors
+    ///
+    /// If the bucket cannot be created or opened.
+    pub async fn members(&self, preferred: Option<std::ops::Range<u32>>) -> Result<Members, Error> {
+        Members::open(self, self.config.lease, preferred).await
     }
 
     /// The cluster's checkpoint store; see [`JetStreamStore`].

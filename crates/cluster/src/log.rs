@@ -76,6 +76,8 @@ impl Default for LogLimits {
 /// Counts of what the event log did.
 #[derive(Debug, Default)]
 pub struct LogStats {
+    /// Events taken into the queue.
+    pub queued: AtomicU64,
     /// Events acknowledged by JetStream (repeats it dropped included).
     pub published: AtomicU64,
     /// Publishes tried again after a failure.
@@ -91,10 +93,10 @@ pub struct LogStats {
 ///
 /// Each message is the payload as the shard took it in, with the shard,
 /// its index, Discord's `s`, the upstream session and the audience stamp
-/// as [`headers`], and message id `{session}.{index}`, so that an event
-/// published again (a retry, or a node that restarted from a checkpoint
-/// and numbers the same events again) is dropped by JetStream within its
-/// duplicate window.
+/// as [`headers`], and message id `{term}.{session}.{index}`, so that an
+/// event published again in the same term (a retry, or a node that
+/// restarted from a checkpoint and numbers the same events again) is
+/// dropped by JetStream within its duplicate window.
 ///
 /// [`Tap::tapped`] only queues: a task publishes up to 512 events before
 /// it waits for their acknowledgements (never one round trip per event), so
@@ -159,11 +161,33 @@ impl EventLog {
     pub fn stream(&self) -> &str {
         &self.stream
     }
+
+    /// Waits until every event queued so far is published (or given up),
+    /// for at most `within`: before a node gives a shard's lease back, so
+    /// that the next owner finds every event in the log. `false` if some
+    /// were still waiting.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let queued = self.stats.queued.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let done = self.stats.published.load(Ordering::Acquire)
+                + self.stats.failed.load(Ordering::Acquire);
+            if done >= queued {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl Tap for EventLog {
     fn tapped(&self, event: Tapped) {
-        if self.queue.try_send(event).is_err() {
+        if self.queue.try_send(event).is_ok() {
+            self.stats.queued.fetch_add(1, Ordering::AcqRel);
+        } else {
             let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("gateway_event_log_dropped_total").increment(1);
             if dropped.is_power_of_two() {

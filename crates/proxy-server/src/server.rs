@@ -75,7 +75,8 @@ impl Proxy {
     /// [`start_on`](Self::start_on), recording into `recorder` (see
     /// [`recorder`]): `/metrics` shows what it holds, so metrics other
     /// parts of the process record there (installed as the global
-    /// recorder) show too.
+    /// recorder) show too. The pool may be shared (a cluster node's
+    /// placement runs and hands over its shards meanwhile).
     ///
     /// # Errors
     ///
@@ -83,7 +84,7 @@ impl Proxy {
     pub async fn start_recording(
         listener: std::net::TcpListener,
         mut config: ServerConfig,
-        pool: Pool,
+        pool: impl Into<Arc<Pool>>,
         recorder: Arc<PrometheusRecorder>,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
@@ -96,7 +97,7 @@ impl Proxy {
             }
             config.externally_accessible_url = format!("ws://{public}");
         }
-        let ctx = Arc::new(Context::new(config, Arc::new(pool)));
+        let ctx = Arc::new(Context::new(config, pool.into()));
         ctx.kept.restore(&ctx.sessions, &ctx.pool).await;
         let handle = recorder.handle();
         let mut tasks = vec![

@@ -287,52 +287,103 @@ impl Pool {
             return done;
         }
         for shard in &self.shards() {
-            let started = Instant::now();
-            let name = checkpoint::shard_name(shard.id());
-            let taken = {
-                let shard = shard.clone();
-                tokio::task::spawn_blocking(move || shard.take()).await
-            };
-            let Ok(Some(taken)) = taken else {
-                done.skipped += 1;
-                // An older checkpoint must not stand in for this shard.
-                if let Err(error) = store.delete(&name).await {
-                    tracing::warn!(shard = shard.id(), %error, "old checkpoint not deleted");
-                }
-                continue;
-            };
-            let identity = self.identity.clone();
-            let written = checkpoint::wall_clock();
-            let held = taken.held;
-            let blob = tokio::task::spawn_blocking(move || taken.encode(&identity, written)).await;
-            let result = match blob {
-                Ok(blob) => {
-                    let bytes = blob.len();
-                    store
-                        .put(&name, blob.into())
-                        .await
-                        .map(|()| bytes)
-                        .map_err(|e| e.to_string())
-                }
-                Err(error) => Err(error.to_string()),
-            };
-            match result {
-                Ok(bytes) => {
-                    done.written += 1;
-                    shard.checkpointed(CheckpointStats {
-                        written,
-                        held,
-                        took: started.elapsed(),
-                        bytes,
-                    });
-                }
-                Err(error) => {
-                    done.failed += 1;
-                    tracing::warn!(shard = shard.id(), %error, "checkpoint not written");
-                }
+            match self.checkpoint_one(store, shard).await {
+                Some(true) => done.written += 1,
+                Some(false) => done.failed += 1,
+                None => done.skipped += 1,
             }
         }
         done
+    }
+
+    /// Writes `shard`'s checkpoint: `Some(true)` if written, `Some(false)`
+    /// if it failed (logged), `None` with nothing to resume (then any older
+    /// one is deleted).
+    async fn checkpoint_one(&self, store: &Arc<dyn Store>, shard: &ShardHandle) -> Option<bool> {
+        let started = Instant::now();
+        let name = checkpoint::shard_name(shard.id());
+        let taken = {
+            let shard = shard.clone();
+            tokio::task::spawn_blocking(move || shard.take()).await
+        };
+        let Ok(Some(taken)) = taken else {
+            // An older checkpoint must not stand in for this shard.
+            if let Err(error) = store.delete(&name).await {
+                tracing::warn!(shard = shard.id(), %error, "old checkpoint not deleted");
+            }
+            return None;
+        };
+        let identity = self.identity.clone();
+        let written = checkpoint::wall_clock();
+        let held = taken.held;
+        let blob = tokio::task::spawn_blocking(move || taken.encode(&identity, written)).await;
+        let result = match blob {
+            Ok(blob) => {
+                let bytes = blob.len();
+                store
+                    .put(&name, blob.into())
+                    .await
+                    .map(|()| bytes)
+                    .map_err(|e| e.to_string())
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        match result {
+            Ok(bytes) => {
+                shard.checkpointed(CheckpointStats {
+                    written,
+                    held,
+                    took: started.elapsed(),
+                    bytes,
+                });
+                Some(true)
+            }
+            Err(error) => {
+                tracing::warn!(shard = shard.id(), %error, "checkpoint not written");
+                Some(false)
+            }
+        }
+    }
+
+    /// Hands shard `id`, which this pool runs, over to whichever process
+    /// takes it next ([`run`](Self::run) there): stops taking its upstream
+    /// events in, writes its checkpoint, closes its upstream connection so
+    /// that Discord keeps the session for the next owner to RESUME, and
+    /// follows it from then on (from where it stopped), so that its
+    /// clients here read on once the next owner runs it. The caller then
+    /// makes sure every event taken in is published (its tap) before it
+    /// lets the next owner in (a cluster's lease). Returns the index the
+    /// shard stopped at; `None` if this pool does not run it or has no
+    /// source to follow it from.
+    pub async fn hand_over(&self, id: u32) -> Option<u64> {
+        let following = self.following.clone()?;
+        let shard = self.local(id)?;
+        shard.freeze();
+        if let Some(store) = &self.store {
+            self.checkpoint_one(store, &shard).await;
+        }
+        shard.close_resumable();
+        let head = shard.demote(following.source.clone());
+        {
+            let mut running = self.running.write().unwrap_or_else(PoisonError::into_inner);
+            running.remove(&id);
+        }
+        let since = checkpoint::wall_clock();
+        let task = tokio::spawn(remote::follow_from(
+            shard.clone(),
+            following,
+            Some((head, since)),
+        ));
+        self.followed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, (shard, task));
+        tracing::info!(
+            shard = id,
+            index = head,
+            "handed the shard over; following it"
+        );
+        Some(head)
     }
 
     /// Stops every shard taking upstream payloads in, so that a

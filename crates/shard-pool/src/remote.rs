@@ -190,13 +190,29 @@ const RETRY: Duration = Duration::from_secs(1);
 /// at least as new as the last event taken, so that what it serves never
 /// has a gap.
 pub(crate) async fn follow(shard: ShardHandle, following: Arc<Following>) {
+    follow_from(shard, following, None).await;
+}
+
+/// [`follow`], with the state already at index `at.0` (a shard this
+/// process ran until it handed it over): the log is read from there, from
+/// events published at `at.1` (less the clocks' margin) on.
+pub(crate) async fn follow_from(
+    shard: ShardHandle,
+    following: Arc<Following>,
+    at: Option<(u64, SystemTime)>,
+) {
     let id = shard.id();
     // The oldest checkpoint that will do: after a break, one that holds
     // what was taken so far (the log may not have it any more).
-    let mut floor = 0;
+    let mut floor = at.map_or(0, |(head, _)| head.max(1));
     // After a break that followed some progress: where to ask the log
     // again, before falling back on a checkpoint.
-    let mut again: Option<(u64, SystemTime)> = None;
+    let mut again: Option<(u64, SystemTime)> = at.map(|(head, since)| {
+        let since = since
+            .checked_sub(CLOCK_MARGIN)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        (head, since)
+    });
     loop {
         let started = match again.take() {
             Some((head, at)) => Some((head, Some(at))),

@@ -174,6 +174,13 @@ pub(crate) struct Shared {
     /// The last term whose start a follower of the shard has read (see
     /// [`Followed::Fenced`]), and the index the state was at there.
     fence: watch::Sender<(u64, u64)>,
+    /// The highest index a follower of the shard read from its log, fed or
+    /// not: a process that takes the shard over with no state to resume
+    /// numbers on from it.
+    log_seen: AtomicU64,
+    /// A follower of the shard has read every event its log had when it
+    /// began: it serves once the state holds a READY.
+    caught: AtomicBool,
     load_timeout: Duration,
     /// The intents the shard identifies with, for the message of a fatal
     /// close.
@@ -362,6 +369,8 @@ impl ShardHandle {
                 link: RwLock::new(link),
                 term: AtomicU64::new(0),
                 fence: watch::Sender::new((0, 0)),
+                log_seen: AtomicU64::new(0),
+                caught: AtomicBool::new(false),
                 load_timeout,
                 intents,
                 closing: AtomicBool::new(false),
@@ -969,16 +978,30 @@ impl ShardHandle {
             self.stopped(code);
             return Ok(());
         }
+        self.shared
+            .log_seen
+            .fetch_max(event.index, Ordering::AcqRel);
+        let event_ready = event.ready;
         let to_pack = {
             let mut core = lock(&self.shared.core);
             if event.index <= core.index {
                 return Ok(());
             }
             if event.index != core.index + 1 {
-                return Err(format!(
-                    "event {} came after event {}: the ones between are missing",
-                    event.index, core.index
-                ));
+                // Nothing held yet (no checkpoint to start from, and the
+                // log no longer has the shard's first events): its next
+                // READY starts the state, numbered as the owner's.
+                if core.upstream().is_none() {
+                    if !event.ready {
+                        return Ok(());
+                    }
+                    core.index = event.index - 1;
+                } else {
+                    return Err(format!(
+                        "event {} came after event {}: the ones between are missing",
+                        event.index, core.index
+                    ));
+                }
             }
             let handed = core.handle_stamped(event.payload, event.audience);
             match &handed {
@@ -994,6 +1017,10 @@ impl ShardHandle {
             self.record(handed.as_ref(), now)
         };
         self.recorded(true, to_pack);
+        // The READY a follower caught up before: it serves now.
+        if event_ready && self.shared.caught.load(Ordering::Acquire) {
+            self.caught_up();
+        }
         Ok(())
     }
 
@@ -1003,6 +1030,7 @@ impl ShardHandle {
     /// are [`Gone`](crate::Gone), and their clients resume or identify.
     pub(crate) fn rebuild(&self, core: Pipeline, ring: Ring) {
         self.shared.ready.send_replace(Readiness::Loading);
+        self.shared.caught.store(false, Ordering::Release);
         {
             let mut held = lock(&self.shared.core);
             *held = core;
@@ -1046,7 +1074,15 @@ impl ShardHandle {
     /// serves again once the connection is active (RESUMED, or READY and
     /// the guilds after it).
     pub(crate) fn promote(&self, sender: MessageSender, term: u64, tap: Option<Arc<dyn Tap>>) {
-        let resumes = lock(&self.shared.core).upstream().is_some();
+        let resumes = {
+            let mut core = lock(&self.shared.core);
+            // Nothing to resume: the READY of the identify comes after
+            // whatever the log holds, so that followers elsewhere take it.
+            if core.upstream().is_none() {
+                core.index = core.index.max(self.shared.log_seen.load(Ordering::Acquire));
+            }
+            core.upstream().is_some()
+        };
         self.shared.term.store(term, Ordering::Relaxed);
         self.tap_into(tap);
         {
@@ -1056,6 +1092,9 @@ impl ShardHandle {
             sampled.ready_at = resumes.then(Instant::now);
         }
         self.shared.restored.store(resumes, Ordering::Relaxed);
+        // Run here before, and handed over since.
+        self.shared.frozen.store(false, Ordering::Release);
+        self.shared.closing.store(false, Ordering::Relaxed);
         *self
             .shared
             .link
@@ -1070,6 +1109,23 @@ impl ShardHandle {
         });
     }
 
+    /// This shard, run here until now (frozen, its upstream connection
+    /// closed), is another process's from now on: its clients' commands go
+    /// to `source`, and it is followed from where it stopped. Returns that
+    /// index.
+    pub(crate) fn demote(&self, source: Arc<dyn Source>) -> u64 {
+        let core = lock(&self.shared.core);
+        *self
+            .shared
+            .link
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Link::Remote(source);
+        let mut sampled = lock(&self.shared.sampled);
+        sampled.state = ShardState::Following;
+        sampled.latency = None;
+        core.index
+    }
+
     /// The term this process runs the shard in (0 if it does not, or
     /// without leases).
     #[must_use]
@@ -1077,8 +1133,13 @@ impl ShardHandle {
         self.shared.term.load(Ordering::Relaxed)
     }
 
-    /// This followed shard's state is the owner's as of now: it serves.
+    /// This followed shard's state is the owner's as of now: it serves
+    /// (once it holds a READY: before, there is nothing to serve).
     pub(crate) fn caught_up(&self) {
+        self.shared.caught.store(true, Ordering::Release);
+        if lock(&self.shared.core).upstream().is_none() {
+            return;
+        }
         self.shared.ready.send_if_modified(|was| {
             let changed = *was == Readiness::Loading;
             if changed {

@@ -1,10 +1,12 @@
-//! Shard leases: one node at a time runs a shard; a standby takes it once
-//! the holder stops renewing; the holder then learns it lost it.
+//! Shard leases: one node at a time runs a shard; another takes it once
+//! the holder stops renewing, in a higher term; the holder then learns it
+//! lost it. The live nodes: each sees the others, and one that stops
+//! beating drops out.
 
 use std::time::Duration;
 
 use cluster::testing;
-use cluster::{Cluster, ClusterConfig};
+use cluster::{Cluster, ClusterConfig, Leases, Take};
 
 async fn leasing(nats: &testing::NatsServer, node: &str) -> Cluster {
     let mut config = ClusterConfig::new(nats.url(), "leases", node);
@@ -12,37 +14,100 @@ async fn leasing(nats: &testing::NatsServer, node: &str) -> Cluster {
     Cluster::connect(config).await.unwrap()
 }
 
+/// Takes shards 0 and 1, waiting up to `within` for them: their terms.
+async fn take_both(leases: &Leases, within: Duration) -> Option<Vec<u64>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut terms = Vec::new();
+    for shard in 0..2 {
+        loop {
+            match leases.take(shard).await.unwrap() {
+                Take::Taken { term } => break terms.push(term),
+                Take::Held { .. } if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => return None,
+            }
+        }
+    }
+    Some(terms)
+}
+
 #[tokio::test]
-async fn a_standby_takes_a_lease_once_its_holder_stops_renewing_and_the_holder_learns_it() {
+async fn a_lease_goes_to_another_node_once_its_holder_stops_renewing_and_the_holder_learns_it() {
     let Some(nats) = testing::nats("leases") else {
         return;
     };
     let a = leasing(&nats, "a").await.leases().await.unwrap();
     let b = leasing(&nats, "b").await.leases().await.unwrap();
-    a.acquire(0..2).await.unwrap();
-    // a renews: b waits for as long as it does.
+    let first = take_both(&a, Duration::ZERO).await.expect("free");
+    assert_eq!(a.held().await, [0, 1]);
+    // a renews: b cannot take them for as long as it does.
     let keeping = tokio::spawn({
         let a = a.clone();
         async move { a.keep().await }
     });
-    let waiting = tokio::time::timeout(Duration::from_secs(4), b.acquire(0..2)).await;
-    assert!(waiting.is_err(), "b took a lease a renews");
-    // a stops renewing (as a node that died): b has them a lease later.
+    assert_eq!(b.take(0).await.unwrap(), Take::Held { by: "a".to_owned() });
+    assert!(take_both(&b, Duration::from_secs(4)).await.is_none());
+    // a stops renewing (as a node that died): b has them a lease later,
+    // in higher terms.
     keeping.abort();
-    tokio::time::timeout(Duration::from_secs(6), b.acquire(0..2))
+    let second = take_both(&b, Duration::from_secs(6))
         .await
-        .expect("b takes the leases once they expire")
-        .unwrap();
+        .expect("b takes the leases once they expire");
+    assert!(
+        second.iter().zip(&first).all(|(b, a)| b > a),
+        "{first:?} {second:?}"
+    );
     // a, back, finds its leases gone at its next renewal.
     let lost = tokio::time::timeout(Duration::from_secs(3), a.keep())
         .await
         .expect("a learns it");
     assert_eq!(lost.shard, 0);
     assert_eq!(lost.why, "another node holds it now");
-    // A clean stop gives the leases back at once.
-    b.release().await;
-    tokio::time::timeout(Duration::from_secs(1), a.acquire(0..2))
-        .await
-        .expect("released leases are free at once")
-        .unwrap();
+    // A lease given back is free at once.
+    b.release(0).await;
+    assert_eq!(b.held().await, [1]);
+    assert!(matches!(a.take(0).await.unwrap(), Take::Taken { .. }));
+    b.release_all().await;
+    assert!(b.held().await.is_empty());
+    assert!(matches!(a.take(1).await.unwrap(), Take::Taken { .. }));
+}
+
+#[tokio::test]
+async fn live_nodes_are_those_that_beat_and_share_the_shards() {
+    let Some(nats) = testing::nats("members") else {
+        return;
+    };
+    let a = leasing(&nats, "a").await.members(Some(0..2)).await.unwrap();
+    let b = leasing(&nats, "b").await.members(None).await.unwrap();
+    a.beat().await.unwrap();
+    b.beat().await.unwrap();
+    let live = a.live().await.unwrap();
+    let names: Vec<&str> = live.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(live[0].preferred, Some(0..2));
+    assert_eq!(live[1].preferred, None);
+    assert_eq!(
+        cluster::share(4, &live, "a")
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert_eq!(
+        cluster::share(4, &live, "b")
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+    // A clean stop: gone at once.
+    b.leave().await;
+    assert_eq!(a.live().await.unwrap().len(), 1);
+    // A node that stops beating drops out a lease later.
+    b.beat().await.unwrap();
+    assert_eq!(a.live().await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.beat().await.unwrap();
+    let live = a.live().await.unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(cluster::share(4, &live, "a").len(), 4);
 }

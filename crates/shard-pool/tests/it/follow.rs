@@ -263,4 +263,30 @@ async fn a_shard_taken_over_resumes_where_its_log_ends_and_its_clients_read_on()
     assert_eq!(last, Some(7));
     // Asking again is a no-op.
     assert_eq!(other.run(0, 9).await.unwrap().term(), 7);
+
+    // A clean hand-over to a third process: the shard stops here at one
+    // index, the next owner resumes it from there, and the client here
+    // reads on as a follower's.
+    let third = Pool::start(node((1, 1))).await.unwrap();
+    let stopped = other.hand_over(0).await.expect("run here");
+    assert!(!taken_over.is_local(), "followed again");
+    assert!(other.local(0).is_none());
+    assert_eq!(other.followed().len(), 1);
+    let next = third.run(0, 9).await.unwrap();
+    assert!(
+        next.head() >= stopped,
+        "the next owner starts where it stopped"
+    );
+    let later = taken(&mut client, 20).await;
+    let mut all = after.clone();
+    all.extend(&later);
+    for pair in all.windows(2) {
+        assert!(pair[1].0 > pair[0].0, "indices go up: {all:?}");
+        assert_eq!(pair[1].1.1, pair[0].1.1 + 1, "markers one by one: {all:?}");
+    }
+    assert_eq!(
+        sim.identifies(),
+        identifies,
+        "resumed again, not identified"
+    );
 }
