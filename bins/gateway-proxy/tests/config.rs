@@ -782,3 +782,41 @@ fn limits_come_from_the_file_and_the_environment_and_are_checked() {
     );
     assert!(error.contains("max_conections"), "{error}");
 }
+
+/// The `config.json` of the Kubernetes example (deploy/kubernetes): the
+/// block under `config.json: |` in its ConfigMap, unindented.
+fn kubernetes_config() -> String {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/gateway-proxy.yaml"),
+    )
+    .unwrap();
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| !l.ends_with("config.json: |"));
+    let header = lines.next().unwrap();
+    let indent = header.len() - header.trim_start().len() + 2;
+    lines
+        .take_while(|l| l.is_empty() || l.len() > indent && l[..indent].trim().is_empty())
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_kubernetes_example_configures_a_cluster_node() {
+    let json = kubernetes_config();
+    let config = load_json(
+        "kubernetes",
+        &json,
+        &[
+            ("TOKEN", "MTIzNDU2Nzg5MDEyMzQ1Njc4.x.y"),
+            ("GATEWAY_PROXY_CLUSTER__NODE_ID", "gateway-proxy-0"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{json}"));
+    let cluster = config.cluster_config().expect("a cluster");
+    assert_eq!(cluster.nats_url, "nats://nats:4222");
+    assert_eq!(cluster.node_id, "gateway-proxy-0");
+    assert_eq!(cluster.replicas, 3);
+    assert_eq!(config.externally_accessible_url, "ws://gateway-proxy:7878");
+}
