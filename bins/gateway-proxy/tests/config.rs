@@ -784,7 +784,7 @@ fn limits_come_from_the_file_and_the_environment_and_are_checked() {
 }
 
 /// The `config.json` of the Kubernetes example (deploy/kubernetes): the
-/// block under `config.json: |` in its ConfigMap, unindented.
+/// block under `config.json: |` in its `ConfigMap`, unindented.
 fn kubernetes_config() -> String {
     let manifest = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/gateway-proxy.yaml"),
