@@ -29,6 +29,7 @@ use std::time::Duration;
 use common::Process;
 use discord_sim::{ClientError, GatewayClient, KNOWN_INTENTS, Sim, SimConfig};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
 const SHARDS: u32 = 4;
@@ -82,8 +83,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn env(nats: &str, node: &str, port: u16) -> Vec<(String, String)> {
+/// A node's environment: resumes go through `front` (the address in front
+/// of the nodes); upstream is the sim's gateway (`gateway`), whatever it
+/// advertises to the bot.
+fn env(
+    nats: &str,
+    node: &str,
+    port: u16,
+    front: SocketAddr,
+    gateway: &str,
+) -> Vec<(String, String)> {
     [
+        (
+            "GATEWAY_PROXY_EXTERNALLY_ACCESSIBLE_URL",
+            format!("ws://{front}"),
+        ),
+        ("GATEWAY_PROXY_GATEWAY_URL", gateway.to_owned()),
         ("GATEWAY_PROXY_CLUSTER__NATS_URL", nats.to_owned()),
         ("GATEWAY_PROXY_CLUSTER__NAME", "chaos".to_owned()),
         ("GATEWAY_PROXY_CLUSTER__NODE_ID", node.to_owned()),
@@ -273,6 +288,43 @@ fn take(
     }
 }
 
+/// What stands in front of the nodes (a load balancer, a Kubernetes
+/// Service): each connection goes to the next node that accepts it.
+struct Front {
+    addr: SocketAddr,
+}
+
+impl Front {
+    async fn start(nodes: Vec<SocketAddr>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut next = 0;
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut server = None;
+                for _ in 0..nodes.len() * 10 {
+                    let node = nodes[next % nodes.len()];
+                    next += 1;
+                    let connect = tokio::net::TcpStream::connect(node);
+                    if let Ok(Ok(tcp)) =
+                        tokio::time::timeout(Duration::from_millis(200), connect).await
+                    {
+                        server = Some(tcp);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if let Some(mut server) = server {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    });
+                }
+            }
+        });
+        Self { addr }
+    }
+}
+
 /// The three nodes, each on a port of its own that it keeps across
 /// restarts, and the logs of the processes that ended.
 struct Nodes {
@@ -285,22 +337,22 @@ struct Nodes {
 
 impl Nodes {
     /// Starts the three nodes at once, and waits until every shard runs.
-    async fn start(sim: Arc<Sim>, nats: &str) -> Self {
+    async fn start(sim: Arc<Sim>, nats: &str) -> (Self, Front) {
         let ports: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
+        let loopback = |port: &u16| SocketAddr::from(([127, 0, 0, 1], *port));
+        let front = Front::start(ports.iter().map(loopback).collect()).await;
+        let gateway = sim.gateway_url().to_owned();
         let envs: Vec<Vec<(String, String)>> = NODES
             .iter()
             .zip(&ports)
-            .map(|(node, port)| env(nats, node, *port))
+            .map(|(node, port)| env(nats, node, *port, front.addr, &gateway))
             .collect();
         let spawned: Vec<_> = envs.iter().map(|env| start(&sim, env)).collect();
         let mut running = Vec::new();
         for (process, serving) in spawned {
             running.push(Some(process.serving(serving).await));
         }
-        let addrs = ports
-            .iter()
-            .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
-            .collect();
+        let addrs = ports.iter().map(loopback).collect();
         let nodes = Self {
             sim,
             envs,
@@ -317,7 +369,7 @@ impl Nodes {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        nodes
+        (nodes, front)
     }
 
     /// The shards active on the nodes `which`, in order.
@@ -397,6 +449,127 @@ fn markers(sim: &Arc<Sim>, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<()
     })
 }
 
+/// discord.py, unmodified, as one more client of every shard, connected
+/// through `front` for `length` (`tests/clients/discordpy/chaos.py`); its
+/// lines are checked as it prints them (every marker once and in order
+/// within a session). Its task ends with the markers it saw, what it saw
+/// in a line, and its log. `None` (with a note) without discord.py, unless
+/// `GATEWAY_PROXY_REQUIRE_CLIENTS=1`.
+async fn discord_py(
+    sim: &Sim,
+    front: SocketAddr,
+    length: Duration,
+    seen: &Arc<Seen>,
+) -> Option<tokio::task::JoinHandle<(u64, String, String)>> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let probe = tokio::process::Command::new("python3")
+        .args(["-c", "import discord"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    if !probe.is_ok_and(|s| s.success()) {
+        let required = std::env::var("GATEWAY_PROXY_REQUIRE_CLIENTS").is_ok_and(|v| v == "1");
+        assert!(!required, "python3 with discord.py is required");
+        eprintln!("note: discord.py not installed: the chaos test runs without it");
+        return None;
+    }
+    let run = serde_json::json!({
+        "gateway": format!("ws://{front}"),
+        "rest": sim.api_base(),
+        "token": sim.token(),
+        "shards": SHARDS,
+    });
+    let path =
+        std::env::temp_dir().join(format!("gateway-proxy-chaos-{}.json", std::process::id()));
+    std::fs::write(&path, run.to_string()).unwrap();
+    let mut child = tokio::process::Command::new("python3")
+        .arg("tests/clients/discordpy/chaos.py")
+        .arg(&path)
+        .arg(length.as_secs_f64().to_string())
+        .current_dir(repo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let seen = seen.clone();
+    Some(tokio::spawn(async move {
+        let errors = tokio::spawn(read_all(stderr));
+        let mut lines = BufReader::new(stdout).lines();
+        let mut check = Dpy::default();
+        while let Ok(Some(line)) = lines.next_line().await {
+            check.line(&line, &seen);
+        }
+        let status = child.wait().await.unwrap();
+        let errors = errors.await.unwrap();
+        assert!(
+            status.success() && check.done,
+            "discord.py failed ({status}):\n{errors}"
+        );
+        let told = format!(
+            "{} markers, {} sessions, {} resumes",
+            check.marked, check.sessions, check.resumed
+        );
+        (check.marked, told, errors)
+    }))
+}
+
+/// Everything `from` gives, as text.
+async fn read_all(from: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut text = String::new();
+    let mut lines = BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// What discord.py printed so far: the last marker of each shard's session.
+#[derive(Default)]
+struct Dpy {
+    last: [Option<u64>; SHARDS as usize],
+    marked: u64,
+    /// Sessions begun (READY) and resumed (RESUMED).
+    sessions: u64,
+    resumed: u64,
+    done: bool,
+}
+
+impl Dpy {
+    fn line(&mut self, line: &str, seen: &Seen) {
+        let words: Vec<&str> = line.split(' ').collect();
+        match words[..] {
+            ["READY", shard] => {
+                self.last[shard.parse::<usize>().unwrap()] = None;
+                self.sessions += 1;
+            }
+            ["RESUMED"] => {
+                seen.resumed.fetch_add(1, Ordering::Relaxed);
+                self.resumed += 1;
+            }
+            ["M", shard, n] => {
+                let (shard, n) = (shard.parse::<usize>().unwrap(), n.parse::<u64>().unwrap());
+                if let Some(before) = self.last[shard]
+                    && n != before + 1
+                {
+                    seen.wrong(format!(
+                        "discord.py, shard {shard}: marker {n} after {before}, at {}",
+                        now()
+                    ));
+                }
+                self.last[shard] = Some(n);
+                self.marked += 1;
+            }
+            ["DONE"] => self.done = true,
+            _ => {}
+        }
+    }
+}
+
 /// The value at quantile `q` of sorted `values`.
 fn quantile(values: &[Duration], q: f64) -> Duration {
     #[allow(
@@ -420,8 +593,10 @@ async fn nodes_killed_and_drained_under_load_cost_no_identify_and_no_event() {
     config.guilds = 8;
     config.events_per_sec = 5;
     let sim = Arc::new(Sim::start(config).await.unwrap());
-    let mut nodes = Nodes::start(sim.clone(), &nats.url()).await;
     let seen = Arc::new(Seen::default());
+    let (mut nodes, front) = Nodes::start(sim.clone(), &nats.url()).await;
+    let tail = Duration::from_secs(LEASE_SECS + 3);
+    let dpy = discord_py(&sim, front.addr, length + tail, &seen).await;
     let stop = Arc::new(AtomicBool::new(false));
     let markers = markers(&sim, &stop);
     let mut clients = Vec::new();
@@ -453,7 +628,15 @@ async fn nodes_killed_and_drained_under_load_cost_no_identify_and_no_event() {
         failovers.extend(nodes.strike(victim, drain).await);
     }
     // Every client reads on a little, then stops.
-    tokio::time::sleep(Duration::from_secs(LEASE_SECS + 3)).await;
+    tokio::time::sleep(tail).await;
+    if let Some(dpy) = dpy {
+        let (marked, told, output) = tokio::time::timeout(Duration::from_mins(1), dpy)
+            .await
+            .expect("discord.py ends")
+            .unwrap();
+        assert!(marked > 0, "discord.py saw no marker:\n{output}");
+        eprintln!("chaos: discord.py: {told}");
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = markers.await;
     for client in clients {
