@@ -518,15 +518,45 @@ async fn nats_restarting_under_load_costs_local_clients_nothing_and_followers_no
 /// A client of `shard` on `from` reads a while, drops, misses `missed`
 /// marked events and RESUMEs on `to`: it gets every one it missed once,
 /// in order, then RESUMED, then the live ones.
+/// How a client's connection to its node ends.
+enum Ending<'a> {
+    /// The connection is closed (4000): the node hands the session over.
+    Closed(&'a Process),
+    /// The node is killed (kill -9): it hands nothing over.
+    Killed(Box<Process>),
+}
+
+impl Ending<'_> {
+    fn node(&self) -> &Process {
+        match self {
+            Ending::Closed(node) => node,
+            Ending::Killed(node) => node,
+        }
+    }
+}
+
 async fn drop_and_resume(sim: &Sim, shard: u32, from: &Process, to: &Process, missed: usize) {
-    let (mut client, ready, _) = load(from.addr, sim.token(), shard, 2).await;
+    end_and_resume(sim, shard, Ending::Closed(from), to, missed).await;
+}
+
+/// A client of `shard` on `from`'s node reads a marker; its connection
+/// ends as `from` says; `missed` markers come meanwhile; it resumes on
+/// `to` and gets every one of them once, in order, then RESUMED, then on.
+async fn end_and_resume(sim: &Sim, shard: u32, from: Ending<'_>, to: &Process, missed: usize) {
+    let (mut client, ready, _) = load(from.node().addr, sim.token(), shard, 2).await;
     let session = ready["session_id"].as_str().unwrap().to_owned();
     let before = sim.emit(shard, "GP_MARKER", "{}").unwrap();
     let seen = markers_until(&mut client, before).await;
     assert_eq!(seen.last(), Some(&before));
     // Where the client stands: the `s` of the marker it read last.
     let (seq, read) = last_seq(&mut client, shard, sim).await;
-    client.close(4000).await.unwrap();
+    let from_log = match from {
+        Ending::Closed(node) => {
+            client.close(4000).await.unwrap();
+            node.log()
+        }
+        Ending::Killed(node) => (*node).signal("KILL").await.1,
+    };
     let missed: Vec<u64> = (0..missed)
         .map(|_| sim.emit(shard, "GP_MARKER", "{}").unwrap())
         .collect();
@@ -559,8 +589,7 @@ async fn drop_and_resume(sim: &Sim, shard: u32, from: &Process, to: &Process, mi
         assert_ne!(
             payload["op"],
             9,
-            "shard {shard}: the session was not resumed: {payload}\n{}\n{}",
-            from.log(),
+            "shard {shard}: the session was not resumed: {payload}\n{from_log}\n{}",
             to.log()
         );
         if payload["op"] != 0 {
@@ -573,8 +602,7 @@ async fn drop_and_resume(sim: &Sim, shard: u32, from: &Process, to: &Process, mi
         assert_eq!(
             payload["s"].as_u64(),
             Some(s + 1),
-            "shard {shard}: {payload}\n{}\n{}",
-            from.log(),
+            "shard {shard}: {payload}\n{from_log}\n{}",
             to.log()
         );
         s += 1;
@@ -589,6 +617,25 @@ async fn drop_and_resume(sim: &Sim, shard: u32, from: &Process, to: &Process, mi
         "shard {shard}: every event missed once, in order, then on"
     );
     assert!(missed.iter().all(|n| markers.contains(n)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_node_is_killed_resumes_on_another_and_misses_nothing() {
+    let Some((_nats, sim, mut nodes)) = two_nodes("killed", 20, &[]).await else {
+        return;
+    };
+    let b = nodes.remove(1);
+    let a = &nodes[0];
+    // A client of shard 0 (a's) on b, which b follows: b is killed, so
+    // it hands nothing over; the record it wrote when it began serving
+    // the session lets a take it, and a counts what the client got since.
+    end_and_resume(&sim, 0, Ending::Killed(Box::new(b)), a, 20).await;
+    assert!(
+        a.log()
+            .contains("a session resumed from past its checkpoint"),
+        "{}",
+        a.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1161,6 +1161,7 @@ impl Driver {
             progress: progress.clone(),
         });
         self.ctx.kept.keep(&self.ctx.sessions, &shard).await;
+        crate::handover::record(&self.ctx, &id).await;
         self.push(Out::Follow(Box::new(Follow {
             events,
             shard,

@@ -226,6 +226,7 @@ impl Context {
     /// passed, its upstream session replaced): the voice it owned is left
     /// (`voice_leave_on_owner_loss`) or freed.
     pub(crate) fn session_ended(&self, id: &str) {
+        crate::handover::forget(self, id);
         let leave = self.config.voice_leave_on_owner_loss;
         for shard in self.pool.shards() {
             let guilds = shard.voice_session_ended(id, leave);

@@ -90,13 +90,7 @@ pub(crate) fn hand_over(ctx: &Arc<Context>, id: &str, detached_at: Instant) {
     let Some((shard, sessions)) = ctx.sessions.export(id, Instant::now()) else {
         return;
     };
-    let mut record = Vec::with_capacity(sessions.len() + 17);
-    record.extend_from_slice(MAGIC);
-    record.push(VERSION);
-    record.extend_from_slice(&shard.to_le_bytes());
-    let written = shard_pool::unix_ms(shard_pool::wall_clock());
-    record.extend_from_slice(&written.to_le_bytes());
-    record.extend_from_slice(&sessions);
+    let record = encode(shard, &sessions);
     let (ctx, id) = (ctx.clone(), id.to_owned());
     tokio::spawn(async move {
         let name = name(&id);
@@ -108,6 +102,68 @@ pub(crate) fn hand_over(ctx: &Arc<Context>, id: &str, detached_at: Instant) {
             && let Err(error) = store.delete(&name).await
         {
             tracing::warn!(%error, "a handed-over client session resumed here not deleted");
+        }
+    });
+}
+
+/// A record of `sessions` (one, as [`Sessions::export`] lays it out) of
+/// shard `shard`.
+///
+/// [`Sessions::export`]: crate::session::Sessions::export
+fn encode(shard: u32, sessions: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(sessions.len() + 17);
+    record.extend_from_slice(MAGIC);
+    record.push(VERSION);
+    record.extend_from_slice(&shard.to_le_bytes());
+    let written = shard_pool::unix_ms(shard_pool::wall_clock());
+    record.extend_from_slice(&written.to_le_bytes());
+    record.extend_from_slice(sessions);
+    record
+}
+
+/// Writes the record of session `id`, which a connection of this node
+/// serves, to the cluster, so that its client can resume on any node even
+/// if this one dies (kill -9, OOM, its machine) and never hands it over:
+/// before the session's first event, and every `checkpoint_interval`
+/// after ([`record_served`]). The record says its client may be ahead of
+/// it; a node that takes it counts the events after it, as after a
+/// checkpoint. A failed write is logged: a crash then costs that client an
+/// identify.
+pub(crate) async fn record(ctx: &Context, id: &str) {
+    let Some(store) = &ctx.config.handover else {
+        return;
+    };
+    let Some((shard, sessions)) = ctx.sessions.export_served(id, Instant::now()) else {
+        return;
+    };
+    if let Err(error) = store
+        .put(&name(id), Bytes::from(encode(shard, &sessions)))
+        .await
+    {
+        tracing::warn!(%error, "a client session's record not written: a crash of this node costs its client an identify");
+    }
+}
+
+/// [`record`] for every session a connection of this node serves.
+pub(crate) async fn record_served(ctx: &Context) {
+    if ctx.config.handover.is_none() {
+        return;
+    }
+    for id in ctx.sessions.served() {
+        record(ctx, &id).await;
+    }
+}
+
+/// Session `id` is over for good: its record, if any, is deleted, so that
+/// no node takes it (in the background).
+pub(crate) fn forget(ctx: &Context, id: &str) {
+    let Some(store) = ctx.config.handover.clone() else {
+        return;
+    };
+    let name = name(id);
+    tokio::spawn(async move {
+        if let Err(error) = store.delete(&name).await {
+            tracing::warn!(%error, "an ended client session's record not deleted");
         }
     });
 }

@@ -214,10 +214,14 @@ pub fn listener(addr: SocketAddr, shared: bool) -> io::Result<std::net::TcpListe
 /// before it writes the checkpoints without the stragglers' last events.
 const SESSIONS_SAVED: Duration = Duration::from_secs(2);
 
-/// Every shard's checkpoint, then its client sessions beside it.
+/// Every shard's checkpoint, then its client sessions beside it (and in a
+/// cluster, the records of the sessions served here).
 async fn write_checkpoints(ctx: &Context) -> shard_pool::Checkpointed {
     let done = ctx.pool.checkpoint().await;
     ctx.kept.keep_all(&ctx.sessions, &ctx.pool).await;
+    // In a cluster, the sessions served here, for any node to take should
+    // this one die.
+    crate::handover::record_served(ctx).await;
     done
 }
 

@@ -441,8 +441,32 @@ impl Sessions {
     /// it (alone): its shard and the bytes, for
     /// [`restore`](Self::restore) on another node.
     pub(crate) fn export(&self, id: &str, now: Instant) -> Option<(u32, Vec<u8>)> {
+        self.export_if(id, now, false)
+    }
+
+    /// Session `id`, served by a connection now, laid out as
+    /// [`export`](Self::export) lays a detached one out, as if it lost its
+    /// connection now and with its client possibly ahead of it (as in a
+    /// checkpoint): for a record that lets another node take it over
+    /// should this one die.
+    pub(crate) fn export_served(&self, id: &str, now: Instant) -> Option<(u32, Vec<u8>)> {
+        self.export_if(id, now, true)
+    }
+
+    /// The ids of the sessions served by a connection now.
+    pub(crate) fn served(&self) -> Vec<String> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|(_, session)| session.attached)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn export_if(&self, id: &str, now: Instant, attached: bool) -> Option<(u32, Vec<u8>)> {
         let sessions = lock(&self.sessions);
-        let session = sessions.get(id).filter(|session| !session.attached)?;
+        let session = sessions
+            .get(id)
+            .filter(|session| session.attached == attached)?;
         let mut out = vec![SESSIONS_VERSION];
         out.extend_from_slice(&1_u32.to_le_bytes());
         write_session(&mut out, id, session, now);
