@@ -122,10 +122,9 @@ pub struct Running {
     simulated_state: Option<PathBuf>,
     /// Held until the process ends: the checkpoints are written by then.
     _state_lock: Option<StateLock>,
-    /// In a cluster: this node's part in placing the shards, and the tasks
-    /// that keep it up (placing, and renewing the leases: that one ends
-    /// the process when a lease is lost).
-    node: Option<(Arc<Placement>, Vec<tokio::task::JoinHandle<()>>)>,
+    /// In a cluster: this node's part in placing the shards (it keeps its
+    /// leases and places the shards in tasks of its own).
+    node: Option<Arc<Placement>>,
 }
 
 /// The one process that uses a `state_dir`: an exclusive lock on its
@@ -195,16 +194,14 @@ impl Running {
     /// Shuts down gracefully: see [`Proxy::shutdown`] (with `state_dir`,
     /// checkpoints are written and every session stays resumable).
     pub async fn shutdown(self) {
-        if let Some((placement, tasks)) = &self.node {
-            for task in tasks {
-                task.abort();
-            }
+        if let Some(placement) = &self.node {
+            placement.stop();
             placement.leave().await;
         }
         self.proxy.shutdown().await;
         // The checkpoints are written and upstream closed resumably: the
         // shards are another node's to take at once.
-        if let Some((placement, _)) = &self.node {
+        if let Some(placement) = &self.node {
             placement.release_all().await;
         }
         if let Some(dir) = self.simulated_state {
@@ -355,6 +352,10 @@ pub async fn start_until(
     let placement = match (&joined, &preferred) {
         (Some((cluster, log)), Some(range)) => {
             let placement = Arc::new(placement(cluster, &pool, log, range).await?);
+            // Renewing the leases and saying the node is alive cannot wait
+            // for the shards to be ready: identifies may take longer than a
+            // lease.
+            placement.keep();
             // This node's own range first: others may still be starting.
             tokio::select! {
                 () = placement.place(Some(range)) => {}
@@ -431,12 +432,12 @@ fn load_config(
 }
 
 /// A node of a cluster that serves: it answers other nodes' commands for
-/// its shards, keeps its leases and places the shards from now on.
+/// its shards from now on.
 async fn serve_node(
     cluster: &Cluster,
     placement: Arc<Placement>,
     proxy: &Proxy,
-) -> Result<(Arc<Placement>, Vec<tokio::task::JoinHandle<()>>), RunError> {
+) -> Result<Arc<Placement>, RunError> {
     let commands = cluster::Commands::new(cluster, proxy.command_sink());
     placement
         .answer(Arc::new(commands))
@@ -445,11 +446,7 @@ async fn serve_node(
             code: 1,
             message: format!("cannot join the cluster: {e}"),
         })?;
-    let tasks = vec![
-        tokio::spawn(keep_leases(placement.leases().clone())),
-        tokio::spawn(placement.clone().keep_placing()),
-    ];
-    Ok((placement, tasks))
+    Ok(placement)
 }
 
 /// The shards a node prefers to run: its configured range.
@@ -537,20 +534,6 @@ async fn take_state_dir(
     Ok(lock)
 }
 
-/// Keeps this node's leases; when one is lost (another node runs the shard
-/// now, or it could not be renewed in time), ends the process at once,
-/// writing nothing more: no checkpoint, no event, so that two nodes never
-/// both write a shard's.
-async fn keep_leases(leases: cluster::Leases) {
-    let lost = leases.keep().await;
-    tracing::error!(
-        shard = lost.shard,
-        why = lost.why,
-        "this node lost a shard's lease: it stops now, writing nothing more"
-    );
-    std::process::exit(EXIT_LEASE_LOST);
-}
-
 /// A node of a cluster hands client sessions to the others, and takes
 /// theirs, through the cluster; `/ready` names it.
 async fn share_sessions(
@@ -584,6 +567,7 @@ async fn stop_starting(pool: &Pool, placement: Option<&Placement>) {
     pool.checkpoint().await;
     pool.shutdown_resumable().await;
     if let Some(placement) = placement {
+        placement.stop();
         placement.leave().await;
         placement.release_all().await;
     }

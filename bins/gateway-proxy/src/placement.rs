@@ -38,6 +38,10 @@ pub(crate) struct Placement {
     commands: Mutex<Option<Arc<Commands>>>,
     /// The holder last logged of each shard this node waits for.
     told: Mutex<BTreeMap<u32, String>>,
+    /// The tasks that renew the leases and place the shards.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held by a round of placement: rounds never overlap.
+    round: tokio::sync::Mutex<()>,
 }
 
 impl Placement {
@@ -51,12 +55,36 @@ impl Placement {
             total,
             commands: Mutex::new(None),
             told: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            round: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The leases this node holds.
-    pub(crate) fn leases(&self) -> &Leases {
-        &self.leases
+    /// From now on, renews this node's leases (ending the process at once
+    /// if one is lost) and places the shards every quarter of a lease (the
+    /// first round a quarter of a lease from now).
+    pub(crate) fn keep(self: &Arc<Self>) {
+        let tasks = [
+            tokio::spawn(keep_leases(self.leases.clone())),
+            tokio::spawn(self.clone().keep_placing()),
+        ];
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(tasks);
+    }
+
+    /// Stops renewing and placing (a clean stop gives the leases back
+    /// next: [`release_all`](Self::release_all)).
+    pub(crate) fn stop(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
     }
 
     /// From now on, other nodes' commands for the shards run here are
@@ -81,6 +109,7 @@ impl Placement {
     /// those of `within`, if given: at start, before the other nodes have
     /// announced themselves, a node takes its own range alone).
     pub(crate) async fn place(&self, within: Option<&Range<u32>>) {
+        let _round = self.round.lock().await;
         if let Err(error) = self.members.beat().await {
             tracing::warn!(%error, "this node could not say it is alive; trying again");
             return;
@@ -171,7 +200,7 @@ impl Placement {
     }
 
     /// Places the shards every quarter of a lease, for ever.
-    pub(crate) async fn keep_placing(self: Arc<Self>) {
+    async fn keep_placing(self: Arc<Self>) {
         let every = self.leases.ttl() / 4;
         loop {
             tokio::time::sleep(every).await;
@@ -194,4 +223,18 @@ impl Placement {
         }
         self.leases.release_all().await;
     }
+}
+
+/// Keeps this node's leases; when one is lost (another node runs the shard
+/// now, or it could not be renewed in time), ends the process at once,
+/// writing nothing more: no checkpoint, no event, so that two nodes never
+/// both write a shard's.
+async fn keep_leases(leases: Leases) {
+    let lost = leases.keep().await;
+    tracing::error!(
+        shard = lost.shard,
+        why = lost.why,
+        "this node lost a shard's lease: it stops now, writing nothing more"
+    );
+    std::process::exit(crate::EXIT_LEASE_LOST);
 }

@@ -187,6 +187,9 @@ pub(crate) struct Shared {
     intents: u64,
     /// Set by [`ShardHandle::close`]: the next close ends the task.
     closing: AtomicBool,
+    /// How many times the shard was handed over or taken over: a task
+    /// whose upstream connection belongs to an earlier one ends.
+    runs: AtomicU64,
     /// The index of the last event handed on, readable without a lock.
     pub(crate) head: AtomicU64,
     /// Whether Discord closed the shard for good (the ring's last event).
@@ -374,6 +377,7 @@ impl ShardHandle {
                 load_timeout,
                 intents,
                 closing: AtomicBool::new(false),
+                runs: AtomicU64::new(0),
                 head: AtomicU64::new(head),
                 closed: AtomicBool::new(false),
                 ring_floor: AtomicU64::new(floor),
@@ -1093,6 +1097,7 @@ impl ShardHandle {
         }
         self.shared.restored.store(resumes, Ordering::Relaxed);
         // Run here before, and handed over since.
+        self.shared.runs.fetch_add(1, Ordering::AcqRel);
         self.shared.frozen.store(false, Ordering::Release);
         self.shared.closing.store(false, Ordering::Relaxed);
         *self
@@ -1120,6 +1125,7 @@ impl ShardHandle {
             .link
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Link::Remote(source);
+        self.shared.runs.fetch_add(1, Ordering::AcqRel);
         let mut sampled = lock(&self.shared.sampled);
         sampled.state = ShardState::Following;
         sampled.latency = None;
@@ -1214,6 +1220,10 @@ impl ShardHandle {
     /// shard ready; `pending` is the guilds still pending when the caller
     /// has just read them.
     fn sample(&self, shard: &Shard<SharedQueue>, pending: Option<usize>) {
+        // Handed over: followed, whatever the old connection does.
+        if !self.is_local() {
+            return;
+        }
         let state = ShardState::from(shard.state());
         let pending = pending.unwrap_or_else(|| lock(&self.shared.core).cache.pending_guilds());
         let mut sampled = lock(&self.shared.sampled);
@@ -1281,7 +1291,13 @@ impl ShardHandle {
     /// Runs the shard until it is fatally closed.
     pub(crate) async fn run(self, mut shard: Shard<SharedQueue>) {
         let id = self.id();
+        // Handed over since (and maybe taken back, with a new task): this
+        // one's connection is no longer the shard's.
+        let run = self.shared.runs.load(Ordering::Acquire);
         loop {
+            if self.shared.runs.load(Ordering::Acquire) != run {
+                return;
+            }
             let next = poll_fn(|cx| Pin::new(&mut shard).poll_next(cx));
             let message = match self.load_deadline() {
                 Some(deadline) => tokio::select! {
