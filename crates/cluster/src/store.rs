@@ -68,6 +68,59 @@ fn failed(name: &str, error: impl std::error::Error + Send + Sync + 'static) -> 
     StoreError::new(name, StoreErrorKind::Io(io::Error::other(error)))
 }
 
+/// How long a read may wait for its next chunk before it is taken to have
+/// lost them to a rewrite.
+const STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many times a stalled read is tried.
+const READS: usize = 3;
+
+fn stalled(error: &StoreError) -> bool {
+    matches!(error.kind(), StoreErrorKind::Io(e) if e.kind() == io::ErrorKind::TimedOut)
+}
+
+impl JetStreamStore {
+    /// One read of blob `name`; a read that stalls (no chunk for
+    /// [`STALL`]) is a time-out error.
+    async fn read(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        let mut object = match self.objects.get(name).await {
+            Ok(object) => object,
+            Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(error) => return Err(failed(name, error)),
+        };
+        // The size is what the record says: a hint, capped. Read with
+        // `read`, not `read_to_end`: the object's reader fills the buffer
+        // before it finds a wrong digest, which `read_to_end` treats as a
+        // broken reader (it panics).
+        let mut blob = Vec::with_capacity(object.info().size.min(64 << 20));
+        let mut chunk = vec![0; 64 << 10];
+        loop {
+            let read = tokio::time::timeout(STALL, object.read(&mut chunk))
+                .await
+                .map_err(|_| {
+                    let stalled = io::Error::new(io::ErrorKind::TimedOut, "no chunk within 2 s");
+                    StoreError::new(name, StoreErrorKind::Io(stalled))
+                })?
+                .map_err(|error| {
+                    // The reader checks the chunks against the record's
+                    // SHA-256 at the end.
+                    if error.kind() == io::ErrorKind::InvalidData {
+                        StoreError::new(name, StoreErrorKind::Corrupt(error.to_string()))
+                    } else {
+                        StoreError::new(name, StoreErrorKind::Io(error))
+                    }
+                })?;
+            if read == 0 {
+                break;
+            }
+            blob.extend_from_slice(&chunk[..read]);
+        }
+        Ok(Some(Bytes::from(blob)))
+    }
+}
+
 impl Store for JetStreamStore {
     fn put<'a>(&'a self, name: &'a str, blob: Bytes) -> StoreFuture<'a, ()> {
         Box::pin(async move {
@@ -89,35 +142,17 @@ impl Store for JetStreamStore {
     fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(async move {
             check_name(name)?;
-            let mut object = match self.objects.get(name).await {
-                Ok(object) => object,
-                Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
-                    return Ok(None);
+            // A blob replaced while it is read loses its old chunks (the
+            // writer purges them once its new record is in): the read then
+            // waits for chunks that will never come. It is read again,
+            // from the new record.
+            for _ in 1..READS {
+                match self.read(name).await {
+                    Err(error) if stalled(&error) => {}
+                    done => return done,
                 }
-                Err(error) => return Err(failed(name, error)),
-            };
-            // The size is what the record says: a hint, capped. Read with
-            // `read`, not `read_to_end`: the object's reader fills the
-            // buffer before it finds a wrong digest, which `read_to_end`
-            // treats as a broken reader (it panics).
-            let mut blob = Vec::with_capacity(object.info().size.min(64 << 20));
-            let mut chunk = vec![0; 64 << 10];
-            loop {
-                let read = object.read(&mut chunk).await.map_err(|error| {
-                    // The reader checks the chunks against the record's
-                    // SHA-256 at the end.
-                    if error.kind() == io::ErrorKind::InvalidData {
-                        StoreError::new(name, StoreErrorKind::Corrupt(error.to_string()))
-                    } else {
-                        StoreError::new(name, StoreErrorKind::Io(error))
-                    }
-                })?;
-                if read == 0 {
-                    break;
-                }
-                blob.extend_from_slice(&chunk[..read]);
             }
-            Ok(Some(Bytes::from(blob)))
+            self.read(name).await
         })
     }
 

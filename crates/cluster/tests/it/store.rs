@@ -80,6 +80,48 @@ async fn a_blob_with_a_chunk_that_does_not_match_its_digest_is_corrupt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_whose_chunks_are_gone_is_an_error_not_a_hang() {
+    let Some(nats) = nats("store_gone") else {
+        return;
+    };
+    let cluster = node(&nats, "gone", "a").await;
+    let store = cluster.store().await.unwrap();
+    store
+        .put("shard-1", Bytes::from(vec![7_u8; 3 << 20]))
+        .await
+        .unwrap();
+    // Its chunks purged, as a writer replacing it purges the old ones
+    // while another node still reads them.
+    let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let objects = jetstream
+        .get_object_store("gone-checkpoints")
+        .await
+        .unwrap();
+    let nuid = objects.info("shard-1").await.unwrap().nuid;
+    let stream = jetstream.get_stream("OBJ_gone-checkpoints").await.unwrap();
+    stream
+        .purge()
+        .filter(format!("$O.gone-checkpoints.C.{nuid}"))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(20), store.get("shard-1"))
+        .await
+        .expect("not a hang")
+        .unwrap_err();
+    assert!(
+        matches!(error.kind(), StoreErrorKind::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "{error}"
+    );
+    // Three reads, each given up after 2 s without a chunk.
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_restarted_on_the_jetstream_store_resumes_every_shard() {
     let Some(nats) = nats("store_pool") else {
         return;
