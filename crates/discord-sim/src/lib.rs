@@ -505,12 +505,17 @@ impl Shared {
         if !object.is_empty() {
             d.push(',');
         }
-        let marker = hub.generator().marker(unix_micros());
+        // The marker is numbered and sent under the generator's lock, as
+        // the generated stream's are: else an event numbered after this one
+        // could be sent before it.
+        let mut generator = hub.generator();
+        let marker = generator.marker(unix_micros());
         let n = marker.1;
         d.push_str(&marker.0);
         d.push('}');
         hub.sent.fetch_add(1, Ordering::Relaxed);
         let _ = hub.events.send(Arc::new(Dispatch { t: t.to_owned(), d }));
+        drop(generator);
         Some(n)
     }
 
