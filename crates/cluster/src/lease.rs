@@ -70,20 +70,8 @@ fn key(shard: u32) -> String {
 
 impl Leases {
     pub(crate) async fn open(cluster: &Cluster, ttl: Duration) -> Result<Self, Error> {
-        let bucket = cluster.named("leases");
-        let kv = cluster
-            .jetstream()
-            .create_or_update_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: "gateway-proxy: which node runs which shard".to_owned(),
-                history: 1,
-                max_age: ttl,
-                storage: cluster.config().storage.of(),
-                num_replicas: cluster.config().replicas,
-                ..kv::Config::default()
-            })
-            .await
-            .map_err(|e| Error::nats(format!("creating the key-value bucket {bucket}"), e))?;
+        let description = "gateway-proxy: which node runs which shard".to_owned();
+        let kv = cluster.key_value("leases", description, ttl).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 kv,

@@ -323,6 +323,30 @@ impl Cluster {
         &self.jetstream
     }
 
+    /// The key-value bucket `{name}-{what}` (history 1, entries expire
+    /// `max_age` after their last write), created if missing, with this
+    /// cluster's storage and replicas.
+    pub(crate) async fn key_value(
+        &self,
+        what: &str,
+        description: String,
+        max_age: Duration,
+    ) -> Result<jetstream::kv::Store, Error> {
+        let bucket = self.named(what);
+        self.jetstream
+            .create_or_update_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description,
+                history: 1,
+                max_age,
+                storage: self.config.storage.of(),
+                num_replicas: self.config.replicas,
+                ..jetstream::kv::Config::default()
+            })
+            .await
+            .map_err(|e| Error::nats(format!("creating the key-value bucket {bucket}"), e))
+    }
+
     /// The identify queue shared by every node of the cluster, for the
     /// limits `gateway` (`GET /gateway/bot`) gives and identify window
     /// `window`; see [`KvQueue`].

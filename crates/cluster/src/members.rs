@@ -53,20 +53,8 @@ impl Members {
         ttl: Duration,
         preferred: Option<Range<u32>>,
     ) -> Result<Self, Error> {
-        let bucket = cluster.named("nodes");
-        let kv = cluster
-            .jetstream()
-            .create_or_update_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: "gateway-proxy: the live nodes".to_owned(),
-                history: 1,
-                max_age: ttl,
-                storage: cluster.config().storage.of(),
-                num_replicas: cluster.config().replicas,
-                ..kv::Config::default()
-            })
-            .await
-            .map_err(|e| Error::nats(format!("creating the key-value bucket {bucket}"), e))?;
+        let description = "gateway-proxy: the live nodes".to_owned();
+        let kv = cluster.key_value("nodes", description, ttl).await?;
         let me = Member::new(cluster.config().node_id.clone(), preferred);
         Ok(Self { kv, me })
     }

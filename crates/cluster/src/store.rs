@@ -192,20 +192,9 @@ impl KvStore {
         what: &str,
         max_age: std::time::Duration,
     ) -> Result<Self, Error> {
+        let description = format!("gateway-proxy: {what}, each kept {} s", max_age.as_secs());
+        let kv = cluster.key_value(what, description, max_age).await?;
         let bucket = cluster.named(what);
-        let kv = cluster
-            .jetstream()
-            .create_or_update_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: format!("gateway-proxy: {what}, each kept {} s", max_age.as_secs()),
-                history: 1,
-                max_age,
-                storage: cluster.config().storage.of(),
-                num_replicas: cluster.config().replicas,
-                ..kv::Config::default()
-            })
-            .await
-            .map_err(|e| Error::nats(format!("creating the key-value bucket {bucket}"), e))?;
         Ok(Self { kv, bucket })
     }
 
