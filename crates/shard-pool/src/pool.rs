@@ -555,10 +555,13 @@ impl Pool {
         let upstream = self.connector.shard(id, resume);
         shard.promote(upstream.sender(), term, self.connector.tap.clone());
         let task = tokio::spawn(shard.clone().run(upstream));
-        self.tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(task);
+        {
+            let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+            // Those of shards handed over since have ended: the list stays
+            // as long as the shards run here, however often they move.
+            tasks.retain(|task| !task.is_finished());
+            tasks.push(task);
+        }
         self.running
             .write()
             .unwrap_or_else(PoisonError::into_inner)
