@@ -69,6 +69,12 @@ const STRING_KEYS: &[&str] = &[
     "cluster.storage",
 ];
 
+/// How much further back than its connection dropped a resume reads a
+/// cluster's event log ([`proxy_server::LOG_MARGIN`]: the nodes' and NATS'
+/// clocks may differ this much), so what the stream must keep beyond
+/// `session_ttl_secs`.
+const RESUME_LOG_MARGIN_SECS: u64 = proxy_server::LOG_MARGIN.as_secs();
+
 /// The name of the metadata of the environment layers, to tell them from
 /// the file when naming where a value came from.
 const ENV_METADATA: &str = "environment variable";
@@ -681,13 +687,15 @@ impl Config {
             .unwrap_or("cluster");
             return Err(ConfigError::invalid(key, message));
         }
-        if section.stream_max_age_secs < self.session_ttl_secs {
+        let oldest = self.session_ttl_secs.saturating_add(RESUME_LOG_MARGIN_SECS);
+        if section.stream_max_age_secs < oldest {
             return Err(ConfigError::invalid(
                 "cluster.stream_max_age_secs",
                 format!(
-                    "expected at least session_ttl_secs ({}): a session resumed on another \
-                     node replays from the event log, found {}",
-                    self.session_ttl_secs, section.stream_max_age_secs
+                    "expected at least session_ttl_secs + {RESUME_LOG_MARGIN_SECS} ({oldest}): \
+                     a session resumed on another node replays from the event log, from a \
+                     minute before its connection dropped, found {}",
+                    section.stream_max_age_secs
                 ),
             ));
         }

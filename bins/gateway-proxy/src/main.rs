@@ -29,15 +29,17 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running =
-            match start_until(&options, std::env::vars().collect(), shutdown_signal()).await {
-                Ok(Some(running)) => running,
-                Ok(None) => return ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("gateway-proxy: {e}");
-                    return ExitCode::from(u8::try_from(e.code).unwrap_or(1));
-                }
-            };
+        // Listened for from the start to the end: a signal that came
+        // between two listeners would be lost.
+        let mut stop = Stop::new();
+        let running = match start_until(&options, std::env::vars().collect(), stop.wait()).await {
+            Ok(Some(running)) => running,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gateway-proxy: {e}");
+                return ExitCode::from(u8::try_from(e.code).unwrap_or(1));
+            }
+        };
         let mut addr = running.addr();
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
                 addr,
             );
         }
-        shutdown_signal().await;
+        stop.wait().await;
         tracing::info!("shutting down");
         running.shutdown().await;
         ExitCode::SUCCESS
@@ -63,17 +65,36 @@ fn main() -> ExitCode {
 }
 
 /// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+struct Stop {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Stop {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = signal(SignalKind::terminate())
+                .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+                .ok();
+            Self { signals }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM (one that came since the
+    /// last included).
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, interrupt)) = &mut self.signals {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -8,8 +8,10 @@
 //! takes the shard over ([`Pool::run`]: from the log, resumed upstream);
 //! one it runs but should not, it hands over cleanly ([`Pool::hand_over`],
 //! every event published, then the lease given back) for the node that
-//! should to take. A node that dies stops renewing its leases and drops out
-//! of the live nodes: the others share its shards once the leases expire.
+//! should to take. A lease given back, or a node that joins or leaves
+//! cleanly, starts a round at once on every node ([`Changes`]). A node
+//! that dies stops renewing its leases and drops out of the live nodes:
+//! the others share its shards once the leases expire.
 //! The leases, not this placement, guarantee that a shard never runs on
 //! two nodes at once.
 
@@ -18,7 +20,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cluster::{Commands, EventLog, Leases, Members, Take};
+use cluster::{Changes, Commands, EventLog, Leases, Members, Take};
 use shard_pool::Pool;
 
 /// How long a node waits for its event log to publish a shard's last
@@ -127,7 +129,10 @@ impl Placement {
         }
         let held: BTreeSet<u32> = self.leases.held().await.into_iter().collect();
         for &shard in held.difference(&want) {
-            if within.is_none() {
+            // One still identifying or resuming is handed over once it is
+            // active: midway, the next owner would identify it again.
+            let active = self.pool.local(shard).is_some_and(|s| s.is_ready());
+            if within.is_none() && active {
                 self.hand_over(shard).await;
             }
         }
@@ -199,11 +204,23 @@ impl Placement {
         tracing::info!(shard, index, "shard handed over");
     }
 
-    /// Places the shards every quarter of a lease, for ever.
+    /// Places the shards every quarter of a lease, for ever, and at once
+    /// when a lease is given back or a node joins or leaves cleanly
+    /// ([`Changes`]: a drained node's shards move in well under a round).
     async fn keep_placing(self: Arc<Self>) {
         let every = self.leases.ttl() / 4;
+        // The first round a quarter of a lease after the start (which
+        // placed the preferred range alone): nodes started together have
+        // all announced themselves by then, so none takes the others'
+        // shards only to hand them over again.
+        tokio::time::sleep(every).await;
+        self.place(None).await;
+        let mut changes = Changes::new(&self.leases, &self.members);
         loop {
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = changes.next() => {}
+            }
             self.place(None).await;
         }
     }

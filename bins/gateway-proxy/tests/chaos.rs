@@ -8,9 +8,10 @@
 //! (every later upstream connection a RESUME); every client session of a
 //! drained node resumed; every session that resumed got every event once
 //! and in order. Sessions of killed nodes that could not resume are
-//! counted and reported. What it reports: the failover time (from the kill to
-//! the shards active on other nodes), p50 and p99, and the clients'
-//! longest gap between two events.
+//! counted and reported. What it reports: the failover time (from the kill
+//! or the SIGTERM to the shards active on other nodes), p50 and p99, after
+//! kills and after drains apart, and the clients' longest gap between two
+//! events.
 //!
 //! Its length is `GATEWAY_PROXY_CHAOS_SECS` (20 s by default, as CI runs
 //! it); docs/performance.md has a long run's figures.
@@ -613,7 +614,8 @@ async fn nodes_killed_and_drained_under_load_cost_no_identify_and_no_event() {
         .unwrap();
     let mut dice = Dice(since_epoch.as_secs() ^ u64::from(since_epoch.subsec_nanos()) | 1);
     eprintln!("chaos: seed {}, {length:?}", dice.0);
-    let mut failovers = Vec::new();
+    // Failover times after a kill, and after a drain.
+    let (mut killed, mut drained) = (Vec::new(), Vec::new());
     let (mut kills, mut drains) = (0, 0);
     let end = Instant::now() + length;
     while Instant::now() < end {
@@ -626,7 +628,8 @@ async fn nodes_killed_and_drained_under_load_cost_no_identify_and_no_event() {
         } else {
             kills += 1;
         }
-        failovers.extend(nodes.strike(victim, drain).await);
+        let failover = nodes.strike(victim, drain).await;
+        if drain { &mut drained } else { &mut killed }.extend(failover);
     }
     // Every client reads on a little, then stops.
     tokio::time::sleep(tail).await;
@@ -643,15 +646,20 @@ async fn nodes_killed_and_drained_under_load_cost_no_identify_and_no_event() {
     for client in clients {
         let _ = tokio::time::timeout(Duration::from_secs(20), client).await;
     }
-    failovers.sort_unstable();
+    killed.sort_unstable();
+    drained.sort_unstable();
     let longest = *seen.longest_gap.lock().unwrap();
     eprintln!(
-        "chaos: {kills} kills, {drains} drains over {length:?}: failover p50 {:?} p99 {:?} \
-         ({} measured); clients' longest gap {longest:?}; {} events, {} resumed, {} sessions \
-         lost with a killed node; upstream identifies {}, resumes {}",
-        quantile(&failovers, 0.5),
-        quantile(&failovers, 0.99),
-        failovers.len(),
+        "chaos: {kills} kills, {drains} drains over {length:?}: failover after a kill p50 {:?} \
+         p99 {:?} ({} measured), after a drain p50 {:?} p99 {:?} ({}); clients' longest gap \
+         {longest:?}; {} events, {} resumed, {} sessions lost with a killed node; upstream \
+         identifies {}, resumes {}",
+        quantile(&killed, 0.5),
+        quantile(&killed, 0.99),
+        killed.len(),
+        quantile(&drained, 0.5),
+        quantile(&drained, 0.99),
+        drained.len(),
         seen.events.load(Ordering::Relaxed),
         seen.resumed.load(Ordering::Relaxed),
         seen.lost.load(Ordering::Relaxed),

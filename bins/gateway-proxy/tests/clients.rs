@@ -10,8 +10,10 @@
 //! goes on, and a second later the proxy closes every client (or, in the
 //! restart tests, is shut down and a new proxy started from its
 //! checkpoints on the same port): the library must resume and lose
-//! nothing. The program prints `DONE` and exits 0, or names what failed
-//! and exits 1.
+//! nothing; then it pauses the sim's stream (`POST /_sim/pause`, which
+//! gives each shard's last marker), waits for every marker and compares
+//! its guild cache with the sim's world again (`GET /_sim/guilds`). The
+//! program prints `DONE` and exits 0, or names what failed and exits 1.
 //!
 //! A missing interpreter or library skips a test with a note, unless
 //! `GATEWAY_PROXY_REQUIRE_CLIENTS=1` (as in CI).
@@ -21,6 +23,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -378,18 +381,63 @@ async fn discord_py_with_zlib_stream_shared_bodies() {
 
 /// A voice client, unmodified, through the proxy up to its voice
 /// websocket (intercepted: no voice server exists here): `program` is
-/// `python3` or `node`, `script` its file.
+/// `python3` or `node`, `script` its file. Its process then crashes (ends
+/// without closing), and a new one (a new IDENTIFY) joins the channel the
+/// bot is still in: the proxy sends a leave then the join, and the
+/// library reaches its voice websocket again.
 async fn voice(program: &str, script: &str) {
     let stack = stack_with(2, |_| {}).await;
     let run = run_file(&stack, &format!("voice-{program}")).await;
     stack.sim.resume_stream();
-    let mut command = Command::new(program);
-    command.arg(script).arg(&run);
-    drive(&stack, command).await;
+    for mode in ["crash", "rejoin"] {
+        let mut command = Command::new(program);
+        command.arg(script).arg(&run).arg(mode);
+        drive(&stack, command).await;
+    }
+    // Upstream: the first join, then the rejoin's leave and join, all of
+    // one guild and one channel (then whatever the library sends as it
+    // ends: discord.py leaves on the way out of its failed connect).
+    let sent = upstream_op4(&stack.sim);
+    let guilds: BTreeSet<_> = sent.iter().map(|(guild, _)| guild.clone()).collect();
+    assert_eq!(guilds.len(), 1, "{sent:?}");
+    let channels: Vec<_> = sent.iter().map(|(_, channel)| channel.clone()).collect();
+    let joined = channels.first().cloned().flatten();
+    assert!(joined.is_some(), "{sent:?}");
+    assert_eq!(
+        channels.get(..3),
+        Some(&[joined.clone(), None, joined][..]),
+        "{sent:?}"
+    );
+}
+
+/// The op 4s the sim received, oldest first: each one's guild and channel
+/// (ids as strings, whether sent as strings or, as discord.py does, as
+/// numbers).
+fn upstream_op4(sim: &Sim) -> Vec<(Option<String>, Option<String>)> {
+    let id = |value: &serde_json::Value| match value {
+        serde_json::Value::String(id) => Some(id.clone()),
+        serde_json::Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    };
+    let mut connections = sim.connections();
+    connections.sort_by_key(|c| c.id);
+    connections
+        .iter()
+        .flat_map(|c| c.received.clone())
+        .filter_map(|text| {
+            let payload: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (payload["op"] == 4).then(|| {
+                (
+                    id(&payload["d"]["guild_id"]),
+                    id(&payload["d"]["channel_id"]),
+                )
+            })
+        })
+        .collect()
 }
 
 #[tokio::test]
-async fn discord_py_voice_client_reaches_its_voice_socket() {
+async fn discord_py_voice_client_reaches_its_voice_socket_and_again_after_a_crash() {
     let probe = ["-c", "import discord, nacl, davey"];
     if !available("python3", &probe).await {
         assert!(!required(), "python3 with discord.py[voice] is required");
@@ -402,7 +450,7 @@ async fn discord_py_voice_client_reaches_its_voice_socket() {
 }
 
 #[tokio::test]
-async fn discordjs_voice_reaches_its_voice_socket() {
+async fn discordjs_voice_reaches_its_voice_socket_and_again_after_a_crash() {
     if !node_ready().await {
         return;
     }

@@ -352,6 +352,15 @@ async fn member_chunks_asked_on_another_node_reach_that_client_alone() {
         metrics.contains("gateway_identify_turns_total"),
         "{metrics}"
     );
+    // /ready says how far behind the log b's follower of shard 0 is, and
+    // that a runs it.
+    let (_, ready) = common::http_get(b.addr, "/ready").await;
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    let followed = &ready["followed"]["0"];
+    assert!(followed["lag_messages"].as_u64().is_some(), "{ready}");
+    assert!(followed["lag_seconds"].as_f64().is_some(), "{ready}");
+    assert_eq!(followed["owner"], "a", "{ready}");
+    assert!(ready["followed"].get("1").is_none(), "b runs 1: {ready}");
     // Discord closes shard 0 for good: its clients on both nodes are
     // closed with Discord's code, the follower's through the event log.
     assert_eq!(sim.control(0, discord_sim::Control::Close(4014)), 1);
@@ -524,13 +533,17 @@ enum Ending<'a> {
     Closed(&'a Process),
     /// The node is killed (kill -9): it hands nothing over.
     Killed(Box<Process>),
+    /// NATS stops before the client reads its last event, so that the
+    /// node never publishes it; then the node is killed, and NATS starts
+    /// again.
+    KilledUnpublished(Box<Process>, &'a mut cluster::testing::NatsServer),
 }
 
 impl Ending<'_> {
     fn node(&self) -> &Process {
         match self {
             Ending::Closed(node) => node,
-            Ending::Killed(node) => node,
+            Ending::Killed(node) | Ending::KilledUnpublished(node, _) => node,
         }
     }
 }
@@ -542,12 +555,15 @@ async fn drop_and_resume(sim: &Sim, shard: u32, from: &Process, to: &Process, mi
 /// A client of `shard` on `from`'s node reads a marker; its connection
 /// ends as `from` says; `missed` markers come meanwhile; it resumes on
 /// `to` and gets every one of them once, in order, then RESUMED, then on.
-async fn end_and_resume(sim: &Sim, shard: u32, from: Ending<'_>, to: &Process, missed: usize) {
+async fn end_and_resume(sim: &Sim, shard: u32, mut from: Ending<'_>, to: &Process, missed: usize) {
     let (mut client, ready, _) = load(from.node().addr, sim.token(), shard, 2).await;
     let session = ready["session_id"].as_str().unwrap().to_owned();
     let before = sim.emit(shard, "GP_MARKER", "{}").unwrap();
     let seen = markers_until(&mut client, before).await;
     assert_eq!(seen.last(), Some(&before));
+    if let Ending::KilledUnpublished(_, nats) = &mut from {
+        nats.stop();
+    }
     // Where the client stands: the `s` of the marker it read last.
     let (seq, read) = last_seq(&mut client, shard, sim).await;
     let from_log = match from {
@@ -556,6 +572,11 @@ async fn end_and_resume(sim: &Sim, shard: u32, from: Ending<'_>, to: &Process, m
             node.log()
         }
         Ending::Killed(node) => (*node).signal("KILL").await.1,
+        Ending::KilledUnpublished(node, nats) => {
+            let log = (*node).signal("KILL").await.1;
+            nats.restart();
+            log
+        }
     };
     let missed: Vec<u64> = (0..missed)
         .map(|_| sim.emit(shard, "GP_MARKER", "{}").unwrap())
@@ -639,6 +660,45 @@ async fn a_client_whose_node_is_killed_resumes_on_another_and_misses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_shards_node_resumes_on_the_node_that_takes_the_shard_over() {
+    // Two-second leases: b takes shard 0 over two seconds after a dies.
+    let short = [("GATEWAY_PROXY_CLUSTER__LEASE_SECS", "2")];
+    let Some((mut nats, sim, mut nodes)) = two_nodes("killed_owner", 20, &short).await else {
+        return;
+    };
+    let a = nodes.remove(0);
+    let b = &nodes[0];
+    // A client of shard 0 on a, which runs it: a is killed, and the
+    // client resumes on b at once, while b only follows the shard. The
+    // last event the client read never reached the log (NATS was away):
+    // the resume waits for b to take the shard over, whose RESUME has
+    // Discord replay it, numbered as a numbered it.
+    let ending = Ending::KilledUnpublished(Box::new(a), &mut nats);
+    end_and_resume(&sim, 0, ending, b, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_node_is_killed_resumes_past_the_rings_from_the_event_log() {
+    // Rings of 8 events: by the time the client resumes, the place its
+    // node's record gives is in no ring (as on a node that began following
+    // the shard from a later checkpoint): what the client got since it is
+    // counted over the event log.
+    let small = [("GATEWAY_PROXY_REPLAY_MAX_EVENTS", "8")];
+    let Some((_nats, sim, mut nodes)) = two_nodes("killed_ring", 20, &small).await else {
+        return;
+    };
+    let b = nodes.remove(1);
+    let a = &nodes[0];
+    end_and_resume(&sim, 0, Ending::Killed(Box::new(b)), a, 40).await;
+    let log = a.log();
+    assert!(
+        log.contains("a session resumed from past its checkpoint"),
+        "{log}"
+    );
+    assert!(log.contains("read from the event log"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_from_past_the_ring_is_replayed_from_the_event_log() {
     // Rings of 8 events: the 40 a client misses are in the log alone.
     let small = [("GATEWAY_PROXY_REPLAY_MAX_EVENTS", "8")];
@@ -703,6 +763,99 @@ async fn the_shards_node_budgets_other_nodes_clients_with_its_own() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(presences(), 5, "five sent upstream, the sixth not");
+}
+
+/// How many payloads with `needle` in them shard `shard`'s node sent the
+/// sim so far.
+fn upstream(sim: &Sim, shard: u32, needle: &str) -> usize {
+    sim.connections()
+        .iter()
+        .filter(|c| c.shard == Some(shard))
+        .map(|c| c.received.iter().filter(|p| p.contains(needle)).count())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soundboard_sounds_asked_on_another_node_reach_the_shards_clients() {
+    let Some((_nats, sim, nodes)) = two_nodes("sounds", 0, &[]).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // Shard 0 runs on a; the asking client is on b.
+    let (mut asker, _, guilds) = load(b.addr, sim.token(), 0, 2).await;
+    let (mut local, _, _) = load(a.addr, sim.token(), 0, 2).await;
+    let guild = guilds[0]["id"].as_str().unwrap().to_owned();
+    asker
+        .send(&format!(r#"{{"op":31,"d":{{"guild_ids":["{guild}"]}}}}"#))
+        .await
+        .unwrap();
+    // Discord's answer (no nonce to route it by) reaches every client of
+    // the shard: the asker through the event log.
+    for client in [&mut asker, &mut local] {
+        let sounds = client.dispatch("SOUNDBOARD_SOUNDS").await.unwrap();
+        assert_eq!(sounds["d"]["guild_id"], guild.as_str(), "{sounds}");
+    }
+    assert_eq!(
+        upstream(&sim, 0, r#""op":31"#),
+        1,
+        "sent upstream once, by a"
+    );
+}
+
+/// Sends `payload` straight onto the commands subject of shard 0 of
+/// cluster `name`, as another node sends its client's command, with route
+/// `route`: the answer.
+async fn forged(nats: &async_nats::Client, name: &str, payload: &str, route: &str) -> String {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Gp-Session", "forged");
+    headers.insert("Gp-Route", route);
+    let subject = format!("{name}.commands.0");
+    let answer = nats
+        .request_with_headers(subject, headers, payload.to_owned().into())
+        .await
+        .unwrap();
+    String::from_utf8(answer.payload.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shards_node_checks_commands_from_nats_as_its_own_clients() {
+    let Some((nats, sim, nodes)) = two_nodes("forged", 0, &[]).await else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let ask =
+        |payload: &'static str, route: &'static str| forged(&client, "forged", payload, route);
+    // What a client's node would close with 4002, published by something
+    // else: refused by a, which runs shard 0, with the reason.
+    let away = r#"{"op":3,"d":{"since":null,"activities":[],"status":"away","afk":false}}"#;
+    let answer = ask(away, "plain").await;
+    assert!(
+        answer.starts_with("error:invalid command: op 3: status"),
+        "{answer}"
+    );
+    let answer = ask(r#"{"op":2,"d":{"token":"x"}}"#, "plain").await;
+    assert!(answer.contains("not a command"), "{answer}");
+    // A valid op 8 whose route would hand its chunks to another nonce.
+    let op8 = r#"{"op":8,"d":{"guild_id":"1","query":"","limit":0,"nonce":"mine"}}"#;
+    let answer = ask(op8, "chunks:theirs").await;
+    assert!(answer.contains("route"), "{answer}");
+    // A valid one goes through.
+    let online = r#"{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    assert_eq!(ask(online, "plain").await, "sent");
+    for _ in 0..100 {
+        if upstream(&sim, 0, r#""op":3"#) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream(&sim, 0, r#""op":3"#), 1, "the valid one alone");
+    assert_eq!(upstream(&sim, 0, r#""op":8"#), 0);
+    let log = nodes[0].log();
+    assert!(
+        log.contains("a command from another node refused: invalid"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

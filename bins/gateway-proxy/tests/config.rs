@@ -457,7 +457,13 @@ fn cluster_keys_are_off_by_default_mapped_and_checked() {
         ),
         (
             r#""stream_max_age_secs": 60"#,
-            "key \"cluster.stream_max_age_secs\": expected at least session_ttl_secs (300)",
+            "key \"cluster.stream_max_age_secs\": expected at least session_ttl_secs + 60 (360)",
+        ),
+        // The session's whole ttl is not enough: a resume reads from a
+        // minute before the connection dropped.
+        (
+            r#""stream_max_age_secs": 330"#,
+            "key \"cluster.stream_max_age_secs\": expected at least session_ttl_secs + 60 (360)",
         ),
         (
             r#""stream_max_bytes": 1000"#,

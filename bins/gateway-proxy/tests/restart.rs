@@ -1,8 +1,10 @@
 //! The proxy's own restart, as an operator does it: the binary with
-//! `state_dir`, stopped with SIGTERM or killed with SIGKILL, then started
-//! again. Every shard RESUMEs upstream (the sim sees no second IDENTIFY),
-//! and a client RESUMEs against the new process and gets every event it
-//! missed, exactly once and in order.
+//! `state_dir`, stopped with SIGTERM or SIGINT or killed with SIGKILL, then
+//! started again. Every shard RESUMEs upstream (the sim sees no second
+//! IDENTIFY), and a client RESUMEs against the new process and gets every
+//! event it missed, exactly once and in order. A checkpoint that is stale,
+//! of another bot token, truncated or garbled costs an identify and one log
+//! line saying why.
 
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used)]
@@ -46,12 +48,16 @@ fn with_state<'a>(state: &'a Scratch, env: &[(&'a str, &'a str)]) -> Vec<(&'a st
     all
 }
 
-async fn sim() -> Sim {
+fn sim_config() -> SimConfig {
     let mut config = SimConfig::default();
     config.shards = 2;
     config.events_per_sec = 200;
     config.identify_interval = Duration::from_millis(200);
-    Sim::start(config).await.unwrap()
+    config
+}
+
+async fn sim() -> Sim {
+    Sim::start(sim_config()).await.unwrap()
 }
 
 /// A client identified on shard 0 of 2 at `addr`, past READY and its
@@ -165,15 +171,17 @@ fn assert_resumed_upstream(sim: &Sim, log: &str) {
     );
 }
 
-#[tokio::test]
-async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
+/// Stops a process serving a client with `signal` (TERM or INT), starts
+/// the next on the same `state_dir`, and checks that it RESUMEs every
+/// shard and that the client RESUMEs against it and loses nothing.
+async fn stopped_then_resumed(signal: &str) {
     let sim = sim().await;
-    let state = Scratch::new("sigterm");
+    let state = Scratch::new(&format!("sig{}", signal.to_lowercase()));
     let first = Process::start(&sim, &with_state(&state, &[])).await;
     let (mut client, session, mut last) = identified(&sim, first.addr).await;
     let mut seen = Vec::new();
     marked(&mut client, &mut last, 30, &mut seen).await;
-    let (code, log) = first.signal("TERM").await;
+    let (code, log) = first.signal(signal).await;
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("checkpoints written"), "{log}");
     // The client was told to resume, after every event it was sent.
@@ -200,6 +208,16 @@ async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
         "{}",
         second.log()
     );
+}
+
+#[tokio::test]
+async fn after_sigterm_the_next_process_resumes_and_the_client_loses_nothing() {
+    stopped_then_resumed("TERM").await;
+}
+
+#[tokio::test]
+async fn after_sigint_the_next_process_resumes_and_the_client_loses_nothing() {
+    stopped_then_resumed("INT").await;
 }
 
 #[tokio::test]
@@ -286,4 +304,89 @@ async fn a_stale_checkpoint_identifies_with_one_line_saying_so() {
         2,
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_another_token_identifies_every_shard_with_one_line_saying_so() {
+    let sim = sim().await;
+    let state = Scratch::new("token");
+    let first = Process::start(&sim, &with_state(&state, &[])).await;
+    let (code, log) = first.signal("TERM").await;
+    assert_eq!(code, Some(0), "{log}");
+    let upstream = sim.connections().len();
+    // The same Discord for another bot: a sim that accepts only its token,
+    // which the next process is given.
+    let mut config = sim_config();
+    config.token = "another-bot-token".to_owned();
+    let other = Sim::start(config).await.unwrap();
+    let second = Process::start(&other, &with_state(&state, &[])).await;
+    let log = second.log();
+    assert_eq!(other.identifies(), 2, "every shard identified:\n{log}");
+    assert_eq!(other.resumes() + sim.resumes(), 0, "no RESUME:\n{log}");
+    assert_eq!(
+        sim.connections().len(),
+        upstream,
+        "nothing tried the old bot's sessions:\n{log}"
+    );
+    assert_eq!(
+        log.matches(
+            "checkpoints not used, every shard identifies: the checkpoint is of another bot token"
+        )
+        .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("resuming the upstream session"), "{log}");
+}
+
+/// `DirStore`'s file header: magic, version, reserved, length, CRC-32.
+const BLOB_HEADER: usize = 20;
+
+/// Stops a process with SIGTERM, changes shard 0's checkpoint file with
+/// `damage`, and starts the next: shard 0 identifies, shard 1 RESUMEs.
+/// Returns the next process's log.
+async fn after_damage(test: &str, damage: impl FnOnce(&mut Vec<u8>)) -> String {
+    let sim = sim().await;
+    let state = Scratch::new(test);
+    let first = Process::start(&sim, &with_state(&state, &[])).await;
+    let (code, log) = first.signal("TERM").await;
+    assert_eq!(code, Some(0), "{log}");
+    let file = state.0.join("shard-0");
+    let mut bytes = std::fs::read(&file).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&file, bytes).unwrap();
+    let second = Process::start(&sim, &with_state(&state, &[])).await;
+    let log = second.log();
+    assert_eq!(sim.identifies(), 3, "shard 0 identified again:\n{log}");
+    assert_eq!(sim.resumes(), 1, "shard 1 resumed:\n{log}");
+    log
+}
+
+#[tokio::test]
+async fn a_truncated_checkpoint_identifies_with_one_line_saying_so() {
+    let mut whole = 0;
+    let log = after_damage("truncated", |bytes| {
+        whole = bytes.len();
+        bytes.truncate(whole / 2);
+    })
+    .await;
+    let line = format!(
+        "the checkpoint is unusable: blob \"shard-0\" is corrupt: the header says {} bytes, \
+         the file holds {}: identifying",
+        whole - BLOB_HEADER,
+        whole / 2 - BLOB_HEADER
+    );
+    assert_eq!(log.matches(&line).count(), 1, "{line} in\n{log}");
+}
+
+#[tokio::test]
+async fn a_garbled_checkpoint_identifies_with_one_line_saying_so() {
+    let log = after_damage("garbled", |bytes| {
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+    })
+    .await;
+    let line = "the checkpoint is unusable: blob \"shard-0\" is corrupt: the checksum does not \
+                match: identifying";
+    assert_eq!(log.matches(line).count(), 1, "{line} in\n{log}");
 }

@@ -1,6 +1,6 @@
 //! `gateway-proxy --simulate`, as the README's first command runs it: a
 //! bot identifies through the proxy and gets READY and its guilds from the
-//! simulated Discord.
+//! simulated Discord, and its checkpoints stay in a directory of its own.
 
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used)]
@@ -31,6 +31,17 @@ async fn simulate_serves_a_bot_with_no_config_at_all() {
     for _ in 0..guilds {
         assert_eq!(client.payload().await.unwrap()["t"], "GUILD_CREATE");
     }
+    // The simulated sessions end with the process: its checkpoints go to
+    // a directory of its own, which no later run resumes from, removed at
+    // shutdown.
+    let own = std::env::temp_dir().join(format!("gateway-proxy-simulate-{}", std::process::id()));
+    let done = running.proxy().pool().checkpoint().await;
+    assert_eq!(done.written, shards as usize, "{done:?}");
+    for blob in ["manifest", "shard-0", "sessions-1"] {
+        assert!(own.join(blob).is_file(), "{blob} in {}", own.display());
+    }
+    running.shutdown().await;
+    assert!(!own.exists(), "{} removed", own.display());
 }
 
 #[test]

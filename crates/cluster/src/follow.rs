@@ -15,12 +15,13 @@ use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use shard_pool::{
-    Command, CommandFuture, CommandSink, FenceFuture, Followed, Outcome, Route, Source, Tapped,
+    Command, CommandFuture, CommandSink, FenceFuture, Followed, FollowedStatus, Outcome, Route,
+    Source, Tapped,
 };
 use tokio::sync::mpsc;
 
-use crate::Cluster;
 use crate::log::{fence_message, headers, parse_audience};
+use crate::{Cluster, locked};
 
 /// How long a node waits for the node that runs a shard to answer a
 /// command.
@@ -47,14 +48,73 @@ const COMMAND_ROUTE: &str = "Gp-Route";
 #[derive(Clone, Debug)]
 pub struct NatsSource {
     cluster: Cluster,
+    follows: Follows,
 }
 
 impl NatsSource {
     pub(crate) fn new(cluster: &Cluster) -> Self {
         Self {
             cluster: cluster.clone(),
+            follows: Follows::default(),
         }
     }
+}
+
+/// What this node knows of each shard it follows ([`Source::following`]):
+/// the node that runs it, the holder of its lease when the follower last
+/// looked (as it starts reading, and at each new term's mark; also the
+/// gauge `gateway_shard_owner{shard,node}`: 1 for it, 0 for the one
+/// before), and how far behind the log the reading is, as of the last
+/// message read (also the gauges `gateway_stream_lag_*`).
+#[derive(Clone, Debug, Default)]
+struct Follows(Arc<std::sync::Mutex<std::collections::HashMap<u32, FollowedStatus>>>);
+
+impl Follows {
+    /// Looks up who holds shard `shard`'s lease now.
+    async fn learn_owner(&self, cluster: &Cluster, shard: u32) {
+        let Some(node) = lease_holder(cluster, shard).await else {
+            return;
+        };
+        let gauge = |node: &str| metrics::gauge!("gateway_shard_owner", "shard" => shard.to_string(), "node" => node.to_owned());
+        let before = {
+            let mut follows = locked(&self.0);
+            let status = follows.entry(shard).or_default();
+            if status.owner.as_deref() == Some(node.as_str()) {
+                return;
+            }
+            status.owner.replace(node.as_str().into())
+        };
+        if let Some(before) = before {
+            gauge(&before).set(0.0);
+        }
+        gauge(&node).set(1.0);
+    }
+
+    /// Shard `shard`'s reading is `events` behind the log's end, the last
+    /// one read published `behind` ago.
+    fn lag(&self, shard: u32, events: u64, behind: Duration) {
+        let mut follows = locked(&self.0);
+        let status = follows.entry(shard).or_default();
+        status.lag_events = Some(events);
+        status.lag = Some(behind);
+    }
+
+    fn get(&self, shard: u32) -> Option<FollowedStatus> {
+        locked(&self.0).get(&shard).cloned()
+    }
+}
+
+/// The node that holds shard `shard`'s lease, if the bucket of leases says.
+async fn lease_holder(cluster: &Cluster, shard: u32) -> Option<String> {
+    let leases = cluster
+        .jetstream()
+        .get_key_value(cluster.named("leases"))
+        .await
+        .ok()?;
+    let holder = leases.get(crate::lease::key(shard)).await.ok()??;
+    String::from_utf8(holder.to_vec())
+        .ok()
+        .filter(|node| !node.is_empty())
 }
 
 impl Source for NatsSource {
@@ -65,8 +125,17 @@ impl Source for NatsSource {
         since: Option<SystemTime>,
     ) -> mpsc::Receiver<Followed> {
         let (events, receiver) = mpsc::channel(FOLLOW_QUEUE);
-        tokio::spawn(read(self.cluster.clone(), shard, after, since, events));
+        let reader = Reader {
+            cluster: self.cluster.clone(),
+            follows: self.follows.clone(),
+            shard,
+        };
+        tokio::spawn(read(reader, after, since, events));
         receiver
+    }
+
+    fn following(&self, shard: u32) -> Option<FollowedStatus> {
+        self.follows.get(shard)
     }
 
     fn command(&self, shard: u32, command: Command) -> CommandFuture {
@@ -84,8 +153,13 @@ impl Source for NatsSource {
                 .send_request(subject, request)
                 .await
                 .map_err(|e| shard_pool::Error::remote(shard, e.to_string()))?;
-            std::str::from_utf8(&answer.payload)
-                .ok()
+            let answer = std::str::from_utf8(&answer.payload).ok();
+            if let Some(reason) = answer.and_then(|answer| answer.strip_prefix("error:")) {
+                // Not applied there (an invalid command, a shard it no
+                // longer runs): why.
+                return Err(shard_pool::Error::remote(shard, reason));
+            }
+            answer
                 .and_then(parse_outcome)
                 .ok_or_else(|| shard_pool::Error::remote(shard, "an answer this node cannot read"))
         })
@@ -113,17 +187,23 @@ fn commands_subject(cluster: &Cluster, shard: u32) -> String {
     format!("{}.commands.{shard}", cluster.config().name)
 }
 
-/// Reads shard `shard`'s events after index `after` into `events` until
-/// the receiver is dropped; a break is said ([`Followed::Broken`]) and
-/// ends it.
-async fn read(
+/// Who reads a followed shard's events.
+struct Reader {
     cluster: Cluster,
+    follows: Follows,
     shard: u32,
+}
+
+/// Reads the reader's shard's events after index `after` into `events`
+/// until the receiver is dropped; a break is said ([`Followed::Broken`])
+/// and ends it.
+async fn read(
+    reader: Reader,
     after: u64,
     since: Option<SystemTime>,
     events: mpsc::Sender<Followed>,
 ) {
-    let why = match read_until_broken(&cluster, shard, after, since, &events).await {
+    let why = match read_until_broken(&reader, after, since, &events).await {
         Ok(()) => return,
         Err(why) => why,
     };
@@ -133,12 +213,13 @@ async fn read(
 
 /// [`read`]'s loop: `Ok` when the receiver is gone.
 async fn read_until_broken(
-    cluster: &Cluster,
-    shard: u32,
+    reader: &Reader,
     after: u64,
     since: Option<SystemTime>,
     events: &mpsc::Sender<Followed>,
 ) -> Result<(), String> {
+    let (cluster, shard) = (&reader.cluster, reader.shard);
+    reader.follows.learn_owner(cluster, shard).await;
     let name = cluster.named("events");
     let stream = cluster
         .jetstream()
@@ -171,6 +252,7 @@ async fn read_until_broken(
     if pending == 0 {
         caught_up = true;
         lag.set(0.0);
+        reader.follows.lag(shard, 0, Duration::ZERO);
         if events.send(Followed::CaughtUp).await.is_err() {
             return Ok(());
         }
@@ -214,8 +296,13 @@ async fn read_until_broken(
             .duration_since(published)
             .unwrap_or_default();
         lag_seconds.set(behind.as_secs_f64());
+        reader.follows.lag(shard, pending, behind);
         let read = logged(shard, &message.message)
             .ok_or_else(|| format!("a message of {name} without its headers"))?;
+        if matches!(read, Logged::Fence(_)) {
+            // A new term: another node runs the shard now.
+            reader.follows.learn_owner(cluster, shard).await;
+        }
         if let Some(followed) = terms.take(shard, read, after)
             && events.send(followed).await.is_err()
         {
@@ -409,12 +496,6 @@ impl Drop for Commands {
     }
 }
 
-fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Commands {
     /// Answers nothing yet: see [`serve`](Self::serve).
     #[must_use]
@@ -428,11 +509,13 @@ impl Commands {
 
     /// Answers the commands other nodes' clients send shard `shard` (one
     /// this node runs now): each is handed to the sink (the proxy's:
-    /// applied and budgeted as this node's own clients' commands), in the
-    /// order they come, and the outcome is the answer. A command over
-    /// 4 KiB, or whose headers do not read, is answered `refused` and
-    /// counted (`gateway_cluster_errors_total{what="command"}`). A shard
-    /// served already stays as it is.
+    /// checked, applied and budgeted as this node's own clients' commands),
+    /// in the order they come, and the outcome is the answer; one the sink
+    /// refuses (invalid, or a shard no longer run here) is answered
+    /// `error:{why}`, which the asking node returns as its error. A
+    /// command over 4 KiB, or whose headers do not read, is answered
+    /// `refused` and counted (`gateway_cluster_errors_total{what="command"}`).
+    /// A shard served already stays as it is.
     ///
     /// # Errors
     ///
@@ -502,7 +585,12 @@ async fn answer(sink: &dyn CommandSink, shard: u32, request: &Message) -> String
     };
     match sink.apply(shard, command).await {
         Ok(outcome) => self::outcome(&outcome),
-        Err(_) => "stopped".to_owned(),
+        // Refused by the sink (an invalid command, a shard this node no
+        // longer runs): the client's node logs why.
+        Err(error) => match error.kind() {
+            shard_pool::ErrorKind::Remote { reason, .. } => format!("error:{reason}"),
+            _ => "stopped".to_owned(),
+        },
     }
 }
 

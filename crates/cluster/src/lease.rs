@@ -64,7 +64,8 @@ pub struct LeaseLost {
     pub why: String,
 }
 
-fn key(shard: u32) -> String {
+/// The key of shard `shard`'s lease.
+pub(crate) fn key(shard: u32) -> String {
     format!("shard-{shard}")
 }
 
@@ -191,6 +192,11 @@ impl Leases {
                 }
             }
         }
+    }
+
+    /// The bucket of leases.
+    pub(crate) fn store(&self) -> &kv::Store {
+        &self.inner.kv
     }
 
     /// Gives every lease this node holds back, for other nodes to take at

@@ -61,6 +61,7 @@
 //! [`Source`]: shard_pool::Source
 //! [`CommandSink`]: shard_pool::CommandSink
 
+mod changes;
 mod error;
 mod follow;
 mod lease;
@@ -76,6 +77,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
+pub use crate::changes::Changes;
 pub use crate::error::{Error, ErrorKind};
 pub use crate::follow::{Commands, NatsSource, serve_commands};
 pub use crate::lease::{LeaseLost, Leases, Take};
@@ -423,6 +425,14 @@ impl Cluster {
     pub async fn store(&self) -> Result<JetStreamStore, Error> {
         JetStreamStore::open(self).await
     }
+}
+
+/// A std mutex's guard; a poisoned one is taken all the same (what it
+/// guards stays consistent: no code here panics while holding it).
+pub(crate) fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -65,6 +65,11 @@ impl Members {
         &self.me
     }
 
+    /// The bucket of live nodes.
+    pub(crate) fn store(&self) -> &kv::Store {
+        &self.kv
+    }
+
     /// Says this node is alive (a few times per lease).
     ///
     /// # Errors

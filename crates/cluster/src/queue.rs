@@ -1,7 +1,7 @@
 //! Identify pacing across the nodes of a cluster: twilight's `Queue` over
 //! JetStream key-value buckets.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use shard_pool::{GatewayInfo, Queue};
 use tokio::sync::{Mutex, oneshot};
 
-use crate::{Cluster, Error};
+use crate::{Cluster, Error, locked};
 
 /// The length of Discord's identify day.
 const DAY: Duration = Duration::from_hours(24);
@@ -19,6 +19,9 @@ const RETRY: Duration = Duration::from_millis(500);
 
 /// The key of the day's identify count in the state bucket.
 const DAY_KEY: &str = "identify-day";
+
+/// How often every node reads the day's identify count for its gauges.
+const DAY_REFRESH: Duration = Duration::from_secs(5);
 
 /// Identify pacing shared by every node of a cluster.
 ///
@@ -34,9 +37,10 @@ const DAY_KEY: &str = "identify-day";
 /// The day's identifies (`session_start_limit`) are one count for the whole
 /// cluster, in the `{name}-state` bucket, taken with compare-and-set; when
 /// it is spent, turns wait for Discord's reset. This node's turns, and the
-/// day's count as it last saw it, are in `/metrics`
-/// (`gateway_identify_turns_total`, `gateway_identifies_remaining`,
-/// `gateway_identifies_reset_seconds`).
+/// day's count ([`identifies`](Self::identifies): read every 5 s, its
+/// countdown brought up to date every second, on every node whether it
+/// identifies or not), are in `/metrics` (`gateway_identify_turns_total`,
+/// `gateway_identifies_remaining`, `gateway_identifies_reset_seconds`).
 #[derive(Clone, Debug)]
 pub struct KvQueue {
     inner: Arc<Inner>,
@@ -53,6 +57,10 @@ struct Inner {
     spacing: Duration,
     /// What Discord said at start, for a day count that does not exist yet.
     gateway: GatewayInfo,
+    /// The day's count as Discord gave it at start.
+    first_day: Day,
+    /// The day's count as this node last read or wrote it.
+    day: std::sync::Mutex<Option<Day>>,
 }
 
 impl KvQueue {
@@ -62,53 +70,82 @@ impl KvQueue {
         window: Duration,
     ) -> Result<Self, Error> {
         let spacing = shard_pool::identify_spacing(window);
-        let storage = cluster.config().storage.of();
-        let replicas = cluster.config().replicas;
-        let turns_name = cluster.named("identify");
         let turns = cluster
-            .jetstream()
-            .create_or_update_key_value(kv::Config {
-                bucket: turns_name.clone(),
-                description: "gateway-proxy: one key per identify bucket while its turn lasts"
-                    .to_owned(),
-                history: 1,
-                max_age: spacing,
-                storage,
-                num_replicas: replicas,
-                ..kv::Config::default()
-            })
-            .await
-            .map_err(|e| Error::nats(format!("creating the key-value bucket {turns_name}"), e))?;
+            .key_value(
+                "identify",
+                "gateway-proxy: one key per identify bucket while its turn lasts".to_owned(),
+                spacing,
+            )
+            .await?;
         let state = open_state(cluster).await?;
         let max_concurrency = gateway.max_concurrency.max(1);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                turns,
-                state,
-                node: cluster.config().node_id.clone(),
-                buckets: (0..max_concurrency).map(|_| Mutex::new(())).collect(),
-                spacing,
-                gateway: gateway.clone(),
-            }),
-        })
+        let now = shard_pool::unix_ms(shard_pool::wall_clock());
+        let inner = Arc::new(Inner {
+            turns,
+            state,
+            node: cluster.config().node_id.clone(),
+            buckets: (0..max_concurrency).map(|_| Mutex::new(())).collect(),
+            spacing,
+            gateway: gateway.clone(),
+            first_day: Day::from_gateway(gateway, now),
+            day: std::sync::Mutex::new(None),
+        });
+        tokio::spawn(keep_day(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// The day's identifies left and the time until Discord resets the
+    /// count, as the cluster's shared count said when this node last read
+    /// it (every 5 s) or took one; the time counted down from then. `None`
+    /// until the first read.
+    #[must_use]
+    pub fn identifies(&self) -> Option<(u32, Duration)> {
+        let day = (*locked(&self.inner.day))?;
+        let now = shard_pool::unix_ms(shard_pool::wall_clock());
+        let day = day.at(now);
+        Some((day.remaining, Duration::from_millis(day.reset_at - now)))
+    }
+}
+
+/// Keeps the day's gauges current on this node, whether it identifies or
+/// not: the count read from the state bucket every [`DAY_REFRESH`] (kept
+/// as it was while NATS fails), the countdown to the reset every second.
+/// Ends with the queue.
+async fn keep_day(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut read_at: Option<tokio::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if read_at.is_none_or(|at| at.elapsed() >= DAY_REFRESH) {
+            read_at = Some(tokio::time::Instant::now());
+            if let Ok(entry) = inner.state.entry(DAY_KEY).await {
+                let day = entry
+                    .filter(|entry| entry.operation == kv::Operation::Put)
+                    .and_then(|entry| Day::parse(&entry.value))
+                    .unwrap_or(inner.first_day);
+                *locked(&inner.day) = Some(day);
+            }
+        }
+        let day = *locked(&inner.day);
+        if let Some(day) = day {
+            let now = shard_pool::unix_ms(shard_pool::wall_clock());
+            record_day(&day.at(now), now);
+        }
     }
 }
 
 /// The cluster's small shared state: the day's identify count.
 pub(crate) async fn open_state(cluster: &Cluster) -> Result<kv::Store, Error> {
-    let name = cluster.named("state");
     cluster
-        .jetstream()
-        .create_or_update_key_value(kv::Config {
-            bucket: name.clone(),
-            description: "gateway-proxy: the cluster's shared counts".to_owned(),
-            history: 1,
-            storage: cluster.config().storage.of(),
-            num_replicas: cluster.config().replicas,
-            ..kv::Config::default()
-        })
+        .key_value(
+            "state",
+            "gateway-proxy: the cluster's shared counts".to_owned(),
+            Duration::ZERO,
+        )
         .await
-        .map_err(|e| Error::nats(format!("creating the key-value bucket {name}"), e))
 }
 
 impl Inner {
@@ -265,6 +302,7 @@ impl Inner {
                     .is_ok()
             };
             if written {
+                *locked(&self.day) = Some(*day);
                 record_day(day, now);
                 return;
             }
@@ -353,6 +391,19 @@ impl Day {
         parts.next().is_none().then_some(day)
     }
 
+    /// The count at `now`: whole again once the reset passed (its next
+    /// reset is set by the next identify: `now` until then).
+    fn at(self, now: u64) -> Self {
+        if now < self.reset_at {
+            return self;
+        }
+        Self {
+            remaining: self.total,
+            total: self.total,
+            reset_at: now,
+        }
+    }
+
     fn encode(self) -> Bytes {
         Bytes::from(format!(
             "{} {} {}",
@@ -395,5 +446,9 @@ mod tests {
         for bad in ["", "1 2", "1 2 3 4", "a 2 3", "-1 2 3"] {
             assert_eq!(Day::parse(bad.as_bytes()), None, "{bad:?}");
         }
+        // Past its reset, the count is whole again.
+        assert_eq!(day.at(day.reset_at - 1), day);
+        let after = day.at(day.reset_at + 5);
+        assert_eq!((after.remaining, after.reset_at), (1000, day.reset_at + 5));
     }
 }

@@ -13,7 +13,8 @@
 //! | `POST /_sim/shards/{n}/close?code=N` | close with `N` |
 //! | `POST /_sim/shards/{n}/cut` | drop the TCP connections |
 //! | `POST /_sim/shards/{n}/emit?t=NAME` | the body (a JSON object) as a dispatch |
-//! | `POST /_sim/pause`, `POST /_sim/resume` | stop and restart the stream |
+//! | `POST /_sim/pause` | stop the stream; `last_markers`: each shard's last marker, nothing numbered after it generated while paused |
+//! | `POST /_sim/resume` | restart the stream |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -44,8 +45,8 @@ pub(crate) async fn route(
             shared.connection_logs().iter().map(connection).collect(),
         )),
         (Method::POST, ["pause"]) => {
-            shared.paused.store(true, Ordering::Relaxed);
-            ok(&json!({"paused": true}))
+            let last = shared.pause();
+            ok(&json!({"paused": true, "last_markers": last}))
         }
         (Method::POST, ["resume"]) => {
             shared.paused.store(false, Ordering::Relaxed);

@@ -221,6 +221,11 @@ impl EventGen {
     }
 
     /// The marker of the next dispatch, and its number.
+    /// The number of the last marker handed out (0: none yet).
+    pub(crate) fn last_marker(&self) -> u64 {
+        self.next_n - 1
+    }
+
     pub(crate) fn marker(&mut self, sent_at_us: u64) -> (String, u64) {
         let n = self.next_n;
         self.next_n += 1;

@@ -258,8 +258,17 @@ impl Sim {
     }
 
     /// Stops generating dispatches until [`resume_stream`](Self::resume_stream).
+    /// Once it returns, nothing is generated past
+    /// [`last_markers`](Self::last_markers) (events [`emit`](Self::emit)ted
+    /// still are).
     pub fn pause_stream(&self) {
-        self.shared.paused.store(true, Ordering::Relaxed);
+        let _ = self.shared.pause();
+    }
+
+    /// Each shard's last marker so far (0: none yet).
+    #[must_use]
+    pub fn last_markers(&self) -> Vec<u64> {
+        self.shared.last_markers()
     }
 
     /// Generates dispatches again.
@@ -497,6 +506,21 @@ impl Shared {
             .map_or(0, |hub| hub.control.send(command).unwrap_or(0))
     }
 
+    /// Pauses the stream; each shard's last marker. A batch being
+    /// generated as the flag is set ends first (the generator checks the
+    /// flag under its lock, which this takes after setting it).
+    fn pause(&self) -> Vec<u64> {
+        self.paused.store(true, Ordering::SeqCst);
+        self.last_markers()
+    }
+
+    fn last_markers(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .map(|hub| hub.generator().last_marker())
+            .collect()
+    }
+
     fn emit(&self, shard: u32, t: &str, d: &str) -> Option<u64> {
         let hub = self.shards.get(shard as usize)?;
         let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(d).ok()?;
@@ -706,6 +730,12 @@ async fn generate(shared: Arc<Shared>, index: u32) {
         }
         let mut world = lock(&shared.world);
         let mut generator = hub.generator();
+        // Again under the lock: a pause waits for it, and so sees the
+        // last marker of a batch begun before it.
+        if shared.paused.load(Ordering::SeqCst) {
+            owed = 0.0;
+            continue;
+        }
         while owed >= 1.0 {
             owed -= 1.0;
             let Some(dispatch) = generator.next(&mut world, unix_micros()) else {

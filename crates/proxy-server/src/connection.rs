@@ -26,7 +26,7 @@
 //! `prelude.rs`).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead};
@@ -148,8 +148,9 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// How much earlier than its connection dropped a session's missed events
 /// are looked for in a cluster's event log: the clocks of the nodes and of
-/// NATS may differ this much.
-const LOG_MARGIN: Duration = Duration::from_mins(1);
+/// NATS may differ this much. The log must keep the session ttl and this
+/// much more.
+pub const LOG_MARGIN: Duration = Duration::from_mins(1);
 
 /// How long an IDENTIFY waits for its shard to be ready.
 const READY_WAIT: Duration = Duration::from_secs(30);
@@ -1327,11 +1328,39 @@ fn fatal_reason(code: u16) -> &'static str {
 /// more than the checkpoint says: the events after it that were for it,
 /// one `s` each (each dispatch carries its audience), and RESUMED once the
 /// index reached the pending resume's end. `None` when `seq` is past what
-/// the shard holds, or a reset lies on the way: the client identifies
-/// again.
-fn ahead(shard: &ShardHandle, session_id: &str, session: &Session, seq: u64) -> Option<u64> {
+/// the shard holds and will hold, or a reset lies on the way: the client
+/// identifies again. The events after the checkpoint are read from the
+/// ring or, when it no longer holds them (or never did: a node that began
+/// following the shard from a later checkpoint), from the event log from
+/// `since`.
+///
+/// A client may have got more than this node holds yet: from a node a
+/// little ahead of this one's following, or from an owner that died
+/// before it published them (the node that takes the shard over has
+/// Discord replay them, numbered the same). The walk waits for them, as
+/// an IDENTIFY waits for its shard, while they may still come
+/// ([`may_catch_up`]).
+async fn ahead(
+    shard: &ShardHandle,
+    session_id: &str,
+    session: &Session,
+    seq: u64,
+    since: SystemTime,
+) -> Option<u64> {
     let ahead = session.ahead?;
-    let (mut events, _) = shard.subscribe_from(session.index)?;
+    let deadline = Instant::now() + READY_WAIT;
+    let mut events = loop {
+        if let Some((events, _)) = shard.subscribe_from_log(session.index, since).await {
+            break events;
+        }
+        if !may_catch_up(shard) || shard.head() >= session.index {
+            return None;
+        }
+        let mut news = shard.subscribe();
+        tokio::time::timeout_at(deadline, news.changed())
+            .await
+            .ok()?;
+    };
     let (mut s, mut index) = (session.seq, session.index);
     let mut resumed_at = ahead.resumed_at;
     let mut taken = Vec::new();
@@ -1350,7 +1379,13 @@ fn ahead(shard: &ShardHandle, session_id: &str, session: &Session, seq: u64) -> 
         if taken.is_empty() {
             events.take(BATCH_BYTES, &mut taken).ok()?;
             if taken.is_empty() {
-                return None;
+                if !may_catch_up(shard) {
+                    return None;
+                }
+                tokio::time::timeout_at(deadline, events.changed())
+                    .await
+                    .ok()?;
+                continue;
             }
             taken.reverse();
         }
@@ -1364,6 +1399,14 @@ fn ahead(shard: &ShardHandle, session_id: &str, session: &Session, seq: u64) -> 
     }
 }
 
+/// Whether events a client got may still reach this node's state of
+/// `shard`: one it follows (its owner publishes them, or the node that
+/// takes it over has Discord replay them), or one it runs that is still
+/// resuming (Discord's replay comes before RESUMED).
+fn may_catch_up(shard: &ShardHandle) -> bool {
+    !shard.is_local() || !shard.is_ready()
+}
+
 /// Where a session resuming from `seq` stands in its shard, and its
 /// follower from there with the head then: from the ring, or past it from
 /// the cluster's event log (from a little before the connection dropped).
@@ -1373,24 +1416,24 @@ async fn replay(
     session: &Session,
     seq: u64,
 ) -> Option<(u64, Follower, u64)> {
-    let index = session.map.index_of(seq, session.seq).or_else(|| {
-        let index = ahead(shard, session_id, session, seq);
-        if let Some(index) = index {
-            tracing::info!(
-                shard = session.shard,
-                seq,
-                index,
-                "a session resumed from past its checkpoint"
-            );
-        }
-        index
-    })?;
     let dropped = session
         .detached_at
         .map_or(Duration::ZERO, |at| at.elapsed());
     let since = shard_pool::wall_clock()
         .checked_sub(dropped + LOG_MARGIN)
         .unwrap_or(std::time::UNIX_EPOCH);
+    let index = if let Some(index) = session.map.index_of(seq, session.seq) {
+        index
+    } else {
+        let index = ahead(shard, session_id, session, seq, since).await?;
+        tracing::info!(
+            shard = session.shard,
+            seq,
+            index,
+            "a session resumed from past its checkpoint"
+        );
+        index
+    };
     let (events, head) = shard.subscribe_from_log(index, since).await?;
     Some((index, events, head))
 }
@@ -1405,7 +1448,7 @@ async fn kicked(kick: Option<Arc<Notify>>) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use discord_sim::{KNOWN_INTENTS, Sim, SimConfig};
     use shard_pool::{Pool, PoolConfig};
@@ -1458,9 +1501,19 @@ mod tests {
             live: None,
             ahead: Some(Ahead { resumed_at: None }),
         };
-        assert_eq!(ahead(shard, "me", &session, 13), Some(start + 3));
-        assert_eq!(ahead(shard, "me", &session, 15), Some(start + 5));
-        assert_eq!(ahead(shard, "me", &session, 16), None, "past the head");
+        assert_eq!(
+            ahead(shard, "me", &session, 13, UNIX_EPOCH).await,
+            Some(start + 3)
+        );
+        assert_eq!(
+            ahead(shard, "me", &session, 15, UNIX_EPOCH).await,
+            Some(start + 5)
+        );
+        assert_eq!(
+            ahead(shard, "me", &session, 16, UNIX_EPOCH).await,
+            None,
+            "past the head"
+        );
         // Its RESUMED was due at start + 2: it took s 13.
         let resuming = Session {
             ahead: Some(Ahead {
@@ -1468,15 +1521,24 @@ mod tests {
             }),
             ..session.clone()
         };
-        assert_eq!(ahead(shard, "me", &resuming, 12), Some(start + 2));
-        assert_eq!(ahead(shard, "me", &resuming, 13), Some(start + 2));
-        assert_eq!(ahead(shard, "me", &resuming, 14), Some(start + 3));
+        assert_eq!(
+            ahead(shard, "me", &resuming, 12, UNIX_EPOCH).await,
+            Some(start + 2)
+        );
+        assert_eq!(
+            ahead(shard, "me", &resuming, 13, UNIX_EPOCH).await,
+            Some(start + 2)
+        );
+        assert_eq!(
+            ahead(shard, "me", &resuming, 14, UNIX_EPOCH).await,
+            Some(start + 3)
+        );
         // Not served then: nothing past what the checkpoint says.
         let detached = Session {
             ahead: None,
             ..session.clone()
         };
-        assert_eq!(ahead(shard, "me", &detached, 12), None);
+        assert_eq!(ahead(shard, "me", &detached, 12, UNIX_EPOCH).await, None);
         // A member chunk another session asked for took no `s` of this
         // one; one it asked for took one.
         shard.route_chunks("theirs", "other");
@@ -1490,15 +1552,21 @@ mod tests {
         sim.emit(0, "TYPING_START", r#"{"channel_id":"1"}"#)
             .unwrap();
         head(shard, start + 8).await;
-        assert_eq!(ahead(shard, "me", &session, 15), Some(start + 5));
         assert_eq!(
-            ahead(shard, "me", &session, 16),
+            ahead(shard, "me", &session, 15, UNIX_EPOCH).await,
+            Some(start + 5)
+        );
+        assert_eq!(
+            ahead(shard, "me", &session, 16, UNIX_EPOCH).await,
             Some(start + 7),
             "its own chunk"
         );
-        assert_eq!(ahead(shard, "me", &session, 17), Some(start + 8));
         assert_eq!(
-            ahead(shard, "other", &session, 16),
+            ahead(shard, "me", &session, 17, UNIX_EPOCH).await,
+            Some(start + 8)
+        );
+        assert_eq!(
+            ahead(shard, "other", &session, 16, UNIX_EPOCH).await,
             Some(start + 6),
             "the other's"
         );

@@ -36,6 +36,24 @@ impl CommandSink for Sink {
                 return Err(shard_pool::Error::remote(shard, "not run by this node"));
             };
             if !matches!(command.route, Route::Ended { .. }) {
+                // Checked as this node's own clients' commands are: the
+                // other node did, but a command from NATS is not taken on
+                // trust.
+                let checked = if command.payload.len() > ctx.protocol.max_message_bytes {
+                    Err("payload too large")
+                } else {
+                    crate::protocol::remote_command(command.payload.as_bytes(), &command.route)
+                };
+                if let Err(reason) = checked {
+                    tracing::warn!(
+                        shard,
+                        session = &*command.session,
+                        reason,
+                        "a command from another node refused: invalid"
+                    );
+                    let reason = format!("invalid command: {reason}");
+                    return Err(shard_pool::Error::remote(shard, reason));
+                }
                 // One more client of the shard, known by its session: the
                 // shard's budget is every node's clients'.
                 let key = remote_key(&command.session);

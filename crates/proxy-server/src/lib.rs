@@ -42,6 +42,7 @@ mod server;
 mod session;
 
 pub use crate::config::{ClientCompression, Limits, ServerConfig};
+pub use crate::connection::LOG_MARGIN;
 pub use crate::server::{Proxy, listener, recorder};
 
 /// The client side's state machines on arbitrary input, for the fuzz

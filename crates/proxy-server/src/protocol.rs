@@ -11,6 +11,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
+use shard_pool::Route;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Object, Value};
 use tokio::time::Instant;
 
@@ -211,27 +212,11 @@ impl Protocol {
                 "more than 120 payloads in 60 s",
             ));
         }
-        let Ok(value) = sonic_rs::from_slice::<Value>(payload) else {
-            return Request::Close(Close::new(Close::DECODE_ERROR, "payload is not valid JSON"));
-        };
-        let Some(object) = value.as_object() else {
-            return Request::Close(Close::new(Close::DECODE_ERROR, "payload is not an object"));
-        };
-        if has_duplicate_key(object) {
-            return Request::Close(Close::new(Close::DECODE_ERROR, "payload has a key twice"));
-        }
-        let Some(op) = value.get("op").and_then(JsonValueTrait::as_u64) else {
-            return Request::Close(Close::new(Close::DECODE_ERROR, "payload has no numeric op"));
+        let (value, op) = match envelope(payload) {
+            Ok(read) => read,
+            Err(reason) => return Request::Close(Close::new(Close::DECODE_ERROR, reason)),
         };
         let d = value.get("d");
-        if let Some(d) = d.and_then(Value::as_object)
-            && has_duplicate_key(d)
-        {
-            return Request::Close(Close::new(
-                Close::DECODE_ERROR,
-                "payload's d has a key twice",
-            ));
-        }
         match op {
             1 if !self.authenticated
                 && self.early_heartbeats >= self.limits.max_early_heartbeats =>
@@ -289,7 +274,61 @@ impl Protocol {
     }
 }
 
-/// A snowflake written as a string of digits or as a number.
+/// The top level of a client's payload, read and checked: JSON, an object
+/// with each key once, a numeric `op`, a `d` with each key once. The value
+/// and its `op`, or what is wrong.
+fn envelope(payload: &[u8]) -> Result<(Value, u64), &'static str> {
+    let value = sonic_rs::from_slice::<Value>(payload).map_err(|_| "payload is not valid JSON")?;
+    let object = value.as_object().ok_or("payload is not an object")?;
+    if has_duplicate_key(object) {
+        return Err("payload has a key twice");
+    }
+    let op = value
+        .get("op")
+        .and_then(JsonValueTrait::as_u64)
+        .ok_or("payload has no numeric op")?;
+    if value
+        .get("d")
+        .and_then(Value::as_object)
+        .is_some_and(has_duplicate_key)
+    {
+        return Err("payload's d has a key twice");
+    }
+    Ok((value, op))
+}
+
+/// Checks a command that came from another node's client, as
+/// [`Protocol::handle_payload`] checks a local client's (the same reasons
+/// as its 4002 closes), and that `route` is the one the command gives (an
+/// op 8's nonce, an op 4's guild and channel): what is wrong, if anything.
+/// The client's node checked it already; this is the shard's node not
+/// taking that on trust.
+pub(crate) fn remote_command(payload: &[u8], route: &Route) -> Result<(), &'static str> {
+    let (value, op) = envelope(payload)?;
+    let op: u8 = match op {
+        3 => 3,
+        4 => 4,
+        8 => 8,
+        31 => 31,
+        _ => return Err("not a command (op 3, 4, 8 or 31)"),
+    };
+    let d = value.get("d");
+    let (guild, nonce) = command(op, d)?;
+    let given = match (op, nonce, guild) {
+        (8, Some(nonce), _) => Route::Chunks { nonce },
+        (4, _, Some(guild)) => Route::Voice {
+            guild,
+            channel: d.and_then(|d| d.get("channel_id")).and_then(snowflake),
+        },
+        _ => Route::Plain,
+    };
+    if *route == given {
+        Ok(())
+    } else {
+        Err("its route is not the one the command gives")
+    }
+}
+
 /// A snowflake as Discord's clients send it: a string of digits, or (as
 /// discord.py sends op 4's) a number.
 pub(crate) fn snowflake(value: &Value) -> Option<u64> {
@@ -747,5 +786,41 @@ mod tests {
             close_code(p.handle_payload(br#"{"op":6,"d":{"token":"t"}}"#, now)),
             4002
         );
+    }
+
+    #[test]
+    fn another_nodes_command_is_checked_as_a_local_clients_and_its_route() {
+        let op4 =
+            br#"{"op":4,"d":{"guild_id":"5","channel_id":7,"self_mute":false,"self_deaf":true}}"#;
+        let voice = Route::Voice {
+            guild: 5,
+            channel: Some(7),
+        };
+        assert_eq!(remote_command(op4, &voice), Ok(()));
+        let op8 = br#"{"op":8,"d":{"guild_id":"5","query":"","limit":0,"nonce":"n1"}}"#;
+        let chunks = Route::Chunks {
+            nonce: "n1".to_owned(),
+        };
+        assert_eq!(remote_command(op8, &chunks), Ok(()));
+        let op31 = br#"{"op":31,"d":{"guild_ids":["5","6"]}}"#;
+        assert_eq!(remote_command(op31, &Route::Plain), Ok(()));
+        // What a local client would be closed with 4002 for.
+        let bad: [&[u8]; 5] = [
+            b"{",
+            br#"{"op":3,"op":3,"d":{}}"#,
+            br#"{"op":3,"d":{"status":"away","since":null,"afk":false,"activities":[]}}"#,
+            br#"{"op":31,"d":{"guild_ids":["x"]}}"#,
+            br#"{"op":2,"d":{"token":"t"}}"#,
+        ];
+        for payload in bad {
+            assert!(remote_command(payload, &Route::Plain).is_err());
+        }
+        // A route other than the command's own.
+        assert!(remote_command(op8, &Route::Plain).is_err());
+        let elsewhere = Route::Voice {
+            guild: 5,
+            channel: None,
+        };
+        assert!(remote_command(op4, &elsewhere).is_err());
     }
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use shard_pool::{Pool, ShardState};
+use shard_pool::{FollowedStatus, Pool, ShardState};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -434,7 +434,8 @@ fn health(pool: &Pool) -> Response<Full<Bytes>> {
 
 /// 200 when every shard this node runs is active, else 503; with each
 /// shard's state (and the close code of a shard closed for good), those
-/// of other nodes this node follows (`following`) included.
+/// of other nodes this node follows (`following`) included, and for each
+/// followed shard what the source knows of it (see [`followed`]).
 fn ready(pool: &Pool, node: Option<&str>) -> Response<Full<Bytes>> {
     let states: Vec<(u32, ShardState, Option<u16>)> = pool
         .shards()
@@ -445,6 +446,15 @@ fn ready(pool: &Pool, node: Option<&str>) -> Response<Full<Bytes>> {
         .iter()
         .all(|(_, state, _)| *state == ShardState::Active);
     let followed = pool.followed();
+    let lags = if followed.is_empty() {
+        String::new()
+    } else {
+        let members: Vec<String> = followed
+            .iter()
+            .map(|shard| self::followed(shard.id(), pool.following(shard.id())))
+            .collect();
+        format!(r#","followed":{{{}}}"#, members.join(","))
+    };
     let followed = followed
         .iter()
         .map(|shard| (shard.id(), shard.state(), shard.fatal_close()));
@@ -461,11 +471,64 @@ fn ready(pool: &Pool, node: Option<&str>) -> Response<Full<Bytes>> {
     let node = node
         .map(|node| format!(r#""node":"{node}","#))
         .unwrap_or_default();
-    let body = format!(r#"{{"ready":{all_active},{node}"shards":{{{body}}}}}"#);
+    let body = format!(r#"{{"ready":{all_active},{node}"shards":{{{body}}}{lags}}}"#);
     let code = if all_active {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     text(code, "application/json", body)
+}
+
+/// `/ready`'s `followed` member of shard `id`, from what the pool's
+/// source knows of it ([`Pool::following`]): how far behind its log the
+/// reading is (`lag_messages`, `lag_seconds`) and the node that runs it
+/// (`owner`). What it does not know yet (a follower that has not read a
+/// message) is left out.
+fn followed(id: u32, status: Option<FollowedStatus>) -> String {
+    let status = status.unwrap_or_default();
+    let mut fields = Vec::new();
+    if let Some(events) = status.lag_events {
+        fields.push(format!(r#""lag_messages":{events}"#));
+    }
+    if let Some(lag) = status.lag {
+        fields.push(format!(r#""lag_seconds":{:.3}"#, lag.as_secs_f64()));
+    }
+    if let Some(owner) = status.owner {
+        let owner = sonic_rs::to_string(&*owner).unwrap_or_default();
+        fields.push(format!(r#""owner":{owner}"#));
+    }
+    format!(r#""{id}":{{{}}}"#, fields.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn ready_says_what_the_source_knows_of_a_followed_shard() {
+        let mut status = FollowedStatus::default();
+        status.owner = Some("c.1".into());
+        status.lag_events = Some(3);
+        status.lag = Some(Duration::from_millis(250));
+        let mut lag_only = FollowedStatus::default();
+        lag_only.lag_events = Some(0);
+        let json = format!(
+            "{{{},{},{}}}",
+            followed(0, Some(status)),
+            followed(2, Some(lag_only)),
+            followed(5, None)
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "0": {"lag_messages": 3, "lag_seconds": 0.25, "owner": "c.1"},
+                "2": {"lag_messages": 0},
+                "5": {},
+            })
+        );
+    }
 }

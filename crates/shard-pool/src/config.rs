@@ -85,6 +85,11 @@ pub struct PoolConfig {
     /// the total, those others run followed from their owners' events and
     /// checkpoints (in [`store`](Self::store)); without, only the pool's.
     pub source: Option<Arc<dyn Source>>,
+    /// How long taking over a followed shard ([`Pool::run`](crate::Pool::run))
+    /// waits to read its log up to the new term's mark; past it, the shard
+    /// runs from where its state stands (a gap in the log that no
+    /// checkpoint fills would otherwise keep it from running anywhere).
+    pub takeover_wait: Duration,
     /// What `GET /gateway/bot` said, if the caller asked already
     /// ([`GatewayInfo::fetch`](crate::GatewayInfo::fetch): a cluster's
     /// queue needs it first); `None`: the pool asks.
@@ -116,6 +121,7 @@ impl fmt::Debug for PoolConfig {
             .field("checkpoint_max_age", &self.checkpoint_max_age)
             .field("tap", &self.tap)
             .field("source", &self.source)
+            .field("takeover_wait", &self.takeover_wait)
             .field("gateway", &self.gateway)
             .finish()
     }
@@ -148,6 +154,7 @@ impl PoolConfig {
             checkpoint_max_age: Duration::from_mins(2),
             tap: None,
             source: None,
+            takeover_wait: Duration::from_secs(30),
             gateway: None,
         }
     }

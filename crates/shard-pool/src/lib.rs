@@ -118,7 +118,8 @@ pub use crate::pipeline::{
 pub use crate::pool::{Checkpointed, Pool};
 pub use crate::queue::{PacedQueue, Queue, identify_spacing};
 pub use crate::remote::{
-    Command, CommandFuture, CommandSink, FenceFuture, Followed, Outcome, Route, Source,
+    Command, CommandFuture, CommandSink, FenceFuture, Followed, FollowedStatus, Outcome, Route,
+    Source,
 };
 pub use crate::rest::GatewayInfo;
 pub use crate::ring::RingStats;
@@ -152,26 +153,44 @@ pub mod fuzzing {
         Identity::new(&Token::new("fuzz"), 1, 513, Flags::default())
     }
 
-    /// A whole shard checkpoint of a few events, some of them packed: the
-    /// fuzz target's seed.
+    /// The READY of the fuzz targets' seeds.
+    const READY: &str = r#"{"t":"READY","s":1,"op":0,"d":{"v":10,"user":{"id":"10","username":"bot"},"guilds":[{"id":"20","unavailable":true}],"session_id":"s","resume_gateway_url":"ws://r","application":{"id":"10","flags":0}}}"#;
+
+    /// A pipeline checkpoint after READY alone: the fuzz target's minimal
+    /// seed (`seed-min`).
+    #[must_use]
+    pub fn sample_pipeline() -> Vec<u8> {
+        let mut pipeline = Pipeline::new(Flags::default());
+        let _ = pipeline.handle(Bytes::from_static(READY.as_bytes()));
+        let mut out = Vec::new();
+        pipeline.checkpoint(&mut out);
+        out
+    }
+
+    /// A whole shard checkpoint of a few events, some of them packed, with
+    /// a routed member chunk and a guild's voice (owner and voice server):
+    /// the fuzz target's seed (`seed-shard`).
     #[must_use]
     pub fn sample_shard() -> Vec<u8> {
         let mut pipeline = Pipeline::new(Flags::default());
         let mut ring = Ring::new(limits());
         ring.serve();
         let now = Instant::now();
-        let ready = r#"{"t":"READY","s":1,"op":0,"d":{"v":10,"user":{"id":"10","username":"bot"},"guilds":[{"id":"20","unavailable":true}],"session_id":"s","resume_gateway_url":"ws://r","application":{"id":"10","flags":0}}}"#;
-        let mut payloads = vec![ready.to_owned()];
+        let mut payloads = vec![READY.to_owned()];
         payloads.push(r#"{"t":"GUILD_CREATE","s":2,"op":0,"d":{"id":"20","name":"g","roles":[],"channels":[]}}"#.to_owned());
         payloads.push(r#"{"t":"GUILD_MEMBERS_CHUNK","s":3,"op":0,"d":{"guild_id":"20","members":[],"nonce":"n","chunk_index":0,"chunk_count":1}}"#.to_owned());
-        for s in 4..60 {
+        for s in 4..59 {
             payloads.push(format!(
                 r#"{{"t":"TYPING_START","s":{s},"op":0,"d":{{"channel_id":"30","n":{s}}}}}"#
             ));
         }
+        payloads.push(r#"{"t":"VOICE_SERVER_UPDATE","s":59,"op":0,"d":{"token":"t","guild_id":"20","endpoint":"e"}}"#.to_owned());
         pipeline.route_chunks("n", "fuzz-session");
-        let _ = pipeline.voice_command(20, "fuzz-session", Some(30), |_| true);
         for payload in payloads {
+            if payload.contains("VOICE_SERVER_UPDATE") {
+                // Guild 20 is the shard's by now.
+                let _ = pipeline.voice_command(20, "fuzz-session", Some(30), |_| true);
+            }
             if let Some(event) = pipeline.handle(Bytes::from(payload)) {
                 if matches!(event, ShardEvent::Reset { .. }) {
                     ring.push(&event, now);
@@ -198,7 +217,9 @@ pub mod fuzzing {
         RingLimits {
             max_events: 1 << 20,
             max_bytes: usize::MAX,
-            max_age: Duration::from_hours(1),
+            // Never by age: what a checkpoint holds must not depend on
+            // when it is read (the seeds are files written once).
+            max_age: Duration::MAX,
             raw_events: 4,
             budget: ReplayBudget::new(usize::MAX),
             keep_unserved: false,

@@ -12,7 +12,7 @@ use seqpatch::Scan;
 use state_cache::{Cache, Flags};
 use wire_codec::SharedBody;
 
-use crate::checkpoint::{Reader, put_str};
+use crate::checkpoint::{Reader, put_bytes, put_str};
 
 /// What subscribers of a shard receive, in upstream order. Each carries the
 /// shard's event index, which only ever increases, one by one.
@@ -248,6 +248,10 @@ impl Dispatch {
 /// still waiting (its chunks then go to every client, as unrouted ones).
 pub const MAX_NONCES: usize = 1024;
 
+/// The largest voice server update (its `d`) a guild's voice keeps:
+/// Discord's are about 100 bytes; a larger one is handed on but not kept.
+const MAX_VOICE_SERVER: usize = 1024;
+
 /// The sessions the answers of their own requests go to.
 #[derive(Debug, Default)]
 struct Routes {
@@ -264,6 +268,25 @@ struct Routes {
 struct Voice {
     owner: Arc<str>,
     phase: VoicePhase,
+    /// The `d` of the last voice server update for the owner (at most
+    /// [`MAX_VOICE_SERVER`] bytes); dropped when a leave is sent.
+    server: Option<Bytes>,
+}
+
+impl Voice {
+    fn new(owner: &str, phase: VoicePhase) -> Self {
+        Self {
+            owner: owner.into(),
+            phase,
+            server: None,
+        }
+    }
+
+    /// A leave (op 4 with no channel) is on its way upstream.
+    fn leave(&mut self) {
+        self.phase = VoicePhase::Leaving;
+        self.server = None;
+    }
 }
 
 /// Where a guild's voice connection stands.
@@ -356,15 +379,32 @@ impl Routes {
                 }
                 Audience::Session(session)
             }
-            "VOICE_SERVER_UPDATE" => field("guild_id")
-                .and_then(|guild| guild.parse::<u64>().ok())
-                .and_then(|guild| self.voice.get(&guild))
-                .filter(|voice| voice.phase != VoicePhase::Leaving)
-                .map_or(Audience::Nobody, |voice| {
-                    Audience::Session(voice.owner.clone())
-                }),
+            "VOICE_SERVER_UPDATE" => {
+                let guild = field("guild_id").and_then(|guild| guild.parse::<u64>().ok());
+                self.voice_server(guild, d)
+            }
             _ => Audience::Everyone,
         }
+    }
+
+    /// Who guild `guild`'s voice server update `d` is for: its owner,
+    /// which keeps it as the guild's last (unless over
+    /// [`MAX_VOICE_SERVER`] bytes), or nobody when the guild has no owner
+    /// or is leaving.
+    fn voice_server(&mut self, guild: Option<u64>, d: Option<&[u8]>) -> Audience {
+        let Some(voice) = guild
+            .and_then(|guild| self.voice.get_mut(&guild))
+            .filter(|voice| voice.phase != VoicePhase::Leaving)
+        else {
+            return Audience::Nobody;
+        };
+        voice.server = d
+            .filter(|d| d.len() <= MAX_VOICE_SERVER)
+            .map(Bytes::copy_from_slice);
+        if voice.server.is_none() {
+            tracing::debug!(?guild, "voice server update not kept: over 1 KiB");
+        }
+        Audience::Session(voice.owner.clone())
     }
 
     /// Follows the bot's own voice state (connected, or out of the guild's
@@ -414,6 +454,13 @@ impl Routes {
             out.extend_from_slice(&guild.to_le_bytes());
             put_str(out, &voice.owner);
             out.push(voice.phase.code());
+            match &voice.server {
+                Some(server) => {
+                    out.push(1);
+                    put_bytes(out, server);
+                }
+                None => out.push(0),
+            }
         }
         out.extend_from_slice(&self.bot.unwrap_or(0).to_le_bytes());
     }
@@ -424,12 +471,24 @@ impl Routes {
             let nonce = reader.str()?.into();
             routes.nonces.push_back((nonce, reader.str()?.into()));
         }
-        for _ in 0..reader.count(11)? {
+        // A guild, an owner's length, a phase and a server's marker.
+        for _ in 0..reader.count(12)? {
             let guild = reader.u64()?;
             let owner = reader.str()?.into();
             let phase = VoicePhase::of(reader.u8()?)
                 .ok_or_else(|| crate::Error::checkpoint("a voice phase"))?;
-            routes.voice.insert(guild, Voice { owner, phase });
+            let server = match reader.option(Reader::bytes)? {
+                Some(server) if server.len() > MAX_VOICE_SERVER => {
+                    return Err(crate::Error::checkpoint("a voice server over 1 KiB"));
+                }
+                server => server.map(Bytes::copy_from_slice),
+            };
+            let voice = Voice {
+                owner,
+                phase,
+                server,
+            };
+            routes.voice.insert(guild, voice);
         }
         routes.bot = Some(reader.u64()?).filter(|&bot| bot != 0);
         Ok(routes)
@@ -490,7 +549,7 @@ pub struct Pipeline {
 }
 
 /// The layout of [`Pipeline::checkpoint`].
-const PIPELINE_VERSION: u8 = 3;
+const PIPELINE_VERSION: u8 = 4;
 
 /// An upstream session, as READY named it: what a RESUME needs besides the
 /// last `s`.
@@ -578,6 +637,10 @@ impl Pipeline {
                 let id = sonic_rs::get(d, ["user", "id"]).ok()?;
                 sonic_rs::JsonValueTrait::as_str(&id)?.parse().ok()
             });
+            // A voice server's token is of the upstream session that ended.
+            for voice in self.routes.voice.values_mut() {
+                voice.server = None;
+            }
             self.apply(t, &scan, &payload);
             self.index += 1;
             return Some(ShardEvent::Reset { index: self.index });
@@ -703,8 +766,11 @@ impl Pipeline {
     /// channel the bot is already in with nothing, so such a join by
     /// another session is a [`VoiceCommand::Rejoin`]. A join by the owner
     /// or in a free guild makes the sender the owner; the owner's leave
-    /// starts leaving. Voice server updates go to the owner alone, or to
-    /// nobody. A guild the shard does not hold is not tracked: its op 4
+    /// starts leaving. A join while a leave is on its way (the owner's, or
+    /// one sent because its session ended) makes the sender the owner as
+    /// well: it follows the leave upstream, in order, and the leave's voice
+    /// state is not for it. Voice server updates go to the owner alone, or
+    /// to nobody. A guild the shard does not hold is not tracked: its op 4
     /// is sent as it is.
     #[must_use = "a refused op 4 must not be sent"]
     pub fn voice_command(
@@ -719,21 +785,29 @@ impl Pipeline {
         if !self.cache.has_guild(guild) {
             return VoiceCommand::Forward;
         }
-        let same_channel = channel.is_some() && channel == self.cache.bot_voice_channel(guild);
-        let owner = self
+        let bot_channel = self.cache.bot_voice_channel(guild);
+        let same_channel = channel.is_some() && channel == bot_channel;
+        let current = self
             .routes
             .voice
             .get(&guild)
-            .map(|voice| voice.owner.clone());
+            .map(|voice| (voice.owner.clone(), voice.phase));
         let take = |routes: &mut Routes, phase| {
-            let voice = Voice {
-                owner: session.into(),
-                phase,
-            };
-            routes.voice.insert(guild, voice);
+            routes.voice.insert(guild, Voice::new(session, phase));
         };
-        match owner {
-            Some(owner) if *owner != *session => {
+        match current {
+            Some((_, VoicePhase::Leaving)) if channel.is_some() => {
+                // While the bot is in a channel, the leave's voice state
+                // is still to come: as in a rejoin, it is not the joiner's.
+                let phase = if bot_channel.is_some() {
+                    VoicePhase::Rejoining
+                } else {
+                    VoicePhase::Joining
+                };
+                take(&mut self.routes, phase);
+                VoiceCommand::Forward
+            }
+            Some((owner, _)) if *owner != *session => {
                 if same_channel && !attached(&owner) {
                     take(&mut self.routes, VoicePhase::Rejoining);
                     VoiceCommand::Rejoin
@@ -747,7 +821,7 @@ impl Pipeline {
             }
             Some(_) if channel.is_none() => {
                 if let Some(voice) = self.routes.voice.get_mut(&guild) {
-                    voice.phase = VoicePhase::Leaving;
+                    voice.leave();
                 }
                 VoiceCommand::Forward
             }
@@ -770,7 +844,7 @@ impl Pipeline {
                 return true;
             }
             guilds.push(guild);
-            voice.phase = VoicePhase::Leaving;
+            voice.leave();
             leave
         });
         guilds
@@ -787,6 +861,17 @@ impl Pipeline {
             .collect();
         voice.sort_unstable_by_key(|&(guild, _, _)| guild);
         voice
+    }
+
+    /// The `d` of the last voice server update for guild `guild`'s voice
+    /// owner, kept until a leave is sent or the guild is free (whatever
+    /// the cache flags; one over 1 KiB is not kept). Discord advises
+    /// against caching voice server information: it is here to look at,
+    /// not to replay, and a restarted owner leaves and joins again
+    /// instead.
+    #[must_use]
+    pub fn voice_server(&self, guild: u64) -> Option<&Bytes> {
+        self.routes.voice.get(&guild)?.server.as_ref()
     }
 
     /// The upstream session and the last `s` of it handed on: what a
@@ -1027,18 +1112,16 @@ mod tests {
             forward,
             "a move"
         );
-        // The owner's session ends: its guild leaves, still refusing others
-        // until the bot is out.
+        // The owner's session ends: its guild leaves, still refusing
+        // others' leaves until the bot is out (a join follows the leave:
+        // `a_join_while_the_bots_leave_is_on_its_way_follows_it`).
         assert_eq!(core.voice_session_ended("a", true), vec![20]);
         assert_eq!(
             core.voice_session_ended("a", true),
             Vec::<u64>::new(),
             "once"
         );
-        assert_eq!(
-            core.voice_command(20, "b", Some(30), attached),
-            refused("a")
-        );
+        assert_eq!(core.voice_command(20, "b", None, attached), refused("a"));
         handle(
             &mut core,
             &dispatch("VOICE_STATE_UPDATE", 5, &voice_state("", 10)),
@@ -1053,6 +1136,172 @@ mod tests {
         ended.sort_unstable();
         assert_eq!(ended, vec![20, 21]);
         assert!(core.voice().is_empty());
+    }
+
+    /// A pipeline keeping what `flags` says, past READY and guild 20's
+    /// `GUILD_CREATE` (voice channels 30 and 31).
+    fn with_voice_channels(flags: Flags) -> Pipeline {
+        let mut core = Pipeline::new(flags);
+        handle(&mut core, READY);
+        let guild = r#"{"id":"20","name":"g","unavailable":false,"roles":[],"channels":[{"id":"30","type":2,"name":"v"},{"id":"31","type":2,"name":"w"}]}"#;
+        handle(&mut core, &dispatch("GUILD_CREATE", 2, guild));
+        core
+    }
+
+    /// Who the dispatch `t` with body `d` at `s` is for.
+    fn audience_of(core: &mut Pipeline, t: &str, s: u64, d: &str) -> Audience {
+        match handle(core, &dispatch(t, s, d)) {
+            Some(ShardEvent::Dispatch(d)) => d.audience().clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A voice server update's `d` for guild 20 with `token`.
+    fn voice_server(token: &str) -> String {
+        format!(r#"{{"token":"{token}","guild_id":"20","endpoint":"voice.example:443"}}"#)
+    }
+
+    #[test]
+    fn the_owners_last_voice_server_is_kept_whatever_the_flags_until_a_leave() {
+        let mut core = with_voice_channels(Flags::NONE);
+        assert_eq!(
+            core.voice_command(20, "a", Some(30), |_| true),
+            VoiceCommand::Forward
+        );
+        let a = Audience::Session("a".into());
+        let kept = |core: &Pipeline| core.voice_server(20).map(|d| d.to_vec());
+        assert_eq!(kept(&core), None, "none yet");
+        assert_eq!(
+            audience_of(&mut core, "VOICE_SERVER_UPDATE", 3, &voice_server("t1")),
+            a
+        );
+        assert_eq!(kept(&core), Some(voice_server("t1").into_bytes()));
+        audience_of(&mut core, "VOICE_SERVER_UPDATE", 4, &voice_server("t2"));
+        assert_eq!(
+            kept(&core),
+            Some(voice_server("t2").into_bytes()),
+            "the last"
+        );
+        // One over 1 KiB still goes to the owner, but is not kept.
+        let big = voice_server(&"x".repeat(MAX_VOICE_SERVER));
+        assert_eq!(audience_of(&mut core, "VOICE_SERVER_UPDATE", 5, &big), a);
+        assert_eq!(kept(&core), None);
+        audience_of(&mut core, "VOICE_SERVER_UPDATE", 6, &voice_server("t3"));
+
+        // A checkpoint keeps it; damaged, it is an error, never a panic.
+        let mut checkpoint = Vec::new();
+        core.checkpoint(&mut checkpoint);
+        let mut restored = Pipeline::restore(Flags::NONE, &checkpoint).unwrap();
+        assert_eq!(kept(&restored), Some(voice_server("t3").into_bytes()));
+        for n in 0..checkpoint.len() {
+            assert!(
+                Pipeline::restore(Flags::NONE, &checkpoint[..n]).is_err(),
+                "cut at {n}"
+            );
+        }
+        let server = voice_server("t3");
+        let at = checkpoint
+            .windows(server.len())
+            .position(|w| w == server.as_bytes())
+            .unwrap();
+        let mut oversized = checkpoint[..at - 4].to_vec();
+        oversized.extend_from_slice(&1025_u32.to_le_bytes());
+        oversized.extend_from_slice(&[b' '; 1025]);
+        oversized.extend_from_slice(&checkpoint[at + server.len()..]);
+        let error = Pipeline::restore(Flags::NONE, &oversized).unwrap_err();
+        assert!(error.to_string().contains("over 1 KiB"), "{error}");
+
+        // The owner's session ends: the leave drops it, and a voice server
+        // that comes meanwhile is nobody's and not kept.
+        assert_eq!(restored.voice_session_ended("a", true), vec![20]);
+        assert_eq!(kept(&restored), None);
+        let late = voice_server("t4");
+        assert_eq!(
+            audience_of(&mut restored, "VOICE_SERVER_UPDATE", 7, &late),
+            Audience::Nobody
+        );
+        assert_eq!(kept(&restored), None);
+        // The owner's own leave drops it too, and the bot being out frees
+        // the guild.
+        let _ = core.voice_command(20, "a", None, |_| true);
+        assert_eq!(kept(&core), None);
+        audience_of(&mut core, "VOICE_STATE_UPDATE", 7, &voice_state("", 10));
+        assert!(core.voice().is_empty());
+        // A new upstream session drops every kept voice server.
+        let _ = core.voice_command(20, "b", Some(30), |_| true);
+        audience_of(&mut core, "VOICE_SERVER_UPDATE", 8, &voice_server("t5"));
+        assert!(kept(&core).is_some());
+        handle(&mut core, READY);
+        assert_eq!(kept(&core), None);
+    }
+
+    #[test]
+    fn a_join_while_the_bots_leave_is_on_its_way_follows_it() {
+        let mut core = with_voice_channels(Flags::default());
+        let attached = |_: &str| true;
+        let _ = core.voice_command(20, "a", Some(30), attached);
+        audience_of(&mut core, "VOICE_STATE_UPDATE", 3, &voice_state("30", 10));
+        // The owner's session ended (closed with 1000): the leave is sent.
+        assert_eq!(core.voice_session_ended("a", true), vec![20]);
+        let refused = VoiceCommand::Refused { owner: "a".into() };
+        assert_eq!(core.voice_command(20, "b", None, attached), refused);
+        // A restarted bot joins before Discord's answer to the leave: its
+        // join follows the leave upstream (no second leave), it owns the
+        // guild, and the leave's voice state is everyone's but its own.
+        assert_eq!(
+            core.voice_command(20, "b", Some(31), attached),
+            VoiceCommand::Forward
+        );
+        assert_eq!(core.voice(), vec![(20, "b".into(), VoicePhase::Rejoining)]);
+        let leave = audience_of(&mut core, "VOICE_STATE_UPDATE", 4, &voice_state("", 10));
+        assert_eq!(leave, Audience::AllBut("b".into()));
+        assert_eq!(core.voice(), vec![(20, "b".into(), VoicePhase::Joining)]);
+        audience_of(&mut core, "VOICE_STATE_UPDATE", 5, &voice_state("31", 10));
+        assert_eq!(
+            audience_of(&mut core, "VOICE_SERVER_UPDATE", 6, &voice_server("t")),
+            Audience::Session("b".into())
+        );
+        assert_eq!(core.voice(), vec![(20, "b".into(), VoicePhase::Connected)]);
+        // The owner's own leave then a join at once: the same.
+        let forward = VoiceCommand::Forward;
+        assert_eq!(core.voice_command(20, "b", None, attached), forward);
+        assert_eq!(core.voice_command(20, "b", Some(31), attached), forward);
+        assert_eq!(core.voice()[0].2, VoicePhase::Rejoining);
+        audience_of(&mut core, "VOICE_STATE_UPDATE", 7, &voice_state("", 10));
+        audience_of(&mut core, "VOICE_STATE_UPDATE", 8, &voice_state("31", 10));
+        assert_eq!(core.voice()[0].2, VoicePhase::Connected);
+        // A leave of a bot Discord never put in a channel gets no answer:
+        // a join then is a plain one.
+        audience_of(&mut core, "VOICE_STATE_UPDATE", 9, &voice_state("", 10));
+        let _ = core.voice_command(20, "c", Some(30), attached);
+        assert_eq!(core.voice_session_ended("c", true), vec![20]);
+        assert_eq!(core.voice_command(20, "d", Some(30), attached), forward);
+        assert_eq!(core.voice(), vec![(20, "d".into(), VoicePhase::Joining)]);
+    }
+
+    /// The checkpoint fuzz target's seeds (`fuzz/corpus/checkpoint_restore`)
+    /// are of this build's layouts: a seed it refuses only teaches the
+    /// fuzzer the refusal. `GATEWAY_PROXY_WRITE_SEEDS=1` writes them again
+    /// (docs/FUZZING.md).
+    #[test]
+    fn the_checkpoint_fuzz_seeds_are_of_this_layout() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/checkpoint_restore");
+        let (min, shard) = (dir.join("seed-min"), dir.join("seed-shard"));
+        if std::env::var_os("GATEWAY_PROXY_WRITE_SEEDS").is_some() {
+            std::fs::write(&min, crate::fuzzing::sample_pipeline()).unwrap();
+            std::fs::write(&shard, crate::fuzzing::sample_shard()).unwrap();
+        }
+        let stale = "stale: GATEWAY_PROXY_WRITE_SEEDS=1 cargo test -p shard-pool --lib fuzz_seeds";
+        let min = std::fs::read(min).unwrap();
+        let pipeline = Pipeline::restore(Flags::default(), &min);
+        assert!(pipeline.is_ok(), "seed-min {stale}");
+        let shard = std::fs::read(shard).unwrap();
+        assert_eq!(
+            crate::fuzzing::restore_shard(&shard),
+            Some(58),
+            "seed-shard {stale}"
+        );
     }
 
     /// A voice state of `user` in guild 20 (the READY's), in `channel`

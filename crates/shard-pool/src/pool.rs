@@ -116,10 +116,6 @@ impl Connector {
     }
 }
 
-/// How long a shard taken over may take to read its log up to its new
-/// term.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
-
 /// What [`Pool::checkpoint`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -482,6 +478,16 @@ impl Pool {
         self.running().get(&id).cloned()
     }
 
+    /// What the source knows of followed shard `id`: who runs it and how
+    /// far behind its log this pool reads ([`Source::following`]); `None`
+    /// without a source, or for a shard it knows nothing of.
+    ///
+    /// [`Source::following`]: crate::Source::following
+    #[must_use]
+    pub fn following(&self, id: u32) -> Option<crate::FollowedStatus> {
+        self.following.as_ref()?.source.following(id)
+    }
+
     /// The shards of other processes this pool follows, in id order.
     #[must_use]
     pub fn followed(&self) -> Vec<ShardHandle> {
@@ -505,8 +511,12 @@ impl Pool {
     /// # Errors
     ///
     /// Without a [`source`](crate::PoolConfig::source), for an id past the
-    /// total, or when the log could not be read up to the mark within
-    /// 30 s (the shard is still followed; try again).
+    /// total, when the mark cannot be written, or when following started
+    /// again from a checkpoint past the mark (the shard is still followed;
+    /// try again). A log not read up to the mark within
+    /// [`takeover_wait`](crate::PoolConfig::takeover_wait) is no error: the
+    /// shard runs from where its state stands, and Discord replays the
+    /// rest.
     pub async fn run(&self, id: u32, term: u64) -> Result<ShardHandle, Error> {
         if let Some(shard) = self.local(id) {
             return Ok(shard);
@@ -519,36 +529,48 @@ impl Pool {
             .shard(id)
             .ok_or_else(|| Error::remote(id, "past the total"))?;
         following.source.fence(id, term).await?;
-        let Ok(head) = tokio::time::timeout(TAKEOVER_WAIT, shard.fenced_at(term)).await else {
-            return Err(Error::remote(
-                id,
-                "its log was not read up to the new term within 30 s",
-            ));
-        };
+        let wait = following.takeover_wait;
+        let reached = tokio::time::timeout(wait, shard.fenced_at(term)).await;
         {
             let mut followed = self.followed.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((_, task)) = followed.remove(&id) {
                 task.abort();
             }
         }
-        // Following may have started again from a checkpoint just after
-        // the mark (a break): then the state is not the mark's.
-        if shard.head() != head {
-            let task = tokio::spawn(remote::follow(shard.clone(), following));
-            self.followed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, (shard, task));
-            return Err(Error::remote(
-                id,
-                "its following broke at the new term's mark; try again",
-            ));
+        match reached {
+            // Following may have started again from a checkpoint just
+            // after the mark (a break): then the state is not the mark's.
+            Ok(head) if shard.head() != head => {
+                let task = tokio::spawn(remote::follow(shard.clone(), following));
+                self.followed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, (shard, task));
+                return Err(Error::remote(
+                    id,
+                    "its following broke at the new term's mark; try again",
+                ));
+            }
+            Ok(_) => {}
+            // A gap in the log that no checkpoint fills (the owner's
+            // publish of an event failed and it died before its next
+            // checkpoint), or a log too slow to read: its state is whole
+            // up to its head, and a RESUME from there has Discord replay
+            // the rest, numbered as the owner numbered it. Waiting longer
+            // would keep the shard from running anywhere.
+            Err(_) => tracing::warn!(
+                shard = id,
+                term,
+                index = shard.head(),
+                "its log was not read up to the new term's mark within {wait:?}: \
+                 running it from where its state stands"
+            ),
         }
         let resume = shard.resume_point();
         tracing::info!(
             shard = id,
             term,
-            index = head,
+            index = shard.head(),
             resumes = resume.is_some(),
             "running a shard taken over"
         );
@@ -689,6 +711,7 @@ fn following(
         flags: config.cache,
         max_age: config.checkpoint_max_age,
         limits: ring_limits(config, budget),
+        takeover_wait: config.takeover_wait,
     }))
 }
 

@@ -148,6 +148,26 @@ pub trait Source: fmt::Debug + Send + Sync + 'static {
     /// event of an older term (its owner lost the lease without knowing it
     /// yet). Resolves once the mark is stored.
     fn fence(&self, shard: u32, term: u64) -> FenceFuture;
+
+    /// What the source knows of shard `shard` as it follows it: who runs
+    /// it and how far behind its log the reading is. `None` (the default)
+    /// when it knows nothing of it.
+    fn following(&self, shard: u32) -> Option<FollowedStatus> {
+        let _ = shard;
+        None
+    }
+}
+
+/// What a [`Source`] knows of a shard it follows ([`Source::following`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FollowedStatus {
+    /// The process (a cluster's node) that runs the shard, as last seen.
+    pub owner: Option<Arc<str>>,
+    /// Events of the shard's log not read yet, as of the last one read.
+    pub lag_events: Option<u64>,
+    /// How long before it was read the last event read was published.
+    pub lag: Option<Duration>,
 }
 
 /// What [`Source::fence`] returns.
@@ -173,6 +193,8 @@ pub(crate) struct Following {
     /// The oldest checkpoint a follower starts from.
     pub(crate) max_age: Duration,
     pub(crate) limits: RingLimits,
+    /// See [`PoolConfig::takeover_wait`](crate::PoolConfig::takeover_wait).
+    pub(crate) takeover_wait: Duration,
 }
 
 /// How much earlier than its checkpoint was written a follower asks the

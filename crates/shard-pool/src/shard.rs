@@ -843,6 +843,13 @@ impl ShardHandle {
         lock(&self.shared.core).voice()
     }
 
+    /// The `d` of the last voice server update for guild `guild`'s voice
+    /// owner; see [`Pipeline::voice_server`].
+    #[must_use]
+    pub fn voice_server(&self, guild: u64) -> Option<Bytes> {
+        lock(&self.shared.core).voice_server(guild).cloned()
+    }
+
     /// Stops taking upstream payloads in: from now on they are dropped
     /// (Discord sends them again to whoever RESUMEs from the last `s`
     /// taken), so the state stays where a checkpoint will find it. For

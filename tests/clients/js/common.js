@@ -106,6 +106,7 @@ function sawDispatch(t, d, shardId) {
     progress.afterResume += 1;
     progress.enough.poke();
   }
+  progress.settled?.poke();
 }
 
 // Shard `shardId` resumed.
@@ -128,16 +129,44 @@ async function readyThenResumed() {
   await progress.enough.promise;
 }
 
+// The sim's own routes are at its root (REST is under /api).
+const SIM = RUN.rest.replace(/\/api$/, '');
+
+// Pauses the sim's stream, then waits until every shard's last marker has
+// arrived: the library's cache then stands where the sim's world does.
+async function pauseAndSettle() {
+  const response = await fetch(`${SIM}/_sim/pause`, { method: 'POST' });
+  const last = (await response.json()).last_markers;
+  progress.settled = waiter(
+    () => last.every((n, shard) => (progress.last.get(shard) ?? 0) >= n),
+    30_000,
+    `every shard's markers up to [${last}]`,
+  );
+  progress.settled.poke();
+  await progress.settled.promise;
+}
+
+// The sim's ground truth now, shaped as the run file's `guilds`.
+async function truthNow() {
+  const guilds = await (await fetch(`${SIM}/_sim/guilds`)).json();
+  return Object.fromEntries(guilds.map(g => [
+    g.id,
+    { name: g.name, channels: g.channels, roles: g.roles, members: g.member_count },
+  ]));
+}
+
 module.exports = {
   RUN,
   check,
   debug,
   fail,
   failures,
+  pauseAndSettle,
   progress,
   readyThenResumed,
   sawDispatch,
   sawResume,
   shardOf,
+  truthNow,
   waiter,
 };

@@ -15,14 +15,17 @@
 //    composes may carry a stale one: see `composed` in common.js).
 // 3. After READY_OK the harness closes every client on the proxy side
 //    (4000); every shard must resume and, again, lose nothing.
-// 4. `guild.members.fetch()` (op 8 with a nonce) gets this client's own
-//    member chunks: about `memberCount` members.
+// 4. Then the stream is paused and, once every marker sent has arrived,
+//    the guild cache equals the sim's world again.
+// 5. `guild.members.fetch()` (op 8 with a nonce) gets this client's own
+//    member chunks: exactly `memberCount` members.
 //
 // Usage: node discordjs.js RUN.json [auto]
 
 const { Client, Events, GatewayIntentBits } = require('discord.js');
 const {
-  RUN, check, debug, fail, failures, progress, readyThenResumed, sawDispatch, sawResume, shardOf,
+  RUN, check, debug, fail, failures, pauseAndSettle, progress, readyThenResumed, sawDispatch, sawResume,
+  shardOf, truthNow,
 } = require('./common');
 
 // Every non-privileged intent plus the three privileged ones: everything,
@@ -70,6 +73,27 @@ client.on(Events.ShardDisconnect, (event, shardId) => {
 
 client.on(Events.Error, error => fail(`client error: ${error?.stack ?? error}`));
 
+// The library's guild cache against `truth` (the run file's `guilds`
+// shape): names, channel, role and member counts, and each guild's shard.
+function compareGuilds(truth, when) {
+  const cache = client.guilds.cache;
+  check(cache.size === Object.keys(truth).length, `${when}: ${cache.size} guilds, expected ${Object.keys(truth).length}`);
+  for (const [id, want] of Object.entries(truth)) {
+    const guild = cache.get(id);
+    check(guild !== undefined, `${when}: guild ${id} is not in the cache`);
+    if (guild === undefined) continue;
+    check(guild.available, `${when}: guild ${id} is unavailable`);
+    check(guild.name === want.name, `${when}: guild ${id}: name ${JSON.stringify(guild.name)}, expected ${JSON.stringify(want.name)}`);
+    // The cache holds threads too; the truth counts channels only.
+    const channels = guild.channels.cache.filter(channel => !channel.isThread()).size;
+    check(channels === want.channels, `${when}: guild ${id}: ${channels} channels, expected ${want.channels}`);
+    check(guild.roles.cache.size === want.roles, `${when}: guild ${id}: ${guild.roles.cache.size} roles, expected ${want.roles}`);
+    check(guild.memberCount === want.members, `${when}: guild ${id}: memberCount ${guild.memberCount}, expected ${want.members}`);
+    const shard = shardOf(id);
+    check(guild.shardId === shard, `${when}: guild ${id} on shard ${guild.shardId}, expected ${shard}`);
+  }
+}
+
 async function main() {
   const ready = new Promise(resolve => client.once(Events.ClientReady, resolve));
   await client.login(RUN.token);
@@ -79,31 +103,19 @@ async function main() {
     client.ws.shards.size === RUN.shards,
     `${client.ws.shards.size} shards, expected ${RUN.shards}`,
   );
-  const truth = RUN.guilds;
-  const cache = client.guilds.cache;
-  check(cache.size === Object.keys(truth).length, `${cache.size} guilds, expected ${Object.keys(truth).length}`);
-  for (const [id, want] of Object.entries(truth)) {
-    const guild = cache.get(id);
-    check(guild !== undefined, `guild ${id} is not in the cache`);
-    if (guild === undefined) continue;
-    check(guild.available, `guild ${id} is unavailable`);
-    check(guild.name === want.name, `guild ${id}: name ${JSON.stringify(guild.name)}, expected ${JSON.stringify(want.name)}`);
-    // The cache holds threads too; the truth counts channels only.
-    const channels = guild.channels.cache.filter(channel => !channel.isThread()).size;
-    check(channels === want.channels, `guild ${id}: ${channels} channels, expected ${want.channels}`);
-    check(guild.roles.cache.size === want.roles, `guild ${id}: ${guild.roles.cache.size} roles, expected ${want.roles}`);
-    check(guild.memberCount === want.members, `guild ${id}: memberCount ${guild.memberCount}, expected ${want.members}`);
-    const shard = shardOf(id);
-    check(guild.shardId === shard, `guild ${id} on shard ${guild.shardId}, expected ${shard}`);
-  }
+  compareGuilds(RUN.guilds, 'at READY');
   await readyThenResumed();
+  // After the resume (or the proxy's restart) and the events since, the
+  // cache still equals the sim's world.
+  await pauseAndSettle();
+  compareGuilds(await truthNow(), 'after the resume');
 
-  // Op 8 with a nonce: this client's own chunks.
-  const guild = cache.get(Object.keys(truth)[0]);
+  // Op 8 with a nonce: this client's own chunks; the stream is paused, so
+  // exactly the guild's members.
+  const guild = client.guilds.cache.get(Object.keys(RUN.guilds)[0]);
   const members = await guild.members.fetch({ time: 30_000 });
-  // The stream goes on meanwhile (joins and leaves): allow a few.
   check(
-    Math.abs(members.size - guild.memberCount) <= 3,
+    members.size === guild.memberCount,
     `members.fetch gave ${members.size} members of ${guild.memberCount}`,
   );
   check(messages > 0, 'no MESSAGE_CREATE reached messageCreate');

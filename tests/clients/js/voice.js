@@ -17,12 +17,23 @@
 //    proxy gave this client; the sim's token and endpoint; the guild's and
 //    the bot's ids.
 //
-// Usage: node voice.js RUN.json
+// With `crash`, the process then exits without closing its gateway
+// connection (as a crash does: the proxy keeps its session for its ttl, and
+// the bot stays in the channel); it does so in any mode, in fact, as it
+// ends with process.exit. With `rejoin`, a new process (a new IDENTIFY)
+// finds the bot in a voice channel in its guild cache (the proxy's
+// GUILD_CREATE shows the bot's own voice state) and joins that very
+// channel: Discord would answer such a join with nothing, so the proxy
+// sends a leave then the join, withholding the leave's voice state from
+// this client; the library must reach its voice websocket again.
+//
+// Usage: node voice.js RUN.json [crash|rejoin]
 
 const fs = require('node:fs');
 const path = require('node:path');
 
 const RUN = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+const MODE = process.argv[3] ?? '';
 const failures = [];
 const debugLog = [];
 
@@ -121,9 +132,17 @@ function finish() {
 }
 
 client.once(Events.ClientReady, () => {
-  guild = client.guilds.cache.find(g => g.channels.cache.some(c => c.isVoiceBased()));
-  if (!guild) fail('no guild with a voice channel');
-  const channel = guild.channels.cache.find(c => c.isVoiceBased());
+  let channel;
+  if (MODE === 'rejoin') {
+    // The channel the bot is still in since the crash.
+    guild = client.guilds.cache.find(g => g.members.me?.voice?.channelId);
+    if (!guild) fail('no guild shows the bot in a voice channel');
+    channel = guild.members.me.voice.channel;
+  } else {
+    guild = client.guilds.cache.find(g => g.channels.cache.some(c => c.isVoiceBased()));
+    if (!guild) fail('no guild with a voice channel');
+    channel = guild.channels.cache.find(c => c.isVoiceBased());
+  }
   joinVoiceChannel({
     channelId: channel.id,
     guildId: guild.id,

@@ -95,7 +95,11 @@ impl Process {
 
     /// Sends `signal` (TERM, KILL) and waits for the process to end.
     pub(crate) async fn signal(mut self, signal: &str) -> (Option<i32>, String) {
-        let pid = self.child.id().unwrap().to_string();
+        let Some(pid) = self.child.id() else {
+            let ended = self.child.try_wait();
+            panic!("ended before {signal} ({ended:?}):\n{}", self.log());
+        };
+        let pid = pid.to_string();
         let sent = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
             .status()

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use cluster::testing;
-use cluster::{Cluster, ClusterConfig, Leases, Take};
+use cluster::{Changes, Cluster, ClusterConfig, Leases, Take};
 
 async fn leasing(nats: &testing::NatsServer, node: &str) -> Cluster {
     let mut config = ClusterConfig::new(nats.url(), "leases", node);
@@ -110,4 +110,52 @@ async fn live_nodes_are_those_that_beat_and_share_the_shards() {
     let live = a.live().await.unwrap();
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(cluster::share(4, &live, "a").len(), 4);
+}
+
+#[tokio::test]
+async fn a_given_back_lease_and_nodes_joining_or_leaving_call_for_a_round_at_once() {
+    let Some(nats) = testing::nats("changes") else {
+        return;
+    };
+    let a = leasing(&nats, "a").await;
+    let (a_leases, a_members) = (a.leases().await.unwrap(), a.members(None).await.unwrap());
+    let b = leasing(&nats, "b").await;
+    let (b_leases, b_members) = (b.leases().await.unwrap(), b.members(None).await.unwrap());
+    // b's placement, told of each change.
+    let (told, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut watch = Changes::new(&b_leases, &b_members);
+    let watching = tokio::spawn(async move {
+        loop {
+            watch.next().await;
+            if told.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    // The watch opens as the task starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a_members.beat().await.unwrap();
+    assert!(told_within(&mut changes).await, "a node joins");
+    a_members.beat().await.unwrap();
+    assert!(matches!(
+        a_leases.take(0).await.unwrap(),
+        Take::Taken { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        changes.try_recv().is_err(),
+        "a beat and a lease taken are no news"
+    );
+    a_leases.release(0).await;
+    assert!(told_within(&mut changes).await, "a lease given back");
+    a_members.leave().await;
+    assert!(told_within(&mut changes).await, "a node leaves");
+    watching.abort();
+}
+
+/// Whether `changes` says something within two seconds.
+async fn told_within(changes: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> bool {
+    tokio::time::timeout(Duration::from_secs(2), changes.recv())
+        .await
+        .is_ok()
 }

@@ -146,3 +146,48 @@ async fn the_days_identifies_are_one_count_across_nodes() {
         "the third identify went after {took:?}, before the day's reset"
     );
 }
+
+/// `queue`'s day count once `wanted` holds of it (10 s at most).
+async fn day_until(queue: &KvQueue, wanted: impl Fn(u32) -> bool) -> Duration {
+    for _ in 0..100 {
+        if let Some((remaining, reset)) = queue.identifies()
+            && wanted(remaining)
+        {
+            return reset;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the day's count is {:?}", queue.identifies());
+}
+
+/// A node that takes no turn still has the day's count (for its gauges),
+/// read from the cluster's state, and its reset counts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_takes_no_turn_reads_the_days_count() {
+    let Some(nats) = nats("queue_day") else {
+        return;
+    };
+    let info = gateway(1, 1000, Duration::from_hours(1)).await;
+    let cluster = node(&nats, "day", "a").await;
+    let queue = cluster
+        .identify_queue(&info, Duration::from_millis(400))
+        .await
+        .unwrap();
+    // Nobody identified yet: Discord's figures.
+    let reset = day_until(&queue, |remaining| remaining == 1000).await;
+    assert!(reset <= Duration::from_hours(1) && reset > Duration::from_mins(59));
+    // Another node identifies and writes the count: read within 5 s.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let state = async_nats::jetstream::new(client)
+        .get_key_value("day-state")
+        .await
+        .unwrap();
+    let now = shard_pool::unix_ms(shard_pool::wall_clock());
+    let count = format!("500 1000 {}", now + 7_200_000);
+    state.put("identify-day", count.into()).await.unwrap();
+    let first = day_until(&queue, |remaining| remaining == 500).await;
+    assert!(first > Duration::from_mins(119), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = queue.identifies().unwrap();
+    assert!(later.1 + Duration::from_secs(1) < first, "{later:?}");
+}

@@ -63,6 +63,57 @@ async fn controls_over_http_reach_the_shard() {
 }
 
 #[tokio::test]
+async fn a_pause_says_each_shards_last_marker_and_nothing_is_numbered_after_it() {
+    let sim = sim(|c| {
+        c.shards = 2;
+        c.events_per_sec = 2000;
+    })
+    .await;
+    let (mut client, _) = Client::connect(sim.addr(), "v=10&encoding=json")
+        .await
+        .unwrap();
+    // Every intent: no dispatch of the stream is filtered away.
+    client
+        .identify(sim.token(), [1, 2], discord_sim::KNOWN_INTENTS)
+        .await
+        .unwrap();
+    client.dispatch("READY").await.unwrap();
+    // The stream runs a while.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, _, body) = request(sim.addr(), "POST", "/_sim/pause", None, "").await;
+    assert_eq!(status, 200);
+    let last = body["last_markers"][1].as_u64().unwrap();
+    assert!(last > 0, "{body}");
+    assert_eq!(sim.last_markers()[1], last, "paused: no marker since");
+    // An emitted marker is numbered right after the pause's last.
+    let (_, _, emitted) = request(
+        sim.addr(),
+        "POST",
+        "/_sim/shards/1/emit?t=AFTER",
+        None,
+        "{}",
+    )
+    .await;
+    assert_eq!(emitted["n"], last + 1, "{body} then {emitted}");
+    // Every marker up to it arrives in order, nothing generated between.
+    let mut previous: Option<u64> = None;
+    loop {
+        let payload = client.payload().await.unwrap();
+        let Some(marker) = payload["d"]["_sim"]["n"].as_u64() else {
+            continue;
+        };
+        if let Some(previous) = previous {
+            assert_eq!(marker, previous + 1, "{payload}");
+        }
+        previous = Some(marker);
+        if marker > last {
+            assert_eq!(payload["t"], "AFTER", "{payload}");
+            break;
+        }
+    }
+}
+
+#[tokio::test]
 async fn bad_admin_requests_say_what_is_wrong() {
     let sim = sim(|_| {}).await;
     for (method, path, body, status, message) in [

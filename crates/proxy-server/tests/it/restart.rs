@@ -1,6 +1,7 @@
 //! The proxy's own restart: with checkpoints, a shutdown closes clients
 //! with 4000 and a new proxy on the same store serves their RESUMEs with
 //! everything they missed, while upstream was resumed, not identified.
+//! If Discord refuses that RESUME, the clients are told to identify again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,12 +55,12 @@ async fn checkpointed(sim: &Sim, scratch: &Scratch, interval: Duration) -> Proxy
     Proxy::start(server, pool).await.unwrap()
 }
 
-#[tokio::test]
-async fn a_client_resumes_across_a_proxy_restart_with_nothing_lost() {
-    let scratch = Scratch::new("graceful");
-    let sim = Setup::sim(|c| c.events_per_sec = 300).await;
+/// A proxy with checkpoints on `sim` serves a client 30 marked events,
+/// then shuts down: the client is closed with 4000 (resumable). The sim,
+/// the client's session, the `s` it read last and what it read.
+async fn served_then_stopped(sim: Sim, scratch: &Scratch) -> (Sim, String, u64, Vec<(u64, u64)>) {
     let setup = Setup {
-        proxy: checkpointed(&sim, &scratch, Duration::ZERO).await,
+        proxy: checkpointed(&sim, scratch, Duration::ZERO).await,
         sim,
     };
     let (mut client, ready, creates) = setup.identified(0, 1).await;
@@ -71,6 +72,14 @@ async fn a_client_resumes_across_a_proxy_restart_with_nothing_lost() {
     let code = until_close(&mut client, &mut last, &mut seen).await;
     assert_eq!(code, Some(4000), "a close clients resume after");
     stopping.await.unwrap();
+    (sim, session, last, seen)
+}
+
+#[tokio::test]
+async fn a_client_resumes_across_a_proxy_restart_with_nothing_lost() {
+    let scratch = Scratch::new("graceful");
+    let sim = Setup::sim(|c| c.events_per_sec = 300).await;
+    let (sim, session, last, mut seen) = served_then_stopped(sim, &scratch).await;
     let upstream = sim.connections();
     assert!(upstream.iter().all(|c| !c.open), "upstream closed");
     assert!(
@@ -142,4 +151,35 @@ async fn a_client_that_was_gone_before_the_restart_resumes_after_it() {
     let (mut client, s) = resumed(&setup, &session, last, &mut seen).await;
     seen.extend(marked(&mut client, s, 50).await);
     assert_contiguous(&seen);
+}
+
+#[tokio::test]
+async fn a_client_is_told_to_identify_when_discord_refuses_the_new_proxys_resume() {
+    let scratch = Scratch::new("refused");
+    // Discord forgets a session 200 ms after its connection is gone.
+    let sim = Setup::sim(|c| {
+        c.events_per_sec = 300;
+        c.session_ttl = Duration::from_millis(200);
+    })
+    .await;
+    let (sim, session, last, _) = served_then_stopped(sim, &scratch).await;
+    // The next proxy starts after Discord has forgotten the session.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let setup = Setup {
+        proxy: checkpointed(&sim, &scratch, Duration::ZERO).await,
+        sim,
+    };
+    assert_eq!(setup.sim.resumes_refused(), 1, "Discord refused the RESUME");
+    assert_eq!(setup.sim.identifies(), 2, "so the shard identified");
+    // The client RESUMEs as after any restart, and is told to identify:
+    // the events of the session it had are gone upstream.
+    let mut client = setup.client("v=10&encoding=json").await;
+    client
+        .resume(setup.sim.token(), &session, last)
+        .await
+        .unwrap();
+    let nine = client.payload().await.unwrap();
+    assert_eq!(nine["op"], 9, "{nine}");
+    assert_eq!(nine["d"], false, "{nine}");
 }

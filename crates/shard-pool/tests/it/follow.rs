@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use discord_sim::Sim;
 use shard_pool::{
-    Command, CommandFuture, Error, FenceFuture, Followed, Pool, ShardEvent, Source, Tap, Tapped,
+    Command, CommandFuture, Error, FenceFuture, Followed, Pool, PoolConfig, ShardEvent, Source,
+    Tap, Tapped,
 };
 use tokio::sync::mpsc;
 
@@ -103,6 +105,18 @@ impl Source for MemoryLog {
     }
 }
 
+/// A pool on `sim` running shards `range.0..range.1`, its checkpoints in
+/// `scratch`, publishing to `log` and following the others from it.
+fn node(sim: &Sim, scratch: &Scratch, log: &Arc<MemoryLog>, range: (u32, u32)) -> PoolConfig {
+    let mut config = config(sim);
+    config.shard_start = range.0;
+    config.shard_end = Some(range.1);
+    config.store = Some(scratch.store());
+    config.tap = Some(log.clone());
+    config.source = Some(log.clone());
+    config
+}
+
 /// `(index, marker)` of the next `count` marked dispatches.
 async fn taken(events: &mut shard_pool::Follower, count: usize) -> Vec<(u64, (u64, u64))> {
     let mut seen = Vec::new();
@@ -126,15 +140,7 @@ async fn a_followed_shard_is_the_owners_and_a_gap_is_never_served() {
     let sim = sim(|config| config.shards = 2).await;
     let scratch = Scratch::new("follow");
     let log = Arc::new(MemoryLog::default());
-    let node = |range: (u32, u32)| {
-        let mut config = config(&sim);
-        config.shard_start = range.0;
-        config.shard_end = Some(range.1);
-        config.store = Some(scratch.store());
-        config.tap = Some(log.clone());
-        config.source = Some(log.clone());
-        config
-    };
+    let node = |range| node(&sim, &scratch, &log, range);
     let owner = Pool::start(node((0, 1))).await.unwrap();
     ready(&owner, 10).await;
     let other = Pool::start(node((1, 2))).await.unwrap();
@@ -198,24 +204,20 @@ async fn a_followed_shard_is_the_owners_and_a_gap_is_never_served() {
     assert_eq!(after, mine, "every event, the lost one too, in order");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_taken_over_resumes_where_its_log_ends_and_its_clients_read_on() {
-    let sim = sim(|config| config.shards = 2).await;
-    let scratch = Scratch::new("takeover");
-    let log = Arc::new(MemoryLog::default());
-    let node = |range: (u32, u32)| {
-        let mut config = config(&sim);
-        config.shard_start = range.0;
-        config.shard_end = Some(range.1);
-        config.store = Some(scratch.store());
-        config.tap = Some(log.clone());
-        config.source = Some(log.clone());
-        config
-    };
-    let owner = Pool::start(node((0, 1))).await.unwrap();
+/// A pool that runs shard 0, and one that runs nothing but follows it,
+/// with a client that has read 5 of its marked dispatches.
+struct Watched {
+    owner: Pool,
+    other: Pool,
+    followed: shard_pool::ShardHandle,
+    client: shard_pool::Follower,
+    before: Vec<(u64, (u64, u64))>,
+}
+
+async fn watched(owner: PoolConfig, other: PoolConfig) -> Watched {
+    let owner = Pool::start(owner).await.unwrap();
     ready(&owner, 10).await;
-    // Runs nothing at first: follows shard 0, with a client reading.
-    let other = Pool::start(node((1, 1))).await.unwrap();
+    let other = Pool::start(other).await.unwrap();
     let followed = other.shard(0).unwrap();
     tokio::time::timeout(Duration::from_secs(10), followed.ready())
         .await
@@ -223,6 +225,28 @@ async fn a_shard_taken_over_resumes_where_its_log_ends_and_its_clients_read_on()
         .unwrap();
     let mut client = followed.subscribe();
     let before = taken(&mut client, 5).await;
+    Watched {
+        owner,
+        other,
+        followed,
+        client,
+        before,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_taken_over_resumes_where_its_log_ends_and_its_clients_read_on() {
+    let sim = sim(|config| config.shards = 2).await;
+    let scratch = Scratch::new("takeover");
+    let log = Arc::new(MemoryLog::default());
+    let node = |range| node(&sim, &scratch, &log, range);
+    let Watched {
+        owner,
+        other,
+        followed: _,
+        mut client,
+        before,
+    } = watched(node((0, 1)), node((1, 1))).await;
 
     // The owner dies without a word (its task aborted, its connection
     // dropped): Discord keeps the session. Some events it took in are in
@@ -289,4 +313,52 @@ async fn a_shard_taken_over_resumes_where_its_log_ends_and_its_clients_read_on()
         identifies,
         "resumed again, not identified"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_log_has_a_gap_no_checkpoint_fills_is_taken_over_from_before_it() {
+    let sim = sim(|config| config.shards = 2).await;
+    let scratch = Scratch::new("takeover-gap");
+    let log = Arc::new(MemoryLog::default());
+    let node = |range| {
+        let mut config = node(&sim, &scratch, &log, range);
+        config.takeover_wait = Duration::from_secs(1);
+        config
+    };
+    let Watched {
+        owner,
+        other,
+        followed,
+        mut client,
+        before,
+    } = watched(node((0, 1)), node((1, 1))).await;
+
+    // The log loses an event, and the owner dies before any checkpoint
+    // holds it: the follower can never read up to the new term's mark.
+    let theirs = owner.shard(0).unwrap();
+    let lost = theirs.head() + 3;
+    *log.lost.lock().unwrap() = Some(lost);
+    let mut ours = theirs.subscribe();
+    while taken(&mut ours, 1).await[0].0 <= lost + 5 {}
+    assert!(followed.head() < lost, "stopped short of the gap");
+    let identifies = sim.identifies();
+    drop((ours, theirs, owner));
+
+    // Taken over all the same, from before the gap: Discord replays what
+    // came after, the lost event too, numbered as the owner numbered it.
+    let taken_over = other.run(0, 7).await.unwrap();
+    assert!(taken_over.is_local());
+    tokio::time::timeout(Duration::from_secs(10), taken_over.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let after = taken(&mut client, 20).await;
+    let mut all = before.clone();
+    all.extend(&after);
+    for pair in all.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 1, "indices one by one: {all:?}");
+        assert_eq!(pair[1].1.1, pair[0].1.1 + 1, "markers one by one: {all:?}");
+    }
+    assert!(all.iter().any(|(index, _)| *index == lost), "{all:?}");
+    assert_eq!(sim.identifies(), identifies, "resumed, not identified");
 }
