@@ -899,6 +899,18 @@ async fn a_voice_server_update_reaches_its_owner_on_another_node_alone() {
         metrics.contains("gateway_voice_commands_refused_total 1"),
         "{metrics}"
     );
+    // The owner's session ends (1000) on b: a, which runs the shard, hears
+    // of it and takes the bot out of the channel.
+    let leave = format!(r#""guild_id":"{id}","channel_id":null"#);
+    assert_eq!(upstream(&sim, 0, &leave), 0);
+    owner.close(1000).await.unwrap();
+    for _ in 0..250 {
+        if upstream(&sim, 0, &leave) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream(&sim, 0, &leave), 1, "{}", b.log());
 }
 
 /// Waits until `node`'s `/ready` says it runs `shards` (and follows the

@@ -214,21 +214,28 @@ impl Context {
         resumable: bool,
         now: Instant,
     ) {
+        let shard = session.shard;
         self.sessions.detach(id, session, resumable, now);
         if resumable {
             crate::handover::hand_over(self, id, now);
         } else {
-            self.session_ended(id);
+            self.session_ended(id, shard);
         }
     }
 
-    /// Session `id` is over for good (closed with 1000 or 1001, its ttl
-    /// passed, its upstream session replaced): the voice it owned is left
-    /// (`voice_leave_on_owner_loss`) or freed.
-    pub(crate) fn session_ended(&self, id: &str) {
+    /// Session `id` of shard `shard` is over for good (closed with 1000 or
+    /// 1001, its ttl passed, its upstream session replaced): the voice it
+    /// owned is left (`voice_leave_on_owner_loss`) or freed, by the shard
+    /// here or, if another node runs it, there. Only its own shard can
+    /// have given it a guild's voice.
+    pub(crate) fn session_ended(&self, id: &str, shard: u32) {
         crate::handover::forget(self, id);
         let leave = self.config.voice_leave_on_owner_loss;
-        for shard in self.pool.shards() {
+        // A session served here had its shard run or followed here.
+        let Some(shard) = self.pool.shard(shard) else {
+            return;
+        };
+        if shard.is_local() {
             let guilds = shard.voice_session_ended(id, leave);
             if !guilds.is_empty() {
                 tracing::info!(
@@ -238,16 +245,14 @@ impl Context {
                     "the session that owned their voice ended"
                 );
             }
+            return;
         }
-        // The shards other nodes run hear of it there.
-        for shard in self.pool.followed() {
-            let ended = Command::new(String::new(), id, Route::Ended { leave });
-            tokio::spawn(async move {
-                if let Err(error) = shard.command(ended, |_| false).await {
-                    tracing::warn!(shard = shard.id(), %error, "session end not delivered to the shard's node");
-                }
-            });
-        }
+        let ended = Command::new(String::new(), id, Route::Ended { leave });
+        tokio::spawn(async move {
+            if let Err(error) = shard.command(ended, |_| false).await {
+                tracing::warn!(shard = shard.id(), %error, "session end not delivered to the shard's node");
+            }
+        });
     }
 
     /// The precompressed start of every connection of a stream

@@ -234,10 +234,10 @@ pub(crate) async fn take(ctx: &Context, id: &str, handed: bool) -> bool {
     }
 }
 
-/// Session `id`, handed over by this node, reached its ttl: if nobody
-/// took its record, it is deleted and the session is over
+/// Session `id` of shard `shard`, handed over by this node, reached its
+/// ttl: if nobody took its record, it is deleted and the session is over
 /// ([`Context::session_ended`]); in the background.
-pub(crate) fn expired(ctx: &Arc<Context>, id: String) {
+pub(crate) fn expired(ctx: &Arc<Context>, id: String, shard: u32) {
     let Some(store) = ctx.config.handover.clone() else {
         return;
     };
@@ -249,7 +249,7 @@ pub(crate) fn expired(ctx: &Arc<Context>, id: String) {
                 if let Err(error) = store.delete(&name).await {
                     tracing::warn!(%error, "an expired client session's record not deleted");
                 }
-                ctx.session_ended(&id);
+                ctx.session_ended(&id, shard);
             }
             // Taken by a node that serves it now.
             Ok(None) => {}

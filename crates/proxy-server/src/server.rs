@@ -255,11 +255,11 @@ async fn upkeep(ctx: Arc<Context>, recorder: Arc<PrometheusRecorder>) {
     loop {
         tick.tick().await;
         let (expired, handed) = ctx.sessions.sweep(ctx.config.session_ttl, Instant::now());
-        for id in expired {
-            ctx.session_ended(&id);
+        for (id, shard) in expired {
+            ctx.session_ended(&id, shard);
         }
-        for id in handed {
-            crate::handover::expired(&ctx, id);
+        for (id, shard) in handed {
+            crate::handover::expired(&ctx, id, shard);
         }
         ::metrics::with_local_recorder(&*recorder, || metrics::record(&ctx));
         handle.run_upkeep();

@@ -136,13 +136,16 @@ pub(crate) enum Attach {
     Handed,
 }
 
+/// A session whose ttl passed: its id and shard.
+pub(crate) type Ended = (String, u32);
+
 /// Every session, by id.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     sessions: Mutex<HashMap<String, Session>>,
     /// Sessions handed over to the cluster, by id: when each lost its
-    /// connection (for the ttl).
-    handed: Mutex<HashMap<String, Instant>>,
+    /// connection (for the ttl), and its shard.
+    handed: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 /// One session as [`Sessions::checkpoint`] lays it out.
@@ -412,25 +415,25 @@ impl Sessions {
         sessions
     }
 
-    /// Removes the sessions whose ttl has passed; returns their ids, and
-    /// apart those of them that were handed over (their record may have
-    /// been taken by another node).
-    pub(crate) fn sweep(&self, ttl: Duration, now: Instant) -> (Vec<String>, Vec<String>) {
+    /// Removes the sessions whose ttl has passed; returns their ids and
+    /// shards, and apart those of them that were handed over (their record
+    /// may have been taken by another node).
+    pub(crate) fn sweep(&self, ttl: Duration, now: Instant) -> (Vec<Ended>, Vec<Ended>) {
         let mut sessions = lock(&self.sessions);
         let mut expired = Vec::new();
         sessions.retain(|id, s| {
             let keep = s.detached_at.is_none_or(|at| now.duration_since(at) < ttl);
             if !keep {
-                expired.push(id.clone());
+                expired.push((id.clone(), s.shard));
             }
             keep
         });
         drop(sessions);
         let mut handed = Vec::new();
-        lock(&self.handed).retain(|id, at| {
-            let keep = now.duration_since(*at) < ttl;
+        lock(&self.handed).retain(|id, &mut (at, shard)| {
+            let keep = now.duration_since(at) < ttl;
             if !keep {
-                handed.push(id.clone());
+                handed.push((id.clone(), shard));
             }
             keep
         });
@@ -479,14 +482,15 @@ impl Sessions {
     /// it handed it over; returns whether it did.
     pub(crate) fn hand_over(&self, id: &str, detached_at: Instant) -> bool {
         let mut sessions = lock(&self.sessions);
-        let unchanged = sessions
+        let shard = sessions
             .get(id)
-            .is_some_and(|s| !s.attached && s.detached_at == Some(detached_at));
-        if unchanged {
+            .filter(|s| !s.attached && s.detached_at == Some(detached_at))
+            .map(|s| s.shard);
+        if let Some(shard) = shard {
             sessions.remove(id);
-            lock(&self.handed).insert(id.to_owned(), detached_at);
+            lock(&self.handed).insert(id.to_owned(), (detached_at, shard));
         }
-        unchanged
+        shard.is_some()
     }
 
     /// Forgets that session `id` was handed over (its record was taken).
@@ -606,7 +610,7 @@ mod tests {
         assert!(sessions.export("c", now).is_none());
         assert_eq!(
             sessions.sweep(ttl, now + Duration::from_secs(11)),
-            (vec!["b".to_owned()], vec!["c".to_owned()]),
+            (vec![("b".to_owned(), 0)], vec![("c".to_owned(), 0)]),
             "expired sessions go, those handed over apart"
         );
         // Taken back (here, or on another node): attached as any other.
