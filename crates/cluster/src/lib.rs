@@ -263,6 +263,39 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// with an error (once connected, the client reconnects for ever).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The oldest NATS server the cluster runs on (major, minor): async-nats
+/// cannot read 2.9's account information, which it asks for to create a
+/// key-value bucket (measured with Debian 12's 2.9.10; 2.10.25 passes the
+/// crate's tests).
+const MIN_SERVER: (u64, u64) = (2, 10);
+
+/// Whether the server at `url`, which introduced itself with `info`, can
+/// hold a cluster: JetStream on, and a version from [`MIN_SERVER`] on (a
+/// version that does not read as `major.minor…` is let through).
+fn check_server(url: &str, info: &async_nats::ServerInfo) -> Result<(), Error> {
+    let doing = || format!("connecting to NATS at {url}");
+    if !info.jetstream {
+        return Err(Error::nats(
+            doing(),
+            "the server does not have JetStream on: start it with -js \
+             (or a jetstream block in its configuration)",
+        ));
+    }
+    let mut parts = info.version.split(['.', '-']).map(str::parse::<u64>);
+    if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next())
+        && (major, minor) < MIN_SERVER
+    {
+        return Err(Error::nats(
+            doing(),
+            format!(
+                "the server is version {}; the cluster needs {}.{} or later",
+                info.version, MIN_SERVER.0, MIN_SERVER.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Connects to NATS. Once connected, a lost connection is retried for
     /// ever in the background; what needs NATS meanwhile waits or fails
@@ -270,7 +303,8 @@ impl Cluster {
     ///
     /// # Errors
     ///
-    /// A wrong configuration value, or NATS not reachable within 10 s.
+    /// A wrong configuration value, NATS not reachable within 10 s, or a
+    /// server without JetStream or older than 2.10.
     pub async fn connect(config: ClusterConfig) -> Result<Self, Error> {
         config.validate()?;
         let url = config.nats_url.clone();
@@ -304,6 +338,7 @@ impl Cluster {
             .await
             .map_err(|_| Error::nats(format!("connecting to NATS at {url}"), "timed out"))?
             .map_err(|e| Error::nats(format!("connecting to NATS at {url}"), e))?;
+        check_server(&url, &client.server_info())?;
         Ok(Self {
             config,
             jetstream: jetstream::new(client),
@@ -450,6 +485,31 @@ mod tests {
         assert!(other.starts_with("gp-") && other.len() == 19, "{other}");
         let config = ClusterConfig::new("nats://x", other, "n");
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_server_without_jetstream_or_older_than_2_10_is_refused() {
+        let info = |version: &str, jetstream: bool| async_nats::ServerInfo {
+            version: version.to_owned(),
+            jetstream,
+            ..async_nats::ServerInfo::default()
+        };
+        let url = "nats://127.0.0.1:4222";
+        for fine in ["2.10.0", "2.15.1", "3.0.0", "2.11.0-RC.1", "v-unknown", ""] {
+            assert!(check_server(url, &info(fine, true)).is_ok(), "{fine}");
+        }
+        let old = check_server(url, &info("2.9.10", true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            old.contains("version 2.9.10") && old.contains("2.10 or later"),
+            "{old}"
+        );
+        assert!(old.contains(url), "{old}");
+        let off = check_server(url, &info("2.15.1", false))
+            .unwrap_err()
+            .to_string();
+        assert!(off.contains("JetStream"), "{off}");
     }
 
     #[test]

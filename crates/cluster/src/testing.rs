@@ -19,6 +19,7 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    jetstream: bool,
 }
 
 /// Where the `nats-server` binary is, if anywhere.
@@ -70,6 +71,19 @@ pub fn nats(test: &str) -> Option<NatsServer> {
     Some(NatsServer::start(binary, test))
 }
 
+/// [`nats`], with JetStream off (for a test of what a node says then).
+///
+/// # Panics
+///
+/// As [`nats`].
+#[must_use]
+pub fn nats_without_jetstream(test: &str) -> Option<NatsServer> {
+    let mut server = nats(test)?;
+    server.jetstream = false;
+    server.restart();
+    Some(server)
+}
+
 impl NatsServer {
     /// Starts `binary` for `test` (its data directory's name).
     ///
@@ -92,6 +106,7 @@ impl NatsServer {
             child: None,
             port,
             dir,
+            jetstream: true,
         };
         server.restart();
         server
@@ -119,16 +134,12 @@ impl NatsServer {
     /// If it does not within 10 s.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
+        let mut command = Command::new(&self.binary);
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(&self.dir);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -4,6 +4,7 @@
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
+mod connect;
 mod fence;
 mod lease;
 mod log;
