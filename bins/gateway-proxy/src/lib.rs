@@ -350,8 +350,8 @@ pub async fn start_until(
         () = &mut stop => return Ok(None),
     };
     let placement = match (&joined, &preferred) {
-        (Some((cluster, log)), Some(range)) => {
-            let placement = Arc::new(placement(cluster, &pool, log, range).await?);
+        (Some(joined), Some(range)) => {
+            let placement = Arc::new(placement(joined, &pool, range).await?);
             // Renewing the leases and saying the node is alive cannot wait
             // for the shards to be ready: identifies may take longer than a
             // lease.
@@ -383,15 +383,15 @@ pub async fn start_until(
         }
     }
     let mut server_config = config.server_config();
-    if let Some((cluster, _)) = &joined {
-        share_sessions(cluster, &mut server_config).await?;
+    if let Some(joined) = &joined {
+        share_sessions(&joined.cluster, &mut server_config).await?;
     }
     let proxy = Proxy::start_recording(listener, server_config, pool, recorder)
         .await
         .map_err(|e| failed(format!("cannot listen on {}: {e}", config.listen_addr())))?;
     let node = match (&joined, placement) {
-        (Some((cluster, _)), Some(placement)) => {
-            Some(serve_node(cluster, placement, &proxy).await?)
+        (Some(joined), Some(placement)) => {
+            Some(serve_node(&joined.cluster, placement, &proxy).await?)
         }
         _ => None,
     };
@@ -461,31 +461,43 @@ fn preferred_range(pool_config: &shard_pool::PoolConfig) -> Range<u32> {
 /// This node's part in placing the shards: its leases, and its entry
 /// among the live nodes (announcing `preferred`).
 async fn placement(
-    cluster: &Cluster,
+    joined: &Joined,
     pool: &Arc<Pool>,
-    log: &cluster::EventLog,
     preferred: &Range<u32>,
 ) -> Result<Placement, RunError> {
-    let joining = |e: cluster::Error| RunError {
-        code: 1,
-        message: format!("cannot join the cluster: {e}"),
-    };
-    let leases = cluster.leases().await.map_err(joining)?;
-    let members = cluster
+    let members = joined
+        .cluster
         .members(Some(preferred.clone()))
         .await
-        .map_err(joining)?;
-    Ok(Placement::new(pool.clone(), leases, members, log.clone()))
+        .map_err(|e| RunError {
+            code: 1,
+            message: format!("cannot join the cluster: {e}"),
+        })?;
+    Ok(Placement::new(
+        pool.clone(),
+        joined.leases.clone(),
+        members,
+        joined.log.clone(),
+    ))
+}
+
+/// What joining a cluster opened.
+struct Joined {
+    cluster: Cluster,
+    log: cluster::EventLog,
+    /// This node's leases: a shard's checkpoint is written only while its
+    /// lease is surely this node's ([`shard_pool::Holding`]).
+    leases: cluster::Leases,
 }
 
 /// Joins the cluster: identifies paced with the other nodes, checkpoints
-/// in JetStream, every event published to the event log, the shards of
-/// other nodes followed from it.
+/// in JetStream (written only under the shard's lease), every event
+/// published to the event log, the shards of other nodes followed from it.
 async fn join_cluster(
     config: cluster::ClusterConfig,
     log_limits: cluster::LogLimits,
     pool_config: &mut shard_pool::PoolConfig,
-) -> Result<(Cluster, cluster::EventLog), RunError> {
+) -> Result<Joined, RunError> {
     let failed = |message: String| RunError { code: 1, message };
     let (name, node) = (config.name.clone(), config.node_id.clone());
     let cluster = Cluster::connect(config)
@@ -506,14 +518,23 @@ async fn join_cluster(
         .event_log(log_limits)
         .await
         .map_err(|e| failed(format!("cannot join the cluster: {e}")))?;
+    let leases = cluster
+        .leases()
+        .await
+        .map_err(|e| failed(format!("cannot join the cluster: {e}")))?;
     pool_config.queue = Some(Arc::new(queue));
     pool_config.store = Some(Arc::new(store));
+    pool_config.holding = Some(Arc::new(leases.clone()));
     pool_config.tap = Some(Arc::new(log.clone()));
     pool_config.source = Some(Arc::new(cluster.source()));
     // Asked once: the pool starts from the same answer.
     pool_config.gateway = Some(gateway);
     tracing::info!(cluster = name, node, "joined the cluster");
-    Ok((cluster, log))
+    Ok(Joined {
+        cluster,
+        log,
+        leases,
+    })
 }
 
 /// Takes `dir`'s lock (waiting while another process uses it) and keeps

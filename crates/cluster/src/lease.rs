@@ -30,8 +30,13 @@ struct Inner {
     kv: kv::Store,
     node: String,
     ttl: Duration,
-    /// Each held shard's last revision, and when it was last renewed.
+    /// Each held shard's last revision, and when it was last renewed
+    /// (when the renewal was sent: the server's write, which starts the
+    /// lease's time again, came after).
     held: Mutex<BTreeMap<u32, (u64, Instant)>>,
+    /// The same instants, readable without waiting for a renewal under way
+    /// ([`Leases::holds`]).
+    renewed: std::sync::Mutex<BTreeMap<u32, Instant>>,
 }
 
 /// What [`Leases::take`] found.
@@ -79,6 +84,7 @@ impl Leases {
                 node: cluster.config().node_id.clone(),
                 ttl,
                 held: Mutex::new(BTreeMap::new()),
+                renewed: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -111,12 +117,13 @@ impl Leases {
 
     async fn try_take(&self, shard: u32) -> Result<Take, Error> {
         let inner = &self.inner;
+        let sent = Instant::now();
         let value = Bytes::from(inner.node.clone());
         let failed = |e: &dyn std::fmt::Display| {
             Error::nats(format!("lease of shard {shard}"), e.to_string())
         };
         match inner.kv.create(key(shard), value.clone()).await {
-            Ok(revision) => return Ok(self.hold(shard, revision).await),
+            Ok(revision) => return Ok(self.hold(shard, revision, sent).await),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(error) => return Err(failed(&error)),
         }
@@ -129,7 +136,7 @@ impl Leases {
             return Ok(Take::Held { by: holder });
         }
         match inner.kv.update(key(shard), value, entry.revision).await {
-            Ok(revision) => Ok(self.hold(shard, revision).await),
+            Ok(revision) => Ok(self.hold(shard, revision, sent).await),
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 Ok(Take::Held { by: holder })
             }
@@ -138,14 +145,10 @@ impl Leases {
     }
 
     /// Records shard `shard`'s lease as taken at `revision` (its term),
-    /// renewed now.
-    async fn hold(&self, shard: u32, revision: u64) -> Take {
-        let renewed = Instant::now();
-        self.inner
-            .held
-            .lock()
-            .await
-            .insert(shard, (revision, renewed));
+    /// by a request sent at `sent`.
+    async fn hold(&self, shard: u32, revision: u64, sent: Instant) -> Take {
+        self.inner.held.lock().await.insert(shard, (revision, sent));
+        self.inner.renewed(shard, Some(sent));
         metrics::gauge!("gateway_shard_leased", "shard" => shard.to_string()).set(1.0);
         Take::Taken { term: revision }
     }
@@ -163,12 +166,15 @@ impl Leases {
             let mut held = inner.held.lock().await;
             for (&shard, (revision, renewed)) in held.iter_mut() {
                 let value = Bytes::from(inner.node.clone());
+                let sent = Instant::now();
                 match inner.kv.update(key(shard), value, *revision).await {
                     Ok(next) => {
                         *revision = next;
-                        *renewed = Instant::now();
+                        *renewed = sent;
+                        inner.renewed(shard, Some(sent));
                     }
                     Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        inner.renewed(shard, None);
                         metrics::gauge!("gateway_shard_leased", "shard" => shard.to_string())
                             .set(0.0);
                         return LeaseLost {
@@ -180,6 +186,7 @@ impl Leases {
                         metrics::counter!("gateway_cluster_errors_total", "what" => "lease")
                             .increment(1);
                         if renewed.elapsed() >= inner.ttl {
+                            inner.renewed(shard, None);
                             metrics::gauge!("gateway_shard_leased", "shard" => shard.to_string())
                                 .set(0.0);
                             return LeaseLost {
@@ -216,10 +223,37 @@ impl Leases {
         let Some((revision, _)) = inner.held.lock().await.remove(&shard) else {
             return;
         };
+        inner.renewed(shard, None);
         let _ = inner
             .kv
             .purge_expect_revision(key(shard), Some(revision))
             .await;
         metrics::gauge!("gateway_shard_leased", "shard" => shard.to_string()).set(0.0);
+    }
+}
+
+impl Inner {
+    /// Notes when shard `shard`'s lease was last renewed (`None`: no
+    /// longer held).
+    fn renewed(&self, shard: u32, sent: Option<Instant>) {
+        let mut renewed = crate::locked(&self.renewed);
+        match sent {
+            Some(sent) => renewed.insert(shard, sent),
+            None => renewed.remove(&shard),
+        };
+    }
+}
+
+/// A node writes a shard's checkpoint only while the shard's lease has at
+/// least a third of its time left, counted from when its last renewal was
+/// sent: the server's expiry, and so another node's take, comes later
+/// still. Renewed three times per lease, a lease always has about two
+/// thirds left; a node that was paused (or cut off from NATS) for more
+/// than a third of a lease writes nothing until a renewal goes through,
+/// and ends if the lease is another node's by then.
+impl shard_pool::Holding for Leases {
+    fn holds(&self, shard: u32) -> bool {
+        let renewed = crate::locked(&self.inner.renewed).get(&shard).copied();
+        renewed.is_some_and(|sent| sent.elapsed() < self.inner.ttl * 2 / 3)
     }
 }

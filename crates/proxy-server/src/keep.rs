@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shard_pool::{CheckpointReader, Pool, ShardHandle, Store, put_str};
+use shard_pool::{CheckpointReader, Holding, Pool, ShardHandle, Store, put_str};
 use tokio::time::Instant;
 
 use crate::session::Sessions;
@@ -39,6 +39,9 @@ struct Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Kept {
     store: Option<Arc<dyn Store>>,
+    /// Whether a shard is still surely this process's to write (as for
+    /// its checkpoint).
+    holding: Option<Arc<dyn Holding>>,
     slots: HashMap<u32, Slot>,
 }
 
@@ -49,6 +52,7 @@ impl Kept {
     pub(crate) fn new(pool: &Pool) -> Self {
         Self {
             store: pool.store().cloned(),
+            holding: pool.holding().cloned(),
             slots: (0..pool.total()).map(|id| (id, Slot::default())).collect(),
         }
     }
@@ -72,6 +76,14 @@ impl Kept {
         let Some(upstream) = shard.upstream_session() else {
             return;
         };
+        // Paused past its lease: the shard may be another node's by now.
+        if !self.holding.as_ref().is_none_or(|h| h.holds(shard.id())) {
+            tracing::warn!(
+                shard = shard.id(),
+                "client sessions not kept: this process no longer surely runs the shard"
+            );
+            return;
+        }
         let covered = slot.asked.load(Ordering::Acquire);
         let mut blob = Vec::with_capacity(256);
         blob.extend_from_slice(MAGIC);

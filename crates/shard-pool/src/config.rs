@@ -7,7 +7,7 @@ use std::time::Duration;
 use state_cache::Flags;
 
 use crate::remote::Source;
-use crate::store::Store;
+use crate::store::{Holding, Store};
 use crate::tap::Tap;
 use crate::token::Token;
 use twilight_gateway::queue::Queue;
@@ -77,6 +77,10 @@ pub struct PoolConfig {
     /// over (Discord would most likely refuse its RESUME) and the shard
     /// identifies.
     pub checkpoint_max_age: Duration,
+    /// Asked before each write of a shard's checkpoint whether this
+    /// process still surely runs the shard (a cluster's lease); a write
+    /// it says no to is not made. `None`: always written.
+    pub holding: Option<Arc<dyn Holding>>,
     /// Gets a copy of every event every shard takes in (an event log);
     /// `None`: nobody.
     pub tap: Option<Arc<dyn Tap>>,
@@ -119,6 +123,7 @@ impl fmt::Debug for PoolConfig {
             .field("queue", &self.queue.as_ref().map(|_| "shared"))
             .field("store", &self.store)
             .field("checkpoint_max_age", &self.checkpoint_max_age)
+            .field("holding", &self.holding)
             .field("tap", &self.tap)
             .field("source", &self.source)
             .field("takeover_wait", &self.takeover_wait)
@@ -152,6 +157,7 @@ impl PoolConfig {
             queue: None,
             store: None,
             checkpoint_max_age: Duration::from_mins(2),
+            holding: None,
             tap: None,
             source: None,
             takeover_wait: Duration::from_secs(30),

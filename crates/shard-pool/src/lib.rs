@@ -127,7 +127,7 @@ pub use crate::shard::{
     CheckpointStats, MAX_LOG_REPLAY, ShardHandle, ShardState, ShardStatus, Snapshot,
 };
 pub use crate::store::{
-    DirStore, MAX_NAME, Store, StoreError, StoreErrorKind, StoreFuture, check_name,
+    DirStore, Holding, MAX_NAME, Store, StoreError, StoreErrorKind, StoreFuture, check_name,
 };
 pub use crate::tap::{Tap, Tapped};
 pub use crate::token::Token;

@@ -22,7 +22,7 @@ use crate::queue::{PacedQueue, SharedQueue};
 use crate::remote::{self, Following};
 use crate::rest::{self, GatewayInfo};
 use crate::ring::{ReplayBudget, Ring, RingLimits};
-use crate::store::Store;
+use crate::store::{Holding, Store};
 use crate::tap::Tap;
 use crate::token::Token;
 
@@ -64,6 +64,8 @@ pub struct Pool {
     budget: Arc<ReplayBudget>,
     /// Where checkpoints go, and whom they are for.
     store: Option<Arc<dyn Store>>,
+    /// Whether a shard is still surely this pool's to write.
+    holding: Option<Arc<dyn Holding>>,
     identity: Identity,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// What following the shards outside the range takes, with a source.
@@ -245,6 +247,7 @@ impl Pool {
             paced,
             budget,
             store: config.store.clone(),
+            holding: config.holding.clone(),
             identity,
             tasks: Mutex::new(tasks),
             following,
@@ -257,6 +260,23 @@ impl Pool {
     #[must_use]
     pub fn keeps_checkpoints(&self) -> bool {
         self.store.is_some()
+    }
+
+    /// Whether shard `id`'s checkpoint (and what the layers above keep
+    /// beside it) may be written now: always, unless
+    /// [`PoolConfig::holding`] says this process no longer surely runs it.
+    #[must_use]
+    pub fn holds(&self, id: u32) -> bool {
+        self.holding
+            .as_ref()
+            .is_none_or(|holding| holding.holds(id))
+    }
+
+    /// What [`holds`](Self::holds) asks, for the layers above to ask it
+    /// too.
+    #[must_use]
+    pub fn holding(&self) -> Option<&Arc<dyn Holding>> {
+        self.holding.as_ref()
     }
 
     /// Where checkpoints are kept, for the layers above to keep their
@@ -303,6 +323,9 @@ impl Pool {
             tokio::task::spawn_blocking(move || shard.take()).await
         };
         let Ok(Some(taken)) = taken else {
+            if !self.may_write(shard.id()) {
+                return Some(false);
+            }
             // An older checkpoint must not stand in for this shard.
             if let Err(error) = store.delete(&name).await {
                 tracing::warn!(shard = shard.id(), %error, "old checkpoint not deleted");
@@ -314,6 +337,7 @@ impl Pool {
         let held = taken.held;
         let blob = tokio::task::spawn_blocking(move || taken.encode(&identity, written)).await;
         let result = match blob {
+            Ok(_) if !self.may_write(shard.id()) => return Some(false),
             Ok(blob) => {
                 let bytes = blob.len();
                 store
@@ -339,6 +363,19 @@ impl Pool {
                 Some(false)
             }
         }
+    }
+
+    /// [`holds`](Self::holds), saying so when not.
+    fn may_write(&self, id: u32) -> bool {
+        let holds = self.holds(id);
+        if !holds {
+            tracing::warn!(
+                shard = id,
+                "checkpoint not written: this process no longer surely runs the shard \
+                 (its lease was not renewed in time)"
+            );
+        }
+        holds
     }
 
     /// Hands shard `id`, which this pool runs, over to whichever process

@@ -41,6 +41,21 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
 }
 
+/// Whether this process still surely runs a shard, asked before each
+/// write of the shard's checkpoint ([`PoolConfig::holding`]).
+///
+/// Where processes share a store and hand shards to each other (a
+/// cluster's leases), a process paused past its lease could otherwise
+/// wake and write its checkpoint over the one of the process that took the
+/// shard meanwhile. A write goes ahead only while the answer is yes.
+///
+/// [`PoolConfig::holding`]: crate::PoolConfig::holding
+pub trait Holding: fmt::Debug + Send + Sync + 'static {
+    /// Whether shard `shard` is this process's for at least as long as a
+    /// write takes.
+    fn holds(&self, shard: u32) -> bool;
+}
+
 /// Why a store could not do what was asked.
 #[derive(Debug)]
 pub struct StoreError {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cluster::testing;
 use cluster::{Changes, Cluster, ClusterConfig, Leases, Take};
+use shard_pool::Holding as _;
 
 async fn leasing(nats: &testing::NatsServer, node: &str) -> Cluster {
     let mut config = ClusterConfig::new(nats.url(), "leases", node);
@@ -41,6 +42,8 @@ async fn a_lease_goes_to_another_node_once_its_holder_stops_renewing_and_the_hol
     let b = leasing(&nats, "b").await.leases().await.unwrap();
     let first = take_both(&a, Duration::ZERO).await.expect("free");
     assert_eq!(a.held().await, [0, 1]);
+    // Only the holder may write the shards' checkpoints.
+    assert!(a.holds(0) && a.holds(1) && !b.holds(0));
     // a renews: b cannot take them for as long as it does.
     let keeping = tokio::spawn({
         let a = a.clone();
@@ -48,12 +51,18 @@ async fn a_lease_goes_to_another_node_once_its_holder_stops_renewing_and_the_hol
     });
     assert_eq!(b.take(0).await.unwrap(), Take::Held { by: "a".to_owned() });
     assert!(take_both(&b, Duration::from_secs(4)).await.is_none());
-    // a stops renewing (as a node that died): b has them a lease later,
-    // in higher terms.
+    assert!(a.holds(0) && a.holds(1), "renewed: still a's to write");
+    // a stops renewing (as a node that died, or one paused): b has them a
+    // lease later, in higher terms; by then a no longer writes them.
     keeping.abort();
     let second = take_both(&b, Duration::from_secs(6))
         .await
         .expect("b takes the leases once they expire");
+    assert!(
+        !a.holds(0) && !a.holds(1),
+        "a stopped writing before b took them"
+    );
+    assert!(b.holds(0) && b.holds(1));
     assert!(
         second.iter().zip(&first).all(|(b, a)| b > a),
         "{first:?} {second:?}"
@@ -67,6 +76,7 @@ async fn a_lease_goes_to_another_node_once_its_holder_stops_renewing_and_the_hol
     // A lease given back is free at once.
     b.release(0).await;
     assert_eq!(b.held().await, [1]);
+    assert!(!b.holds(0) && b.holds(1));
     assert!(matches!(a.take(0).await.unwrap(), Take::Taken { .. }));
     b.release_all().await;
     assert!(b.held().await.is_empty());

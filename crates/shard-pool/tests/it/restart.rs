@@ -3,10 +3,11 @@
 //! other did; a checkpoint that is stale, foreign or damaged, or a RESUME
 //! Discord refuses, means an identify, never a crash.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use discord_sim::Sim;
-use shard_pool::{Flags, Follower, Pool, PoolConfig, ShardEvent};
+use shard_pool::{Flags, Follower, Holding, Pool, PoolConfig, ShardEvent};
 
 use super::{Scratch, assert_contiguous, config, marked, ready, sim};
 
@@ -224,4 +225,35 @@ async fn a_refused_resume_identifies_and_followers_see_a_reset() {
         matches!(event, ShardEvent::Reset { index } if index == head + 1),
         "{event:?}"
     );
+}
+
+/// Says that shard 0 is no longer surely this process's (as a cluster
+/// node whose lease on it was not renewed in time).
+#[derive(Debug)]
+struct LostShard0;
+
+impl Holding for LostShard0 {
+    fn holds(&self, shard: u32) -> bool {
+        shard != 0
+    }
+}
+
+#[tokio::test]
+async fn a_shard_no_longer_surely_held_gets_no_checkpoint_written() {
+    let sim = sim(|c| c.shards = 2).await;
+    let scratch = Scratch::new("holding");
+    let mut config = with_store(&sim, &scratch);
+    config.holding = Some(Arc::new(LostShard0));
+    let pool = Pool::start(config).await.unwrap();
+    ready(&pool, 10).await;
+    assert!(!pool.holds(0) && pool.holds(1));
+    // What the shard's next owner wrote stays as it is.
+    let store = scratch.store();
+    let theirs = bytes::Bytes::from_static(b"the next owner's checkpoint");
+    store.put("shard-0", theirs.clone()).await.unwrap();
+    let done = pool.checkpoint().await;
+    assert_eq!((done.written, done.failed), (1, 1), "{done:?}");
+    assert_eq!(store.get("shard-0").await.unwrap(), Some(theirs));
+    assert!(store.get("shard-1").await.unwrap().is_some());
+    pool.shutdown().await;
 }
