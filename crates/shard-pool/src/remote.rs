@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::checkpoint::{self, Identity, Restored, wall_clock};
 use crate::pipeline::Pipeline;
 use crate::ring::{Ring, RingLimits};
-use crate::shard::ShardHandle;
+use crate::shard::{ShardHandle, Unfed};
 use crate::store::Store;
 use crate::tap::Tapped;
 
@@ -210,7 +210,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// is dropped (the task is aborted). A break in the events (the source
 /// lost some, or numbering differs) starts it again from a checkpoint
 /// at least as new as the last event taken, so that what it serves never
-/// has a gap.
+/// has a gap; events of another upstream session with no READY before
+/// them (the checkpoint was written by an owner fenced off meanwhile, and
+/// the next one identified) from a checkpoint newer than the state.
 pub(crate) async fn follow(shard: ShardHandle, following: Arc<Following>) {
     follow_from(shard, following, None).await;
 }
@@ -247,6 +249,7 @@ pub(crate) async fn follow_from(
         tracing::info!(shard = id, after, "following a shard another node runs");
         let mut events = following.source.events(id, after, since);
         let mut fed = false;
+        let mut elsewhere = false;
         let broken = loop {
             match events.recv().await {
                 Some(Followed::Event(event)) => {
@@ -255,7 +258,10 @@ pub(crate) async fn follow_from(
                         // Nothing follows a close for good.
                         Ok(()) if closed => return,
                         Ok(()) => fed = true,
-                        Err(why) => break why,
+                        Err(unfed) => {
+                            elsewhere = matches!(unfed, Unfed::Elsewhere(_));
+                            break unfed.to_string();
+                        }
                     }
                 }
                 Some(Followed::CaughtUp) => shard.caught_up(),
@@ -265,6 +271,12 @@ pub(crate) async fn follow_from(
             }
         };
         floor = shard.head().max(1);
+        if elsewhere {
+            // Neither this state nor the checkpoint it came from will do:
+            // a newer one, written by the owner that goes on with the log.
+            floor += 1;
+            fed = false;
+        }
         if fed {
             let since = wall_clock()
                 .checked_sub(CLOCK_MARGIN)

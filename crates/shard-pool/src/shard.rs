@@ -2,6 +2,7 @@
 //! through the pipeline, and the handle the rest of the proxy uses.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -238,6 +239,28 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// enough to tell what it was, never a whole payload in a log.
 fn prefix(text: &str) -> &str {
     &text[..text.floor_char_boundary(40)]
+}
+
+/// Why [`ShardHandle::feed`] did not take a followed shard's event.
+#[derive(Debug)]
+pub(crate) enum Unfed {
+    /// The events between the state and this one are missing, or the
+    /// pipeline numbered it otherwise: rebuilt from a checkpoint that
+    /// holds them.
+    Gap(String),
+    /// The event goes on from another upstream session than the state's
+    /// with no READY between: the state came from a checkpoint that is not
+    /// of the log's history (written by an owner that was fenced off, the
+    /// next one having identified), so only a newer checkpoint will do.
+    Elsewhere(String),
+}
+
+impl fmt::Display for Unfed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Gap(why) | Self::Elsewhere(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The op 4 that takes the bot out of `guild`'s voice channel.
@@ -968,18 +991,20 @@ impl ShardHandle {
     ///
     /// # Errors
     ///
-    /// When it is not the event after the last one (events are missing),
-    /// or the pipeline does not number it as the owner did: the state can
-    /// no longer be the owner's, and is to be rebuilt from a checkpoint.
-    pub(crate) fn feed(&self, event: Tapped) -> Result<(), String> {
+    /// [`Unfed::Gap`] when it is not the event after the last one (events
+    /// are missing), or the pipeline does not number it as the owner did:
+    /// the state can no longer be the owner's, and is to be rebuilt from a
+    /// checkpoint. [`Unfed::Elsewhere`] when it goes on from another
+    /// upstream session than the state's with no READY between.
+    pub(crate) fn feed(&self, event: Tapped) -> Result<(), Unfed> {
         let now = Instant::now();
         if let Some(code) = event.closed {
             let head = lock(&self.shared.core).index;
             if event.index != head {
-                return Err(format!(
+                return Err(Unfed::Gap(format!(
                     "the close for good came after event {}, this state is at {head}",
                     event.index
-                ));
+                )));
             }
             tracing::warn!(
                 shard = self.id(),
@@ -1008,21 +1033,31 @@ impl ShardHandle {
                     }
                     core.index = event.index - 1;
                 } else {
-                    return Err(format!(
+                    return Err(Unfed::Gap(format!(
                         "event {} came after event {}: the ones between are missing",
                         event.index, core.index
-                    ));
+                    )));
                 }
+            }
+            if let Some((upstream, _)) = core.upstream()
+                && !event.ready
+                && *upstream.session_id != *event.session
+            {
+                return Err(Unfed::Elsewhere(format!(
+                    "event {} is of upstream session {}, this state's is {}, and no READY came \
+                     between",
+                    event.index, event.session, upstream.session_id
+                )));
             }
             let handed = core.handle_stamped(event.payload, event.audience);
             match &handed {
                 Some(handed) if handed.index() == event.index => {}
                 other => {
-                    return Err(format!(
+                    return Err(Unfed::Gap(format!(
                         "event {} was numbered {:?} here",
                         event.index,
                         other.as_ref().map(ShardEvent::index)
-                    ));
+                    )));
                 }
             }
             self.record(handed.as_ref(), now)

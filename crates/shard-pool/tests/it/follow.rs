@@ -362,3 +362,77 @@ async fn a_shard_whose_log_has_a_gap_no_checkpoint_fills_is_taken_over_from_befo
     assert!(all.iter().any(|(index, _)| *index == lost), "{all:?}");
     assert_eq!(sim.identifies(), identifies, "resumed, not identified");
 }
+
+/// Waits up to 20 s for `shard`'s head to pass `index`.
+async fn passes(shard: &shard_pool::ShardHandle, index: u64) {
+    for _ in 0..2000 {
+        if shard.head() > index {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("head {} not past {index} within 20 s", shard.head());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_off_the_logs_history_is_passed_over_for_a_newer_one() {
+    // A checkpoint of one upstream session, as an owner fenced off
+    // meanwhile would leave it ...
+    let fenced_off = sim(|config| config.shards = 1).await;
+    let scratch = Scratch::new("elsewhere");
+    let mut stale = config(&fenced_off);
+    stale.store = Some(scratch.store());
+    let stale = Pool::start(stale).await.unwrap();
+    ready(&stale, 10).await;
+    passes(&stale.shard(0).unwrap(), 20).await;
+    assert_eq!(stale.checkpoint().await.written, 1);
+    let stale_index = stale.shard(0).unwrap().head();
+    drop(stale);
+    // ... and a log that goes on in another session: the next owner's,
+    // which identified (its READY numbered before the checkpoint's index).
+    // (Another seed: the sim's session ids come from it.)
+    let sim = sim(|config| {
+        config.shards = 1;
+        config.seed = 2;
+    })
+    .await;
+    let log = Arc::new(MemoryLog::default());
+    let own = Scratch::new("elsewhere-owner");
+    let owner = Pool::start(node(&sim, &own, &log, (0, 1))).await.unwrap();
+    ready(&owner, 10).await;
+    let theirs = owner.shard(0).unwrap();
+    passes(&theirs, stale_index + 20).await;
+    let session = theirs.upstream_session();
+    assert!(session.is_some());
+
+    let other = Pool::start(node(&sim, &scratch, &log, (0, 0)))
+        .await
+        .unwrap();
+    let followed = other.shard(0).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(
+        followed.upstream_session(),
+        session,
+        "no checkpoint of the owner's yet"
+    );
+    // The owner's checkpoint, newer than the stale one, lands where the
+    // follower looks: it starts from it, in the owner's session, and
+    // numbers every event as the owner does.
+    assert_eq!(owner.checkpoint().await.written, 1);
+    let blob = own.store().get("shard-0").await.unwrap().unwrap();
+    scratch.store().put("shard-0", blob).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), followed.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..500 {
+        if followed.upstream_session() == session {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(followed.upstream_session(), session);
+    let mut client = followed.subscribe();
+    let mut ours = theirs.subscribe_from(client.index()).unwrap().0;
+    assert_eq!(taken(&mut client, 10).await, taken(&mut ours, 10).await);
+}
