@@ -40,8 +40,10 @@ pub(crate) struct Placement {
     commands: Mutex<Option<Arc<Commands>>>,
     /// The holder last logged of each shard this node waits for.
     told: Mutex<BTreeMap<u32, String>>,
-    /// The tasks that renew the leases and place the shards.
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The task that renews the leases: until they are given back.
+    renewing: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task that places the shards.
+    placing: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held by a round of placement: rounds never overlap.
     round: tokio::sync::Mutex<()>,
 }
@@ -57,7 +59,8 @@ impl Placement {
             total,
             commands: Mutex::new(None),
             told: Mutex::new(BTreeMap::new()),
-            tasks: Mutex::new(Vec::new()),
+            renewing: Mutex::new(None),
+            placing: Mutex::new(None),
             round: tokio::sync::Mutex::new(()),
         }
     }
@@ -66,27 +69,18 @@ impl Placement {
     /// if one is lost) and places the shards every quarter of a lease (the
     /// first round a quarter of a lease from now).
     pub(crate) fn keep(self: &Arc<Self>) {
-        let tasks = [
-            tokio::spawn(keep_leases(self.leases.clone())),
-            tokio::spawn(self.clone().keep_placing()),
-        ];
-        self.tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(tasks);
+        let renewing = tokio::spawn(keep_leases(self.leases.clone()));
+        let placing = tokio::spawn(self.clone().keep_placing());
+        abort(&self.renewing, Some(renewing));
+        abort(&self.placing, Some(placing));
     }
 
-    /// Stops renewing and placing (a clean stop gives the leases back
-    /// next: [`release_all`](Self::release_all)).
+    /// Stops placing: no shard is taken or handed over from now on. The
+    /// leases are still renewed, so that the shards' checkpoints can be
+    /// written under them, until [`release_all`](Self::release_all) gives
+    /// them back.
     pub(crate) fn stop(&self) {
-        for task in self
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            task.abort();
-        }
+        abort(&self.placing, None);
     }
 
     /// From now on, other nodes' commands for the shards run here are
@@ -238,7 +232,19 @@ impl Placement {
         if !self.log.flush(FLUSH).await {
             tracing::warn!("the event log did not publish every event in time");
         }
+        abort(&self.renewing, None);
         self.leases.release_all().await;
+    }
+}
+
+/// Aborts the task in `slot`, if any, and puts `next` there.
+fn abort(
+    slot: &Mutex<Option<tokio::task::JoinHandle<()>>>,
+    next: Option<tokio::task::JoinHandle<()>>,
+) {
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(task) = std::mem::replace(&mut *slot, next) {
+        task.abort();
     }
 }
 
