@@ -397,9 +397,6 @@ impl Nodes {
             .push(format!("{} ({how}):\n{log}", NODES[victim]));
         if drain {
             assert_eq!(code, Some(0), "{log}");
-            // Its leases are renewed until it gives them back: every
-            // checkpoint of the drain is written under them.
-            assert!(!log.contains("checkpoint not written"), "{log}");
         }
         let limit = Instant::now() + Duration::from_secs(20);
         let others = || (0..NODES.len()).filter(move |i| *i != victim);

@@ -234,6 +234,11 @@ async fn checkpoints(ctx: Arc<Context>) {
     loop {
         tick.tick().await;
         let _one = ctx.checkpointing.lock().await;
+        // Shut down meanwhile: its checkpoints were the last (in a
+        // cluster the shards may be another node's by now).
+        if ctx.shutdown.borrow().is_some() {
+            return;
+        }
         let started = Instant::now();
         let done = write_checkpoints(&ctx).await;
         tracing::debug!(

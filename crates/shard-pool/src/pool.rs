@@ -323,8 +323,8 @@ impl Pool {
             tokio::task::spawn_blocking(move || shard.take()).await
         };
         let Ok(Some(taken)) = taken else {
-            if !self.may_write(shard.id()) {
-                return Some(false);
+            if let Some(outcome) = self.unwritable(shard) {
+                return outcome;
             }
             // An older checkpoint must not stand in for this shard.
             if let Err(error) = store.delete(&name).await {
@@ -337,7 +337,7 @@ impl Pool {
         let held = taken.held;
         let blob = tokio::task::spawn_blocking(move || taken.encode(&identity, written)).await;
         let result = match blob {
-            Ok(_) if !self.may_write(shard.id()) => return Some(false),
+            Ok(_) if let Some(outcome) = self.unwritable(shard) => return outcome,
             Ok(blob) => {
                 let bytes = blob.len();
                 store
@@ -365,17 +365,28 @@ impl Pool {
         }
     }
 
-    /// [`holds`](Self::holds), saying so when not.
-    fn may_write(&self, id: u32) -> bool {
-        let holds = self.holds(id);
-        if !holds {
+    /// `None` when `shard`'s checkpoint may be written now; else what
+    /// [`checkpoint_one`](Self::checkpoint_one) returns: skipped for a
+    /// shard handed over meanwhile (no longer run here), failed (logged)
+    /// for one this process no longer surely holds
+    /// ([`holds`](Self::holds)).
+    #[allow(
+        clippy::option_option,
+        reason = "checkpoint_one's outcome, or none yet"
+    )]
+    fn unwritable(&self, shard: &ShardHandle) -> Option<Option<bool>> {
+        if !shard.is_local() {
+            return Some(None);
+        }
+        if !self.holds(shard.id()) {
             tracing::warn!(
-                shard = id,
+                shard = shard.id(),
                 "checkpoint not written: this process no longer surely runs the shard \
                  (its lease was not renewed in time)"
             );
+            return Some(Some(false));
         }
-        holds
+        None
     }
 
     /// Hands shard `id`, which this pool runs, over to whichever process
