@@ -19,6 +19,12 @@ use crate::{Leases, Members};
 /// watched (NATS away).
 const RETRY: Duration = Duration::from_secs(1);
 
+/// The most node ids remembered as announced. A node that died is never
+/// deleted from the set (JetStream says nothing of an expired key), so
+/// past this the set starts again: each live node's next beat then calls
+/// for one more round, which is harmless.
+const MAX_KNOWN: usize = 1024;
+
 /// What a watched key-value entry means for placement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bucket {
@@ -98,7 +104,12 @@ fn calls_for_a_round(
 ) -> bool {
     match (bucket, operation) {
         (Bucket::Leases, Operation::Put) => false,
-        (Bucket::Nodes, Operation::Put) => known.insert(key),
+        (Bucket::Nodes, Operation::Put) => {
+            if known.len() >= MAX_KNOWN && !known.contains(&key) {
+                known.clear();
+            }
+            known.insert(key)
+        }
         (Bucket::Nodes, Operation::Delete | Operation::Purge) => {
             known.remove(&key);
             true
@@ -127,5 +138,10 @@ mod tests {
         assert!(!round(Bucket::Nodes, Operation::Put, "a"), "its beat");
         assert!(round(Bucket::Nodes, Operation::Purge, "a"), "it left");
         assert!(round(Bucket::Nodes, Operation::Put, "a"), "back again");
+        // Nodes that died are never deleted: the set stays bounded.
+        for n in 0..MAX_KNOWN * 2 {
+            assert!(round(Bucket::Nodes, Operation::Put, &format!("n{n}")));
+        }
+        assert!(known.len() <= MAX_KNOWN, "{}", known.len());
     }
 }
